@@ -1,0 +1,1 @@
+"""Convert gpt-oss safetensors checkpoints (HF or original layout) into one GGUF file."""

@@ -1,0 +1,3 @@
+from ossrun.cli import main
+
+main()

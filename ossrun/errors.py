@@ -1,0 +1,32 @@
+"""The ossrun error hierarchy.
+
+Every error a user can cause (bad input, missing files, a model that does not
+fit) is an OssrunError whose message is one line saying what is wrong and what
+to do. The CLI catches them once, in ``ossrun.cli.main``.
+"""
+
+
+class OssrunError(Exception):
+    """An error meant for the user: printed as one line, exit code 1."""
+
+    exit_code = 1
+
+
+class ConvertError(OssrunError):
+    """A checkpoint that cannot be converted, or a conversion that failed."""
+
+
+class ModelError(OssrunError):
+    """A model file that cannot be used: missing, not gpt-oss, damaged, too big."""
+
+
+class RegistryError(OssrunError):
+    """A bad models.toml entry or an unknown model name."""
+
+
+class DownloadError(OssrunError):
+    """A download that cannot start, did not finish or does not verify."""
+
+
+class ConversationError(OssrunError):
+    """A conversation that cannot be loaded, saved or continued."""

@@ -16,3 +16,11 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("OSSRUN_HOME", str(home))
     monkeypatch.delenv("OSSRUN_DEBUG", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def encoding():
+    """The real gpt-oss harmony encoding, loaded offline from tests/data."""
+    from ossrun import harmony
+
+    return harmony.load_encoding(DATA)

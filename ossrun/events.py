@@ -1,0 +1,130 @@
+"""The typed events and results every ossrun front end consumes.
+
+``Model.stream`` yields these; ``Model.chat`` collects them into a :class:`Reply`.
+Renderers (the REPL, ``ossrun run``, ``--json``) only ever see these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+FinishReason = Literal["stop", "length", "interrupted", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's chain of thought (harmony's analysis channel)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class FinalDelta:
+    """A piece of the answer (harmony's final channel, or raw text of malformed output)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class CommentaryDelta:
+    """A user-visible preamble (harmony's commentary channel without a recipient)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The model asked a tool to run: ``recipient`` is e.g. ``functions.get_weather`` or ``python``."""
+
+    recipient: str
+    arguments: str
+    channel: str = "commentary"
+    content_type: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        """The tool's name without its namespace (``get_weather``, ``python``)."""
+        return self.recipient.split(".", 1)[1] if self.recipient.startswith("functions.") else self.recipient
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool returned to the model, as the text the model sees."""
+
+    call: ToolCall
+    output: str
+    error: bool = False
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know that is not model output (goes to stderr)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0  # every prompt token, cached or not
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache, not evaluated
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Timings:
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    prefill_tokens: int = 0  # tokens actually evaluated during prefill
+    decode_tokens: int = 0
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"prefill_tps": round(self.prefill_tps, 2), "decode_tps": round(self.decode_tps, 2)}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One assistant turn, complete."""
+
+    reasoning: str
+    final: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+    tool_calls: tuple[ToolResult, ...] = ()
+    malformed: bool = False  # the model's output did not parse as harmony; final holds its raw text
+    context_used: int = 0
+    context_size: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def message(self) -> dict[str, Any]:
+        """This reply as an OpenAI-style history entry (what ``/save`` writes)."""
+        entry: dict[str, Any] = {"role": "assistant", "content": self.final}
+        if self.reasoning:
+            entry["reasoning"] = self.reasoning
+        return entry
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last event of a stream."""
+
+    reply: Reply
+
+
+Event = Union[ReasoningDelta, FinalDelta, CommentaryDelta, ToolCall, ToolResult, Notice, Done]

@@ -16,6 +16,10 @@ class ConvertError(OssrunError):
     """A checkpoint that cannot be converted, or a conversion that failed."""
 
 
+class VocabError(OssrunError):
+    """A vocabulary or tokenizer file that cannot be read or does not fit the model."""
+
+
 class ModelError(OssrunError):
     """A model file that cannot be used: missing, not gpt-oss, damaged, too big."""
 

@@ -24,3 +24,42 @@ def encoding():
     from ossrun import harmony
 
     return harmony.load_encoding(DATA)
+
+
+# --- Tiny gpt-oss checkpoints and GGUFs (builders in tests/checkpoints.py) --------------------------
+
+
+@pytest.fixture(scope="session")
+def o200k_tokenizer_dir(tmp_path_factory) -> Path:
+    """tokenizer.json, tokenizer_config.json and special_tokens_map.json of o200k_harmony,
+    built from tests/data/o200k_base.tiktoken as gpt-oss publishes them."""
+    from ossrun.vocab import write_tokenizer_files
+
+    return write_tokenizer_files(DATA / "o200k_base.tiktoken", tmp_path_factory.mktemp("o200k-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights():
+    """The weights of the tiny test model (HF names; see tests/checkpoints.py)."""
+    from checkpoints import TinyConfig, make_weights
+
+    return TinyConfig(), make_weights(TinyConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_weights, o200k_tokenizer_dir) -> Path:
+    """A tiny gpt-oss in the HF layout (2 shards + index, real tokenizer and chat template)."""
+    from checkpoints import write_hf_checkpoint
+
+    config, weights = tiny_weights
+    return write_hf_checkpoint(tmp_path_factory.mktemp("tiny-gpt-oss"), weights, config, o200k_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory, tiny_checkpoint) -> Path:
+    """``tiny_checkpoint`` converted with the default layout (MXFP4 experts, Q8_0 matrices):
+    2 layers (sliding + full attention), hidden 128, 4 heads of 64 (2 KV heads), 4 experts top-2,
+    the real 201088-token vocabulary, context 131072 (YaRN)."""
+    from ossrun.convert import convert
+
+    return convert(tiny_checkpoint, tmp_path_factory.mktemp("tiny-gguf") / "tiny-gpt-oss.gguf")

@@ -44,7 +44,9 @@ def _root(
 
 def _register_commands() -> None:
     # One module per command, each with a register(app) function.
-    for module in ():
+    from ossrun.cli import convert
+
+    for module in (convert,):
         module.register(app)
 
 

@@ -34,3 +34,7 @@ class DownloadError(OssrunError):
 
 class ConversationError(OssrunError):
     """A conversation that cannot be loaded, saved or continued."""
+
+
+class ToolError(OssrunError):
+    """A tool that cannot be declared or loaded: a bad --functions file, an unusable signature."""

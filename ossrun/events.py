@@ -47,6 +47,10 @@ class ToolCall:
         """The tool's name without its namespace (``get_weather``, ``python``)."""
         return self.recipient.split(".", 1)[1] if self.recipient.startswith("functions.") else self.recipient
 
+    def to_dict(self) -> dict[str, Any]:
+        """This call as an entry of an assistant message's ``tool_calls`` (OpenAI's shape, plus the channel)."""
+        return {"type": "function", "function": {"name": self.name, "arguments": self.arguments}, "channel": self.channel}
+
 
 @dataclass(frozen=True)
 class ToolResult:
@@ -55,6 +59,10 @@ class ToolResult:
     call: ToolCall
     output: str
     error: bool = False
+
+    def message(self) -> dict[str, Any]:
+        """This result as an OpenAI-style history entry, answered in the channel of the call."""
+        return {"role": "tool", "name": self.call.name, "content": self.output, "channel": self.call.channel}
 
 
 @dataclass(frozen=True)
@@ -106,18 +114,33 @@ class Reply:
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
-    tool_calls: tuple[ToolResult, ...] = ()
+    tool_calls: tuple[ToolResult, ...] = ()  # the calls ossrun ran for this reply, with their results
     malformed: bool = False  # the model's output did not parse as harmony; final holds its raw text
     context_used: int = 0
     context_size: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # finish_reason "tool_calls": the calls the caller runs; it appends messages(), then one
+    # ToolResult(...).message() (or {"role": "tool", "name", "content"}) per call, and asks again.
+    pending_calls: tuple[ToolCall, ...] = ()
+    commentary: str = ""  # a preamble the model wrote before its pending calls
+    chain: tuple[dict[str, Any], ...] = ()  # history entries before the last message: calls run and their results
 
     def message(self) -> dict[str, Any]:
-        """This reply as an OpenAI-style history entry (what ``/save`` writes)."""
-        entry: dict[str, Any] = {"role": "assistant", "content": self.final}
+        """This reply's last message as an OpenAI-style history entry (what ``/save`` writes)."""
+        if self.pending_calls:
+            entry: dict[str, Any] = {"role": "assistant", "content": self.commentary}
+            if self.reasoning:
+                entry["reasoning"] = self.reasoning
+            entry["tool_calls"] = [call.to_dict() for call in self.pending_calls]
+            return entry
+        entry = {"role": "assistant", "content": self.final}
         if self.reasoning:
             entry["reasoning"] = self.reasoning
         return entry
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every history entry this reply adds: the tool calls run and their results, then :meth:`message`."""
+        return [*self.chain, self.message()]
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,16 @@ class PromptSettings:
         return [self.system_message()] + ([developer] if developer else [])
 
 
+def function_description(name: str, description: str, parameters: Optional[Mapping[str, Any]]) -> oh.ToolDescription:
+    """A function for the developer message's functions namespace; ``parameters`` is a JSON Schema or None."""
+    return oh.ToolDescription.new(name, description, parameters=dict(parameters) if parameters else None)
+
+
+def tool_namespace(name: str, description: str) -> oh.ToolNamespaceConfig:
+    """A builtin tool (``python``) for the system message, described in our own words."""
+    return oh.ToolNamespaceConfig(name=name, description=description, tools=[])
+
+
 _NO_AUTO_DROP = oh.RenderConversationConfig(auto_drop_analysis=False)
 
 

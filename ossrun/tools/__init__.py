@@ -1,0 +1,21 @@
+"""Tools the model may call: Python functions (or JSON schemas) and a sandboxed python tool.
+
+- :mod:`ossrun.tools.schema` — JSON Schemas from type hints and docstrings
+- :mod:`ossrun.tools.functions` — function tools, ``--functions FILE.py``
+- :mod:`ossrun.tools.sandbox` — the python tool's limited, offline process
+- :mod:`ossrun.tools.toolbox` — the tools of one conversation, declared and run
+"""
+
+from ossrun.tools.functions import FunctionTool, function_tools, load_functions
+from ossrun.tools.sandbox import PythonSandbox, SandboxLimits, SandboxResult
+from ossrun.tools.toolbox import Toolbox
+
+__all__ = [
+    "FunctionTool",
+    "PythonSandbox",
+    "SandboxLimits",
+    "SandboxResult",
+    "Toolbox",
+    "function_tools",
+    "load_functions",
+]

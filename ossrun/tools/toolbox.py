@@ -1,0 +1,85 @@
+"""The tools of one conversation: declared to the model, and run when it calls them."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+from ossrun import harmony
+from ossrun.errors import ToolError
+from ossrun.events import ToolCall, ToolResult
+from ossrun.tools.functions import FunctionTool, ToolSpec, error_result, function_tools
+from ossrun.tools.sandbox import PythonSandbox
+
+Confirm = Callable[[ToolCall], bool]  # asked before each python run; False: not run
+
+
+class Toolbox:
+    """Function tools and, optionally, the python sandbox.
+
+    A sandbox passed in stays the caller's (its working directory lives as long
+    as the caller wants); one made by ``Toolbox.build(python_tool=True)`` is
+    closed by :meth:`close`.
+    """
+
+    def __init__(self, functions: Sequence[FunctionTool] = (), python: Optional[PythonSandbox] = None, *, owns_python: bool = False):
+        self.functions = {tool.name: tool for tool in function_tools(functions)}
+        self.python = python
+        self._owns_python = owns_python
+
+    @classmethod
+    def build(cls, tools: Union["Toolbox", Iterable[ToolSpec], None] = None,
+              python_tool: Union[bool, PythonSandbox] = False) -> "Toolbox":
+        """A toolbox from what the API takes: callables and JSON schemas, and ``python_tool``."""
+        if isinstance(tools, Toolbox):
+            if python_tool:
+                raise ToolError("give python_tool to Toolbox(...) itself when passing a Toolbox as tools")
+            return tools
+        if isinstance(python_tool, PythonSandbox):
+            return cls(function_tools(tools or ()), python_tool)
+        return cls(function_tools(tools or ()), PythonSandbox() if python_tool else None, owns_python=bool(python_tool))
+
+    def __bool__(self) -> bool:
+        return bool(self.functions) or self.python is not None
+
+    def names(self) -> list[str]:
+        return [f"functions.{name}" for name in self.functions] + (["python"] if self.python else [])
+
+    def prompt_settings(self, settings: harmony.PromptSettings) -> harmony.PromptSettings:
+        """``settings`` with these tools declared: functions in the developer message, python in the system one."""
+        functions = tuple(harmony.function_description(t.name, t.description, t.parameters) for t in self.functions.values())
+        system_tools = (harmony.tool_namespace("python", self.python.description()),) if self.python else ()
+        return dataclasses.replace(settings, functions=functions, system_tools=system_tools)
+
+    def notices(self) -> list[str]:
+        """What the user should know before the conversation starts (a sandbox without network isolation)."""
+        return self.python.notices() if self.python else []
+
+    def runs(self, call: ToolCall) -> bool:
+        """False for a function declared by schema alone: the caller runs it. Everything else ossrun answers."""
+        tool = self._function(call)
+        return tool is None or tool.runnable
+
+    def run(self, call: ToolCall, confirm: Optional[Confirm] = None, cancel: Optional[threading.Event] = None) -> ToolResult:
+        """Run one call; failures become an error result for the model, never an exception."""
+        if call.recipient == "python" and self.python is not None:
+            if confirm is not None and not confirm(call):
+                return ToolResult(call, "[not run: the user declined to run this code]", error=True)
+            result = self.python.run(call.arguments, cancel=cancel)
+            return ToolResult(call, result.text(), error=not result.ok)
+        tool = self._function(call)
+        if tool is None:
+            available = ", ".join(self.names()) or "none"
+            return ToolResult(call, error_result(f"unknown tool {call.recipient!r}: the available tools are {available}"), error=True)
+        output, failed = tool.call(call.arguments)
+        return ToolResult(call, output, error=failed)
+
+    def _function(self, call: ToolCall) -> Optional[FunctionTool]:
+        if not call.recipient.startswith("functions."):
+            return None
+        return self.functions.get(call.name)
+
+    def close(self) -> None:
+        if self._owns_python and self.python is not None:
+            self.python.close()

@@ -1,0 +1,235 @@
+"""The python tool's sandbox, with real processes: limits, isolation, bounded output, what the model reads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ossrun.tools import PythonSandbox, SandboxLimits
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="network namespaces are Linux's")
+
+
+@pytest.fixture
+def sandbox():
+    with PythonSandbox() as box:
+        yield box
+
+
+def test_output_stderr_and_exit_status(sandbox):
+    result = sandbox.run("import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)")
+    assert (result.stdout, result.stderr, result.exit_status) == ("out\n", "err\n", 3)
+    assert result.text() == "out\n[stderr]\nerr\n[exit status 3]"
+
+
+def test_an_exception_shows_the_models_code_only(sandbox):
+    result = sandbox.run("def f(x):\n    return 1 / x\n\nf(0)")
+    assert result.exit_status == 1
+    assert result.stderr.startswith("Traceback (most recent call last):\n  File \"<python>\", line 4, in <module>\n    f(0)\n")
+    assert "return 1 / x" in result.stderr and result.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert "sandbox_child" not in result.stderr
+    syntax = sandbox.run("print(1")
+    assert syntax.exit_status == 1 and "Traceback" not in syntax.stderr and "SyntaxError" in syntax.stderr
+
+
+def test_each_run_is_a_fresh_interpreter_sharing_the_working_directory(sandbox):
+    first = sandbox.run("x = 41\nopen('note.txt', 'w').write('kept')\nimport os\nos.getcwd()")
+    assert first.ok and first.stdout == repr(str(sandbox.workdir)) + "\n"  # the last expression is shown
+    second = sandbox.run("print(open('note.txt').read())\nx")
+    assert second.stdout == "kept\n" and "NameError: name 'x' is not defined" in second.stderr
+    workdir = sandbox.workdir
+    sandbox.close()
+    assert not workdir.exists()
+
+
+def test_the_environment_is_not_passed_on(sandbox, monkeypatch):
+    monkeypatch.setenv("OSSRUN_TEST_SECRET", "hunter2")
+    result = sandbox.run("import os\nprint(os.environ.get('OSSRUN_TEST_SECRET'), os.environ['HOME'] == os.getcwd())")
+    assert result.stdout == "None True\n"
+
+
+def test_timeout_kills_the_whole_process_group():
+    code = textwrap.dedent("""
+        import subprocess, time
+        child = subprocess.Popen(["sleep", "60"])
+        print(child.pid, flush=True)
+        time.sleep(60)
+        """)
+    with PythonSandbox(SandboxLimits(timeout=1.5)) as box:
+        started = time.monotonic()
+        result = box.run(code)
+        elapsed = time.monotonic() - started
+    assert 1.4 < elapsed < 5, elapsed
+    assert result.exit_status == -9 and result.status == "killed: timed out after 1.5 seconds"
+    assert result.text().endswith("[killed: timed out after 1.5 seconds]")
+    grandchild = int(result.stdout.split()[0])
+    assert not _alive(grandchild)
+
+
+def _alive(pid: int) -> bool:
+    for _ in range(50):  # the orphan is reaped by init shortly after the kill
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "State:\tZ" in status.read_text():
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_memory_limit():
+    with PythonSandbox(SandboxLimits(memory_bytes=256 << 20)) as box:
+        small = box.run("b = bytearray(64 << 20)\nprint(len(b))")
+        big = box.run("b = bytearray(512 << 20)\nprint(len(b))")
+    assert small.ok and small.stdout == f"{64 << 20}\n"
+    assert big.exit_status == 1 and big.stderr.rstrip().endswith("MemoryError")
+
+
+def test_default_memory_limit_is_one_gib(sandbox):
+    assert sandbox.limits.memory_bytes == 1 << 30
+    assert sandbox.run("import resource\nresource.getrlimit(resource.RLIMIT_AS)").stdout == f"({1 << 30}, {1 << 30})\n"
+    assert "MemoryError" in sandbox.run("b = bytearray(3 << 29)").stderr
+
+
+def test_cpu_time_limit():
+    with PythonSandbox(SandboxLimits(timeout=30, cpu_seconds=1)) as box:
+        started = time.monotonic()
+        result = box.run("while True:\n    pass")
+    assert time.monotonic() - started < 10
+    assert result.status == "killed by SIGXCPU: CPU time limit of 1 seconds"
+
+
+def test_output_is_truncated_with_a_marker():
+    limits = SandboxLimits(output_bytes=1000)
+    with PythonSandbox(limits) as box:
+        result = box.run("import sys\nprint('A' * 600 + 'B' * 99_400)\nprint('oops' * 500, file=sys.stderr)")
+        flood = box.run("while True:\n    print('x' * 1000)")
+    out, err = result.stdout, result.stderr
+    assert out.startswith("A" * 250 + "\n[...") and out.endswith("]\n" + "B" * 249 + "\n")  # 250 bytes each side
+    assert "[... 99501 bytes of output left out ...]" in out
+    assert "[... 1501 bytes of output left out ...]" in err
+    assert len(out.encode()) + len(err.encode()) < 1000 + 2 * 60  # the budget plus two markers
+    assert result.truncated_bytes == 100_001 + 2001 - 1000 and result.ok
+    # Printing forever is stopped long before the timeout.
+    assert flood.status == f"killed: printed more than {256 * 1000} bytes" and flood.seconds < 10
+
+
+def test_cancel_kills_the_run(sandbox):
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    result = sandbox.run("import time\ntime.sleep(30)", cancel=cancel)
+    assert time.monotonic() - started < 3
+    assert result.status == "killed: interrupted by the user"
+
+
+CONNECT = textwrap.dedent("""
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+        print("connected")
+    except OSError as exc:
+        print("blocked:", exc)
+    """)
+
+
+@pytest.fixture
+def local_server():
+    """A TCP server on 127.0.0.1 outside the sandbox, counting the connections it accepts."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            accepted.append(conn)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_sandboxed_code_cannot_reach_a_server_the_same_code_outside_can(sandbox, local_server):
+    port, accepted = local_server
+    code = CONNECT.format(port=port)
+    outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert outside.stdout == "connected\n" and len(accepted) == 1
+    assert sandbox.network_isolation == "user and network namespace"
+    assert sandbox.notices() == []
+    inside = sandbox.run(code)
+    assert inside.stdout == "blocked: [Errno 101] Network is unreachable\n"
+    time.sleep(0.3)
+    assert len(accepted) == 1
+    assert "Internet access for this session is disabled." in sandbox.description()
+
+
+def _confined_python(tmp_path, *, keep_caps: bool) -> str:
+    """An interpreter in a user namespace that may create no more user namespaces (and, unless
+    ``keep_caps``, has no capabilities): what a system that forbids namespaces looks like."""
+    drop = "" if keep_caps else "setpriv --bounding-set -all --inh-caps -all --securebits +noroot,+noroot_locked --"
+    wrapper = tmp_path / ("python-caps" if keep_caps else "python-nocaps")
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"exec unshare --user --map-root-user -- sh -c 'echo 0 > /proc/sys/user/max_user_namespaces && "
+        f"exec {drop} \"$0\" \"$@\"' {sys.executable} \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def _namespace_tools_work() -> bool:
+    return bool(shutil.which("unshare") and shutil.which("setpriv")) and subprocess.run(
+        ["unshare", "--user", "--map-root-user", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _namespace_tools_work(), reason="needs util-linux unshare/setpriv and user namespaces")
+def test_falls_back_to_a_plain_network_namespace(tmp_path, local_server):
+    port, accepted = local_server
+    with PythonSandbox(python=_confined_python(tmp_path, keep_caps=True)) as box:
+        assert box.network_isolation == "network namespace"
+        assert box.run(CONNECT.format(port=port)).stdout == "blocked: [Errno 101] Network is unreachable\n"
+    assert accepted == []
+
+
+@pytest.mark.skipif(not _namespace_tools_work(), reason="needs util-linux unshare/setpriv and user namespaces")
+def test_without_namespaces_the_user_and_the_model_are_told(tmp_path):
+    with PythonSandbox(python=_confined_python(tmp_path, keep_caps=False)) as box:
+        assert box.network_isolation is None
+        (notice,) = box.notices()
+        assert notice.startswith("the python tool's code can use the network: this system does not allow a network namespace (")
+        assert "Internet access for this session is enabled." in box.description()
+        assert box.run("print('still runs')").text() == "still runs\n[exit status 0]"
+
+
+def test_network_isolation_can_be_turned_off(local_server):
+    port, accepted = local_server
+    with PythonSandbox(isolate_network=False) as box:
+        assert box.network_isolation is None
+        assert box.notices() == ["the python tool's code can use the network (network isolation is off)"]
+        assert box.run(CONNECT.format(port=port)).stdout == "connected\n"
+    assert len(accepted) == 1
+
+
+def test_the_model_is_told_about_the_real_sandbox(sandbox):
+    text = sandbox.description()
+    assert text.startswith("Use this tool to execute Python code in your chain of thought. The code will not be shown to the user.")
+    assert "stateful" not in text and "/mnt/data" not in text and "Jupyter" not in text
+    assert "new Python" in text and "nothing is kept in memory between messages" in text
+    assert "time out after 120.0 seconds" in text and "Memory is limited to 1 GiB" in text
+    assert f"at most {16 * 1024} bytes" in text

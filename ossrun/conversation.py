@@ -1,0 +1,163 @@
+"""A chat session's state: the history, the reasoning effort, the system text.
+
+The history is a list of OpenAI-style message dicts, exactly what ``Model.stream``
+takes and what ``/save`` writes, so a saved file can be fed straight to the API.
+The system text is kept apart and passed as ``system=`` so the history never
+holds it twice; on disk it is the leading ``system`` message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ossrun.errors import ConversationError
+from ossrun.events import Reply
+from ossrun.harmony import DEFAULT_REASONING_EFFORT, REASONING_EFFORTS, check_reasoning_effort
+
+FILE_FORMAT_VERSION = 1
+HISTORY_ROLES = ("user", "assistant", "tool")
+SYSTEM_ROLES = ("system", "developer")
+_TEXT_FIELDS = ("content", "reasoning", "name")
+
+
+@dataclass
+class Conversation:
+    """What the next turn is asked with, and what ``/retry`` and ``/save`` need."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)  # user/assistant/tool entries
+    reasoning_effort: str = DEFAULT_REASONING_EFFORT
+    system: Optional[str] = None  # developer instructions ("system prompt")
+    last_question: Optional[str] = None  # the latest user message, answered or not
+
+    def __post_init__(self) -> None:
+        self.reasoning_effort = check_reasoning_effort(self.reasoning_effort)
+
+    # -- asking -----------------------------------------------------------
+
+    def ask(self, question: str) -> list[dict[str, Any]]:
+        """The messages for a turn answering ``question`` (the history is not changed yet)."""
+        self.last_question = question
+        return self.messages + [{"role": "user", "content": question}]
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Model.stream`` this conversation decides."""
+        return {"reasoning_effort": self.reasoning_effort, "system": self.system}
+
+    def commit(self, question: str, reply: Reply) -> None:
+        """Record an answered turn. An interrupted reply is not history: callers skip it.
+
+        When the model dropped the oldest messages to fit its context, the same
+        ones are dropped here so the history matches what the model saw.
+        """
+        self.messages.append({"role": "user", "content": question})
+        self.messages.append(reply.message())
+        dropped = int(reply.extra.get("dropped_messages", 0) or 0)
+        if dropped:
+            del self.messages[:dropped]
+
+    def retry(self) -> str:
+        """Forget the last answer (if it was recorded) and return the question to ask again."""
+        question = self.last_question
+        if question is None:
+            raise ConversationError("nothing to retry yet: ask a question first")
+        if (
+            len(self.messages) >= 2
+            and self.messages[-1].get("role") == "assistant"
+            and self.messages[-2] == {"role": "user", "content": question}
+        ):
+            del self.messages[-2:]
+        return question
+
+    def reset(self) -> None:
+        """Start over with the same effort and system text."""
+        self.messages.clear()
+        self.last_question = None
+
+    def set_effort(self, value: str) -> None:
+        self.reasoning_effort = check_reasoning_effort(value)
+
+    # -- files ------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return {
+            "version": FILE_FORMAT_VERSION,
+            "reasoning_effort": self.reasoning_effort,
+            "messages": head + [dict(m) for m in self.messages],
+        }
+
+    def save(self, path: Path) -> None:
+        """Write the conversation as JSON, atomically: never a half-written file."""
+        path = Path(path).expanduser()
+        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+        except FileNotFoundError:
+            raise ConversationError(f"cannot save to {path}: the folder {path.parent} does not exist") from None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> "Conversation":
+        """Read a file written by :meth:`save`, or a bare JSON list of message dicts."""
+        path = Path(path).expanduser()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConversationError(f"cannot load {path}: no such file") from None
+        except IsADirectoryError:
+            raise ConversationError(f"cannot load {path}: it is a folder, not a conversation file") from None
+        except UnicodeDecodeError:
+            raise ConversationError(f"cannot load {path}: it is not a text file") from None
+        except json.JSONDecodeError as exc:
+            raise ConversationError(f"cannot load {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        try:
+            return cls.from_json(data)
+        except ConversationError as exc:
+            raise ConversationError(f"cannot load {path}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Conversation":
+        if isinstance(data, list):
+            data = {"messages": data}
+        if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+            raise ConversationError('expected {"messages": [...]} or a list of messages')
+        effort = data.get("reasoning_effort", DEFAULT_REASONING_EFFORT)
+        if effort not in REASONING_EFFORTS:
+            raise ConversationError(f"unknown reasoning_effort {effort!r}: use low, medium or high")
+        system_texts, history = [], []
+        for index, message in enumerate(data["messages"]):
+            _check_message(index, message)
+            if message["role"] in SYSTEM_ROLES:
+                system_texts.append(message.get("content") or "")
+            else:
+                history.append(dict(message))
+        last = next((m.get("content") for m in reversed(history) if m["role"] == "user"), None)
+        system = "\n\n".join(t for t in system_texts if t) or None
+        return cls(messages=history, reasoning_effort=effort, system=system, last_question=last)
+
+
+def _check_message(index: int, message: Any) -> None:
+    where = f"message {index + 1}"
+    if not isinstance(message, dict):
+        raise ConversationError(f"{where} is not an object with a role and a content")
+    role = message.get("role")
+    if role not in HISTORY_ROLES + SYSTEM_ROLES:
+        raise ConversationError(f"{where} has an unknown role {role!r}: use system, user, assistant or tool")
+    for key in _TEXT_FIELDS:
+        if key in message and message[key] is not None and not isinstance(message[key], str):
+            raise ConversationError(f"{where}: {key} must be a string")
+    if role != "assistant" and not isinstance(message.get("content"), str):
+        raise ConversationError(f"{where} ({role}) has no text content")
+    if "tool_calls" in message and not isinstance(message["tool_calls"], list):
+        raise ConversationError(f"{where}: tool_calls must be a list")

@@ -1,0 +1,217 @@
+"""Terminal renderers: typed events from ``ossrun.events`` in, text on two streams out.
+
+The answer goes to stdout; reasoning, preambles, tool activity, notices and stats
+go to stderr, so ``ossrun run ... > answer.txt`` holds the answer alone. On a
+terminal the answer streams as markdown (see ``ossrun.markdown_stream``) and the
+reasoning is dimmed; elsewhere everything is plain text written as it arrives.
+Colour follows rich, which honours ``NO_COLOR``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional, TextIO
+
+from rich.console import Console
+from rich.text import Text
+
+from ossrun.events import CommentaryDelta, Done, Event, FinalDelta, Notice, ReasoningDelta, Reply, ToolCall, ToolResult
+from ossrun.markdown_stream import MarkdownStream
+
+ReasoningMode = Literal["show", "hide", "off"]
+DEFAULT_STATUS_SECONDS = 0.25  # how often "thinking… N tokens" is updated when reasoning is hidden
+TOOL_OUTPUT_PREVIEW = 200
+THINKING_HEADING = "thinking"
+
+
+@dataclass
+class Screen:
+    """The two output streams and what they can do."""
+
+    out: Console  # the answer
+    err: Console  # everything else
+
+    @classmethod
+    def create(cls, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> "Screen":
+        def console(stream: TextIO) -> Console:
+            return Console(file=stream, highlight=False, markup=False, emoji=False, soft_wrap=False)
+
+        return cls(console(out or sys.stdout), console(err or sys.stderr))
+
+    @property
+    def rich_answer(self) -> bool:
+        """Markdown and a live region only on a terminal."""
+        return self.out.is_terminal and not self.out.is_dumb_terminal
+
+    def write(self, console: Console, text: str, style: Optional[str] = None) -> None:
+        """Text as is (no wrapping, no markup), styled only where the console has colour."""
+        if not text:
+            return
+        if console.is_terminal and style:
+            console.print(Text(text, style=style), end="", soft_wrap=True)
+        else:
+            console.file.write(text)
+            console.file.flush()
+
+    def info(self, text: str, style: Optional[str] = "dim") -> None:
+        """One line on stderr."""
+        self.write(self.err, text + "\n", style)
+
+    def notice(self, text: str) -> None:
+        self.info(f"note: {text}", "yellow")
+
+    def error(self, text: str) -> None:
+        self.info(f"error: {text}", "bold red")
+
+
+def stats_line(reply: Reply) -> str:
+    """Prompt tokens, prefill and decode speed, context used: one line after each answer."""
+    usage, timings = reply.usage, reply.timings
+    parts = [f"prompt {usage.prompt_tokens} tokens ({timings.prefill_tokens} new)"]
+    parts.append(f"prefill {timings.prefill_tps:.1f} tok/s" if timings.prefill_tokens else "prefill cached")
+    parts.append(f"decode {usage.completion_tokens} tokens at {timings.decode_tps:.1f} tok/s")
+    if reply.context_size:
+        share = 100 * reply.context_used / reply.context_size
+        parts.append(f"context {reply.context_used}/{reply.context_size} ({share:.0f}%)")
+    return " · ".join(parts)
+
+
+class TurnView:
+    """Shows one assistant turn as its events arrive. Call :meth:`close` at the end, always."""
+
+    def __init__(self, screen: Screen, *, reasoning: ReasoningMode = "show", answer: bool = True, stats: bool = True):
+        self.screen = screen
+        self.reasoning_mode = reasoning
+        self.answer = answer  # False: the caller prints the answer itself (``ossrun run --json``)
+        self.stats = stats
+        self.reasoning_tokens = 0  # one ReasoningDelta per generated token
+        self._section: Optional[str] = None  # "reasoning", "commentary" or "final"
+        self._err_at_line_start = True
+        self._out_at_line_start = True
+        self._markdown: Optional[MarkdownStream] = None
+        self._status_time = 0.0
+        self._status_shown = False
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, ReasoningDelta):
+            self._reasoning(event.text)
+        elif isinstance(event, FinalDelta):
+            if self.answer:
+                self._final(event.text)
+        elif isinstance(event, CommentaryDelta):
+            self._enter("commentary")
+            self._err(event.text, "italic")
+        elif isinstance(event, ToolCall):
+            self._enter(None)
+            self._err_line(f"→ {event.name}({event.arguments})", "cyan")
+        elif isinstance(event, ToolResult):
+            self._enter(None)
+            output = event.output if len(event.output) <= TOOL_OUTPUT_PREVIEW else event.output[:TOOL_OUTPUT_PREVIEW] + "…"
+            self._err_line(f"← {event.call.name}{' failed' if event.error else ''}: {output}", "cyan")
+        elif isinstance(event, Notice):
+            self._interject(lambda: self.screen.notice(event.text))
+        elif isinstance(event, Done):
+            self.close()
+            if self.stats:
+                self.screen.info(stats_line(event.reply))
+
+    def close(self) -> None:
+        """End the open section: the last lines of the answer are printed for good."""
+        self._enter(None)
+
+    def __enter__(self) -> "TurnView":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- sections ---------------------------------------------------------
+
+    def _enter(self, section: Optional[str]) -> None:
+        if section == self._section:
+            return
+        previous, self._section = self._section, section
+        if previous == "reasoning":
+            self._end_reasoning()
+        elif previous == "final":
+            self._end_final()
+        elif previous == "commentary":
+            self._err_newline()
+        if section == "reasoning" and self.reasoning_mode == "show":
+            self._err_line(THINKING_HEADING, "bold dim")
+
+    def _reasoning(self, text: str) -> None:
+        self._enter("reasoning")
+        self.reasoning_tokens += 1
+        if self.reasoning_mode == "show":
+            self._err(text, "dim")
+        elif self.reasoning_mode == "hide" and self.screen.err.is_terminal:
+            now = time.monotonic()
+            if now - self._status_time >= DEFAULT_STATUS_SECONDS:
+                self._status_time = now
+                self._status(f"thinking… {self.reasoning_tokens} tokens")
+
+    def _end_reasoning(self) -> None:
+        if self.reasoning_mode == "show":
+            self._err_newline()
+            self._err("\n")
+        elif self.reasoning_mode == "hide":
+            self._clear_status()
+            self._err_line(f"thought for {self.reasoning_tokens} tokens", "dim")
+
+    def _final(self, text: str) -> None:
+        self._enter("final")
+        if self.screen.rich_answer:
+            if self._markdown is None:
+                self._markdown = MarkdownStream(self.screen.out)
+            self._markdown.feed(text)
+        else:
+            self.screen.write(self.screen.out, text)
+            self._out_at_line_start = text.endswith("\n")
+
+    def _end_final(self) -> None:
+        if self._markdown is not None:
+            self._markdown.close()
+            self._markdown = None
+        elif not self._out_at_line_start:
+            self.screen.write(self.screen.out, "\n")
+            self._out_at_line_start = True
+
+    def _interject(self, show) -> None:
+        """Print a line on stderr without tearing the live answer or a half-written line."""
+        if self._markdown is not None:
+            self._markdown.suspend()
+        self._clear_status()
+        self._err_newline()
+        if not self._out_at_line_start and self.screen.out.file is self.screen.err.file:
+            self.screen.write(self.screen.out, "\n")
+            self._out_at_line_start = True
+        show()
+
+    # -- stderr helpers ---------------------------------------------------
+
+    def _err(self, text: str, style: Optional[str] = None) -> None:
+        if text:
+            self.screen.write(self.screen.err, text, style)
+            self._err_at_line_start = text.endswith("\n")
+
+    def _err_newline(self) -> None:
+        if not self._err_at_line_start:
+            self._err("\n")
+
+    def _err_line(self, text: str, style: Optional[str] = None) -> None:
+        self._clear_status()
+        self._err_newline()
+        self._err(text + "\n", style)
+
+    def _status(self, text: str) -> None:
+        self.screen.write(self.screen.err, f"\r\x1b[2K{text}", "dim")
+        self._status_shown = True
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.screen.err.file.write("\r\x1b[2K")
+            self.screen.err.file.flush()
+            self._status_shown = False

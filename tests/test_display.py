@@ -1,0 +1,195 @@
+"""Renderers: streamed markdown equals a one-shot render at bounded cost; event transcripts; streams; colour."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+from rich.text import Text
+
+from ossrun import markdown_stream
+from ossrun.display import Screen, TurnView, stats_line
+from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, ReasoningDelta, Reply, Timings, ToolCall, Usage
+from ossrun.markdown_stream import MarkdownStream, _Markdown
+
+WIDTH, HEIGHT = 72, 24
+
+DOC = """# Sorting in Python
+
+Python offers two ways to sort: `sorted()` and `list.sort()`.
+The first returns a **new** list, the second works *in place*.
+
+Key points:
+- `sorted()` takes any iterable
+- `list.sort()` only lists
+- both are stable
+
+Steps:
+""" + "".join(f"{n}. step number {n}\n" for n in range(1, 13)) + """
+Here is code:
+```python
+def double(x):
+    return x * 2
+
+print(double(3))
+```
+
+> A quote that
+> spans two lines.
+
+## A long fence
+```python
+""" + "".join(f"value_{n} = {n}\n" if n % 9 else "\n" for n in range(120)) + """```
+Words right after the fence.
+
+Last paragraph, with no newline at the end."""
+
+
+def tokens(text: str) -> list[str]:
+    """Roughly how a model streams: words with their leading spaces, newlines on their own."""
+    return re.findall(r"\n|[^\S\n]*[^\s]+|[^\S\n]+", text)
+
+
+def terminal(buffer: io.StringIO, color: str | None = None) -> Console:
+    return Console(file=buffer, width=WIDTH, height=HEIGHT, force_terminal=True, color_system=color)
+
+
+def lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.strip("\n").split("\n")]
+
+
+def cells(text: str) -> list[list[tuple[str, tuple[str, ...]]]]:
+    """Each line as (character, styles) cells: equal screens compare equal however the codes are split."""
+    screen = []
+    for line in text.strip("\n").split("\n"):
+        styled = Text.from_ansi(line)
+        styles = [[] for _ in styled.plain]
+        for span in styled.spans:
+            for index in range(span.start, span.end):
+                styles[index].append(str(span.style))
+        screen.append([(char, tuple(sorted(style))) for char, style in zip(styled.plain, styles)])
+    return screen
+
+
+@pytest.mark.parametrize("color", [None, "truecolor"])
+def test_streamed_blocks_match_a_one_shot_render(color):
+    whole = io.StringIO()
+    terminal(whole, color).print(_Markdown(DOC))
+    streamed = io.StringIO()
+    stream = MarkdownStream(terminal(streamed, color), refresh_seconds=float("inf"))  # commits only, no live tail
+    for piece in tokens(DOC):
+        stream.feed(piece)
+    stream.close()
+    assert cells(streamed.getvalue()) == cells(whole.getvalue())
+
+
+def test_blocks_are_printed_as_soon_as_they_are_final():
+    out = io.StringIO()
+    stream = MarkdownStream(terminal(out), refresh_seconds=float("inf"))
+    stream.feed("First paragraph.\n\n")
+    assert out.getvalue() == ""  # an indented line could still continue it
+    stream.feed("Second")
+    assert "First paragraph." in out.getvalue() and "Second" not in out.getvalue()
+    stream.feed(" paragraph.\n\n- item one\n")
+    assert "Second paragraph." in out.getvalue() and "item one" not in out.getvalue()
+    stream.feed("- item two\n")
+    assert "item one" in out.getvalue() and "item two" not in out.getvalue()
+    stream.feed("```text\n" + "code line\n" * (markdown_stream.CODE_LIVE_MAX + 5))
+    printed = out.getvalue().count("code line")
+    assert 0 < printed <= markdown_stream.CODE_LIVE_MAX + 5 - markdown_stream.CODE_LIVE_KEEP
+    stream.close()
+    assert out.getvalue().count("code line") == markdown_stream.CODE_LIVE_MAX + 5
+
+
+def test_live_repaints_cost_the_tail_not_the_answer():
+    """Repainting after every token writes a bounded amount, the same for the third copy of a text as the first."""
+    out = io.StringIO()
+    stream = MarkdownStream(terminal(out, "truecolor"), refresh_seconds=0)
+    copies = 3
+    written = []
+    for copy in range(copies):
+        start = out.tell()
+        for piece in tokens(DOC + "\n\n"):
+            before = out.tell()
+            stream.feed(piece)
+            assert out.tell() - before < 40 * WIDTH * HEIGHT  # at most a screenful of styled cells
+        written.append(out.tell() - start)
+    stream.close()
+    assert written[-1] < 1.1 * written[0], written
+
+
+def reply(**kwargs) -> Reply:
+    fields = dict(reasoning="Think.", final="Hello **world**", finish_reason="stop",
+                  usage=Usage(100, 60, 12), timings=Timings(0.5, 0.4, 40, 12), context_used=112, context_size=8192)
+    fields.update(kwargs)
+    return Reply(**fields)
+
+
+EVENTS = [ReasoningDelta("Think"), ReasoningDelta("."), FinalDelta("Hello "), Notice("something odd"),
+          FinalDelta("**world**"), Done(reply())]
+STATS = "prompt 100 tokens (40 new) · prefill 80.0 tok/s · decode 12 tokens at 30.0 tok/s · context 112/8192 (1%)"
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("show", f"thinking\nThink.\n\nHello \nnote: something odd\n**world**\n{STATS}\n"),
+        ("hide", f"thought for 2 tokens\nHello \nnote: something odd\n**world**\n{STATS}\n"),
+        ("off", f"Hello \nnote: something odd\n**world**\n{STATS}\n"),
+    ],
+)
+def test_turn_transcript(mode, expected):
+    both = io.StringIO()
+    with TurnView(Screen.create(both, both), reasoning=mode) as view:
+        for event in EVENTS:
+            view.handle(event)
+    assert both.getvalue() == expected
+
+
+def test_answer_to_stdout_everything_else_to_stderr():
+    out, err = io.StringIO(), io.StringIO()
+    with TurnView(Screen.create(out, err)) as view:
+        for event in [ReasoningDelta("Hmm."), CommentaryDelta("Checking."), ToolCall("functions.f", "{}"),
+                      FinalDelta("The answer."), Notice("n"), Done(reply())]:
+            view.handle(event)
+    assert out.getvalue() == "The answer.\n"
+    assert err.getvalue() == f"thinking\nHmm.\n\nChecking.\n→ f({{}})\nnote: n\n{STATS}\n"
+
+
+def test_answer_can_be_left_to_the_caller():
+    out, err = io.StringIO(), io.StringIO()
+    with TurnView(Screen.create(out, err), reasoning="off", answer=False, stats=False) as view:
+        for event in EVENTS:
+            view.handle(event)
+    assert out.getvalue() == ""
+    assert err.getvalue() == "note: something odd\n"
+
+
+def test_markdown_on_a_terminal_plain_text_elsewhere():
+    piped = io.StringIO()
+    with TurnView(Screen.create(piped, io.StringIO())) as view:
+        view.handle(FinalDelta("Some **bold** text"))
+    assert piped.getvalue() == "Some **bold** text\n"
+    tty = io.StringIO()
+    screen = Screen(terminal(tty), terminal(io.StringIO()))
+    with TurnView(screen) as view:
+        view.handle(FinalDelta("Some **bold** text"))
+    visible = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", tty.getvalue())
+    assert "Some bold text" in visible and "**" not in visible
+
+
+def test_no_color_keeps_colour_codes_off(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    err = io.StringIO()
+    screen = Screen(terminal(io.StringIO(), "truecolor"), Console(file=err, force_terminal=True, color_system="truecolor"))
+    screen.notice("careful")
+    screen.error("broken")
+    assert "careful" in err.getvalue() and "broken" in err.getvalue()
+    assert not re.search(r"\x1b\[[0-9;]*3[0-9]", err.getvalue())  # no foreground colour
+
+
+def test_stats_line_when_everything_was_cached():
+    line = stats_line(reply(usage=Usage(50, 50, 3), timings=Timings(0.0, 0.1, 0, 3), context_used=53, context_size=4096))
+    assert line == "prompt 50 tokens (0 new) · prefill cached · decode 3 tokens at 30.0 tok/s · context 53/4096 (1%)"

@@ -15,6 +15,11 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("ossrun-home")
     monkeypatch.setenv("OSSRUN_HOME", str(home))
     monkeypatch.delenv("OSSRUN_DEBUG", raising=False)
+    # Nor the user's hub cache, nor the hub: tests that need one start their own on 127.0.0.1.
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     return home
 
 

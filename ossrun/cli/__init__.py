@@ -44,9 +44,9 @@ def _root(
 
 def _register_commands() -> None:
     # One module per command, each with a register(app) function.
-    from ossrun.cli import convert
+    from ossrun.cli import convert, models
 
-    for module in (convert,):
+    for module in (convert, models):
         module.register(app)
 
 

@@ -331,6 +331,15 @@ def find_snapshot(repo: str, revision: str, paths: tuple[str, ...]) -> Optional[
     return None
 
 
+def cached_copies(repo: str, paths: tuple[str, ...], *, except_commit: Optional[str] = None) -> list[Path]:
+    """Every snapshot's copy of ``paths`` (complete or not), but those of ``except_commit``."""
+    snapshots = repo_storage(repo) / "snapshots"
+    if not snapshots.is_dir():
+        return []
+    return [commit / path for commit in sorted(snapshots.iterdir()) if commit.name != except_commit
+            for path in paths if (commit / path).is_symlink() or (commit / path).exists()]
+
+
 def cached_hash(path: Path) -> Optional[ExpectedHash]:
     """The published hash a cached file must match: its blob is named after it."""
     return ExpectedHash.from_etag(Path(os.path.realpath(path)).name)

@@ -110,13 +110,18 @@ def _usable_hub_copy(entry: ModelEntry, files: list[Path]) -> LocalModel:
     return LocalModel(files[0], tuple(files), entry, HUB)
 
 
+def find_hub_copy(entry: ModelEntry) -> Optional[LocalModel]:
+    """The entry's GGUF from the hub, verified, or None if it is not in the cache."""
+    files = hub_files(entry)
+    return _usable_hub_copy(entry, files) if files else None
+
+
 def find_local(entry: ModelEntry) -> Optional[LocalModel]:
     """The entry's usable copy on disk (verified), or None if there is none."""
     converted = converted_path(entry)
     if converted.is_file():
         return LocalModel(converted, (converted,), entry, CONVERTED)
-    files = hub_files(entry)
-    return _usable_hub_copy(entry, files) if files else None
+    return find_hub_copy(entry)
 
 
 def is_model_path(name: str) -> bool:
@@ -203,9 +208,7 @@ def remove_model(name: str, *, registry: Optional[Registry] = None) -> list[Path
         removed.append(converted)
     if entry.gguf is not None:
         removed += hub.delete_partials(entry.gguf.repo)
-        files = hub_files(entry)
-        if files:
-            removed += hub.delete_files(entry.gguf.repo, files)
+        removed += hub.delete_files(entry.gguf.repo, hub.cached_copies(entry.gguf.repo, entry.gguf.files))
     if not removed:
         raise ModelError(f"{entry.name} is not on disk: nothing to remove")
     return removed

@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 from ossrun import home as ossrun_home
 from ossrun import hub
 from ossrun.errors import DownloadError, RegistryError
-from ossrun.models import CONVERTED, HUB, LocalModel, converted_path, find_local, memory_shortfall
+from ossrun.models import CONVERTED, HUB, LocalModel, converted_path, find_hub_copy, memory_shortfall
 from ossrun.registry import ModelEntry, Registry, load_registry
 from ossrun.units import format_size
 
@@ -54,8 +54,8 @@ def _pull_gguf(entry: ModelEntry) -> LocalModel:
         raise RegistryError(f"{entry.name} has no GGUF on the hub: use `ossrun pull {entry.name} --from-safetensors`")
     what = f"download {entry.name} ({format_size(source.download_bytes)})"
     if hub.is_offline():
-        local = find_local(entry)
-        if local is not None and local.source == HUB:
+        local = find_hub_copy(entry)
+        if local is not None:
             hub.notice(f"offline: {entry.name} is on disk, not checked for a newer version")
             return local
         hub.require_online(what)
@@ -66,6 +66,10 @@ def _pull_gguf(entry: ModelEntry) -> LocalModel:
     hub.check_disk_space([(hub.cache_dir(), missing)], what)
     paths = [hub.download(remote, f) for f in files]
     hub.write_ref(remote)
+    older = hub.cached_copies(source.repo, source.files, except_commit=remote.commit)
+    if older:  # replaced by this version: do not keep two copies of a multi-gigabyte model
+        hub.delete_files(source.repo, older)
+        hub.notice(f"removed the previous version of {entry.name}")
     return LocalModel(paths[0], tuple(paths), entry, HUB)
 
 

@@ -79,19 +79,23 @@ class Registry:
         """The entry called ``name`` or aliased so, or None."""
         return self.entries.get(self.aliases.get(name, name))
 
+    def aliases_of(self, name: str) -> list[str]:
+        """Every alias selecting the entry: its own and those of an [aliases] table."""
+        return [alias for alias, target in self.aliases.items() if target == name]
+
     def get(self, name: str) -> ModelEntry:
         entry = self.find(name)
         if entry is None:
-            known = ", ".join(self.describe_names(e) for e in self.entries.values())
+            known = ", ".join(self.describe_names(e.name) for e in self.entries.values())
             raise RegistryError(f"unknown model {name!r}: known models are {known}; or give the path of a .gguf file")
         return entry
 
     def default_entry(self) -> ModelEntry:
         return self.entries[self.default]
 
-    @staticmethod
-    def describe_names(entry: ModelEntry) -> str:
-        return f"{entry.name} ({', '.join(entry.aliases)})" if entry.aliases else entry.name
+    def describe_names(self, name: str) -> str:
+        aliases = self.aliases_of(name)
+        return f"{name} ({', '.join(aliases)})" if aliases else name
 
 
 def resolve_model(name: Optional[str] = None, *, pull: bool = False):
@@ -312,20 +316,21 @@ def _as_positive_int(value: Any) -> int:
     return value
 
 
-def _as_size(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected a size like \"12.1 GB\", got {value!r}")
-    return parse_size(value)
+def _quantity(parse: Callable[[str], int], example: str) -> Callable[[Any], int]:
+    """A converter for sizes or counts written with a unit (or as a plain positive integer)."""
+
+    def convert(value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"expected {example}, got {value!r}")
+        return parse(value)
+
+    return convert
 
 
-def _as_count(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected a count like \"20.9B\", got {value!r}")
-    return parse_count(value)
+_as_size = _quantity(parse_size, 'a size like "12.1 GB"')
+_as_count = _quantity(parse_count, 'a count like "20.9B"')
 
 
 def _as_effort(value: Any) -> str:

@@ -29,35 +29,27 @@ CLI_TIMEOUT_SECONDS = 120
 TINY_REPO, BIG_REPO, SMALL_REPO = "test-org/tiny-GGUF", "test-org/big-GGUF", "test-org/small-GGUF"
 SHARDS = ("tiny-00001-of-00002.gguf", "tiny-00002-of-00002.gguf")
 
-USER_MODELS = f"""
-[models.tiny]
-description = "two-shard test model"
-aliases = ["t"]
+
+def gguf_entry(name: str, repo: str, files: list[str], download_size: str, description: str) -> str:
+    """A registry entry (TOML) for a GGUF the local hub serves."""
+    return f"""
+[models.{name}]
+description = "{description}"
 parameters = {{ total = "1M", active = "0.5M" }}
 context_length = 4096
-memory_required = "1 MiB"
+memory_required = "64 MiB"
 reasoning_effort = "low"
 sampling = {{ temperature = 1.0, top_p = 1.0 }}
-gguf = {{ repo = "{TINY_REPO}", files = {json.dumps(list(SHARDS))}, download_size = "1.2 MB" }}
-
-[models.big]
-description = "a file big enough to be interrupted"
-parameters = {{ total = "1M", active = "1M" }}
-context_length = 4096
-memory_required = "30 MiB"
-reasoning_effort = "low"
-sampling = {{ temperature = 1.0, top_p = 1.0 }}
-gguf = {{ repo = "{BIG_REPO}", files = ["big.gguf"], download_size = "26 MB" }}
-
-[models.small]
-description = "a file the hub keeps in git, not LFS"
-parameters = {{ total = "1K", active = "1K" }}
-context_length = 4096
-memory_required = "1 MiB"
-reasoning_effort = "low"
-sampling = {{ temperature = 1.0, top_p = 1.0 }}
-gguf = {{ repo = "{SMALL_REPO}", files = ["small.gguf"], download_size = "3 KB" }}
+gguf = {{ repo = "{repo}", files = {json.dumps(files)}, download_size = "{download_size}" }}
 """
+
+
+USER_MODELS = (
+    gguf_entry("tiny", TINY_REPO, list(SHARDS), "1.2 MB", "two-shard test model")
+    + '[aliases]\nt = "tiny"\n'
+    + gguf_entry("big", BIG_REPO, ["big.gguf"], "26 MB", "a file big enough to be interrupted")
+    + gguf_entry("small", SMALL_REPO, ["small.gguf"], "3 KB", "a file the hub keeps in git, not LFS")
+)
 
 
 def data(n_bytes: int, seed: int) -> bytes:
@@ -140,6 +132,21 @@ def test_full_pull_verifies_lists_reuses_and_removes(hub):
     with pytest.raises(ModelError, match=r"^tiny is not on disk: run `ossrun pull tiny` to download it \(1.2 MB\)"):
         resolve_model("tiny")
     assert one_error_line(ossrun("rm", "tiny")) == "error: tiny is not on disk: nothing to remove"
+
+
+def test_a_newer_version_on_the_hub_replaces_the_old_one(hub):
+    assert ossrun("pull", "tiny").returncode == 0
+    old = hub.repos[TINY_REPO]
+    new = hub.add_repo(TINY_REPO, {**old.files, SHARDS[0]: os.urandom(1_000_000)})  # a new commit
+    hub.requests.clear()
+    result = ossrun("pull", "tiny")
+    assert result.returncode == 0, result.stderr
+    assert "removed the previous version of tiny" in result.stderr
+    assert [p.name for p in (cache(TINY_REPO) / "snapshots").iterdir()] == [new.commit]
+    assert {p.name for p in (cache(TINY_REPO) / "blobs").iterdir()} == {new.sha256(name) for name in SHARDS}
+    # The unchanged shard was reused, not fetched again.
+    assert [r.path for r in hub.content_requests("GET")] == [f"/cdn/{TINY_REPO}/{new.sha256(SHARDS[0])}"]
+    assert resolve_model("tiny").path.read_bytes() == new.files[SHARDS[0]]
 
 
 def test_pull_resumes_when_the_server_cuts_the_connection(hub):

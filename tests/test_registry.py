@@ -141,6 +141,7 @@ small = "gpt-oss-20b"
     assert (small.sampling.temperature, small.sampling.top_p) == (0.7, 1.0)
     assert small.gguf.revision == "0123456789abcdef0123456789abcdef01234567"
     assert small.gguf.repo == "ggml-org/gpt-oss-20b-GGUF" and small.description.startswith("OpenAI gpt-oss-20b")
+    assert registry.aliases_of("gpt-oss-20b") == ["20b", "small"]
     assert registry.files == (builtin_file(), user_file())
 
 

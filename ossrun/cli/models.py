@@ -31,7 +31,7 @@ def list_models() -> None:
         download = entry.gguf.download_bytes if entry.gguf else entry.safetensors.download_bytes
         rows.append((
             entry.name + (" *" if entry.name == registry.default else ""),
-            ", ".join(entry.aliases) or "-",
+            ", ".join(registry.aliases_of(entry.name)) or "-",
             f"{format_count(entry.parameters_total)} ({format_count(entry.parameters_active)} active)",
             str(entry.context_length),
             format_size(download),

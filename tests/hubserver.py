@@ -8,7 +8,8 @@ It serves, for the repos a test adds:
   ``X-Linked-Size``), as the real hub does; both honour ``Range`` so downloads can resume.
 
 Faults a test can ask for, per file path: cut the connection after N bytes (once), stall after N
-bytes until released, serve other bytes than the published ones, advertise another size. Every
+bytes until released, refuse Range requests, serve other bytes than the published ones, advertise
+another size. Every
 request is logged so tests can assert what was (and was not) fetched.
 """
 
@@ -70,6 +71,7 @@ class Faults:
     stall_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before waiting
     serve_instead: dict[str, bytes] = field(default_factory=dict)  # path -> bytes served (not published)
     advertised_size: dict[str, int] = field(default_factory=dict)  # path -> size in the model info
+    refuse_ranges: dict[str, int] = field(default_factory=dict)  # path -> HTTP status for Range requests
 
 
 class HubServer:
@@ -228,6 +230,9 @@ def _make_handler(hub: HubServer):
             start = 0
             status = 200
             match = _RANGE.match(self.headers.get("Range", ""))
+            if match and path in hub.faults.refuse_ranges:
+                self.reply(hub.faults.refuse_ranges[path], b"unavailable")
+                return
             if match:
                 start = int(match.group(1))
                 if start >= len(data):

@@ -23,6 +23,7 @@ from ossrun import integrity
 from ossrun.errors import ModelError
 from ossrun.models import HUB, resolve_model
 from ossrun.registry import user_file
+from ossrun.units import format_size
 
 MIB = 1 << 20
 CLI_TIMEOUT_SECONDS = 120
@@ -184,6 +185,12 @@ def test_pull_resumes_after_being_interrupted(hub):
     kept = partial.stat().st_size
     assert 0 < kept <= 12 * MIB
     assert "run the same command again to resume" in stderr
+    assert next(line for line in ossrun("models").stdout.splitlines() if line.startswith("big ")).endswith("partial")
+    with pytest.raises(ModelError) as caught:
+        resolve_model("big")
+    assert str(caught.value) == (
+        f"big is not fully downloaded ({format_size(kept)} of 26.0 MB): run `ossrun pull big` to resume, or pass --pull"
+    )
 
     del hub.faults.stall_after["big.gguf"]
     hub.requests.clear()
@@ -193,6 +200,20 @@ def test_pull_resumes_after_being_interrupted(hub):
     assert [r.range for r in hub.content_requests("GET")] == [f"bytes={kept}-"]
     assert Path(result.stdout.strip()).read_bytes() == repo.files["big.gguf"]
     assert not partial.exists()
+
+
+def test_a_failed_download_keeps_its_partial_file_until_rm(hub):
+    hub.faults.cut_after["big.gguf"] = 12 * MIB
+    hub.faults.refuse_ranges["big.gguf"] = 503  # the retry that would resume fails
+    line = one_error_line(ossrun("pull", "big"))
+    partial = cache(BIG_REPO) / "blobs" / (hub.repos[BIG_REPO].sha256("big.gguf") + ".incomplete")
+    kept = partial.stat().st_size
+    assert 0 < kept <= 12 * MIB
+    assert line == (f"error: download of big.gguf failed: the server answered HTTP 503; "
+                    f"{format_size(kept)} of 26.2 MB kept; run the same command again to resume")
+    removed = ossrun("rm", "big")
+    assert removed.returncode == 0 and removed.stdout == f"removed {partial}\n"
+    assert not cache(BIG_REPO).exists()
 
 
 @pytest.mark.parametrize(("name", "repo", "path", "algorithm"), [

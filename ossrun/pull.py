@@ -64,6 +64,8 @@ def _pull_gguf(entry: ModelEntry) -> LocalModel:
     files = [remote.file(path) for path in source.files]
     missing = sum(hub.bytes_missing(remote, f) for f in files)
     hub.check_disk_space([(hub.cache_dir(), missing)], what)
+    if all(hub.snapshot_path(remote.repo, remote.commit, f.path).exists() for f in files):
+        hub.notice(f"{entry.name} is up to date")
     paths = [hub.download(remote, f) for f in files]
     hub.write_ref(remote)
     older = hub.cached_copies(source.repo, source.files, except_commit=remote.commit)

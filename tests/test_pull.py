@@ -124,6 +124,7 @@ def test_full_pull_verifies_lists_reuses_and_removes(hub):
     hub.requests.clear()
     again = ossrun("pull", "tiny")
     assert again.returncode == 0 and again.stdout == result.stdout
+    assert again.stderr == "tiny is up to date\n"
     assert hub.content_requests("GET") == [] and hub.content_requests("HEAD") == []  # checked, not fetched
 
     removed = ossrun("rm", "tiny")

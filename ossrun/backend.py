@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Optional, Protocol, Sequence, runtime_checkable
 
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -29,6 +29,15 @@ class PrefillStats:
     reused: int  # tokens already in the cache (the longest common prefix)
     evaluated: int  # tokens run through the model
     seconds: float
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share: what a KV cache holding ``a`` can keep for ``b``."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 class Interrupted(Exception):
@@ -58,3 +67,17 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Free the model and its context."""
+
+
+@runtime_checkable
+class PrefixStore(Protocol):
+    """An engine that keeps the KV state of a prompt prefix on disk, so new sessions skip it."""
+
+    def prefix_saved(self, tokens: Sequence[int]) -> bool:
+        """Whether a state for exactly ``tokens`` is on disk."""
+
+    def restore_prefix(self, tokens: Sequence[int]) -> bool:
+        """Make the cache hold exactly ``tokens`` from disk; False if no usable state is saved."""
+
+    def save_prefix(self, tokens: Sequence[int]) -> bool:
+        """Save the cache to disk; it must hold exactly ``tokens``."""

@@ -24,6 +24,10 @@ class ModelError(OssrunError):
     """A model file that cannot be used: missing, not gpt-oss, damaged, too big."""
 
 
+class ContextError(OssrunError):
+    """A prompt that does not fit the model's context, even with the oldest turns dropped."""
+
+
 class RegistryError(OssrunError):
     """A bad models.toml entry or an unknown model name."""
 

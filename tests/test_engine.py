@@ -1,0 +1,264 @@
+"""The llama.cpp engine on a tiny converted gpt-oss: prefix reuse, sampling, cancel, KV state on disk."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import llama_cpp
+import numpy as np
+import pytest
+
+from ossrun.backend import Interrupted, Sampling
+from ossrun.engine import LlamaEngine, build_sampler_chain, read_token_bytes
+from ossrun.errors import ContextError
+from ossrun.gguf_header import check_gpt_oss
+
+pytestmark = pytest.mark.slow
+
+THREADS = 1  # the tests share a 2-core machine: one thread per engine keeps timings sane
+
+
+def random_tokens(n: int, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).integers(0, 199998, n).tolist()
+
+
+@pytest.fixture(scope="module")
+def header(tiny_gguf):
+    return check_gpt_oss(tiny_gguf)
+
+
+@pytest.fixture(scope="module")
+def engine(header, tmp_path_factory):
+    engine = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path_factory.mktemp("cache"))
+    yield engine
+    engine.close()
+
+
+def fresh_logits(header, tokens, tmp_path, **options) -> np.ndarray:
+    """Logits after evaluating ``tokens`` from scratch in a new engine.
+
+    Compare like with like: llama.cpp's one-token and many-token kernels round
+    differently, so tests re-evaluate batches of tokens, never a single one.
+    """
+    other = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path, **options)
+    try:
+        other.prefill(tokens)
+        return other.logits()
+    finally:
+        other.close()
+
+
+def test_prefill_keeps_the_longest_common_prefix(engine):
+    a = random_tokens(300, seed=1)
+    b = a[:200] + random_tokens(100, seed=2)
+    first = engine.prefill(a)
+    assert (first.reused, first.evaluated) == (0, 300)
+    second = engine.prefill(b)
+    assert (second.reused, second.evaluated) == (200, 100)
+    assert list(engine.evaluated) == b
+    again = engine.prefill(b)  # all cached, logits of the last token still at hand
+    assert (again.reused, again.evaluated) == (300, 0)
+    shorter = engine.prefill(b[:250])  # all cached, but the logits are of another token: redo the last
+    assert (shorter.reused, shorter.evaluated) == (249, 1)
+    assert list(engine.evaluated) == b[:250]
+
+
+def test_append_extends_the_cache_until_the_context_is_full(header, tmp_path):
+    small = LlamaEngine(header, n_ctx=256, threads=THREADS, cache_dir=tmp_path)
+    try:
+        small.prefill(random_tokens(250))
+        for token in random_tokens(6, seed=3):
+            small.append(token)
+        assert len(small.evaluated) == small.n_ctx == 256
+        with pytest.raises(ContextError, match="context of 256 tokens is full"):
+            small.append(1)
+        with pytest.raises(ContextError, match="the prompt is 300 tokens but the context holds 256"):
+            small.prefill(random_tokens(300))
+    finally:
+        small.close()
+
+
+def test_reused_prefix_gives_the_logits_of_a_fresh_evaluation(engine, header, tmp_path):
+    """1000 tokens kept of 2000, far past the 128-token window: exact with the full-size SWA cache."""
+    a = random_tokens(2000, seed=4)
+    b = a[:1000] + random_tokens(200, seed=5)
+    engine.prefill(a)
+    stats = engine.prefill(b)
+    assert (stats.reused, stats.evaluated) == (1000, 200)
+    np.testing.assert_allclose(engine.logits(), fresh_logits(header, b, tmp_path), rtol=0, atol=1e-4)
+
+
+def test_the_small_swa_cache_would_give_wrong_logits(header, tmp_path):
+    """Why swa_full is on: the same reuse with llama.cpp's small sliding-window cache is wrong."""
+    a = random_tokens(2000, seed=4)
+    b = a[:1000] + random_tokens(200, seed=5)
+    small_swa = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path, swa_full=False)
+    try:
+        small_swa.prefill(a)
+        assert small_swa.prefill(b).reused == 1000
+        reused = small_swa.logits()
+    finally:
+        small_swa.close()
+    assert np.abs(reused - fresh_logits(header, b, tmp_path, swa_full=False)).max() > 0.01
+
+
+def chain_stages(chain) -> list[str]:
+    # llama.cpp marks samplers that could run on a GPU backend with a leading "?".
+    return [
+        llama_cpp.llama_sampler_name(llama_cpp.llama_sampler_chain_get(chain, i)).decode().lstrip("?")
+        for i in range(llama_cpp.llama_sampler_chain_n(chain))
+    ]
+
+
+def apply_stages(chain, logits: np.ndarray, stages: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run the first ``stages`` samplers of ``chain`` on ``logits``: the surviving ids and their logits."""
+    data = (llama_cpp.llama_token_data * len(logits))()
+    for i, logit in enumerate(logits):
+        data[i].id, data[i].logit, data[i].p = i, float(logit), 0.0
+    candidates = llama_cpp.llama_token_data_array(data=data, size=len(logits), selected=-1, sorted=False)
+    for i in range(stages):
+        llama_cpp.llama_sampler_apply(llama_cpp.llama_sampler_chain_get(chain, i), ctypes.pointer(candidates))
+    kept = [candidates.data[i] for i in range(candidates.size)]
+    return np.array([c.id for c in kept]), np.array([c.logit for c in kept], dtype=np.float32)
+
+
+def test_default_sampling_is_temperature_1_top_p_1_and_nothing_else(engine):
+    """What llama.cpp is given: no top-k or min-p stage, no truncation, logits untouched, then a draw."""
+    assert Sampling() == Sampling(temperature=1.0, top_p=1.0, seed=None)
+    engine.prefill(random_tokens(50, seed=6))
+    logits = engine.logits()
+    chain = build_sampler_chain(Sampling())
+    try:
+        assert chain_stages(chain) == ["temp", "dist"]
+        ids, kept = apply_stages(chain, logits, stages=1)
+        assert len(ids) == engine.n_vocab  # every token stays a candidate
+        np.testing.assert_array_equal(kept[np.argsort(ids)], logits)
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+    # The same check sees truncation and scaling when they are asked for.
+    chain = build_sampler_chain(Sampling(temperature=0.5, top_p=0.5))
+    try:
+        assert chain_stages(chain) == ["temp", "top-p", "dist"]
+        ids, kept = apply_stages(chain, logits, stages=2)
+        assert 0 < len(ids) < engine.n_vocab
+        np.testing.assert_allclose(kept, logits[ids] * 2, rtol=1e-6)
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+    greedy = build_sampler_chain(Sampling(temperature=0))
+    try:
+        assert chain_stages(greedy) == ["greedy"]
+    finally:
+        llama_cpp.llama_sampler_free(greedy)
+
+
+def test_greedy_takes_the_argmax_and_a_seed_repeats(engine):
+    prompt = random_tokens(40, seed=7)
+    engine.prefill(prompt)
+    assert engine.sample(Sampling(temperature=0)) == int(np.argmax(engine.logits()))
+
+    def draw(seed: int) -> list[int]:
+        engine.prefill(prompt)
+        out = []
+        for _ in range(8):
+            out.append(engine.sample(Sampling(seed=seed)))
+            engine.append(out[-1])
+        return out
+
+    assert draw(seed=11) == draw(seed=11)
+    assert draw(seed=11) != draw(seed=12)
+
+
+def test_cancel_stops_a_long_prefill_within_a_second(header, tmp_path):
+    """16k tokens take seconds even for the tiny model; cancel after 0.3 s, back well within a second."""
+    tokens = random_tokens(16384, seed=8)
+    long = LlamaEngine(header, n_ctx=16384, threads=THREADS, cache_dir=tmp_path)
+    try:
+        cancel = threading.Event()
+        timer = threading.Timer(0.3, cancel.set)
+        start = time.perf_counter()
+        timer.start()
+        with pytest.raises(Interrupted):
+            long.prefill(tokens, cancel)
+        stopped_after = time.perf_counter() - start
+        timer.cancel()
+        done = len(long.evaluated)
+        assert stopped_after < 1.3
+        assert done < len(tokens) // 2
+        assert list(long.evaluated) == tokens[:done]  # what is recorded is what the cache holds
+        # The cache is consistent: continuing reuses exactly what was kept and gives fresh logits.
+        target = tokens[: done + 300]
+        stats = long.prefill(target)
+        assert (stats.reused, stats.evaluated) == (done, 300)
+        np.testing.assert_allclose(long.logits(), fresh_logits(header, target, tmp_path), rtol=0, atol=1e-4)
+    finally:
+        long.close()
+
+
+def test_ctrl_c_stops_a_long_prefill_with_keyboard_interrupt(tiny_gguf):
+    """Without a SIGINT handler of the caller's, Ctrl-C mid-prefill is a KeyboardInterrupt, promptly."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, threading, time
+        import numpy as np
+        from ossrun.engine import LlamaEngine
+        from ossrun.gguf_header import check_gpt_oss
+        engine = LlamaEngine(check_gpt_oss({str(tiny_gguf)!r}), n_ctx=16384, threads=1, cache_dir={str(tiny_gguf.parent)!r})
+        tokens = np.random.default_rng(0).integers(0, 199998, 16384).tolist()
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.perf_counter()
+        try:
+            engine.prefill(tokens)
+            print("finished")
+        except KeyboardInterrupt:
+            print("interrupted", time.perf_counter() - start, len(engine.evaluated))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stderr == ""
+    word, seconds, evaluated = result.stdout.split()
+    assert word == "interrupted"
+    assert float(seconds) < 1.3
+    assert int(evaluated) < 8192
+
+
+def test_prefix_state_saved_and_restored_by_a_new_engine(engine, header, tmp_path):
+    prefix = random_tokens(150, seed=9)
+    prompt = prefix + random_tokens(60, seed=10)
+    first = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path)
+    try:
+        assert not first.prefix_saved(prefix)
+        first.prefill(prefix)
+        assert first.save_prefix(prefix)
+        assert not first.save_prefix(prefix[:-1])  # the cache must hold exactly the prefix
+        first.prefill(prompt)
+        expected = first.logits()
+    finally:
+        first.close()
+    second = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path)
+    try:
+        assert second.prefix_saved(prefix)
+        assert second.restore_prefix(prefix)
+        assert list(second.evaluated) == prefix
+        stats = second.prefill(prompt)
+        assert (stats.reused, stats.evaluated) == (150, 60)
+        np.testing.assert_allclose(second.logits(), expected, rtol=0, atol=1e-4)
+    finally:
+        second.close()
+    other_ctx = LlamaEngine(header, n_ctx=2048, threads=THREADS, cache_dir=tmp_path)
+    try:
+        assert not other_ctx.restore_prefix(prefix)  # a state is only valid for its context size
+    finally:
+        other_ctx.close()
+
+
+def test_token_bytes_from_a_vocabulary_only_load(tiny_gguf):
+    pieces = read_token_bytes(tiny_gguf, 199998)
+    assert len(pieces) == 199998
+    assert pieces[:3] == [b"!", b'"', b"#"]
+    assert pieces[220] == b" "  # GPT-2's byte-level 'Ġ' comes back as a space
+    assert all(pieces)

@@ -1,0 +1,362 @@
+"""The Python API: ``ossrun.load()`` a gpt-oss model, then ``chat`` with it or ``stream`` its reply.
+
+A :class:`Model` renders OpenAI-style messages to harmony token ids, lets the
+engine evaluate only what its KV cache does not hold yet, samples the reply
+token by token through harmony's streaming parser and yields typed events
+(:mod:`ossrun.events`) that every front end consumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+from ossrun import harmony
+from ossrun.backend import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, Interrupted, PrefixStore, Sampling, common_prefix_length
+from ossrun.errors import ContextError, ModelError, OssrunError
+from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Reply, Timings, Usage
+
+DEFAULT_MODEL = "gpt-oss-20b"
+DEFAULT_CTX = 8192
+# Tokens kept free for the reply when deciding whether the history fits (at most a
+# quarter of the context): a reasoning model needs room to think before it answers.
+DEFAULT_REPLY_RESERVE = 1024
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+def load(
+    model: Union[str, os.PathLike] = DEFAULT_MODEL,
+    *,
+    ctx: int = DEFAULT_CTX,
+    threads: Optional[int] = None,
+    verbose: bool = False,
+    show_progress: Optional[bool] = None,
+) -> "Model":
+    """Load a gpt-oss model by GGUF path, registry name or ``"demo"``.
+
+    The file is checked (a GGUF of architecture gpt-oss, complete) and compared with
+    the available memory before llama.cpp maps it. ``threads`` defaults to the
+    physical cores; ``verbose`` shows llama.cpp's own log; ``show_progress`` (default:
+    stderr is a terminal) shows a loading indicator on stderr.
+    """
+    from ossrun import engine as llama
+    from ossrun.gguf_header import check_gpt_oss
+    from ossrun.tiktoken_file import O200K_BASE_TOKENS, ensure_o200k
+
+    resolved = resolve(model)
+    path, name = resolved.path, resolved.name
+    header = check_gpt_oss(path)
+    llama.check_context_size(header, ctx)
+    llama.check_memory(header, ctx, weights=resolved.size_bytes)
+    llama.set_verbose(verbose)
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    with _loading_indicator(name, show_progress) as on_progress:
+        vocab_dir = ensure_o200k(header.identity, lambda: llama.read_token_bytes(path, O200K_BASE_TOKENS), name)
+        encoding = harmony.load_encoding(vocab_dir)
+        engine = llama.LlamaEngine(header, n_ctx=ctx, threads=threads, on_progress=on_progress)
+    return Model(engine, encoding, name=name, path=path)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path  # the GGUF to open (the first file of a split model)
+    name: str
+    size_bytes: int  # all of its files
+
+
+def resolve(model: Union[str, os.PathLike]) -> ResolvedModel:
+    """Where the GGUF of a path, ``"demo"`` or a registry name (or alias) is, and what to call it."""
+    text = os.fspath(model)
+    if isinstance(model, os.PathLike) or text.endswith(".gguf") or os.sep in text or "/" in text:
+        path = Path(text).expanduser()
+        return ResolvedModel(path, path.stem, path.stat().st_size if path.is_file() else 0)
+    if text == "demo":
+        try:
+            from ossrun.demo import demo_gguf
+        except ImportError:
+            raise ModelError("the demo model is not part of this ossrun build: give the path of a .gguf file") from None
+        path = Path(demo_gguf())
+        return ResolvedModel(path, "demo", path.stat().st_size)
+    from ossrun.registry import resolve_model
+
+    local = resolve_model(text)
+    return ResolvedModel(Path(local.path), local.name, local.size_bytes)
+
+
+@contextlib.contextmanager
+def _loading_indicator(name: str, enabled: bool) -> Iterator[Optional[Callable[[float], None]]]:
+    if not enabled:
+        yield None
+        return
+    shown = [-1]
+
+    def show(fraction: float) -> None:
+        percent = int(fraction * 100)
+        if percent != shown[0]:
+            shown[0] = percent
+            sys.stderr.write(f"\rloading {name}… {percent}%")
+            sys.stderr.flush()
+
+    sys.stderr.write(f"loading {name}…")
+    sys.stderr.flush()
+    try:
+        yield show
+    finally:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One call's prompt settings and sampling."""
+
+    settings: harmony.PromptSettings
+    history: tuple[Mapping[str, Any], ...]  # the messages minus system/developer entries
+    sampling: Sampling
+    max_tokens: Optional[int]
+    cancel: Optional[threading.Event]
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    ids: list[int]
+    dropped: int  # oldest history entries left out to fit the context
+    prefix_length: int  # the system/developer messages, shared by every prompt of these settings
+
+
+@dataclass
+class _TurnResult:
+    turn: harmony.Turn
+    finish_reason: FinishReason
+    evaluated: int = 0  # prompt tokens run through the model
+    cached: int = 0  # prompt tokens reused from the KV cache or restored from disk
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    completion_tokens: int = 0
+
+
+class Model:
+    """A loaded gpt-oss model. Works with any :class:`ossrun.backend.Engine`."""
+
+    def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Optional[Path] = None):
+        self.engine = engine
+        self.encoding = encoding
+        self.name = name
+        self.path = path
+        self._stops = harmony.stop_tokens(encoding)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.engine.n_ctx
+
+    # -- public API ------------------------------------------------------------
+
+    def stream(self, messages: Messages, **options: Any) -> Iterator[Event]:
+        """The reply to ``messages`` as events, ending with exactly one :class:`Done`.
+
+        Options: ``reasoning_effort`` (low/medium/high), ``system`` (developer
+        instructions; wins over a system entry), ``temperature`` (0: greedy), ``top_p``,
+        ``seed``, ``max_tokens``, ``cancel`` (a threading.Event that stops the reply,
+        even mid-prefill) and ``tools`` (harmony function descriptions).
+        """
+        request = self._request(messages, options)
+        yield from self._turn(request.history, request)
+
+    def chat(self, messages: Messages, **options: Any) -> Reply:
+        """The whole reply to ``messages`` (same options as :meth:`stream`)."""
+        for event in self.stream(messages, **options):
+            if isinstance(event, Done):
+                return event.reply
+        raise AssertionError("stream() ended without Done")  # pragma: no cover - stream always ends with Done
+
+    def render(self, messages: Messages, **options: Any) -> list[int]:
+        """The prompt ids a call with these arguments would feed the model (oldest turns dropped if needed)."""
+        request = self._request(messages, options)
+        return self._fit(request.history, request).ids
+
+    def pending_tokens(self, messages: Messages, **options: Any) -> int:
+        """How many prompt tokens a call would evaluate now (the rest is in the KV cache or on disk)."""
+        request = self._request(messages, options)
+        prompt = self._fit(request.history, request)
+        reused = common_prefix_length(self.engine.evaluated, prompt.ids)
+        if reused < prompt.prefix_length and isinstance(self.engine, PrefixStore):
+            if self.engine.prefix_saved(prompt.ids[: prompt.prefix_length]):
+                reused = prompt.prefix_length
+        return len(prompt.ids) - min(reused, len(prompt.ids) - 1)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.encoding.decode(list(ids))
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- prompt ----------------------------------------------------------------
+
+    def _request(self, messages: Messages, options: Mapping[str, Any]) -> _Request:
+        options = dict(options)
+        system = options.pop("system", None)
+        tools = options.pop("tools", None)
+        settings = harmony.PromptSettings(
+            reasoning_effort=harmony.check_reasoning_effort(options.pop("reasoning_effort", harmony.DEFAULT_REASONING_EFFORT)),
+            instructions=system if system is not None else harmony.instructions_from(messages),
+            functions=tuple(tools or ()),
+        )
+        sampling = Sampling(
+            temperature=float(options.pop("temperature", DEFAULT_TEMPERATURE)),
+            top_p=float(options.pop("top_p", DEFAULT_TOP_P)),
+            seed=options.pop("seed", None),
+        )
+        max_tokens = options.pop("max_tokens", None)
+        cancel = options.pop("cancel", None)
+        if options:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(options))}")
+        _check_sampling(sampling, max_tokens)
+        history = tuple(m for m in messages if m.get("role") not in ("system", "developer"))
+        return _Request(settings, history, sampling, max_tokens, cancel)
+
+    def _reply_reserve(self, max_tokens: Optional[int]) -> int:
+        return min(max_tokens or DEFAULT_REPLY_RESERVE, self.n_ctx // 4)
+
+    def _fit(self, history: Messages, request: _Request) -> _Prompt:
+        """Render the prompt, leaving out the oldest whole turns until it fits with room for a reply."""
+        settings = request.settings
+        budget = self.n_ctx - self._reply_reserve(request.max_tokens)
+        turn_starts = [i for i, m in enumerate(history) if m.get("role") == "user" and i > 0]
+        prefix = harmony.render_prefix(self.encoding, settings)
+        dropped = 0
+        while True:
+            ids = harmony.render_prompt(self.encoding, history[dropped:], settings)
+            if len(ids) <= budget:
+                shared = len(prefix) if ids[: len(prefix)] == prefix else 0
+                return _Prompt(ids, dropped, shared)
+            later = [start for start in turn_starts if start > dropped]
+            if not later:
+                raise ContextError(
+                    f"the prompt is {len(ids)} tokens, more than the context of {self.n_ctx} tokens "
+                    f"allows with {self.n_ctx - budget} kept for the reply: shorten it or use a larger --ctx"
+                )
+            dropped = later[0]
+
+    # -- generation --------------------------------------------------------------
+
+    def _turn(self, history: Messages, request: _Request) -> Iterator[Event]:
+        """One assistant turn over ``history`` (system entries already set aside), ending with Done.
+
+        A tool-calling loop runs this once per round, with each round's calls and
+        results appended to the history.
+        """
+        prompt = self._fit(history, request)
+        notices = []
+        if prompt.dropped:
+            notices.append(
+                f"the conversation is longer than the context of {self.n_ctx} tokens: "
+                f"left out the {prompt.dropped} oldest messages"
+            )
+            yield Notice(notices[-1])
+        result = yield from self._generate(prompt, request)
+        yield Done(self._reply(prompt, result, notices))
+
+    def _prefill(self, prompt: _Prompt, cancel: Optional[threading.Event]) -> int:
+        """Bring the engine's cache to the prompt; returns how many tokens were evaluated.
+
+        The system/developer prefix is restored from disk when a previous session saved
+        it, or evaluated and saved on its own first so the next session can.
+        """
+        engine, ids = self.engine, prompt.ids
+        evaluated = 0
+        prefix = ids[: prompt.prefix_length]
+        if prefix and isinstance(engine, PrefixStore) and common_prefix_length(engine.evaluated, ids) < len(prefix):
+            if not engine.restore_prefix(prefix):
+                evaluated += engine.prefill(prefix, cancel).evaluated
+                engine.save_prefix(prefix)
+        return evaluated + engine.prefill(ids, cancel).evaluated
+
+    def _generate(self, prompt: _Prompt, request: _Request) -> Iterator[Event]:
+        """Prefill, then sample until a stop token, the token limit, a full context or cancel.
+
+        Yields the parser's events and returns a :class:`_TurnResult`.
+        """
+        engine, cancel, sampling = self.engine, request.cancel, request.sampling
+        parser = harmony.TurnParser(self.encoding)
+        start = time.perf_counter()
+        try:
+            evaluated = self._prefill(prompt, cancel)
+        except Interrupted:
+            return _TurnResult(parser.finish(), "interrupted", prefill_seconds=time.perf_counter() - start)
+        decode_start = time.perf_counter()
+        result = _TurnResult(parser.turn, "length", evaluated, len(prompt.ids) - evaluated, decode_start - start)
+        stops, limit, n_ctx = self._stops, request.max_tokens, engine.n_ctx
+        used, produced = len(prompt.ids), 0
+        while True:
+            if cancel is not None and cancel.is_set():
+                result.finish_reason = "interrupted"
+                break
+            token = engine.sample(sampling)
+            produced += 1
+            yield from parser.feed(token)
+            if token in stops:
+                result.finish_reason = "tool_calls" if parser.turn.tool_calls else "stop"
+                break
+            if (limit is not None and produced >= limit) or used >= n_ctx:
+                break  # finish_reason stays "length"
+            try:
+                engine.append(token, cancel)
+            except Interrupted:
+                result.finish_reason = "interrupted"
+                break
+            used += 1
+        if result.finish_reason != "stop" and result.finish_reason != "tool_calls":
+            before = len(parser.turn.final)
+            parser.finish()  # flush raw text held back while waiting for a complete character
+            if len(parser.turn.final) > before:
+                yield FinalDelta(parser.turn.final[before:])
+        result.turn = parser.turn
+        result.completion_tokens = produced
+        result.decode_seconds = time.perf_counter() - decode_start
+        return result
+
+    def _reply(self, prompt: _Prompt, result: _TurnResult, notices: list[str]) -> Reply:
+        turn = result.turn
+        return Reply(
+            reasoning=turn.reasoning,
+            final=turn.final,
+            finish_reason=result.finish_reason,
+            usage=Usage(
+                prompt_tokens=len(prompt.ids),
+                cached_tokens=result.cached,
+                completion_tokens=result.completion_tokens,
+            ),
+            timings=Timings(
+                prefill_seconds=result.prefill_seconds,
+                decode_seconds=result.decode_seconds,
+                prefill_tokens=result.evaluated,
+                decode_tokens=result.completion_tokens,
+            ),
+            malformed=turn.malformed is not None,
+            context_used=len(self.engine.evaluated),
+            context_size=self.n_ctx,
+            extra={"dropped_messages": prompt.dropped, "notices": notices},
+        )
+
+
+def _check_sampling(sampling: Sampling, max_tokens: Optional[int]) -> None:
+    if sampling.temperature < 0:
+        raise OssrunError(f"temperature {sampling.temperature} is negative: use 0 (greedy) or more (1.0 recommended)")
+    if not 0 < sampling.top_p <= 1:
+        raise OssrunError(f"top_p {sampling.top_p} is out of range: use a value above 0 and at most 1 (1.0 recommended)")
+    if max_tokens is not None and max_tokens < 1:
+        raise OssrunError(f"max_tokens {max_tokens} is less than 1: give a positive number or leave it unset")

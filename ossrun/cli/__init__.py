@@ -44,9 +44,9 @@ def _root(
 
 def _register_commands() -> None:
     # One module per command, each with a register(app) function.
-    from ossrun.cli import convert, models
+    from ossrun.cli import chat, convert, models, run
 
-    for module in (convert, models):
+    for module in (chat, run, convert, models):
         module.register(app)
 
 

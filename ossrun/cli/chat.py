@@ -1,0 +1,64 @@
+"""``ossrun chat``: talk with a model in the terminal."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ossrun.cli import options as opt
+
+HELP = """Chat with a gpt-oss model in the terminal.
+
+The model's reasoning streams dimmed under "thinking", then the answer as markdown,
+then a line of stats. Type /help in the chat for the commands (/effort, /system,
+/retry, /save, /load, ...). Ctrl-C stops an answer; Ctrl-D leaves.
+
+Examples:
+
+\b
+  ossrun chat
+  ossrun chat gpt-oss-120b -r high
+  ossrun chat -m ./my-model.gguf --system "Answer in French." --hide-reasoning
+"""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("chat", help=HELP)
+    def chat_command(
+        model_argument: opt.ModelArgument = None,
+        model: opt.ModelOption = None,
+        reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
+        hide_reasoning: Annotated[
+            bool, typer.Option("--hide-reasoning", help='Show "thought for N tokens" instead of the reasoning.')
+        ] = False,
+        system: opt.System = None,
+        temperature: opt.Temperature = 1.0,
+        top_p: opt.TopP = 1.0,
+        seed: opt.Seed = None,
+        max_tokens: opt.MaxTokens = None,
+        ctx: opt.Ctx = opt.DEFAULT_CTX,
+        threads: opt.Threads = None,
+        verbose: opt.Verbose = False,
+    ) -> None:
+        from ossrun.conversation import Conversation
+        from ossrun.display import Screen
+        from ossrun.repl import Repl, StreamReader, TerminalReader
+
+        name = opt.pick_model(model_argument, model)
+        loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose)
+        try:
+            reader = TerminalReader() if sys.stdin.isatty() else StreamReader(sys.stdin)
+            repl = Repl(
+                loaded,
+                Screen.create(),
+                reader,
+                conversation=Conversation(reasoning_effort=reasoning_effort, system=system),
+                reasoning="hide" if hide_reasoning else "show",
+                sampling=opt.sampling(temperature, top_p, seed, max_tokens),
+            )
+            code = repl.run()
+        finally:
+            loaded.close()
+        raise typer.Exit(code)

@@ -1,0 +1,77 @@
+"""Options shared by ``ossrun chat`` and ``ossrun run``, as ``Annotated`` aliases.
+
+Kept free of heavy imports: ``ossrun --help`` loads this module.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+DEFAULT_MODEL = "gpt-oss-20b"
+DEFAULT_CTX = 8192
+DEFAULT_EFFORT = "medium"
+
+
+def _check_effort(value: str) -> str:
+    # Raises an OssrunError, not a usage error: one line "error: ..." from main(), exit code 1.
+    # Imported here: harmony loads openai_harmony, which --help does not need.
+    from ossrun.harmony import check_reasoning_effort
+
+    return check_reasoning_effort(value)
+
+
+ModelArgument = Annotated[
+    Optional[str],
+    typer.Argument(metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL}].",
+                   show_default=False),
+]
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option("-m", "--model", metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL}].",
+                 show_default=False),
+]
+ReasoningEffort = Annotated[
+    str,
+    typer.Option("-r", "--reasoning-effort", metavar="low|medium|high", callback=_check_effort,
+                 help="How hard the model thinks before answering."),
+]
+System = Annotated[
+    Optional[str],
+    typer.Option("--system", metavar="TEXT", help="Instructions for the model (harmony's developer message).",
+                 show_default=False),
+]
+Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature (OpenAI recommends 1.0).")]
+TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (1.0: off).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable output.", show_default=False)]
+MaxTokens = Annotated[
+    Optional[int],
+    typer.Option("--max-tokens", min=1, help="Stop after this many tokens [default: until the answer ends or the context is full].",
+                 show_default=False),
+]
+Ctx = Annotated[int, typer.Option("--ctx", min=256, help="Context size in tokens (up to the model's 131072).")]
+Threads = Annotated[
+    Optional[int],
+    typer.Option("--threads", min=1, help="CPU threads [default: the physical cores].", show_default=False),
+]
+Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log lines.")]
+
+
+def pick_model(argument: Optional[str], option: Optional[str]) -> Optional[str]:
+    """MODEL may come positionally or as -m/--model, not both."""
+    if argument and option and argument != option:
+        raise typer.BadParameter(f"two models given ({argument} and {option}): give one", param_hint="MODEL")
+    return argument or option
+
+
+def load_model(name: Optional[str], *, ctx: int, threads: Optional[int], verbose: bool) -> Any:
+    """``ossrun.load`` with the command line's options (``name`` None: the default model)."""
+    import ossrun
+
+    return ossrun.load(name or DEFAULT_MODEL, ctx=ctx, threads=threads, verbose=verbose)
+
+
+def sampling(temperature: float, top_p: float, seed: Optional[int], max_tokens: Optional[int]) -> dict[str, Any]:
+    """The keyword arguments of ``Model.stream`` for sampling."""
+    return {"temperature": temperature, "top_p": top_p, "seed": seed, "max_tokens": max_tokens}

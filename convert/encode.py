@@ -1,14 +1,15 @@
-"""Turn one planned GGUF tensor into its bytes, as a sequence of independent chunk jobs.
+"""Turn one planned GGUF tensor into its bytes, as a sequence of independent chunks.
 
-Each job reads its own slice of the checkpoint and encodes it, so jobs can run on worker threads
-(numpy and ``os.preadv`` release the GIL) while the writer puts finished chunks on disk in order.
-A job never holds more than about ``chunk_bytes`` of input.
+Each chunk reads its own slice of the checkpoint and encodes it, so chunks can be computed on
+worker threads (numpy and ``os.preadv`` release the GIL) while the writer puts finished ones on
+disk in order. A chunk never holds more than about ``chunk_bytes`` of input.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from functools import partial
+from typing import Iterator
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType, quants
@@ -18,6 +19,7 @@ from ossrun.errors import ConvertError
 from . import mxfp4
 from .mapping import Encoding, OutputTensor
 from .safetensors import TensorEntry, TensorReader
+from .writer import Chunk
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 
@@ -34,8 +36,6 @@ FILE_TYPES: dict[str, LlamaFileType] = {
     "f16": LlamaFileType.MOSTLY_F16,
     "f32": LlamaFileType.ALL_F32,
 }
-
-Job = Callable[[], np.ndarray]
 
 
 def check_outtype(outtype: str) -> str:
@@ -86,32 +86,37 @@ def _select(array: np.ndarray, tensor: OutputTensor) -> np.ndarray:
     return array[tuple(index)]
 
 
-def chunk_jobs(
+def tensor_chunks(
     tensor: OutputTensor,
     entries: dict[str, TensorEntry],
     reader: TensorReader,
     outtype: str,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-) -> Iterator[Job]:
-    """Jobs whose results, concatenated, are the GGUF bytes of ``tensor``."""
+) -> Iterator[Chunk]:
+    """Chunks whose results, concatenated, are the GGUF bytes of ``tensor``."""
     source = entries[tensor.source]
     if tensor.encoding is Encoding.F32:
-        # Vectors, biases and the router are small: one job each.
-        yield lambda: np.ascontiguousarray(_select(widen(reader.read_all(source), source.dtype), tensor))
+        # Vectors, biases and the router are small: one chunk each.
+        yield Chunk(lambda: np.ascontiguousarray(_select(widen(reader.read_all(source), source.dtype), tensor)))
         return
+    step = max(1, chunk_bytes // source.row_bytes)  # rows (experts for MXFP4) per chunk
     if tensor.encoding is Encoding.MXFP4:
         scales = entries[tensor.scales]  # type: ignore[index]
-        step = max(1, chunk_bytes // source.row_bytes)  # experts per job
         for first in range(0, source.shape[0], step):
             stop = min(first + step, source.shape[0])
-            yield lambda first=first, stop=stop: mxfp4.repack(
-                _select(reader.read_rows(source, first, stop), tensor),
-                _select(reader.read_rows(scales, first, stop), tensor),
+            yield Chunk(
+                lambda first=first, stop=stop: mxfp4.repack(
+                    _select(reader.read_rows(source, first, stop), tensor),
+                    _select(reader.read_rows(scales, first, stop), tensor),
+                ),
+                partial(reader.prefetch_rows, source, first, stop),
             )
         return
     qtype = OUTTYPES[outtype]
     start, stop = (tensor.rows.start, tensor.rows.stop) if tensor.rows else (0, source.shape[0])
-    step = max(1, chunk_bytes // source.row_bytes)
     for first in range(start, stop, step):
         last = min(first + step, stop)
-        yield lambda first=first, last=last: encode_matrix(reader.read_rows(source, first, last), source.dtype, qtype)
+        yield Chunk(
+            lambda first=first, last=last: encode_matrix(reader.read_rows(source, first, last), source.dtype, qtype),
+            partial(reader.prefetch_rows, source, first, last),
+        )

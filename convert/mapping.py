@@ -190,13 +190,7 @@ def check_entries(expected: dict[str, Expected], entries: dict[str, TensorEntry]
 
 
 def plan_tensors(layout: Layout, hp: HyperParams, entries: dict[str, TensorEntry]) -> list[OutputTensor]:
-    """The GGUF tensors for a checkpoint, in the order their sources lie on disk."""
+    """The GGUF tensors for a checkpoint, in one order for both layouts (so both give the same file)."""
     plan = _hf_plan(hp) if layout is Layout.HF else _original_plan(hp)
     check_entries(plan.expected, entries)
-
-    def disk_order(item: tuple[int, OutputTensor]) -> tuple[str, int, int]:
-        index, tensor = item
-        entry = entries[tensor.source]
-        return (str(entry.path), entry.offset, index)
-
-    return [tensor for _, tensor in sorted(enumerate(plan.outputs), key=disk_order)]
+    return plan.outputs

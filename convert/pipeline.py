@@ -12,10 +12,10 @@ from gguf import GGML_QUANT_VERSION, MODEL_ARCH, MODEL_ARCH_NAMES, GGUFWriter, R
 
 from ossrun.errors import ConvertError
 
-from .encode import DEFAULT_CHUNK_BYTES, FILE_TYPES, check_outtype, chunk_jobs, ggml_nbytes, ggml_type
+from .encode import DEFAULT_CHUNK_BYTES, FILE_TYPES, check_outtype, tensor_chunks, ggml_nbytes, ggml_type
 from .layout import HyperParams, Layout, checkpoint_files, detect_layout, read_hyper_params, read_tensor_entries
-from .mapping import plan_tensors
-from .safetensors import TensorReader
+from .mapping import OutputTensor, plan_tensors
+from .safetensors import TensorEntry, TensorReader
 from .tokenizer import PRE_TOKENIZER, Vocab, find_tokenizer_folder, read_vocab
 from .writer import Progress, TensorData, data_bytes, human_bytes, part_path, write_gguf
 
@@ -27,12 +27,13 @@ METADATA_ALLOWANCE = 32 << 20
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint folder understood: layout, hyper-parameters, tensors and tokenizer."""
+    """A checkpoint folder understood: layout, hyper-parameters, tensors, GGUF plan and tokenizer."""
 
     src: Path
     layout: Layout
     hyper_params: HyperParams
-    entries: dict
+    entries: dict[str, TensorEntry]
+    tensors: list[OutputTensor]
     vocab: Vocab
 
     @property
@@ -48,8 +49,9 @@ def open_checkpoint(src: str | os.PathLike[str], tokenizer_dir: str | os.PathLik
     layout, config = detect_layout(src)
     hp = read_hyper_params(layout, config, src / "config.json")
     entries = read_tensor_entries(checkpoint_files(src, layout))
+    tensors = plan_tensors(layout, hp, entries)
     folder = find_tokenizer_folder(src, layout, Path(tokenizer_dir) if tokenizer_dir is not None else None)
-    return Checkpoint(src, layout, hp, entries, read_vocab(folder, hp.vocab_rows))
+    return Checkpoint(src, layout, hp, entries, tensors, read_vocab(folder, hp.vocab_rows))
 
 
 def _check_output(out: Path, force: bool) -> None:
@@ -130,17 +132,16 @@ def convert(
     check_outtype(outtype)
     _check_output(out, force)
     checkpoint = open_checkpoint(src, tokenizer_dir)
-    planned = plan_tensors(checkpoint.layout, checkpoint.hyper_params, checkpoint.entries)
 
     writer = GGUFWriter(path=None, arch=ARCH)
     add_metadata(writer, checkpoint, outtype)
     with TensorReader() as reader:
         tensors = []
-        for tensor in planned:
+        for tensor in checkpoint.tensors:
             qtype = ggml_type(tensor, outtype)
             nbytes = ggml_nbytes(tensor.shape, qtype)
             # tensor_dtype float32 tells GGUFWriter the shape is in values, not bytes.
             writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
-            tensors.append(TensorData(nbytes, chunk_jobs(tensor, checkpoint.entries, reader, outtype, chunk_bytes)))
+            tensors.append(TensorData(nbytes, tensor_chunks(tensor, checkpoint.entries, reader, outtype, chunk_bytes)))
         _check_free_space(out, data_bytes(tensors) + METADATA_ALLOWANCE)
         return write_gguf(writer, tensors, out, progress=progress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,12 +120,14 @@ class TensorReader:
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()  # reader threads share the descriptors
 
     def _fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_RDONLY)
-        return fd
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            return fd
 
     def read(self, entry: TensorEntry, start: int = 0, count: int | None = None) -> np.ndarray:
         """Bytes ``[start, start + count)`` of ``entry`` as a fresh uint8 array."""
@@ -146,10 +149,11 @@ class TensorReader:
     def read_all(self, entry: TensorEntry) -> np.ndarray:
         return self.read(entry).view(DTYPES[entry.dtype]).reshape(entry.shape)
 
-    def forget(self, entry: TensorEntry) -> None:
-        """Tell the kernel the bytes of ``entry`` will not be read again (keeps the page cache lean)."""
+    def prefetch_rows(self, entry: TensorEntry, first: int, stop: int) -> None:
+        """Ask the kernel to start reading rows ``[first, stop)`` now (they are needed soon)."""
         if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self._fd(entry.path), entry.offset, entry.nbytes, os.POSIX_FADV_DONTNEED)
+            start = entry.offset + first * entry.row_bytes
+            os.posix_fadvise(self._fd(entry.path), start, (stop - first) * entry.row_bytes, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
         for fd in self._fds.values():

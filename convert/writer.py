@@ -12,6 +12,7 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -22,7 +23,7 @@ from ossrun.errors import ConvertError
 
 # Both cores compute while this thread writes; a few chunks ahead keeps the disk busy.
 DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
-DEFAULT_AHEAD = 3  # chunks queued per worker
+DEFAULT_AHEAD = 4  # chunks queued per worker (their input is read ahead meanwhile)
 
 Progress = Callable[[int, int], None]  # (bytes written, bytes in all)
 
@@ -47,12 +48,21 @@ def _disk_error(exc: OSError, path: Path, total: int) -> ConvertError:
     return ConvertError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-class TensorData:
-    """One tensor's place in the file: its size and the jobs that compute its bytes in order."""
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a tensor's bytes: ``compute()`` makes them (on a worker thread); ``prefetch()``
+    asks the kernel to start reading its input as soon as the chunk is queued."""
 
-    def __init__(self, nbytes: int, jobs: Iterable[Callable[[], np.ndarray]]):
-        self.nbytes = nbytes
-        self.jobs = jobs
+    compute: Callable[[], np.ndarray]
+    prefetch: Callable[[], None] = lambda: None
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """One tensor's place in the file: its size and the chunks that make its bytes, in order."""
+
+    nbytes: int
+    chunks: Iterable[Chunk]
 
 
 def _pad(n: int) -> int:
@@ -120,21 +130,22 @@ def _write_data(f, tensors: list[TensorData], progress: Progress | None, workers
         raise RuntimeError(f"wrote {done} bytes of tensor data, planned {total}")
 
 
-def _chunks(tensors: list[TensorData]) -> Iterator[tuple[Callable[[], np.ndarray], int]]:
-    """Every job in file order, with the padding that follows it (after a tensor's last chunk)."""
+def _chunks(tensors: list[TensorData]) -> Iterator[tuple[Chunk, int]]:
+    """Every chunk in file order, with the padding that follows it (after a tensor's last chunk)."""
     for tensor in tensors:
-        jobs = iter(tensor.jobs)
-        job = next(jobs, None)
-        while job is not None:
-            following = next(jobs, None)
-            yield job, _pad(tensor.nbytes) if following is None else 0
-            job = following
+        chunks = iter(tensor.chunks)
+        chunk = next(chunks, None)
+        while chunk is not None:
+            following = next(chunks, None)
+            yield chunk, _pad(tensor.nbytes) if following is None else 0
+            chunk = following
 
 
 def _submit_all(pool, tensors, queue, ahead) -> Iterator[tuple[Future, int]]:
-    """Submit jobs ``ahead`` chunks in front of the writer; yield them back in file order."""
-    for job, pad in _chunks(tensors):
-        queue.append((pool.submit(job), pad))
+    """Submit chunks ``ahead`` in front of the writer; yield them back in file order."""
+    for chunk, pad in _chunks(tensors):
+        chunk.prefetch()
+        queue.append((pool.submit(chunk.compute), pad))
         while len(queue) > ahead:
             yield queue.popleft()
     while queue:

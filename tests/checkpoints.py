@@ -13,6 +13,7 @@ truncated files, wrong shapes, and so on.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -71,7 +72,7 @@ class WeightScales:
     norm: float = 0.1  # norm weights are 1 + N(0, norm)
     unembedding: float = 0.1
     gate_up_exponent: int = 123  # E8M0 scale byte around which the expert block scales spread
-    down_exponent: int = 121
+    down_exponent: int = 119
 
 
 def to_bf16(values: np.ndarray) -> np.ndarray:
@@ -128,16 +129,55 @@ def make_weights(config: TinyConfig = TinyConfig(), seed: int = 0, scales: Weigh
     return w
 
 
+def make_clear_margin_weights(config: TinyConfig = TinyConfig(), seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights shaped so that every decision has a margin far above quantization noise.
+
+    llama.cpp quantizes activations too (to Q8_0 before MXFP4 and Q8_0 matmuls, to BF16 before
+    BF16 ones), so its logits differ from an exact forward pass by a fraction of a percent. With
+    plain random weights that is enough to flip near-tied router choices and near-tied top-1
+    tokens. Here:
+
+    - routing: the first ``n_experts`` embedding dims carry a +-4 code per token (``n_experts_used``
+      of them +4) and expert e's router row reads dim e (weight 1, the random part shrunk 10x), so
+      the chosen and the rejected experts differ by ~5 router logits, while the gate weights among
+      the chosen still vary with the context;
+    - top-1: the unembedding adds 3x each token's unit embedding to its row, so the residual's
+      embedding part makes the current token the clear winner (margins of several logits);
+    - sinks ~ N(3, 1), so that the sink takes a real share of every head's attention.
+
+    Everything else (attention, experts, norms, biases) stays random and moves the residual by as
+    much as the embedding does, so the logits' cosine still measures the whole network.
+    """
+    rng = np.random.default_rng(seed + 1)
+    weights = make_weights(config, seed)
+    E, k = config.n_experts, config.n_experts_used
+    codes = np.array([[4.0 if e in chosen else -4.0 for e in range(E)] for chosen in itertools.combinations(range(E), k)], dtype=np.float32)
+    embedding = weights["model.embed_tokens.weight"].copy()
+    embedding[:, :E] = codes[np.arange(embedding.shape[0]) % len(codes)]
+    weights["model.embed_tokens.weight"] = bf16_values(embedding)
+    for b in range(config.n_layers):
+        router = weights[f"model.layers.{b}.mlp.router.weight"] * np.float32(0.1)
+        router[:, :E] += np.eye(E, dtype=np.float32)
+        weights[f"model.layers.{b}.mlp.router.weight"] = bf16_values(router)
+        weights[f"model.layers.{b}.self_attn.sinks"] = bf16_values(rng.standard_normal(config.n_heads, dtype=np.float32) + 3)
+    unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
+    weights["lm_head.weight"] = bf16_values(weights["lm_head.weight"] + 3 * unit)
+    return weights
+
+
 # --- safetensors ---------------------------------------------------------------------------------
+
+
+# Weights made here are float32 holding BF16 values (stored as BF16) or uint8 (MXFP4); the other
+# dtypes let tests write a tensor of the wrong dtype.
+_STORAGE = {np.dtype(np.uint8): "U8", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}
 
 
 def _storage(array: np.ndarray) -> tuple[str, np.ndarray]:
     """The safetensors dtype and bytes of a weight: float32 weights are stored as BF16."""
     if array.dtype == np.float32:
         return "BF16", to_bf16(array)
-    if array.dtype == np.uint8:
-        return "U8", array
-    raise TypeError(f"no storage for {array.dtype}")
+    return _STORAGE[array.dtype], array
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
@@ -194,6 +234,7 @@ def hf_config(config: TinyConfig) -> dict:
 
 
 def _copy_tokenizer(tokenizer_dir: Path, folder: Path) -> None:
+    """The tokenizer files, plus the published chat template and generation config."""
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(tokenizer_dir / name, folder / name)
     for name in ("chat_template.jinja", "generation_config.json"):
@@ -231,6 +272,24 @@ def write_hf_checkpoint(
         total += sum(_storage(a)[1].nbytes for a in part.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def write_byte_tokenizer(folder: Path) -> Path:
+    """A minimal byte-level BPE tokenizer (256 bytes, one merge, bos/eos/pad at 257..259) for tests
+    about tensors, where reading o200k's 200k tokens back would only cost time. Fits 320 rows."""
+    from ossrun.vocab import token_to_text
+
+    vocab = {token_to_text(bytes([b])): b for b in range(256)}
+    vocab[token_to_text(b" t")] = 256
+    specials = {257: "<|startoftext|>", 258: "<|return|>", 259: "<|endoftext|>"}
+    added = [{"id": i, "content": c, "special": True, "normalized": False} for i, c in specials.items()]
+    tokenizer = {"model": {"type": "BPE", "vocab": vocab, "merges": [[token_to_text(b" "), "t"]]}, "added_tokens": added}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    config = {"bos_token": specials[257], "eos_token": specials[258], "pad_token": specials[259]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "special_tokens_map.json").write_text(json.dumps(config))
     return folder
 
 

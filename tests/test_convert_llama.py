@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
 
+REFERENCE = Path(__file__).parent / "data" / "gpt-oss-20b"
 PROMPT = "The quick brown fox jumps over the lazy dog. Ünïcödé and 12345 numbers!"
 
 
@@ -24,6 +27,11 @@ def test_llama_cpp_loads_the_tiny_gguf_as_gpt_oss(tiny_llama):
     assert tiny_llama.n_vocab() == 201088
     assert tiny_llama.token_bos() == 199998
     assert tiny_llama.token_eos() == 200002
+    # The published tokenizer files' ids and chat template, and llama.cpp's file type for the layout.
+    assert metadata["tokenizer.ggml.padding_token_id"] == "199999"
+    assert metadata["tokenizer.ggml.pre"] == "gpt-4o"
+    assert metadata["tokenizer.chat_template"] == (REFERENCE / "chat_template.jinja").read_text()
+    assert metadata["general.file_type"] == "38"
 
 
 def test_llama_cpp_tokenizes_like_harmony(tiny_llama, encoding):

@@ -27,17 +27,15 @@ from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".gguf", ".safetensors")
 STALL_TIMEOUT_SECONDS = 60
+WRITE_CHUNK_BYTES = 1 << 20
 
 
 def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def lfs_pointer(data: bytes) -> bytes:
-    return (
-        f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(data).hexdigest()}\n"
-        f"size {len(data)}\n"
-    ).encode()
+def lfs_pointer(data: bytes, sha256: str) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n".encode()
 
 
 @dataclass
@@ -48,14 +46,23 @@ class Repo:
     commit: str = ""
 
     def __post_init__(self):
+        # Hashed once: the handlers ask for these on every request.
+        self._sha256 = {path: hashlib.sha256(data).hexdigest() for path, data in self.files.items()}
+        self._blob_id = {path: git_blob_id(data) for path, data in self.files.items()}
         if not self.commit:
             digest = hashlib.sha1(self.repo_id.encode())
             for path in sorted(self.files):
-                digest.update(path.encode() + hashlib.sha256(self.files[path]).digest())
+                digest.update(path.encode() + self._sha256[path].encode())
             self.commit = digest.hexdigest()
 
     def sha256(self, path: str) -> str:
-        return hashlib.sha256(self.files[path]).hexdigest()
+        return self._sha256[path]
+
+    def blob_id(self, path: str) -> str:
+        """The git object id: of the file itself, or of its LFS pointer."""
+        if path in self.lfs:
+            return git_blob_id(lfs_pointer(self.files[path], self._sha256[path]))
+        return self._blob_id[path]
 
 
 @dataclass
@@ -181,13 +188,13 @@ def _make_handler(hub: HubServer):
             for path, data in sorted(repo.files.items()):
                 size = hub.faults.advertised_size.get(path, len(data))
                 if path in repo.lfs:
-                    pointer = lfs_pointer(data)
+                    pointer = lfs_pointer(data, repo.sha256(path))
                     siblings.append({
-                        "rfilename": path, "size": size, "blobId": git_blob_id(pointer),
+                        "rfilename": path, "size": size, "blobId": repo.blob_id(path),
                         "lfs": {"size": size, "sha256": repo.sha256(path), "pointerSize": len(pointer)},
                     })
                 else:
-                    siblings.append({"rfilename": path, "size": size, "blobId": git_blob_id(data)})
+                    siblings.append({"rfilename": path, "size": size, "blobId": repo.blob_id(path)})
             body = json.dumps({"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False,
                                "siblings": siblings}).encode()
             self.reply(200, body, {"Content-Type": "application/json"})
@@ -207,11 +214,11 @@ def _make_handler(hub: HubServer):
                     "X-Repo-Commit": repo.commit,
                     "X-Linked-Etag": f'"{repo.sha256(path)}"',
                     "X-Linked-Size": str(size),
-                    "ETag": f'"{git_blob_id(lfs_pointer(data))}"',
+                    "ETag": f'"{repo.blob_id(path)}"',
                 }
                 self.reply(302, b"", headers)
                 return
-            headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{git_blob_id(data)}"'}
+            headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{repo.blob_id(path)}"'}
             self.content(path, hub.faults.serve_instead.get(path, data), head, headers)
 
         def cdn(self, path: str, head: bool) -> None:
@@ -240,7 +247,7 @@ def _make_handler(hub: HubServer):
                     return
                 status = 206
                 headers = {**headers, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
-            body = data[start:]
+            body = memoryview(data)[start:]  # no copy of a large file per request
             headers = {**headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             if head:
                 self.reply(status, b"", {**headers, "Content-Length": str(len(body))}, send_body=False)
@@ -273,7 +280,8 @@ def _make_handler(hub: HubServer):
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            if send_body and body:
-                self.wfile.write(body)
+            if send_body:
+                for offset in range(0, len(body), WRITE_CHUNK_BYTES):
+                    self.wfile.write(body[offset : offset + WRITE_CHUNK_BYTES])
 
     return Handler

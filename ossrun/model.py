@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 from ossrun import harmony
 from ossrun.backend import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, Interrupted, PrefixStore, Sampling, common_prefix_length
 from ossrun.errors import ContextError, ModelError, OssrunError
-from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Reply, Timings, Usage
+from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Reply, Timings, ToolCall, Usage
+from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox, run_tool_loop
 
 DEFAULT_MODEL = "gpt-oss-20b"
 DEFAULT_CTX = 8192
@@ -123,6 +124,10 @@ class _Request:
     sampling: Sampling
     max_tokens: Optional[int]
     cancel: Optional[threading.Event]
+    toolbox: Toolbox
+    owns_toolbox: bool  # made for this call from tools=/python_tool=: closed when the reply ends
+    max_tool_rounds: int
+    confirm: Optional[Callable[[ToolCall], bool]]
 
 
 @dataclass(frozen=True)
@@ -165,10 +170,24 @@ class Model:
         Options: ``reasoning_effort`` (low/medium/high), ``system`` (developer
         instructions; wins over a system entry), ``temperature`` (0: greedy), ``top_p``,
         ``seed``, ``max_tokens``, ``cancel`` (a threading.Event that stops the reply,
-        even mid-prefill) and ``tools`` (harmony function descriptions).
+        even mid-prefill), and tools:
+
+        - ``tools``: Python functions (schema from their type hints and docstrings) and
+          JSON schemas (OpenAI's ``{"type": "function", "function": {...}}`` or flat), or
+          an ``ossrun.tools.Toolbox``. Calls to functions run here and their results go
+          back to the model; a schema alone ends the reply with finish_reason "tool_calls"
+          and ``reply.pending_calls`` for the caller to run (see ``Reply.message``).
+        - ``python_tool``: True (a sandbox for this reply) or an ``ossrun.tools.PythonSandbox``
+          (its working directory lasts until you close it).
+        - ``max_tool_rounds`` (default 8) and ``confirm(call) -> bool``, asked before each python run.
         """
         request = self._request(messages, options)
-        yield from self._turn(request.history, request)
+        try:
+            yield from run_tool_loop(lambda history: self._turn(history, request), request.history, request.toolbox,
+                                     max_rounds=request.max_tool_rounds, confirm=request.confirm, cancel=request.cancel)
+        finally:
+            if request.owns_toolbox:
+                request.toolbox.close()
 
     def chat(self, messages: Messages, **options: Any) -> Reply:
         """The whole reply to ``messages`` (same options as :meth:`stream`)."""
@@ -209,12 +228,14 @@ class Model:
     def _request(self, messages: Messages, options: Mapping[str, Any]) -> _Request:
         options = dict(options)
         system = options.pop("system", None)
-        tools = options.pop("tools", None)
-        settings = harmony.PromptSettings(
+        tools, python_tool = options.pop("tools", None), options.pop("python_tool", False)
+        toolbox = Toolbox.build(tools, python_tool)
+        settings = toolbox.prompt_settings(harmony.PromptSettings(
             reasoning_effort=harmony.check_reasoning_effort(options.pop("reasoning_effort", harmony.DEFAULT_REASONING_EFFORT)),
             instructions=system if system is not None else harmony.instructions_from(messages),
-            functions=tuple(tools or ()),
-        )
+        ))
+        max_tool_rounds = int(options.pop("max_tool_rounds", DEFAULT_MAX_TOOL_ROUNDS))
+        confirm = options.pop("confirm", None)
         sampling = Sampling(
             temperature=float(options.pop("temperature", DEFAULT_TEMPERATURE)),
             top_p=float(options.pop("top_p", DEFAULT_TOP_P)),
@@ -226,7 +247,8 @@ class Model:
             raise TypeError(f"unknown option(s): {', '.join(sorted(options))}")
         _check_sampling(sampling, max_tokens)
         history = tuple(m for m in messages if m.get("role") not in ("system", "developer"))
-        return _Request(settings, history, sampling, max_tokens, cancel)
+        return _Request(settings, history, sampling, max_tokens, cancel,
+                        toolbox, toolbox is not tools, max_tool_rounds, confirm)
 
     def _reply_reserve(self, max_tokens: Optional[int]) -> int:
         return min(max_tokens or DEFAULT_REPLY_RESERVE, self.n_ctx // 4)
@@ -307,9 +329,11 @@ class Model:
                 break
             token = engine.sample(sampling)
             produced += 1
-            yield from parser.feed(token)
+            events = parser.feed(token)
+            yield from events
             if token in stops:
-                result.finish_reason = "tool_calls" if parser.turn.tool_calls else "stop"
+                # <|call|> ended a message to a tool; a call ended by <|end|> earlier in the turn is not one
+                result.finish_reason = "tool_calls" if any(isinstance(e, ToolCall) for e in events) else "stop"
                 break
             if (limit is not None and produced >= limit) or used >= n_ctx:
                 break  # finish_reason stays "length"

@@ -9,6 +9,7 @@ anything else is an error that names the function and the parameter.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import json
 import re
@@ -34,11 +35,17 @@ def function_schema(func: Callable[..., Any]) -> tuple[str, Optional[dict[str, A
         signature = inspect.signature(func)
     except (TypeError, ValueError) as exc:
         raise ToolError(f"cannot read the signature of {name}: {exc}") from None
+    # The hints of a callable object are on its __call__, those of a partial on the function it wraps.
+    annotated = func
+    if isinstance(func, functools.partial):
+        annotated = func.func
+    elif not (inspect.isfunction(func) or inspect.ismethod(func)) and hasattr(func, "__call__"):
+        annotated = func.__call__
     try:
-        hints = typing.get_type_hints(func)
+        hints = typing.get_type_hints(annotated)
     except Exception as exc:  # an annotation naming something undefined
         raise ToolError(f"cannot resolve the type hints of {name}: {exc}") from None
-    summary, param_docs = parse_docstring(inspect.getdoc(func) or "")
+    summary, param_docs = parse_docstring(inspect.getdoc(func) or inspect.getdoc(annotated) or "")
 
     properties: dict[str, Any] = {}
     required: list[str] = []

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 from ossrun import harmony
 from ossrun.errors import ToolError
 from ossrun.events import ToolCall, ToolResult
-from ossrun.tools.functions import FunctionTool, ToolSpec, error_result, function_tools
+from ossrun.tools.functions import FunctionTool, ToolSpec, error_result, function_tools, load_functions
 from ossrun.tools.sandbox import PythonSandbox
 
+BUILTIN_TOOLS = ("python",)
 Confirm = Callable[[ToolCall], bool]  # asked before each python run; False: not run
 
 
@@ -39,6 +41,16 @@ class Toolbox:
         if isinstance(python_tool, PythonSandbox):
             return cls(function_tools(tools or ()), python_tool)
         return cls(function_tools(tools or ()), PythonSandbox() if python_tool else None, owns_python=bool(python_tool))
+
+    @classmethod
+    def from_options(cls, functions: Sequence[Union[str, Path]] = (), tools: Sequence[str] = ()) -> "Toolbox":
+        """The command line's tools: ``--functions FILE.py`` (repeatable) and ``--tool python``."""
+        unknown = sorted(set(tools) - set(BUILTIN_TOOLS))
+        if unknown:
+            raise ToolError(f"unknown tool {unknown[0]!r}: the builtin tools are {', '.join(BUILTIN_TOOLS)}")
+        found = [tool for path in functions for tool in load_functions(path)]
+        python = "python" in tools
+        return cls(found, PythonSandbox() if python else None, owns_python=python)
 
     def __bool__(self) -> bool:
         return bool(self.functions) or self.python is not None
@@ -83,3 +95,9 @@ class Toolbox:
     def close(self) -> None:
         if self._owns_python and self.python is not None:
             self.python.close()
+
+    def __enter__(self) -> "Toolbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,231 @@
+"""``ossrun run``: streams, --json, --show-prompt, exit codes; bad inputs of run and chat.
+
+In-process tests drive the real command over a scripted engine (so the reasoning
+and answer are known); the slow ones run ``ossrun`` as a subprocess on the tiny
+converted model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ossrun import harmony
+from ossrun.cli import main
+from ossrun.cli import options
+from ossrun.model import Model
+from scripted import Script, ScriptedEngine, reply
+
+DATE = "2026-01-15"
+ANSWER = reply("The user wants primes.", "2, 3 and 5.")
+JSON_KEYS = ["model", "reasoning_effort", "reasoning", "final", "finish_reason", "usage", "timings"]
+
+
+@pytest.fixture(autouse=True)
+def _pinned_date(monkeypatch):
+    monkeypatch.setenv("OSSRUN_DATE", DATE)
+
+
+@pytest.fixture
+def scripted(monkeypatch, encoding):
+    """Make ``ossrun run``/``chat`` load a Model over a scripted engine; returns the engines made."""
+    engines = []
+
+    def install(*scripts):
+        def load_model(name, **kwargs):
+            engine = ScriptedEngine(encoding, list(scripts))
+            engines.append(engine)
+            return Model(engine, encoding, name=name or options.DEFAULT_MODEL)
+
+        monkeypatch.setattr(options, "load_model", load_model)
+        return engines
+
+    return install
+
+
+def invoke(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exited.value.code or 0, captured.out, captured.err
+
+
+def test_answer_alone_on_stdout(scripted, capsys):
+    engines = scripted(ANSWER)
+    code, out, err = invoke(capsys, "run", "Name three primes")
+    assert (code, out, err) == (0, "2, 3 and 5.\n", "")
+    assert engines[0].closed
+
+
+def test_show_reasoning_goes_to_stderr(scripted, capsys):
+    scripted(ANSWER)
+    code, out, err = invoke(capsys, "run", "--show-reasoning", "Name three primes")
+    assert (code, out, err) == (0, "2, 3 and 5.\n", "thinking\nThe user wants primes.\n\n")
+
+
+def test_json_is_one_object(scripted, capsys, encoding):
+    engines = scripted(ANSWER)
+    code, out, err = invoke(capsys, "run", "--json", "-r", "HIGH", "-m", "gpt-oss-20b", "Name three primes")
+    assert code == 0 and err == ""
+    assert out.count("\n") == 1
+    data = json.loads(out)
+    assert list(data) == JSON_KEYS
+    prompt = engines[0].prompts[0]
+    assert data == {
+        "model": "gpt-oss-20b",
+        "reasoning_effort": "high",
+        "reasoning": "The user wants primes.",
+        "final": "2, 3 and 5.",
+        "finish_reason": "stop",
+        "usage": {"prompt_tokens": len(prompt), "cached_tokens": 0,
+                  "completion_tokens": len(encoding.encode(ANSWER, allowed_special="all"))},
+        "timings": data["timings"],
+    }
+    assert set(data["timings"]) == {"prefill_tps", "decode_tps"}
+    assert all(isinstance(v, float) and v > 0 for v in data["timings"].values())
+
+
+def test_prompt_from_stdin_with_system_text(scripted, capsys, monkeypatch, encoding):
+    engines = scripted(ANSWER)
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("Name three primes\nplease\n"))
+    code, out, err = invoke(capsys, "run", "--system", "Be terse.", "-")
+    assert code == 0 and out == "2, 3 and 5.\n"
+    text = encoding.decode_utf8(engines[0].prompts[0])
+    assert "# Instructions\n\nBe terse." in text
+    assert text.endswith("<|start|>user<|message|>Name three primes\nplease\n<|end|><|start|>assistant")
+
+
+def test_max_tokens_ends_with_length(scripted, capsys):
+    scripted(ANSWER)
+    code, out, err = invoke(capsys, "run", "--json", "--max-tokens", "3", "Name three primes")
+    data = json.loads(out)
+    assert (code, data["finish_reason"], data["usage"]["completion_tokens"]) == (0, "length", 3)
+
+
+def test_ctrl_c_exits_130_with_the_partial_answer(scripted, capsys):
+    scripted(Script(ANSWER, sigint_at_token=18))
+    code, out, err = invoke(capsys, "run", "Name three primes")
+    assert (code, out, err) == (130, "2, 3\n", "interrupted\n")
+    scripted(Script(ANSWER, sigint_at_token=18))
+    code, out, err = invoke(capsys, "run", "--json", "Name three primes")
+    data = json.loads(out)
+    assert (code, data["finish_reason"], data["final"]) == (130, "interrupted", "2, 3")
+
+
+def test_show_prompt_prints_the_harmony_prompt_without_generating(scripted, capsys, encoding):
+    engines = scripted()
+    code, out, err = invoke(capsys, "run", "--show-prompt", "-r", "low", "--system", "Be terse.", "Hello")
+    settings = harmony.PromptSettings(reasoning_effort="low", instructions="Be terse.", date=DATE)
+    expected = encoding.decode_utf8(harmony.render_prompt(encoding, [{"role": "user", "content": "Hello"}], settings))
+    assert (code, out, err) == (0, expected + "\n", "")
+    assert expected.startswith("<|start|>system<|message|>") and "Reasoning: low" in expected
+    assert engines[0].prompts == []  # nothing was evaluated
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "-r", "max", "hi"], "error: unknown reasoning effort 'max': use low, medium or high\n"),
+        (["chat", "--reasoning-effort", "extreme"], "error: unknown reasoning effort 'extreme': use low, medium or high\n"),
+        (["run", "  "], "error: the prompt is empty: give it as an argument, or pipe it in with -\n"),
+    ],
+)
+def test_bad_arguments_are_one_line(scripted, capsys, args, message):
+    scripted()
+    code, out, err = invoke(capsys, *args)
+    assert (code, out, err) == (1, "", message)
+
+
+# --- the real thing: subprocesses on the tiny converted model ---------------------------------------
+
+
+def ossrun(*args, input=None, home=None, timeout=300):
+    env = {**os.environ, "OSSRUN_DATE": DATE}
+    if home is not None:
+        env["OSSRUN_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "ossrun", *args], capture_output=True, text=True,
+                          input=input, env=env, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_run_json_on_the_real_engine_and_the_disk_prefix_cache(tiny_gguf, tmp_path, encoding):
+    args = ["run", "-m", str(tiny_gguf), "--ctx", "1024", "--threads", "2", "--max-tokens", "4", "--seed", "7", "--json"]
+    first = ossrun(*args, "What is 2+2?", home=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    data = json.loads(first.stdout)
+    assert list(data) == JSON_KEYS
+    settings = harmony.PromptSettings(date=DATE)
+    prompt = harmony.render_prompt(encoding, [{"role": "user", "content": "What is 2+2?"}], settings)
+    prefix = harmony.render_prefix(encoding, settings)
+    assert data["model"] == "tiny-gpt-oss" and data["reasoning_effort"] == "medium"
+    assert data["finish_reason"] == "length"
+    assert data["usage"] == {"prompt_tokens": len(prompt), "cached_tokens": 0, "completion_tokens": 4}
+    assert data["timings"]["prefill_tps"] > 0 and data["timings"]["decode_tps"] > 0
+    # A second process finds the system prefix on disk and evaluates only the rest.
+    second = ossrun(*args, "And 3+3?", home=tmp_path)
+    data = json.loads(second.stdout)
+    assert data["usage"]["cached_tokens"] == len(prefix)
+    # Same seed, same prompt: the same tokens.
+    again = ossrun(*args, "What is 2+2?", home=tmp_path)
+    assert json.loads(again.stdout)["final"] == json.loads(first.stdout)["final"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_long_prefill_and_exits_130(tiny_gguf, tmp_path):
+    env = {**os.environ, "OSSRUN_DATE": DATE, "OSSRUN_HOME": str(tmp_path)}
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("word " * 14000)
+    with prompt.open() as stdin:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ossrun", "run", "-m", str(tiny_gguf), "--ctx", "16384", "--threads", "2", "--json", "-"],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # The system prefix is evaluated and saved first: once its file exists, the long prefill is under way.
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("cache/prefix/*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert list(tmp_path.glob("cache/prefix/*")), process.communicate()[1]
+    time.sleep(0.5)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 3  # the prefill stops within a second; the rest is exiting
+    assert process.returncode == 130, err
+    data = json.loads(out)
+    assert data["finish_reason"] == "interrupted" and data["usage"]["completion_tokens"] == 0
+    assert err.endswith("interrupted\n") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_bad_model_files_are_one_line(tiny_gguf, tmp_path):
+    from test_gguf_header import write_gguf
+
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 3])
+    cases = {
+        tmp_path / "missing.gguf": f"error: model file not found: {tmp_path / 'missing.gguf'}",
+        write_gguf(tmp_path / "llama.gguf", "llama"): "is a llama model, not gpt-oss",
+        truncated: "is truncated",
+    }
+    for path, message in cases.items():
+        for command in (["run", "-m", str(path), "hi"], ["chat", str(path)]):
+            result = ossrun(*command, home=tmp_path, input="")
+            assert result.returncode == 1, result
+            assert result.stdout == ""
+            assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+            assert message in result.stderr
+
+
+@pytest.mark.slow
+def test_a_prompt_larger_than_the_context_is_one_line(tiny_gguf, tmp_path):
+    result = ossrun("run", "-m", str(tiny_gguf), "--ctx", "256", "word " * 400, home=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: the prompt is ") and result.stderr.count("\n") == 1
+    assert "more than the context of 256 tokens" in result.stderr and "use a larger --ctx" in result.stderr

@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "gpt-oss-20b"
-TIKTOKEN = ROOT / "tests" / "data" / "o200k_base.tiktoken"
+TIKTOKEN = ROOT / "ossrun" / "data" / "o200k_base.tiktoken"
 DEFAULT_DIR = Path("/work/bench")
 CHECKPOINT_NAME = "gpt-oss-20b-random-hf"
 OUTPUT_NAME = "gpt-oss-20b-random.gguf"
@@ -175,9 +175,9 @@ def main() -> None:
         load = os.getloadavg()[0]
         copies.append(timed(["sh", "-c", 'cp "$@" && sync', "cp", *map(str, shards), str(copy_dir)]))
         shutil.rmtree(copy_dir)
-        output.unlink(missing_ok=True)
         drop_page_cache(shards)
-        command = [sys.executable, "-m", "ossrun", "convert", str(checkpoint), "-o", str(output), "--outtype", args.outtype]
+        # --force: a reader of the previous GGUF keeps it until the new one is renamed into place.
+        command = [sys.executable, "-m", "ossrun", "convert", str(checkpoint), "-o", str(output), "--outtype", args.outtype, "--force"]
         conversions.append(timed(command))
         print(
             f"run {run}: cp+sync {copies[-1][0]:.1f} s, convert {conversions[-1][0]:.1f} s, "

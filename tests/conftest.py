@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).parent / "data"
+import ossrun
+
+# The o200k vocabulary ships with ossrun as package data.
+VOCAB_DIR = Path(ossrun.__file__).parent / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -25,10 +28,10 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def encoding():
-    """The real gpt-oss harmony encoding, loaded offline from tests/data."""
+    """The real gpt-oss harmony encoding, loaded offline from ossrun's packaged vocabulary."""
     from ossrun import harmony
 
-    return harmony.load_encoding(DATA)
+    return harmony.load_encoding(VOCAB_DIR)
 
 
 # --- Tiny gpt-oss checkpoints and GGUFs (builders in tests/checkpoints.py) --------------------------
@@ -37,10 +40,10 @@ def encoding():
 @pytest.fixture(scope="session")
 def o200k_tokenizer_dir(tmp_path_factory) -> Path:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json of o200k_harmony,
-    built from tests/data/o200k_base.tiktoken as gpt-oss publishes them."""
+    built from ossrun/data/o200k_base.tiktoken as gpt-oss publishes them."""
     from ossrun.vocab import write_tokenizer_files
 
-    return write_tokenizer_files(DATA / "o200k_base.tiktoken", tmp_path_factory.mktemp("o200k-tokenizer"))
+    return write_tokenizer_files(VOCAB_DIR / "o200k_base.tiktoken", tmp_path_factory.mktemp("o200k-tokenizer"))
 
 
 @pytest.fixture(scope="session")

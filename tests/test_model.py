@@ -22,7 +22,7 @@ from ossrun.tiktoken_file import O200K_BASE_SHA256
 
 pytestmark = pytest.mark.slow
 
-DATA_VOCAB = __import__("pathlib").Path(__file__).parent / "data" / "o200k_base.tiktoken"
+DATA_VOCAB = __import__("pathlib").Path(ossrun.__file__).parent / "data" / "o200k_base.tiktoken"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 DATE = "2025-06-01"
 

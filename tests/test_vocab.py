@@ -38,7 +38,7 @@ def test_tokenizer_json_encodes_like_harmony(hf_tokenizer, encoding, text):
 
 def test_every_rank_is_one_token(hf_tokenizer, encoding):
     # Every o200k token decodes to its own bytes and re-encodes to itself (checks vocab and merges).
-    ranks = vocab.read_tiktoken(Path(__file__).parent / "data" / "o200k_base.tiktoken")
+    ranks = vocab.read_tiktoken(Path(vocab.__file__).parent / "data" / "o200k_base.tiktoken")
     sample = [token for token, rank in ranks.items() if rank % 97 == 0]
     for token in sample:
         text = token.decode("utf-8", errors="strict") if _is_utf8(token) else None

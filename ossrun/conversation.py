@@ -55,7 +55,7 @@ class Conversation:
         ones are dropped here so the history matches what the model saw.
         """
         self.messages.append({"role": "user", "content": question})
-        self.messages.append(reply.message())
+        self.messages.extend(reply.messages())  # tool calls and their results, then the answer
         dropped = int(reply.extra.get("dropped_messages", 0) or 0)
         if dropped:
             del self.messages[:dropped]
@@ -65,12 +65,15 @@ class Conversation:
         question = self.last_question
         if question is None:
             raise ConversationError("nothing to retry yet: ask a question first")
+        # The last answer is everything after the last user message (tool calls included).
+        last_user = max((i for i, m in enumerate(self.messages) if m.get("role") == "user"), default=None)
         if (
-            len(self.messages) >= 2
+            last_user is not None
+            and last_user < len(self.messages) - 1
             and self.messages[-1].get("role") == "assistant"
-            and self.messages[-2] == {"role": "user", "content": question}
+            and self.messages[last_user] == {"role": "user", "content": question}
         ):
-            del self.messages[-2:]
+            del self.messages[last_user:]
         return question
 
     def reset(self) -> None:

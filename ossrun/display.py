@@ -78,6 +78,10 @@ def stats_line(reply: Reply) -> str:
     return " · ".join(parts)
 
 
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.rstrip("\n").splitlines())
+
+
 class TurnView:
     """Shows one assistant turn as its events arrive. Call :meth:`close` at the end, always."""
 
@@ -105,11 +109,14 @@ class TurnView:
             self._err(event.text, "italic")
         elif isinstance(event, ToolCall):
             self._enter(None)
-            self._err_line(f"→ {event.name}({event.arguments})", "cyan")
+            if event.recipient == "python":  # code reads better as a block than as one call
+                self._err_line("→ python\n" + _indent(event.arguments), "dim")
+            else:
+                self._err_line(f"→ {event.name}({event.arguments})", "dim")
         elif isinstance(event, ToolResult):
             self._enter(None)
             output = event.output if len(event.output) <= TOOL_OUTPUT_PREVIEW else event.output[:TOOL_OUTPUT_PREVIEW] + "…"
-            self._err_line(f"← {event.call.name}{' failed' if event.error else ''}: {output}", "cyan")
+            self._err_line(f"← {event.call.name}{' failed' if event.error else ''}: {_indent(output).lstrip()}", "dim")
         elif isinstance(event, Notice):
             self._interject(lambda: self.screen.notice(event.text))
         elif isinstance(event, Done):

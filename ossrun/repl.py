@@ -14,14 +14,16 @@ from ossrun import home as ossrun_home
 from ossrun.conversation import Conversation
 from ossrun.display import ReasoningMode, Screen, TurnView, stats_line
 from ossrun.errors import OssrunError
-from ossrun.events import Done, Reply
-from ossrun.interrupt import cancel_on_sigint
+from ossrun.events import Done, Reply, ToolCall
+from ossrun.interrupt import cancel_on_sigint, sigint_raises
+from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox
 
 PROMPT = ">>> "
 CONTINUATION_PROMPT = "... "
 MULTILINE_QUOTE = '"""'
 HISTORY_FILE_NAME = "chat_history"
 HISTORY_LENGTH = 1000
+CONFIRM_PROMPT = "run this code? [y/N] "
 
 # (command, argument, what it does): /help prints this table.
 COMMANDS = (
@@ -110,6 +112,9 @@ class Repl:
         reasoning: ReasoningMode = "show",
         sampling: Optional[dict[str, Any]] = None,
         banner: bool = True,
+        tools: Optional[Toolbox] = None,
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        confirm_python: bool = True,  # ask before each python run (``--yes`` turns it off)
     ):
         self.model = model
         self.screen = screen
@@ -118,6 +123,9 @@ class Repl:
         self.reasoning = reasoning
         self.sampling = dict(sampling or {})
         self.banner = banner
+        self.tools = tools
+        self.max_tool_rounds = max_tool_rounds
+        self.confirm_python = confirm_python
         self.last_reply: Optional[Reply] = None
         self.generated_tokens = 0
         self._commands: dict[str, Callable[[str], Optional[bool]]] = {
@@ -129,10 +137,13 @@ class Repl:
     def run(self) -> int:
         """The loop; returns the exit code (0: the user left)."""
         if self.banner:
+            tools = f" · tools {', '.join(self.tools.names())}" if self.tools else ""
             self.screen.info(
-                f"ossrun chat · {self.model.name} · reasoning {self.conversation.reasoning_effort}"
+                f"ossrun chat · {self.model.name} · reasoning {self.conversation.reasoning_effort}{tools}"
                 " · /help for commands, Ctrl-D to leave"
             )
+        for text in self.tools.notices() if self.tools else ():
+            self.screen.notice(text)
         try:
             while True:
                 try:
@@ -191,7 +202,7 @@ class Repl:
     def ask(self, question: str) -> Optional[Reply]:
         """Stream an answer to ``question``; an interrupted or failed one is not kept."""
         messages = self.conversation.ask(question)
-        options = {**self.conversation.options(), **self.sampling}
+        options = {**self.conversation.options(), **self.sampling, **self._tool_options()}
         reply: Optional[Reply] = None
         try:
             with TurnView(self.screen, reasoning=self.reasoning) as view, cancel_on_sigint() as cancel:
@@ -213,6 +224,24 @@ class Repl:
         if reply.finish_reason == "length":
             self.screen.notice("the answer was cut off at the token limit")
         return reply
+
+    def _tool_options(self) -> dict[str, Any]:
+        if not self.tools:
+            return {}
+        options: dict[str, Any] = {"tools": self.tools, "max_tool_rounds": self.max_tool_rounds}
+        if self.tools.python is not None and self.confirm_python:
+            options["confirm"] = self._confirm_run
+        return options
+
+    def _confirm_run(self, call: ToolCall) -> bool:
+        """Ask before the model's code runs (it was just shown). Ctrl-C stops the answer; end of input declines."""
+        with sigint_raises():
+            try:
+                answer = self.reader.read(CONFIRM_PROMPT)
+            except EOFError:
+                self.screen.write(self.screen.err, "\n")
+                return False
+        return answer.strip().lower() in ("y", "yes")
 
     # -- commands ---------------------------------------------------------
 

@@ -25,7 +25,7 @@ from scripted import Script, ScriptedEngine, reply
 
 DATE = "2026-01-15"
 ANSWER = reply("The user wants primes.", "2, 3 and 5.")
-JSON_KEYS = ["model", "reasoning_effort", "reasoning", "final", "finish_reason", "usage", "timings"]
+JSON_KEYS = ["model", "reasoning_effort", "reasoning", "final", "finish_reason", "usage", "timings", "tool_calls"]
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +87,7 @@ def test_json_is_one_object(scripted, capsys, encoding):
         "usage": {"prompt_tokens": len(prompt), "cached_tokens": 0,
                   "completion_tokens": len(encoding.encode(ANSWER, allowed_special="all"))},
         "timings": data["timings"],
+        "tool_calls": [],
     }
     assert set(data["timings"]) == {"prefill_tps", "decode_tps"}
     assert all(isinstance(v, float) and v > 0 for v in data["timings"].values())

@@ -15,12 +15,18 @@ The model's reasoning streams dimmed under "thinking", then the answer as markdo
 then a line of stats. Type /help in the chat for the commands (/effort, /system,
 /retry, /save, /load, ...). Ctrl-C stops an answer; Ctrl-D leaves.
 
+--functions FILE.py lets the model call the file's public functions (their type
+hints and docstrings describe them to it); --tool python lets it run Python code
+in a sandbox. Each call and its result are shown dimmed, and each python run
+waits for your "y" unless --yes is given.
+
 Examples:
 
 \b
   ossrun chat
   ossrun chat gpt-oss-120b -r high
   ossrun chat -m ./my-model.gguf --system "Answer in French." --hide-reasoning
+  ossrun chat --functions my_tools.py --tool python
 """
 
 
@@ -41,12 +47,17 @@ def register(app: typer.Typer) -> None:
         ctx: opt.Ctx = opt.DEFAULT_CTX,
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
+        functions: opt.Functions = None,
+        tool: opt.Tool = None,
+        yes: opt.Yes = False,
+        max_tool_rounds: opt.MaxToolRounds = opt.DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
         from ossrun.conversation import Conversation
         from ossrun.display import Screen
         from ossrun.repl import Repl, StreamReader, TerminalReader
 
         name = opt.pick_model(model_argument, model)
+        tools = opt.toolbox(functions, tool)  # a bad --functions file fails before the model loads
         loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose)
         try:
             reader = TerminalReader() if sys.stdin.isatty() else StreamReader(sys.stdin)
@@ -57,8 +68,12 @@ def register(app: typer.Typer) -> None:
                 conversation=Conversation(reasoning_effort=reasoning_effort, system=system),
                 reasoning="hide" if hide_reasoning else "show",
                 sampling=opt.sampling(temperature, top_p, seed, max_tokens),
+                tools=tools or None,
+                max_tool_rounds=max_tool_rounds,
+                confirm_python=not yes,
             )
             code = repl.run()
         finally:
             loaded.close()
+            tools.close()
         raise typer.Exit(code)

@@ -5,6 +5,7 @@ Kept free of heavy imports: ``ossrun --help`` loads this module.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -12,6 +13,7 @@ import typer
 DEFAULT_MODEL = "gpt-oss-20b"
 DEFAULT_CTX = 8192
 DEFAULT_EFFORT = "medium"
+DEFAULT_MAX_TOOL_ROUNDS = 8  # ossrun.tools.DEFAULT_MAX_TOOL_ROUNDS, not imported: it loads openai_harmony
 
 
 def _check_effort(value: str) -> str:
@@ -56,6 +58,21 @@ Threads = Annotated[
     typer.Option("--threads", min=1, help="CPU threads [default: the physical cores].", show_default=False),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log lines.")]
+Functions = Annotated[
+    Optional[list[Path]],
+    typer.Option("--functions", metavar="FILE.py", show_default=False,
+                 help="Let the model call the public functions defined in this Python file (repeatable)."),
+]
+Tool = Annotated[
+    Optional[list[str]],
+    typer.Option("--tool", metavar="python", show_default=False,
+                 help="Give the model the python tool: its code runs in a fresh process with no network, "
+                      "a 120 s timeout and 1 GiB of memory, after you confirm each run."),
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Run the model's python code without asking first.")]
+MaxToolRounds = Annotated[
+    int, typer.Option("--max-tool-rounds", min=0, help="Stop an answer after this many rounds of tool calls."),
+]
 
 
 def pick_model(argument: Optional[str], option: Optional[str]) -> Optional[str]:
@@ -70,6 +87,13 @@ def load_model(name: Optional[str], *, ctx: int, threads: Optional[int], verbose
     import ossrun
 
     return ossrun.load(name or DEFAULT_MODEL, ctx=ctx, threads=threads, verbose=verbose)
+
+
+def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]]) -> Any:
+    """The tools ``--functions`` and ``--tool`` give the model (checked before the model loads)."""
+    from ossrun.tools import Toolbox
+
+    return Toolbox.from_options(functions or (), tools or ())
 
 
 def sampling(temperature: float, top_p: float, seed: Optional[int], max_tokens: Optional[int]) -> dict[str, Any]:

@@ -16,9 +16,15 @@ INTERRUPTED_EXIT_CODE = 130  # what shells report for a command ended by Ctrl-C
 HELP = """Answer one prompt and exit: the answer on stdout, everything else on stderr.
 
 PROMPT "-" reads the prompt from stdin. --json prints one object instead:
-model, reasoning_effort, reasoning, final, finish_reason (stop, length or
-interrupted), usage {prompt_tokens, cached_tokens, completion_tokens} and
-timings {prefill_tps, decode_tps}. Ctrl-C stops the answer and exits with 130.
+model, reasoning_effort, reasoning, final, finish_reason (stop, length,
+interrupted, or tool_calls when --max-tool-rounds stopped it), usage
+{prompt_tokens, cached_tokens, completion_tokens}, timings {prefill_tps,
+decode_tps} and tool_calls [{name, arguments, result, error}]. Ctrl-C stops
+the answer and exits with 130.
+
+--functions FILE.py and --tool python give the model tools (see ossrun chat
+--help). Each python run is confirmed on the terminal; without a terminal,
+--tool python needs --yes.
 
 Examples:
 
@@ -27,6 +33,7 @@ Examples:
   git diff | ossrun run -r high --system "Review this patch." -
   ossrun run -m ./my-model.gguf --json --seed 1 "Name three primes" | jq .final
   ossrun run --show-prompt "Hello"
+  ossrun run --tool python --yes "What is the 50th Fibonacci number?"
 """
 
 
@@ -47,7 +54,23 @@ def reply_json(model_name: str, effort: str, reply: Any) -> dict[str, Any]:
         "finish_reason": reply.finish_reason,
         "usage": reply.usage.to_dict(),
         "timings": reply.timings.to_dict(),
+        "tool_calls": [
+            {"name": r.call.name, "arguments": r.call.arguments, "result": r.output, "error": r.error}
+            for r in reply.tool_calls
+        ],
     }
+
+
+def confirm_on_terminal(call: Any) -> bool:
+    """Ask on the terminal before the model's code (just shown on stderr) runs; Ctrl-C ends the command."""
+    from ossrun.interrupt import sigint_raises
+    from ossrun.repl import CONFIRM_PROMPT
+
+    with sigint_raises():
+        sys.stderr.write(CONFIRM_PROMPT)
+        sys.stderr.flush()
+        answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
 
 
 def register(app: typer.Typer) -> None:
@@ -69,29 +92,42 @@ def register(app: typer.Typer) -> None:
         ctx: opt.Ctx = opt.DEFAULT_CTX,
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
+        functions: opt.Functions = None,
+        tool: opt.Tool = None,
+        yes: opt.Yes = False,
+        max_tool_rounds: opt.MaxToolRounds = opt.DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
         from ossrun.display import Screen, TurnView
         from ossrun.events import Done
         from ossrun.interrupt import cancel_on_sigint
 
         messages = [{"role": "user", "content": read_prompt(prompt)}]
-        settings = {"reasoning_effort": reasoning_effort, "system": system}
+        tools = opt.toolbox(functions, tool)
+        if tools.python is not None and not (yes or show_prompt or sys.stdin.isatty()):
+            raise OssrunError("--tool python asks before each run of the model's code and there is no terminal "
+                              "to ask on: add --yes to let it run without asking")
+        settings = {"reasoning_effort": reasoning_effort, "system": system, "tools": tools}
         loaded = opt.load_model(model, ctx=ctx, threads=threads, verbose=verbose)
         try:
             if show_prompt:
                 typer.echo(loaded.decode(loaded.render(messages, **settings)))
                 return
             screen = Screen.create()
+            for text in tools.notices():
+                screen.notice(text)
+            confirm = confirm_on_terminal if tools.python is not None and not yes else None
             reasoning = "show" if show_reasoning and not as_json else "off"
             with TurnView(screen, reasoning=reasoning, answer=not as_json, stats=False) as view, \
                     cancel_on_sigint() as cancel:
                 for event in loaded.stream(messages, cancel=cancel, **settings,
-                                           **opt.sampling(temperature, top_p, seed, max_tokens)):
+                                           **opt.sampling(temperature, top_p, seed, max_tokens),
+                                           max_tool_rounds=max_tool_rounds, confirm=confirm):
                     view.handle(event)
                     if isinstance(event, Done):
                         reply = event.reply
         finally:
             loaded.close()
+            tools.close()
         if as_json:
             typer.echo(json.dumps(reply_json(loaded.name, reasoning_effort, reply), ensure_ascii=False))
         if reply.finish_reason == "interrupted":

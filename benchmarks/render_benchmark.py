@@ -27,7 +27,7 @@ import time
 from rich.console import Console
 from rich.live import Live
 
-from ossrun.markdown_stream import MarkdownStream, _Markdown
+from ossrun.markdown_stream import AlignedMarkdown, MarkdownStream
 
 WIDTH, HEIGHT = 100, 40
 
@@ -73,7 +73,7 @@ def time_whole_rerender(pieces: list[str]) -> list[float]:
         for piece in pieces:
             start = time.perf_counter()
             text += piece
-            live.update(_Markdown(text), refresh=True)
+            live.update(AlignedMarkdown(text), refresh=True)
             times.append(time.perf_counter() - start)
     return times
 

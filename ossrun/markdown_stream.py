@@ -84,7 +84,7 @@ def _last_boundary(lines: list[str], partial: str = "") -> tuple[int, bool]:
     return boundary, separated
 
 
-class _ListElement(ListElement):
+class _AlignedList(ListElement):
     """Numbers at least two digits wide, so a tight list printed item by item stays aligned past 9."""
 
     def __rich_console__(self, console, options):
@@ -97,8 +97,10 @@ class _ListElement(ListElement):
             yield from item.render_number(console, options, number + index, last_number)
 
 
-class _Markdown(Markdown):
-    elements = {**Markdown.elements, "ordered_list_open": _ListElement, "bullet_list_open": _ListElement}
+class AlignedMarkdown(Markdown):
+    """rich's Markdown with ordered-list numbers that line up however the list is split into prints."""
+
+    elements = {**Markdown.elements, "ordered_list_open": _AlignedList, "bullet_list_open": _AlignedList}
 
 
 class MarkdownStream:
@@ -202,7 +204,7 @@ class MarkdownStream:
     def _markdown_lines(self, source: str) -> list[list[Segment]]:
         if not source.strip():
             return []
-        return _trim_blank(self.console.render_lines(_Markdown(source, code_theme=self.code_theme), pad=False))
+        return _trim_blank(self.console.render_lines(AlignedMarkdown(source, code_theme=self.code_theme), pad=False))
 
     def _syntax(self, code: str, lexer: str) -> Syntax:
         return Syntax(code, lexer, theme=self.code_theme, word_wrap=True, padding=(0, 1))

@@ -12,7 +12,7 @@ from rich.text import Text
 from ossrun import markdown_stream
 from ossrun.display import Screen, TurnView, stats_line
 from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, ReasoningDelta, Reply, Timings, ToolCall, Usage
-from ossrun.markdown_stream import MarkdownStream, _Markdown
+from ossrun.markdown_stream import AlignedMarkdown, MarkdownStream
 
 WIDTH, HEIGHT = 72, 24
 
@@ -76,7 +76,7 @@ def cells(text: str) -> list[list[tuple[str, tuple[str, ...]]]]:
 @pytest.mark.parametrize("color", [None, "truecolor"])
 def test_streamed_blocks_match_a_one_shot_render(color):
     whole = io.StringIO()
-    terminal(whole, color).print(_Markdown(DOC))
+    terminal(whole, color).print(AlignedMarkdown(DOC))
     streamed = io.StringIO()
     stream = MarkdownStream(terminal(streamed, color), refresh_seconds=float("inf"))  # commits only, no live tail
     for piece in tokens(DOC):

@@ -147,8 +147,8 @@ def test_bad_arguments_are_one_line(scripted, capsys, args, message):
 # --- the real thing: subprocesses on the tiny converted model ---------------------------------------
 
 
-def ossrun(*args, input=None, home=None, timeout=300):
-    env = {**os.environ, "OSSRUN_DATE": DATE}
+def ossrun(*args, input=None, home=None, env=None, timeout=300):
+    env = {**os.environ, "OSSRUN_DATE": DATE, **(env or {})}
     if home is not None:
         env["OSSRUN_HOME"] = str(home)
     return subprocess.run([sys.executable, "-m", "ossrun", *args], capture_output=True, text=True,
@@ -230,3 +230,25 @@ def test_a_prompt_larger_than_the_context_is_one_line(tiny_gguf, tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("error: the prompt is ") and result.stderr.count("\n") == 1
     assert "more than the context of 256 tokens" in result.stderr and "use a larger --ctx" in result.stderr
+
+
+@pytest.mark.slow
+def test_pull_downloads_a_missing_model_before_answering(tiny_gguf, tmp_path):
+    from hubserver import HubServer
+    from test_pull import gguf_entry
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models.toml").write_text(gguf_entry("tiny", "test-org/tiny-GGUF", ["tiny.gguf"], "64 MB", "the tiny model"))
+    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "0"}
+    with HubServer() as server:
+        server.add_repo("test-org/tiny-GGUF", {"tiny.gguf": tiny_gguf.read_bytes()})
+        env["HF_ENDPOINT"] = server.url
+        args = ["run", "-m", "tiny", "--ctx", "512", "--max-tokens", "2", "--json", "hi"]
+        missing = ossrun(*args, home=home, env=env)
+        assert missing.returncode == 1 and missing.stderr.startswith("error: tiny is not on disk: run `ossrun pull tiny`")
+        assert server.content_requests("GET") == []
+        pulled = ossrun(*args, "--pull", home=home, env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    data = json.loads(pulled.stdout)
+    assert (data["model"], data["usage"]["completion_tokens"]) == ("tiny", 2)

@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
         ctx: opt.Ctx = opt.DEFAULT_CTX,
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
+        pull: opt.Pull = False,
         functions: opt.Functions = None,
         tool: opt.Tool = None,
         yes: opt.Yes = False,
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
 
         name = opt.pick_model(model_argument, model)
         tools = opt.toolbox(functions, tool)  # a bad --functions file fails before the model loads
-        loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose)
+        loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull)
         try:
             reader = TerminalReader() if sys.stdin.isatty() else StreamReader(sys.stdin)
             repl = Repl(

@@ -58,6 +58,7 @@ Threads = Annotated[
     typer.Option("--threads", min=1, help="CPU threads [default: the physical cores].", show_default=False),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log lines.")]
+Pull = Annotated[bool, typer.Option("--pull", help="Download the model first if it is not on disk (as ossrun pull).")]
 Functions = Annotated[
     Optional[list[Path]],
     typer.Option("--functions", metavar="FILE.py", show_default=False,
@@ -82,11 +83,19 @@ def pick_model(argument: Optional[str], option: Optional[str]) -> Optional[str]:
     return argument or option
 
 
-def load_model(name: Optional[str], *, ctx: int, threads: Optional[int], verbose: bool) -> Any:
-    """``ossrun.load`` with the command line's options (``name`` None: the default model)."""
+def load_model(name: Optional[str], *, ctx: int, threads: Optional[int], verbose: bool, pull: bool = False) -> Any:
+    """``ossrun.load`` with the command line's options (``name`` None: the default model).
+
+    With ``pull``, a registry model that is not on disk is downloaded first.
+    """
     import ossrun
 
-    return ossrun.load(name or DEFAULT_MODEL, ctx=ctx, threads=threads, verbose=verbose)
+    name = name or DEFAULT_MODEL
+    if pull:
+        from ossrun.registry import resolve_model
+
+        resolve_model(name, pull=True)
+    return ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose)
 
 
 def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]]) -> Any:

@@ -92,6 +92,7 @@ def register(app: typer.Typer) -> None:
         ctx: opt.Ctx = opt.DEFAULT_CTX,
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
+        pull: opt.Pull = False,
         functions: opt.Functions = None,
         tool: opt.Tool = None,
         yes: opt.Yes = False,
@@ -107,7 +108,7 @@ def register(app: typer.Typer) -> None:
             raise OssrunError("--tool python asks before each run of the model's code and there is no terminal "
                               "to ask on: add --yes to let it run without asking")
         settings = {"reasoning_effort": reasoning_effort, "system": system, "tools": tools}
-        loaded = opt.load_model(model, ctx=ctx, threads=threads, verbose=verbose)
+        loaded = opt.load_model(model, ctx=ctx, threads=threads, verbose=verbose, pull=pull)
         try:
             if show_prompt:
                 typer.echo(loaded.decode(loaded.render(messages, **settings)))

@@ -250,7 +250,7 @@ class Repl:
         if not self.conversation.messages:
             self.screen.info(what)
             return
-        tokens = self.model.pending_tokens(self.conversation.messages, **self.conversation.options())
+        tokens = self.model.pending_tokens(self.conversation.messages, **self.conversation.options(), **self._tool_options())
         self.screen.info(f"{what}: the next answer re-processes {tokens} tokens of history")
 
     def _effort(self, argument: str) -> None:

@@ -259,3 +259,14 @@ def test_a_broken_functions_file_is_one_line(scripted, capsys, tmp_path):
 
 def test_cli_default_round_limit_matches_the_library():
     assert options.DEFAULT_MAX_TOOL_ROUNDS == DEFAULT_MAX_TOOL_ROUNDS
+
+
+def test_repl_counts_the_tool_declarations_in_what_a_change_costs(encoding, functions_file):
+    from ossrun.backend import common_prefix_length
+
+    toolbox = Toolbox(load_functions(functions_file))
+    engine, repl, transcript = repl_session(encoding, [WEATHER_CALL, WEATHER_ANSWER], "Weather?\n/effort high\n",
+                                            tools=toolbox)
+    (announced,) = [int(n) for n in re.findall(r"re-processes (\d+) tokens", transcript)]
+    prompt = repl.model.render(repl.conversation.messages, reasoning_effort="high", tools=toolbox)
+    assert announced == len(prompt) - common_prefix_length(engine.evaluated, prompt)

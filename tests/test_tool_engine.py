@@ -151,3 +151,32 @@ def test_a_call_on_the_real_engine_reuses_the_cache_and_generation_goes_on(tiny_
     assert second.reused > first_prompt_length
     assert second.evaluated < 60
     assert answer.usage.completion_tokens >= len(tiny_model.encoding.encode(call, allowed_special="all"))
+
+
+def test_the_cli_with_tools_on_the_real_engine(tiny_gguf, tmp_path, encoding):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    functions = tmp_path / "my_tools.py"
+    functions.write_text('def get_weather(city: str) -> dict:\n    """Get the weather."""\n    return {"t": 21}\n')
+    env = {**os.environ, "OSSRUN_HOME": str(tmp_path / "home"), "OSSRUN_DATE": "2026-01-15"}
+    base = [sys.executable, "-m", "ossrun", "run", "-m", str(tiny_gguf), "--ctx", "1024", "--threads", "2",
+            "--functions", str(functions), "--tool", "python"]
+    refused = subprocess.run(base + ["Hi"], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: --tool python asks before each run")
+    done = subprocess.run(base + ["--yes", "--json", "--seed", "3", "--max-tokens", "8", "--show-reasoning", "Hi"],
+                          capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    data = json.loads(done.stdout)
+    assert data["finish_reason"] in ("stop", "length", "tool_calls") and isinstance(data["tool_calls"], list)
+    # The prompt declared the python tool and get_weather.
+    from ossrun import harmony
+    from ossrun.tools import Toolbox
+
+    with Toolbox.from_options([functions], ["python"]) as toolbox:
+        settings = toolbox.prompt_settings(harmony.PromptSettings(date="2026-01-15"))
+        expected = harmony.render_prompt(encoding, [{"role": "user", "content": "Hi"}], settings)
+    assert data["usage"]["prompt_tokens"] == len(expected)

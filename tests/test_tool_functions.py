@@ -214,3 +214,16 @@ def test_load_functions_errors_are_one_clear_line(tmp_path):
         load_functions(write(tmp_path, "x", "notes.txt"))
     with pytest.raises(ToolError, match=r"badtype.py|bad: parameter 'x'"):
         load_functions(write(tmp_path, "def bad(x: bytes): pass\n", "badtype.py"))
+
+
+def test_a_functions_file_imports_its_sibling_modules(tmp_path):
+    (tmp_path / "weather_backend_for_test.py").write_text("def lookup(city):\n    return {'city': city, 't': 21}\n")
+    path = write(tmp_path, """
+        from weather_backend_for_test import lookup
+
+        def get_weather(city: str) -> dict:
+            \"\"\"Get the weather.\"\"\"
+            return lookup(city)
+        """)
+    (tool,) = load_functions(path)  # lookup is imported, not defined here: not a tool
+    assert tool.call('{"city": "Oslo"}') == ('{"city": "Oslo", "t": 21}', False)

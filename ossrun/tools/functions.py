@@ -131,6 +131,9 @@ def load_functions(path: Union[str, Path]) -> list[FunctionTool]:
         raise ToolError(f"{path} is not a Python file: give --functions a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and string annotations look the module up
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)  # its sibling modules import as they would for a script (installed ones win)
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:

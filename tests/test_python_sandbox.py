@@ -179,6 +179,30 @@ def test_sandboxed_code_cannot_reach_a_server_the_same_code_outside_can(sandbox,
     assert "Internet access for this session is disabled." in sandbox.description()
 
 
+ESCAPE = textwrap.dedent("""
+    import ctypes, os, resource
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fd = os.open("/proc/1/ns/net", os.O_RDONLY)
+        if libc.setns(fd, 0x40000000) == 0:  # CLONE_NEWNET
+            print("rejoined the host network")
+    except OSError:
+        pass
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        print("lifted the memory limit")
+    except (ValueError, OSError):
+        print("limits kept")
+    """)
+
+
+def test_the_code_cannot_rejoin_the_network_or_lift_its_limits_even_as_root(sandbox, local_server):
+    port, accepted = local_server
+    result = sandbox.run(ESCAPE + CONNECT.format(port=port))
+    assert result.stdout == "limits kept\nblocked: [Errno 101] Network is unreachable\n", result.text()
+    assert accepted == []
+
+
 def _confined_python(tmp_path, *, keep_caps: bool) -> str:
     """An interpreter in a user namespace that may create no more user namespaces (and, unless
     ``keep_caps``, has no capabilities): what a system that forbids namespaces looks like."""
@@ -203,6 +227,9 @@ def test_falls_back_to_a_plain_network_namespace(tmp_path, local_server):
     port, accepted = local_server
     with PythonSandbox(python=_confined_python(tmp_path, keep_caps=True)) as box:
         assert box.network_isolation == "network namespace"
+        root_warning = ("user namespaces are off here, so the python tool's code runs with root's capabilities "
+                        "and could leave its network namespace: run ossrun as another user to prevent that")
+        assert box.notices() == ([root_warning] if os.geteuid() == 0 else [])
         assert box.run(CONNECT.format(port=port)).stdout == "blocked: [Errno 101] Network is unreachable\n"
     assert accepted == []
 

@@ -154,6 +154,9 @@ class PythonSandbox:
             return ["the python tool's code can use the network (network isolation is off)"]
         if self.network_isolation is None:
             return [f"the python tool's code can use the network: this system does not allow a network namespace ({self._isolation_error})"]
+        if self.network_isolation == "network namespace" and os.geteuid() == 0:
+            return ["user namespaces are off here, so the python tool's code runs with root's capabilities "
+                    "and could leave its network namespace: run ossrun as another user to prevent that"]
         return []
 
     def description(self) -> str:

@@ -34,6 +34,28 @@ def encoding():
     return harmony.load_encoding(VOCAB_DIR)
 
 
+@pytest.fixture
+def scripted(monkeypatch, encoding):
+    """Make ``ossrun run``/``chat`` load a Model over a scripted engine (tests/scripted.py);
+    ``scripted(*scripts)`` returns the list of engines made."""
+    from ossrun.cli import options
+    from ossrun.model import Model
+    from scripted import ScriptedEngine
+
+    engines = []
+
+    def install(*scripts):
+        def load_model(name, **kwargs):
+            engine = ScriptedEngine(encoding, list(scripts))
+            engines.append(engine)
+            return Model(engine, encoding, name=name or options.DEFAULT_MODEL)
+
+        monkeypatch.setattr(options, "load_model", load_model)
+        return engines
+
+    return install
+
+
 # --- Tiny gpt-oss checkpoints and GGUFs (builders in tests/checkpoints.py) --------------------------
 
 

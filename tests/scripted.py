@@ -121,3 +121,15 @@ class ScriptedEngine:
     def close(self) -> None:
         self.closed = True
 
+
+
+def invoke(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the ``ossrun`` command line in this process: (exit code, stdout, stderr)."""
+    import pytest
+
+    from ossrun.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exited.value.code or 0, captured.out, captured.err

@@ -18,10 +18,7 @@ from pathlib import Path
 import pytest
 
 from ossrun import harmony
-from ossrun.cli import main
-from ossrun.cli import options
-from ossrun.model import Model
-from scripted import Script, ScriptedEngine, reply
+from scripted import Script, invoke, reply
 
 DATE = "2026-01-15"
 ANSWER = reply("The user wants primes.", "2, 3 and 5.")
@@ -31,30 +28,6 @@ JSON_KEYS = ["model", "reasoning_effort", "reasoning", "final", "finish_reason",
 @pytest.fixture(autouse=True)
 def _pinned_date(monkeypatch):
     monkeypatch.setenv("OSSRUN_DATE", DATE)
-
-
-@pytest.fixture
-def scripted(monkeypatch, encoding):
-    """Make ``ossrun run``/``chat`` load a Model over a scripted engine; returns the engines made."""
-    engines = []
-
-    def install(*scripts):
-        def load_model(name, **kwargs):
-            engine = ScriptedEngine(encoding, list(scripts))
-            engines.append(engine)
-            return Model(engine, encoding, name=name or options.DEFAULT_MODEL)
-
-        monkeypatch.setattr(options, "load_model", load_model)
-        return engines
-
-    return install
-
-
-def invoke(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exited.value.code or 0, captured.out, captured.err
 
 
 def test_answer_alone_on_stdout(scripted, capsys):

@@ -9,14 +9,13 @@ import textwrap
 
 import pytest
 
-from ossrun.cli import main
 from ossrun.cli import options
 from ossrun.conversation import Conversation
 from ossrun.display import Screen
 from ossrun.model import Model
 from ossrun.repl import Repl, StreamReader
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, PythonSandbox, Toolbox, load_functions
-from scripted import ScriptedEngine, reply
+from scripted import ScriptedEngine, invoke, reply
 
 DATE = "2026-01-15"
 FUNCTIONS = '''
@@ -58,7 +57,7 @@ def repl_session(encoding, scripts, lines, **repl_options):
     buffer = io.StringIO()
     repl = Repl(Model(engine, encoding, name="scripted"), Screen.create(buffer, buffer),
                 StreamReader(io.StringIO(lines), echo=buffer), **repl_options)
-    code = repl.run()
+    assert repl.run() == 0
     return engine, repl, mask(buffer.getvalue())
 
 
@@ -142,30 +141,6 @@ def test_repl_round_limit(encoding, functions_file):
 
 
 # --- ossrun run ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def scripted(monkeypatch, encoding):
-    """Make ``ossrun run``/``chat`` load a Model over a scripted engine; returns the engines made."""
-    engines = []
-
-    def install(*scripts):
-        def load_model(name, **kwargs):
-            engine = ScriptedEngine(encoding, list(scripts))
-            engines.append(engine)
-            return Model(engine, encoding, name=name or options.DEFAULT_MODEL)
-
-        monkeypatch.setattr(options, "load_model", load_model)
-        return engines
-
-    return install
-
-
-def invoke(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exited.value.code or 0, captured.out, captured.err
 
 
 def test_run_json_lists_the_tool_calls(scripted, capsys, functions_file):

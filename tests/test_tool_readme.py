@@ -8,8 +8,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 import ossrun
 from ossrun.model import Model
 from ossrun.tools import load_functions

@@ -5,17 +5,14 @@
 - :mod:`ossrun.tools.sandbox` — the python tool's limited, offline process
 - :mod:`ossrun.tools.toolbox` — the tools of one conversation, declared and run
 - :mod:`ossrun.tools.loop` — generate, run the calls, send back the results, repeat
-- :mod:`ossrun.tools.loop` — generate, run the calls, send back the results, repeat
 """
 
 from ossrun.tools.functions import FunctionTool, function_tools, load_functions
-from ossrun.tools.loop import DEFAULT_MAX_TOOL_ROUNDS, run_tool_loop
 from ossrun.tools.loop import DEFAULT_MAX_TOOL_ROUNDS, run_tool_loop
 from ossrun.tools.sandbox import PythonSandbox, SandboxLimits, SandboxResult
 from ossrun.tools.toolbox import Toolbox
 
 __all__ = [
-    "DEFAULT_MAX_TOOL_ROUNDS",
     "DEFAULT_MAX_TOOL_ROUNDS",
     "FunctionTool",
     "PythonSandbox",

@@ -8,8 +8,10 @@ disk in order. A chunk never holds more than about ``chunk_bytes`` of input.
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import Future
 from functools import partial
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType, quants
@@ -17,7 +19,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType, quants
 from ossrun.errors import ConvertError
 
 from . import mxfp4
-from .mapping import Encoding, OutputTensor
+from .mapping import Encoding, OutputTensor, Rows
 from .safetensors import TensorEntry, TensorReader
 from .writer import Chunk
 
@@ -60,7 +62,7 @@ def ggml_nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
 def widen(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Float32 values of raw checkpoint storage (BF16 is the top half of a float32)."""
     if dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        return np.left_shift(raw, 16, dtype=np.uint32).view(np.float32)
     return raw.astype(np.float32, copy=False)
 
 
@@ -86,37 +88,91 @@ def _select(array: np.ndarray, tensor: OutputTensor) -> np.ndarray:
     return array[tuple(index)]
 
 
-def tensor_chunks(
-    tensor: OutputTensor,
-    entries: dict[str, TensorEntry],
-    reader: TensorReader,
-    outtype: str,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-) -> Iterator[Chunk]:
-    """Chunks whose results, concatenated, are the GGUF bytes of ``tensor``."""
-    source = entries[tensor.source]
-    if tensor.encoding is Encoding.F32:
-        # Vectors, biases and the router are small: one chunk each.
-        yield Chunk(lambda: np.ascontiguousarray(_select(widen(reader.read_all(source), source.dtype), tensor)))
-        return
-    step = max(1, chunk_bytes // source.row_bytes)  # rows (experts for MXFP4) per chunk
-    if tensor.encoding is Encoding.MXFP4:
-        scales = entries[tensor.scales]  # type: ignore[index]
-        for first in range(0, source.shape[0], step):
-            stop = min(first + step, source.shape[0])
+class _SharedRead:
+    """One chunk of interleaved gate_up experts, read and repacked once for both GGUF tensors.
+
+    Gate (even rows) and up (odd rows) are separate tensors, written one after the other; without
+    sharing, every gate_up byte would be read twice. Whichever of the two chunks runs first (the
+    pool runs them in submission order, so it never waits on one not yet started) computes both
+    halves and leaves the other half for its twin.
+    """
+
+    def __init__(self, compute: Callable[[], dict[int, np.ndarray]]):
+        self._compute = compute
+        self._lock = threading.Lock()
+        self._twin: Future | None = None
+
+    def half(self, parity: int) -> np.ndarray:
+        with self._lock:
+            first = self._twin is None
+            if first:
+                self._twin = Future()
+        if not first:
+            return self._twin.result()
+        try:
+            halves = self._compute()
+        except BaseException as exc:
+            self._twin.set_exception(exc)
+            raise
+        self._twin.set_result(halves[1 - parity])
+        return halves[parity]
+
+
+class ChunkPlanner:
+    """Splits each planned GGUF tensor into chunks reading at most about ``chunk_bytes`` each."""
+
+    def __init__(self, entries: dict[str, TensorEntry], reader: TensorReader, outtype: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        self.entries, self.reader, self.chunk_bytes = entries, reader, chunk_bytes
+        self.qtype = OUTTYPES[check_outtype(outtype)]
+        self._shared: dict[tuple[str, int], _SharedRead] = {}
+
+    def chunks(self, tensor: OutputTensor) -> Iterator[Chunk]:
+        """Chunks whose results, concatenated, are the GGUF bytes of ``tensor``."""
+        source, reader = self.entries[tensor.source], self.reader
+        if tensor.encoding is Encoding.F32:
+            # Vectors, biases and the router are small: one chunk each.
+            nbytes = ggml_nbytes(tensor.shape, GGMLQuantizationType.F32)
+            yield Chunk(nbytes, lambda: np.ascontiguousarray(_select(widen(reader.read_all(source), source.dtype), tensor)))
+            return
+        step = max(1, self.chunk_bytes // source.row_bytes)  # rows (experts for MXFP4) per chunk
+        if tensor.encoding is Encoding.MXFP4:
+            for first in range(0, source.shape[0], step):
+                stop = min(first + step, source.shape[0])
+                nbytes = ggml_nbytes((stop - first, *tensor.shape[1:]), GGMLQuantizationType.MXFP4)
+                yield Chunk(nbytes, *self._experts(tensor, first, stop))
+            return
+        start, stop = (tensor.rows.start, tensor.rows.stop) if tensor.rows else (0, source.shape[0])
+        for first in range(start, stop, step):
+            last = min(first + step, stop)
             yield Chunk(
-                lambda first=first, stop=stop: mxfp4.repack(
-                    _select(reader.read_rows(source, first, stop), tensor),
-                    _select(reader.read_rows(scales, first, stop), tensor),
-                ),
-                partial(reader.prefetch_rows, source, first, stop),
+                ggml_nbytes((last - first, *tensor.shape[1:]), self.qtype),
+                lambda first=first, last=last: encode_matrix(reader.read_rows(source, first, last), source.dtype, self.qtype),
+                partial(reader.prefetch_rows, source, first, last),
             )
-        return
-    qtype = OUTTYPES[outtype]
-    start, stop = (tensor.rows.start, tensor.rows.stop) if tensor.rows else (0, source.shape[0])
-    for first in range(start, stop, step):
-        last = min(first + step, stop)
-        yield Chunk(
-            lambda first=first, last=last: encode_matrix(reader.read_rows(source, first, last), source.dtype, qtype),
-            partial(reader.prefetch_rows, source, first, last),
-        )
+
+    def _prefetch_experts(self, tensor: OutputTensor, first: int, stop: int) -> None:
+        self.reader.prefetch_rows(self.entries[tensor.source], first, stop)
+        self.reader.prefetch_rows(self.entries[tensor.scales], first, stop)  # type: ignore[index]
+
+    def _experts(self, tensor: OutputTensor, first: int, stop: int) -> tuple[Callable[[], np.ndarray], Callable[[], None]]:
+        """compute and prefetch of the experts ``[first, stop)`` of an MXFP4 tensor."""
+        source, scales = self.entries[tensor.source], self.entries[tensor.scales]  # type: ignore[index]
+        prefetch = partial(self._prefetch_experts, tensor, first, stop)
+
+        def repack(rows: Rows | None):
+            blocks, block_scales = self.reader.read_rows(source, first, stop), self.reader.read_rows(scales, first, stop)
+            if rows is None:
+                return mxfp4.repack(blocks, block_scales)
+            return {p: mxfp4.repack(blocks[:, p :: rows.step], block_scales[:, p :: rows.step]) for p in (0, 1)}
+
+        rows = tensor.rows
+        if rows is None:
+            return (lambda: repack(None)), prefetch
+        if (rows.start, rows.stop, rows.step, rows.axis) not in ((0, source.shape[1], 2, 1), (1, source.shape[1], 2, 1)):
+            raise ValueError(f"unsupported expert rows {rows} of {source.name}")
+        key = (source.name, first)
+        shared = self._shared.pop(key, None)
+        if shared is None:  # the first twin: it reads
+            shared = self._shared[key] = _SharedRead(lambda: repack(rows))
+            return partial(shared.half, rows.start), prefetch
+        return partial(shared.half, rows.start), lambda: None  # the second twin reads nothing

@@ -57,106 +57,129 @@ class Expected:
     dtypes: tuple[str, ...]
 
 
+# Checkpoint names by role in each layout; "{b}" is the block number. The HF layout has separate
+# q/k/v projections, the original one a single qkv tensor (q rows, then k rows, then v rows).
+NAMES: dict[Layout, dict[str, str]] = {
+    Layout.HF: {
+        "embedding": "model.embed_tokens.weight",
+        "output_norm": "model.norm.weight",
+        "output": "lm_head.weight",
+        "attn_norm": "model.layers.{b}.input_layernorm.weight",
+        "q": "model.layers.{b}.self_attn.q_proj.weight",
+        "q_bias": "model.layers.{b}.self_attn.q_proj.bias",
+        "k": "model.layers.{b}.self_attn.k_proj.weight",
+        "k_bias": "model.layers.{b}.self_attn.k_proj.bias",
+        "v": "model.layers.{b}.self_attn.v_proj.weight",
+        "v_bias": "model.layers.{b}.self_attn.v_proj.bias",
+        "attn_out": "model.layers.{b}.self_attn.o_proj.weight",
+        "attn_out_bias": "model.layers.{b}.self_attn.o_proj.bias",
+        "sinks": "model.layers.{b}.self_attn.sinks",
+        "ffn_norm": "model.layers.{b}.post_attention_layernorm.weight",
+        "router": "model.layers.{b}.mlp.router.weight",
+        "router_bias": "model.layers.{b}.mlp.router.bias",
+        "gate_up_blocks": "model.layers.{b}.mlp.experts.gate_up_proj_blocks",
+        "gate_up_scales": "model.layers.{b}.mlp.experts.gate_up_proj_scales",
+        "gate_up_bias": "model.layers.{b}.mlp.experts.gate_up_proj_bias",
+        "down_blocks": "model.layers.{b}.mlp.experts.down_proj_blocks",
+        "down_scales": "model.layers.{b}.mlp.experts.down_proj_scales",
+        "down_bias": "model.layers.{b}.mlp.experts.down_proj_bias",
+    },
+    Layout.ORIGINAL: {
+        "embedding": "embedding.weight",
+        "output_norm": "norm.scale",
+        "output": "unembedding.weight",
+        "attn_norm": "block.{b}.attn.norm.scale",
+        "qkv": "block.{b}.attn.qkv.weight",
+        "qkv_bias": "block.{b}.attn.qkv.bias",
+        "attn_out": "block.{b}.attn.out.weight",
+        "attn_out_bias": "block.{b}.attn.out.bias",
+        "sinks": "block.{b}.attn.sinks",
+        "ffn_norm": "block.{b}.mlp.norm.scale",
+        "router": "block.{b}.mlp.gate.weight",
+        "router_bias": "block.{b}.mlp.gate.bias",
+        "gate_up_blocks": "block.{b}.mlp.mlp1_weight.blocks",
+        "gate_up_scales": "block.{b}.mlp.mlp1_weight.scales",
+        "gate_up_bias": "block.{b}.mlp.mlp1_bias",
+        "down_blocks": "block.{b}.mlp.mlp2_weight.blocks",
+        "down_scales": "block.{b}.mlp.mlp2_weight.scales",
+        "down_bias": "block.{b}.mlp.mlp2_bias",
+    },
+}
+
+
 def gguf_name(tensor: MODEL_TENSOR, suffix: str, block: int | None = None) -> str:
     return f"{TENSOR_NAMES[tensor].format(bid=block)}.{suffix}"
 
 
 class _Plan:
-    """Collects output tensors and the checkpoint tensors they need."""
+    """Collects the output tensors and the checkpoint tensors (with shapes) they need."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
         self.outputs: list[OutputTensor] = []
         self.expected: dict[str, Expected] = {}
 
-    def need(self, name: str, shape: tuple[int, ...], dtypes: tuple[str, ...] = DENSE_DTYPES) -> str:
+    def need(self, role: str, shape: tuple[int, ...], block: int | None = None, dtypes: tuple[str, ...] = DENSE_DTYPES) -> str:
+        name = self.names[role].format(b=block)
         self.expected[name] = Expected(shape, dtypes)
         return name
 
-    def add(self, name: str, shape: tuple[int, ...], encoding: Encoding, source: str, **kw: object) -> None:
-        self.outputs.append(OutputTensor(name, shape, encoding, source, **kw))  # type: ignore[arg-type]
+    def add(self, kind: MODEL_TENSOR, suffix: str, block: int | None, shape: tuple[int, ...], encoding: Encoding, source: str, **kw: object) -> None:
+        self.outputs.append(OutputTensor(gguf_name(kind, suffix, block), shape, encoding, source, **kw))  # type: ignore[arg-type]
 
-    def vector(self, name: str, source: str, length: int) -> None:
-        self.add(name, (length,), Encoding.F32, self.need(source, (length,)))
-
-    def experts(self, block: int, hp: HyperParams, names: dict[str, str]) -> None:
-        """gate/up/down experts from ``names`` = checkpoint names of gate_up and down blocks/scales/bias."""
-        E, H, F = hp.n_experts, hp.hidden, hp.expert_ff
-        gate_up = self.need(names["gate_up_blocks"], (E, 2 * F, H // MXFP4_BLOCK, 16), BYTE_DTYPES)
-        gate_up_scales = self.need(names["gate_up_scales"], (E, 2 * F, H // MXFP4_BLOCK), BYTE_DTYPES)
-        gate_up_bias = self.need(names["gate_up_bias"], (E, 2 * F))
-        for kind, parity in ((MODEL_TENSOR.FFN_GATE_EXP, 0), (MODEL_TENSOR.FFN_UP_EXP, 1)):
-            rows = Rows(parity, 2 * F, 2, axis=1)
-            self.add(gguf_name(kind, "weight", block), (E, F, H), Encoding.MXFP4, gate_up, scales=gate_up_scales, rows=rows)
-            self.add(gguf_name(kind, "bias", block), (E, F), Encoding.F32, gate_up_bias, rows=rows)
-        down = self.need(names["down_blocks"], (E, H, F // MXFP4_BLOCK, 16), BYTE_DTYPES)
-        down_scales = self.need(names["down_scales"], (E, H, F // MXFP4_BLOCK), BYTE_DTYPES)
-        self.add(gguf_name(MODEL_TENSOR.FFN_DOWN_EXP, "weight", block), (E, H, F), Encoding.MXFP4, down, scales=down_scales)
-        self.add(gguf_name(MODEL_TENSOR.FFN_DOWN_EXP, "bias", block), (E, H), Encoding.F32, self.need(names["down_bias"], (E, H)))
+    def vector(self, kind: MODEL_TENSOR, role: str, length: int, block: int | None = None, suffix: str = "weight") -> None:
+        self.add(kind, suffix, block, (length,), Encoding.F32, self.need(role, (length,), block))
 
 
-def _hf_plan(hp: HyperParams) -> _Plan:
-    plan = _Plan()
-    H, V, E = hp.hidden, hp.vocab_rows, hp.n_experts
-    q_dim, kv_dim = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
-    plan.add(gguf_name(MODEL_TENSOR.TOKEN_EMBD, "weight"), (V, H), Encoding.MATRIX, plan.need("model.embed_tokens.weight", (V, H)))
-    for b in range(hp.n_layers):
-        p = f"model.layers.{b}."
-        plan.vector(gguf_name(MODEL_TENSOR.ATTN_NORM, "weight", b), p + "input_layernorm.weight", H)
-        for kind, proj, rows in ((MODEL_TENSOR.ATTN_Q, "q", q_dim), (MODEL_TENSOR.ATTN_K, "k", kv_dim), (MODEL_TENSOR.ATTN_V, "v", kv_dim)):
-            weight = plan.need(f"{p}self_attn.{proj}_proj.weight", (rows, H))
-            plan.add(gguf_name(kind, "weight", b), (rows, H), Encoding.MATRIX, weight)
-            plan.vector(gguf_name(kind, "bias", b), f"{p}self_attn.{proj}_proj.bias", rows)
-        out = plan.need(p + "self_attn.o_proj.weight", (H, q_dim))
-        plan.add(gguf_name(MODEL_TENSOR.ATTN_OUT, "weight", b), (H, q_dim), Encoding.MATRIX, out)
-        plan.vector(gguf_name(MODEL_TENSOR.ATTN_OUT, "bias", b), p + "self_attn.o_proj.bias", H)
-        plan.vector(gguf_name(MODEL_TENSOR.ATTN_SINKS, "weight", b), p + "self_attn.sinks", hp.n_heads)
-        plan.vector(gguf_name(MODEL_TENSOR.ATTN_POST_NORM, "weight", b), p + "post_attention_layernorm.weight", H)
-        router = plan.need(p + "mlp.router.weight", (E, H))
-        plan.add(gguf_name(MODEL_TENSOR.FFN_GATE_INP, "weight", b), (E, H), Encoding.F32, router)
-        plan.vector(gguf_name(MODEL_TENSOR.FFN_GATE_INP, "bias", b), p + "mlp.router.bias", E)
-        e = p + "mlp.experts."
-        plan.experts(b, hp, {
-            "gate_up_blocks": e + "gate_up_proj_blocks", "gate_up_scales": e + "gate_up_proj_scales",
-            "gate_up_bias": e + "gate_up_proj_bias", "down_blocks": e + "down_proj_blocks",
-            "down_scales": e + "down_proj_scales", "down_bias": e + "down_proj_bias",
-        })  # fmt: skip
-    plan.vector(gguf_name(MODEL_TENSOR.OUTPUT_NORM, "weight"), "model.norm.weight", H)
-    plan.add(gguf_name(MODEL_TENSOR.OUTPUT, "weight"), (V, H), Encoding.MATRIX, plan.need("lm_head.weight", (V, H)))
-    return plan
-
-
-def _original_plan(hp: HyperParams) -> _Plan:
-    plan = _Plan()
-    H, V, E = hp.hidden, hp.vocab_rows, hp.n_experts
-    q_dim, kv_dim = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
-    qkv_dim = q_dim + 2 * kv_dim
-    plan.add(gguf_name(MODEL_TENSOR.TOKEN_EMBD, "weight"), (V, H), Encoding.MATRIX, plan.need("embedding.weight", (V, H)))
-    for b in range(hp.n_layers):
-        p = f"block.{b}."
-        plan.vector(gguf_name(MODEL_TENSOR.ATTN_NORM, "weight", b), p + "attn.norm.scale", H)
-        qkv = plan.need(p + "attn.qkv.weight", (qkv_dim, H))
-        qkv_bias = plan.need(p + "attn.qkv.bias", (qkv_dim,))
-        starts = {MODEL_TENSOR.ATTN_Q: (0, q_dim), MODEL_TENSOR.ATTN_K: (q_dim, kv_dim), MODEL_TENSOR.ATTN_V: (q_dim + kv_dim, kv_dim)}
-        for kind, (start, rows) in starts.items():
+def _attention_inputs(plan: _Plan, hp: HyperParams, b: int) -> None:
+    H, q_dim, kv_dim = hp.hidden, hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
+    projections = ((MODEL_TENSOR.ATTN_Q, "q", 0, q_dim), (MODEL_TENSOR.ATTN_K, "k", q_dim, kv_dim), (MODEL_TENSOR.ATTN_V, "v", q_dim + kv_dim, kv_dim))
+    if "qkv" in plan.names:  # one fused tensor: each projection is a range of its rows
+        qkv = plan.need("qkv", (q_dim + 2 * kv_dim, H), b)
+        qkv_bias = plan.need("qkv_bias", (q_dim + 2 * kv_dim,), b)
+        for kind, _, start, rows in projections:
             select = Rows(start, start + rows)
-            plan.add(gguf_name(kind, "weight", b), (rows, H), Encoding.MATRIX, qkv, rows=select)
-            plan.add(gguf_name(kind, "bias", b), (rows,), Encoding.F32, qkv_bias, rows=select)
-        out = plan.need(p + "attn.out.weight", (H, q_dim))
-        plan.add(gguf_name(MODEL_TENSOR.ATTN_OUT, "weight", b), (H, q_dim), Encoding.MATRIX, out)
-        plan.vector(gguf_name(MODEL_TENSOR.ATTN_OUT, "bias", b), p + "attn.out.bias", H)
-        plan.vector(gguf_name(MODEL_TENSOR.ATTN_SINKS, "weight", b), p + "attn.sinks", hp.n_heads)
-        plan.vector(gguf_name(MODEL_TENSOR.ATTN_POST_NORM, "weight", b), p + "mlp.norm.scale", H)
-        router = plan.need(p + "mlp.gate.weight", (E, H))
-        plan.add(gguf_name(MODEL_TENSOR.FFN_GATE_INP, "weight", b), (E, H), Encoding.F32, router)
-        plan.vector(gguf_name(MODEL_TENSOR.FFN_GATE_INP, "bias", b), p + "mlp.gate.bias", E)
-        m = p + "mlp."
-        plan.experts(b, hp, {
-            "gate_up_blocks": m + "mlp1_weight.blocks", "gate_up_scales": m + "mlp1_weight.scales",
-            "gate_up_bias": m + "mlp1_bias", "down_blocks": m + "mlp2_weight.blocks",
-            "down_scales": m + "mlp2_weight.scales", "down_bias": m + "mlp2_bias",
-        })  # fmt: skip
-    plan.vector(gguf_name(MODEL_TENSOR.OUTPUT_NORM, "weight"), "norm.scale", H)
-    plan.add(gguf_name(MODEL_TENSOR.OUTPUT, "weight"), (V, H), Encoding.MATRIX, plan.need("unembedding.weight", (V, H)))
+            plan.add(kind, "weight", b, (rows, H), Encoding.MATRIX, qkv, rows=select)
+            plan.add(kind, "bias", b, (rows,), Encoding.F32, qkv_bias, rows=select)
+        return
+    for kind, role, _, rows in projections:
+        plan.add(kind, "weight", b, (rows, H), Encoding.MATRIX, plan.need(role, (rows, H), b))
+        plan.vector(kind, f"{role}_bias", rows, b, suffix="bias")
+
+
+def _experts(plan: _Plan, hp: HyperParams, b: int) -> None:
+    """gate, up and down experts; gate and up are the even and odd rows of the interleaved gate_up."""
+    E, H, F = hp.n_experts, hp.hidden, hp.expert_ff
+    gate_up = plan.need("gate_up_blocks", (E, 2 * F, H // MXFP4_BLOCK, 16), b, BYTE_DTYPES)
+    gate_up_scales = plan.need("gate_up_scales", (E, 2 * F, H // MXFP4_BLOCK), b, BYTE_DTYPES)
+    gate_up_bias = plan.need("gate_up_bias", (E, 2 * F), b)
+    for kind, parity in ((MODEL_TENSOR.FFN_GATE_EXP, 0), (MODEL_TENSOR.FFN_UP_EXP, 1)):
+        rows = Rows(parity, 2 * F, 2, axis=1)
+        plan.add(kind, "weight", b, (E, F, H), Encoding.MXFP4, gate_up, scales=gate_up_scales, rows=rows)
+        plan.add(kind, "bias", b, (E, F), Encoding.F32, gate_up_bias, rows=rows)
+    down = plan.need("down_blocks", (E, H, F // MXFP4_BLOCK, 16), b, BYTE_DTYPES)
+    down_scales = plan.need("down_scales", (E, H, F // MXFP4_BLOCK), b, BYTE_DTYPES)
+    plan.add(MODEL_TENSOR.FFN_DOWN_EXP, "weight", b, (E, H, F), Encoding.MXFP4, down, scales=down_scales)
+    plan.add(MODEL_TENSOR.FFN_DOWN_EXP, "bias", b, (E, H), Encoding.F32, plan.need("down_bias", (E, H), b))
+
+
+def _plan(layout: Layout, hp: HyperParams) -> _Plan:
+    plan = _Plan(NAMES[layout])
+    H, V, E = hp.hidden, hp.vocab_rows, hp.n_experts
+    plan.add(MODEL_TENSOR.TOKEN_EMBD, "weight", None, (V, H), Encoding.MATRIX, plan.need("embedding", (V, H)))
+    for b in range(hp.n_layers):
+        plan.vector(MODEL_TENSOR.ATTN_NORM, "attn_norm", H, b)
+        _attention_inputs(plan, hp, b)
+        q_dim = hp.n_heads * hp.head_dim
+        plan.add(MODEL_TENSOR.ATTN_OUT, "weight", b, (H, q_dim), Encoding.MATRIX, plan.need("attn_out", (H, q_dim), b))
+        plan.vector(MODEL_TENSOR.ATTN_OUT, "attn_out_bias", H, b, suffix="bias")
+        plan.vector(MODEL_TENSOR.ATTN_SINKS, "sinks", hp.n_heads, b)
+        plan.vector(MODEL_TENSOR.ATTN_POST_NORM, "ffn_norm", H, b)
+        plan.add(MODEL_TENSOR.FFN_GATE_INP, "weight", b, (E, H), Encoding.F32, plan.need("router", (E, H), b))
+        plan.vector(MODEL_TENSOR.FFN_GATE_INP, "router_bias", E, b, suffix="bias")
+        _experts(plan, hp, b)
+    plan.vector(MODEL_TENSOR.OUTPUT_NORM, "output_norm", H)
+    plan.add(MODEL_TENSOR.OUTPUT, "weight", None, (V, H), Encoding.MATRIX, plan.need("output", (V, H)))
     return plan
 
 
@@ -191,6 +214,6 @@ def check_entries(expected: dict[str, Expected], entries: dict[str, TensorEntry]
 
 def plan_tensors(layout: Layout, hp: HyperParams, entries: dict[str, TensorEntry]) -> list[OutputTensor]:
     """The GGUF tensors for a checkpoint, in one order for both layouts (so both give the same file)."""
-    plan = _hf_plan(hp) if layout is Layout.HF else _original_plan(hp)
+    plan = _plan(layout, hp)
     check_entries(plan.expected, entries)
     return plan.outputs

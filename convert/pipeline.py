@@ -11,13 +11,14 @@ import numpy as np
 from gguf import GGML_QUANT_VERSION, MODEL_ARCH, MODEL_ARCH_NAMES, GGUFWriter, RopeScalingType
 
 from ossrun.errors import ConvertError
+from ossrun.units import format_size
 
-from .encode import DEFAULT_CHUNK_BYTES, FILE_TYPES, check_outtype, tensor_chunks, ggml_nbytes, ggml_type
+from .encode import DEFAULT_CHUNK_BYTES, FILE_TYPES, ChunkPlanner, check_outtype, ggml_nbytes, ggml_type
 from .layout import HyperParams, Layout, checkpoint_files, detect_layout, read_hyper_params, read_tensor_entries
 from .mapping import OutputTensor, plan_tensors
 from .safetensors import TensorEntry, TensorReader
 from .tokenizer import PRE_TOKENIZER, Vocab, find_tokenizer_folder, read_vocab
-from .writer import Progress, TensorData, data_bytes, human_bytes, part_path, write_gguf
+from .writer import Progress, TensorData, data_bytes, part_path, write_gguf
 
 DEFAULT_OUTTYPE = "q8_0"
 ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.GPT_OSS]
@@ -38,9 +39,14 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
-        # original/ holds the same model as its parent: name it after the parent.
+        """The model's name for ``general.name``: the repository's, not ``original`` or a commit hash."""
         folder = self.src.resolve()
-        return folder.parent.name if self.layout is Layout.ORIGINAL and folder.name == "original" else folder.name
+        if self.layout is Layout.ORIGINAL and folder.name == "original":
+            folder = folder.parent
+        # A Hugging Face cache snapshot: .../models--openai--gpt-oss-20b/snapshots/<commit>/
+        if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+            return folder.parent.parent.name.split("--")[-1]
+        return folder.name
 
 
 def open_checkpoint(src: str | os.PathLike[str], tokenizer_dir: str | os.PathLike[str] | None = None) -> Checkpoint:
@@ -70,7 +76,7 @@ def _check_free_space(out: Path, needed: int) -> None:
         free += part.stat().st_size  # a leftover .part is overwritten
     if free < needed:
         raise ConvertError(
-            f"{out.parent} has {human_bytes(free)} free but the GGUF needs {human_bytes(needed)}: free some space or write elsewhere"
+            f"{out.parent} has {format_size(free)} free but the GGUF needs {format_size(needed)}: free some space or write elsewhere"
         )
 
 
@@ -136,12 +142,13 @@ def convert(
     writer = GGUFWriter(path=None, arch=ARCH)
     add_metadata(writer, checkpoint, outtype)
     with TensorReader() as reader:
+        planner = ChunkPlanner(checkpoint.entries, reader, outtype, chunk_bytes)
         tensors = []
         for tensor in checkpoint.tensors:
             qtype = ggml_type(tensor, outtype)
             nbytes = ggml_nbytes(tensor.shape, qtype)
             # tensor_dtype float32 tells GGUFWriter the shape is in values, not bytes.
             writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
-            tensors.append(TensorData(nbytes, tensor_chunks(tensor, checkpoint.entries, reader, outtype, chunk_bytes)))
+            tensors.append(TensorData(nbytes, planner.chunks(tensor)))
         _check_free_space(out, data_bytes(tensors) + METADATA_ALLOWANCE)
         return write_gguf(writer, tensors, out, progress=progress)

@@ -134,11 +134,15 @@ class TensorReader:
         count = entry.nbytes - start if count is None else count
         out = np.empty(count, dtype=np.uint8)
         view, done = memoryview(out), 0
+        fd = self._fd(entry.path)
         while done < count:
-            got = os.preadv(self._fd(entry.path), [view[done:]], entry.offset + start + done)
+            got = os.preadv(fd, [view[done:]], entry.offset + start + done)
             if got == 0:
                 raise _corrupt(entry.path, f"tensor {entry.name} ends early")
             done += got
+        if hasattr(os, "posix_fadvise"):
+            # Each byte is read once: keep the page cache for others.
+            os.posix_fadvise(fd, entry.offset + start, count, os.POSIX_FADV_DONTNEED)
         return out
 
     def read_rows(self, entry: TensorEntry, first: int, stop: int) -> np.ndarray:

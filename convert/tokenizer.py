@@ -104,13 +104,16 @@ def read_vocab(folder: Path, n_rows: int) -> Vocab:
         raise ConvertError(f"{path} has no merges: a byte-level BPE tokenizer needs them")
 
     def optional(name: str) -> dict:
-        return read_json(folder / name, "") if (folder / name).is_file() else {}
+        path = folder / name
+        return read_json(path, "the special token ids are read from it") if path.is_file() else {}
 
     documents = [optional(n) for n in ("tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json")]
     by_text = {text: i for i, text in by_id.items()}
     special_ids = {}
     for kind in SPECIAL_TOKEN_KINDS:
         token_id = _special_id(kind, documents, by_text)
+        if token_id is not None and not 0 <= token_id < n_rows:
+            raise ConvertError(f"{folder}: the {kind} token id {token_id} is outside the vocabulary of {n_rows} tokens")
         if token_id is not None:
             special_ids[kind] = token_id
     return Vocab(tokens, token_types, merges, special_ids, _chat_template(folder, documents[0]), folder)

@@ -1,8 +1,12 @@
 """Write a GGUF file safely: into ``OUT.part``, chunk by chunk, then fsync and rename.
 
 ``gguf.GGUFWriter`` lays out the header, the metadata and the tensor table; the tensor data is
-streamed after it here, so no tensor has to be whole in memory. Chunks are computed by a small
-thread pool (bounded, so memory stays flat) and written by the calling thread in order.
+streamed after it here, so no tensor has to be whole in memory. Every chunk's place in the file is
+known in advance, so worker threads compute a chunk and write it at its offset (``os.pwrite``):
+computing, reading and writing overlap on all cores, and memory holds only the chunks in flight.
+The kernel is told to read the input of coming chunks ahead, to start writing finished ones back
+at once, and to drop them from the page cache once written, so a 12 GB conversion does not push
+everything else out of memory.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFWriter
 
 from ossrun.errors import ConvertError
+from ossrun.units import format_size
 
-# Both cores compute while this thread writes; a few chunks ahead keeps the disk busy.
-DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
-DEFAULT_AHEAD = 4  # chunks queued per worker (their input is read ahead meanwhile)
+# More threads than cores: each also waits on reads and writes.
+DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 2)
+DEFAULT_AHEAD = 4  # chunks in flight per worker
+DEFAULT_READ_AHEAD = 16  # chunks whose input the kernel reads ahead (page cache, not our memory)
+DROP_BEHIND = 256 << 20  # written bytes kept in the page cache before asking the kernel to drop them
 
 Progress = Callable[[int, int], None]  # (bytes written, bytes in all)
 
@@ -32,27 +39,20 @@ def part_path(out: Path) -> Path:
     return out.with_name(out.name + ".part")
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
 def _disk_error(exc: OSError, path: Path, total: int) -> ConvertError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ConvertError(f"the disk filled up while writing {path} ({human_bytes(total)} needed): free some space and try again")
+        return ConvertError(f"the disk filled up while writing {path} ({format_size(total)} needed): free some space and try again")
     if exc.errno == errno.EFBIG:
-        return ConvertError(f"{path} grew past the largest file this filesystem or limit allows ({human_bytes(total)} needed): write elsewhere")
+        return ConvertError(f"{path} grew past the largest file this filesystem or limit allows ({format_size(total)} needed): write elsewhere")
     return ConvertError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of a tensor's bytes: ``compute()`` makes them (on a worker thread); ``prefetch()``
-    asks the kernel to start reading its input as soon as the chunk is queued."""
+    """``nbytes`` of a tensor: ``compute()`` makes them on a worker thread; ``prefetch()`` asks the
+    kernel to start reading their input as soon as the chunk is planned."""
 
+    nbytes: int
     compute: Callable[[], np.ndarray]
     prefetch: Callable[[], None] = lambda: None
 
@@ -93,11 +93,15 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         writer.close()
-        with open(part, "ab") as f:
-            f.write(bytes(_pad(f.tell())))
-            _write_data(f, tensors, progress, workers, total)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(part, os.O_WRONLY)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            start += _pad(start)
+            _write_data(fd, start, tensors, progress, workers, total)
+            os.ftruncate(fd, start + total)  # the padding after the last tensor
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(part, out)
         _fsync_folder(out.parent)
     except OSError as exc:
@@ -109,47 +113,77 @@ def write_gguf(
     return out
 
 
-def _write_data(f, tensors: list[TensorData], progress: Progress | None, workers: int, total: int) -> None:
+def _placed_chunks(tensors: list[TensorData], start: int) -> Iterator[tuple[Chunk, int]]:
+    """Every chunk in file order with its offset; tensors start on alignment boundaries."""
+    offset = start
+    for tensor in tensors:
+        end = offset + tensor.nbytes
+        for chunk in tensor.chunks:
+            yield chunk, offset
+            offset += chunk.nbytes
+        if offset != end:
+            raise RuntimeError(f"chunks of {tensor.nbytes} bytes added up to {offset - end + tensor.nbytes}")
+        offset += _pad(tensor.nbytes)
+
+
+def _compute_and_write(fd: int, chunk: Chunk, offset: int) -> int:
+    data = chunk.compute()
+    if data.nbytes != chunk.nbytes:
+        raise RuntimeError(f"a chunk planned as {chunk.nbytes} bytes came out as {data.nbytes}")
+    view = memoryview(np.ascontiguousarray(data)).cast("B")
     done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    # Start writing it back now, rather than when the kernel runs short of clean memory.
+    _advise(fd, offset, chunk.nbytes, "POSIX_FADV_DONTNEED")
+    return chunk.nbytes
+
+
+def _advise(fd: int, offset: int, length: int, advice: str) -> None:
+    if hasattr(os, "posix_fadvise") and length > 0:
+        os.posix_fadvise(fd, offset, length, getattr(os, advice))
+
+
+def _write_data(fd: int, start: int, tensors: list[TensorData], progress: Progress | None, workers: int, total: int) -> None:
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ossrun-convert")
-    queue: deque[tuple[Future, int]] = deque()  # (chunk, padding to write after it)
+    in_flight: deque[tuple[Future, int]] = deque()  # (chunk written, its offset), in file order
+    upcoming: deque[tuple[Chunk, int]] = deque()
+    placed = _placed_chunks(tensors, start)
+    done = dropped = 0
+
+    def read_ahead() -> None:
+        while len(upcoming) < DEFAULT_READ_AHEAD and (item := next(placed, None)) is not None:
+            item[0].prefetch()
+            upcoming.append(item)
+
+    def finish_oldest() -> None:
+        nonlocal done, dropped
+        future, offset = in_flight.popleft()
+        written = future.result()
+        done = offset + written - start
+        if progress is not None:
+            progress(done, total)
+        if done - dropped > 2 * DROP_BEHIND:
+            # Long written back by now: drop those pages from the cache.
+            _advise(fd, start + dropped, done - DROP_BEHIND - dropped, "POSIX_FADV_DONTNEED")
+            dropped = done - DROP_BEHIND
+
     try:
-        for chunk, pad in _submit_all(pool, tensors, queue, workers * DEFAULT_AHEAD):
-            data = chunk.result()
-            f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
-            if pad:
-                f.write(bytes(pad))
-            done += data.nbytes + pad
-            if progress is not None:
-                progress(done, total)
+        read_ahead()
+        while upcoming:
+            chunk, offset = upcoming.popleft()
+            read_ahead()
+            in_flight.append((pool.submit(_compute_and_write, fd, chunk, offset), offset))
+            while len(in_flight) > workers * DEFAULT_AHEAD:
+                finish_oldest()
+        while in_flight:
+            finish_oldest()
     finally:
-        for future, _ in queue:
+        for future, _ in in_flight:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
-    if done != total:
-        raise RuntimeError(f"wrote {done} bytes of tensor data, planned {total}")
-
-
-def _chunks(tensors: list[TensorData]) -> Iterator[tuple[Chunk, int]]:
-    """Every chunk in file order, with the padding that follows it (after a tensor's last chunk)."""
-    for tensor in tensors:
-        chunks = iter(tensor.chunks)
-        chunk = next(chunks, None)
-        while chunk is not None:
-            following = next(chunks, None)
-            yield chunk, _pad(tensor.nbytes) if following is None else 0
-            chunk = following
-
-
-def _submit_all(pool, tensors, queue, ahead) -> Iterator[tuple[Future, int]]:
-    """Submit chunks ``ahead`` in front of the writer; yield them back in file order."""
-    for chunk, pad in _chunks(tensors):
-        chunk.prefetch()
-        queue.append((pool.submit(chunk.compute), pad))
-        while len(queue) > ahead:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
+    if progress is not None:
+        progress(total, total)
 
 
 def _remove(path: Path) -> None:

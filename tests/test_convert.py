@@ -215,6 +215,14 @@ def test_sharding_and_layout_make_no_difference(small, small_gguf, tmp_path):
     assert filecmp.cmp(convert(original, tmp_path / "original.gguf"), small_gguf, shallow=False)
 
 
+def test_name_of_a_hugging_face_cache_snapshot(small, tmp_path):
+    from ossrun.convert import open_checkpoint
+
+    snapshot = tmp_path / "models--openai--gpt-oss-small" / "snapshots" / "0123abcd"
+    shutil.copytree(small[2], snapshot)
+    assert open_checkpoint(snapshot).name == "gpt-oss-small"
+
+
 def test_original_layout_takes_the_tokenizer_option(small, small_gguf, tmp_path):
     config, weights, folder = small
     original = checkpoints.write_original_checkpoint(tmp_path / folder.name, weights, config, tokenizer_dir=None)
@@ -304,3 +312,32 @@ def test_cli_outtype_choices_match_the_library():
     from ossrun.cli.convert import OutType
 
     assert [t.value for t in OutType] == list(OUTTYPES)
+
+
+def test_cli_shows_a_progress_bar_on_a_terminal(small, tmp_path):
+    import os
+    import pty
+
+    out = tmp_path / "tty.gguf"
+    main_fd, terminal_fd = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ossrun", "convert", str(small[2]), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=terminal_fd,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(terminal_fd)
+    shown = b""
+    while True:
+        try:
+            data = os.read(main_fd, 4096)
+        except OSError:  # the terminal closed when the process ended
+            break
+        if not data:
+            break
+        shown += data
+    assert process.wait(timeout=60) == 0
+    os.close(main_fd)
+    text = shown.decode(errors="replace")
+    assert "converting" in text and "━" in text  # rich's bar, with bytes written and the rate
+    assert "MB" in text and "wrote " in text

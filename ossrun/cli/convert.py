@@ -64,12 +64,12 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
     ) -> None:
         from ossrun.convert import convert
-        from ossrun.convert.writer import human_bytes
+        from ossrun.units import format_size
 
         started = time.monotonic()
         with progress_reporter("converting") as progress:
             written = convert(src, out, outtype=outtype.value, tokenizer_dir=tokenizer, force=force, progress=progress)
         seconds = time.monotonic() - started
         size = written.stat().st_size
-        sys.stderr.write(f"wrote {human_bytes(size)} in {seconds:.1f} s ({human_bytes(size / max(seconds, 1e-9))}/s)\n")
+        sys.stderr.write(f"wrote {format_size(size)} in {seconds:.1f} s ({format_size(int(size / max(seconds, 1e-3)))}/s)\n")
         typer.echo(str(written))

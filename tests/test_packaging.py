@@ -1,0 +1,109 @@
+"""The converter and models.toml work the same from a built wheel and from the editable install.
+
+The wheel is built from a copy of the working tree and installed with --no-deps into a fresh
+virtualenv; the dependencies (numpy, gguf, llama-cpp-python...) come from this interpreter's
+site-packages through a .pth file, so nothing is downloaded or rebuilt.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import checkpoints
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY_IGNORE = shutil.ignore_patterns(".git", ".ci", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.gguf")
+
+# Run inside the interpreter under test, from a folder outside the repository.
+PROBE = """
+import importlib.resources, importlib.util, json, ossrun, ossrun.convert, ossrun.convert.mxfp4
+print(json.dumps({
+    "ossrun": ossrun.__file__,
+    "convert": ossrun.convert.__file__,
+    "top_level_convert": importlib.util.find_spec("convert") is not None,
+    "models_toml": importlib.resources.files("ossrun").joinpath("models.toml").read_text(),
+}))
+"""
+
+
+def probe(python: Path, cwd: Path) -> dict:
+    result = subprocess.run([str(python), "-c", PROBE], capture_output=True, text=True, cwd=cwd, check=True)
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    source = Path(shutil.copytree(ROOT, tmp_path_factory.mktemp("src") / "ossrun", ignore=COPY_IGNORE, symlinks=True))
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    (built,) = dist.glob("ossrun-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_python(wheel, tmp_path_factory) -> Path:
+    """A fresh virtualenv with the wheel installed (no deps; this interpreter's packages visible)."""
+    env = tmp_path_factory.mktemp("venv")
+    venv.EnvBuilder(with_pip=False).create(env)
+    python = env / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True, check=True).stdout.strip())
+    # Only the dependencies: a plain path entry does not run the editable install's finder.
+    (site / "outer-site-packages.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "--quiet", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    return python
+
+
+def test_wheel_contents(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "ossrun/models.toml" in names
+    assert "ossrun/convert/__init__.py" in names and "ossrun/convert/mxfp4.py" in names
+    assert not any(name.startswith("convert/") for name in names)  # never a top-level "convert"
+    assert not any(name.startswith("tests/") for name in names)
+
+
+def test_wheel_install(wheel_python, tmp_path):
+    found = probe(wheel_python, tmp_path)
+    site = Path(wheel_python).parent.parent
+    assert Path(found["ossrun"]).is_relative_to(site) and Path(found["convert"]).is_relative_to(site)
+    assert Path(found["convert"]).parent.name == "convert" and Path(found["convert"]).parent.parent.name == "ossrun"
+    assert not found["top_level_convert"]
+    assert found["models_toml"] == (ROOT / "models.toml").read_text()
+
+
+def test_editable_install(tmp_path):
+    found = probe(Path(sys.executable), tmp_path)
+    assert Path(found["convert"]) == ROOT / "convert" / "__init__.py"
+    assert not found["top_level_convert"]
+    assert found["models_toml"] == (ROOT / "models.toml").read_text()
+
+
+def test_the_wheels_converter_writes_the_same_file(wheel_python, tmp_path):
+    config = checkpoints.TinyConfig(vocab_rows=320)
+    folder = checkpoints.write_hf_checkpoint(tmp_path / "model", checkpoints.make_weights(config), config, tokenizer_dir=None)
+    checkpoints.write_byte_tokenizer(folder)
+    from_wheel = tmp_path / "wheel.gguf"
+    ossrun_script = Path(wheel_python).parent / "ossrun"
+    subprocess.run([str(ossrun_script), "convert", str(folder), "-o", str(from_wheel)], check=True, capture_output=True, cwd=tmp_path)
+    from ossrun.convert import convert
+
+    assert filecmp.cmp(from_wheel, convert(folder, tmp_path / "editable.gguf"), shallow=False)

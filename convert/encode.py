@@ -1,7 +1,7 @@
 """Turn one planned GGUF tensor into its bytes, as a sequence of independent chunks.
 
 Each chunk reads its own slice of the checkpoint and encodes it, so chunks can be computed on
-worker threads (numpy and ``os.preadv`` release the GIL) while the writer puts finished ones on
+worker threads (numpy and positional reads release the GIL) while the writer puts finished ones on
 disk in order. A chunk never holds more than about ``chunk_bytes`` of input.
 """
 

@@ -2,8 +2,8 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor name
 to its dtype, shape and byte range, then the raw data. Nothing here maps or reads a whole file:
-callers ask for byte ranges of one tensor, read with ``os.preadv`` (which releases the GIL, so
-reader threads overlap) into buffers they own, so memory stays flat whatever the model size.
+callers ask for byte ranges of one tensor, read at their offset (``fileio``: the GIL is released,
+so reader threads overlap) into buffers they own, so memory stays flat whatever the model size.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ossrun.errors import ConvertError
+
+from .fileio import BINARY, advise, read_into
 
 # Headers of real checkpoints are a few hundred KB; anything far larger is a corrupt length field.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -126,7 +128,7 @@ class TensorReader:
         with self._lock:
             fd = self._fds.get(path)
             if fd is None:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                fd = self._fds[path] = os.open(path, os.O_RDONLY | BINARY)
             return fd
 
     def read(self, entry: TensorEntry, start: int = 0, count: int | None = None) -> np.ndarray:
@@ -136,13 +138,11 @@ class TensorReader:
         view, done = memoryview(out), 0
         fd = self._fd(entry.path)
         while done < count:
-            got = os.preadv(fd, [view[done:]], entry.offset + start + done)
+            got = read_into(fd, view[done:], entry.offset + start + done)
             if got == 0:
                 raise _corrupt(entry.path, f"tensor {entry.name} ends early")
             done += got
-        if hasattr(os, "posix_fadvise"):
-            # Each byte is read once: keep the page cache for others.
-            os.posix_fadvise(fd, entry.offset + start, count, os.POSIX_FADV_DONTNEED)
+        advise(fd, entry.offset + start, count, "POSIX_FADV_DONTNEED")  # each byte is read once
         return out
 
     def read_rows(self, entry: TensorEntry, first: int, stop: int) -> np.ndarray:
@@ -155,9 +155,8 @@ class TensorReader:
 
     def prefetch_rows(self, entry: TensorEntry, first: int, stop: int) -> None:
         """Ask the kernel to start reading rows ``[first, stop)`` now (they are needed soon)."""
-        if hasattr(os, "posix_fadvise"):
-            start = entry.offset + first * entry.row_bytes
-            os.posix_fadvise(self._fd(entry.path), start, (stop - first) * entry.row_bytes, os.POSIX_FADV_WILLNEED)
+        start = entry.offset + first * entry.row_bytes
+        advise(self._fd(entry.path), start, (stop - first) * entry.row_bytes, "POSIX_FADV_WILLNEED")
 
     def close(self) -> None:
         for fd in self._fds.values():

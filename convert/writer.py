@@ -2,7 +2,7 @@
 
 ``gguf.GGUFWriter`` lays out the header, the metadata and the tensor table; the tensor data is
 streamed after it here, so no tensor has to be whole in memory. Every chunk's place in the file is
-known in advance, so worker threads compute a chunk and write it at its offset (``os.pwrite``):
+known in advance, so worker threads compute a chunk and write it at its offset (``fileio``):
 computing, reading and writing overlap on all cores, and memory holds only the chunks in flight.
 The kernel is told to read the input of coming chunks ahead, to start writing finished ones back
 at once, and to drop them from the page cache once written, so a 12 GB conversion does not push
@@ -25,6 +25,8 @@ from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFWriter
 
 from ossrun.errors import ConvertError
 from ossrun.units import format_size
+
+from .fileio import BINARY, advise, write_from
 
 # More threads than cores: each also waits on reads and writes.
 DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 2)
@@ -93,7 +95,7 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         writer.close()
-        fd = os.open(part, os.O_WRONLY)
+        fd = os.open(part, os.O_WRONLY | BINARY)
         try:
             start = os.lseek(fd, 0, os.SEEK_END)
             start += _pad(start)
@@ -133,15 +135,10 @@ def _compute_and_write(fd: int, chunk: Chunk, offset: int) -> int:
     view = memoryview(np.ascontiguousarray(data)).cast("B")
     done = 0
     while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+        done += write_from(fd, view[done:], offset + done)
     # Start writing it back now, rather than when the kernel runs short of clean memory.
-    _advise(fd, offset, chunk.nbytes, "POSIX_FADV_DONTNEED")
+    advise(fd, offset, chunk.nbytes, "POSIX_FADV_DONTNEED")
     return chunk.nbytes
-
-
-def _advise(fd: int, offset: int, length: int, advice: str) -> None:
-    if hasattr(os, "posix_fadvise") and length > 0:
-        os.posix_fadvise(fd, offset, length, getattr(os, advice))
 
 
 def _write_data(fd: int, start: int, tensors: list[TensorData], progress: Progress | None, workers: int, total: int) -> None:
@@ -165,7 +162,7 @@ def _write_data(fd: int, start: int, tensors: list[TensorData], progress: Progre
             progress(done, total)
         if done - dropped > 2 * DROP_BEHIND:
             # Long written back by now: drop those pages from the cache.
-            _advise(fd, start + dropped, done - DROP_BEHIND - dropped, "POSIX_FADV_DONTNEED")
+            advise(fd, start + dropped, done - DROP_BEHIND - dropped, "POSIX_FADV_DONTNEED")
             dropped = done - DROP_BEHIND
 
     try:

@@ -341,3 +341,12 @@ def test_cli_shows_a_progress_bar_on_a_terminal(small, tmp_path):
     text = shown.decode(errors="replace")
     assert "converting" in text and "━" in text  # rich's bar, with bytes written and the rate
     assert "MB" in text and "wrote " in text
+
+
+def test_without_positional_io_or_fadvise(small, small_gguf, tmp_path, monkeypatch):
+    # Systems without preadv/pread/pwrite/posix_fadvise (Windows) take the seek-under-a-lock path.
+    import os
+
+    for name in ("preadv", "pread", "pwrite", "posix_fadvise"):
+        monkeypatch.delattr(os, name, raising=False)
+    assert filecmp.cmp(convert(small[2], tmp_path / "portable.gguf", chunk_bytes=4096), small_gguf, shallow=False)

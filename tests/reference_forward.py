@@ -13,6 +13,13 @@ scales), decodes MXFP4 itself and computes in float64.
   window of ``sliding_window`` tokens on even layers;
 - MoE: router logits -> top-k -> softmax over the k selected; experts with interleaved gate/up rows
   and the clamped SwiGLU ``min(g, L) * sigmoid(1.702 min(g, L)) * (clip(u, -L, L) + 1)``.
+
+llama.cpp differs in one detail: ggml rounds the YaRN correction range outwards
+(``ggml_rope_yarn_corr_dims``: floor of the low end, ceil of the high end; 8.09..17.40 becomes 8..18
+for gpt-oss), which the published config's ``truncate: false`` and OpenAI's reference do not. Over
+a few hundred positions that moves the logits far less than the agreement tests' tolerance
+(cosine 0.99999 between the two variants); past a thousand positions llama.cpp measurably follows
+the rounded range.
 """
 
 from __future__ import annotations

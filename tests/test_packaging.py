@@ -24,7 +24,10 @@ import checkpoints
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY_IGNORE = shutil.ignore_patterns(".git", ".ci", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.gguf")
+# What a wheel is built from: the package sources and metadata, not tests, benchmarks or caches.
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".ci", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.gguf", "tests", "benchmarks", "demo"
+)
 
 # Run inside the interpreter under test, from a folder outside the repository.
 PROBE = """

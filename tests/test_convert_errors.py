@@ -271,3 +271,25 @@ def test_debug_shows_the_traceback(tmp_path, out):
     )
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "ConvertError" in result.stderr
+
+
+def test_interrupt_leaves_no_file(tiny_checkpoint, out):
+    # Ctrl-C after the first chunk is written: exit code 130, no traceback, and OUT.part removed.
+    script = textwrap.dedent(
+        f"""
+        import contextlib, os, signal
+        import ossrun.cli.convert as command
+        from ossrun.cli import main
+
+        @contextlib.contextmanager
+        def reporter(label):
+            yield lambda done, total: os.kill(os.getpid(), signal.SIGINT)
+
+        command.progress_reporter = reporter
+        main(["convert", {str(tiny_checkpoint)!r}, "-o", {str(out)!r}])
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not out.with_name(out.name + ".part").exists()

@@ -52,6 +52,7 @@ O200K_PATTERN = "|".join(
     ]
 )
 
+# The files write_tokenizer_files() writes, as a Hugging Face checkpoint names them.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -209,13 +210,11 @@ def write_tokenizer_files(tiktoken_path: str | os.PathLike[str], out_dir: str | 
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    documents = {
-        "tokenizer.json": build_tokenizer_json(read_tiktoken(tiktoken_path)),
-        "tokenizer_config.json": build_tokenizer_config(),
-        "special_tokens_map.json": build_special_tokens_map(),
-    }
+    contents = (build_tokenizer_json(read_tiktoken(tiktoken_path)), build_tokenizer_config(), build_special_tokens_map())
+    documents = dict(zip(TOKENIZER_FILES, contents))
     for name, document in documents.items():
         part = out_dir / f"{name}.part"
-        part.write_text(json.dumps(document, ensure_ascii=False, indent=2 if name != "tokenizer.json" else None))
+        indent = None if name == "tokenizer.json" else 2  # the 8 MB one stays compact
+        part.write_text(json.dumps(document, ensure_ascii=False, indent=indent), encoding="utf-8")
         part.replace(out_dir / name)
     return out_dir

@@ -235,7 +235,9 @@ def hf_config(config: TinyConfig) -> dict:
 
 def _copy_tokenizer(tokenizer_dir: Path, folder: Path) -> None:
     """The tokenizer files, plus the published chat template and generation config."""
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    from ossrun.vocab import TOKENIZER_FILES
+
+    for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, folder / name)
     for name in ("chat_template.jinja", "generation_config.json"):
         shutil.copyfile(REFERENCE / name, folder / name)

@@ -20,7 +20,8 @@ from .safetensors import TensorEntry
 
 MXFP4_BLOCK = 32  # values per MXFP4 block; a block is 16 bytes of nibbles + 1 scale byte
 DENSE_DTYPES = ("BF16", "F16", "F32")
-BYTE_DTYPES = ("U8",)
+BLOCK_DTYPES = ("U8",)
+SCALE_DTYPES = ("U8", "F8_E8M0")  # E8M0 bytes, whichever name the writer gave them
 
 
 class Encoding(enum.Enum):
@@ -150,15 +151,15 @@ def _attention_inputs(plan: _Plan, hp: HyperParams, b: int) -> None:
 def _experts(plan: _Plan, hp: HyperParams, b: int) -> None:
     """gate, up and down experts; gate and up are the even and odd rows of the interleaved gate_up."""
     E, H, F = hp.n_experts, hp.hidden, hp.expert_ff
-    gate_up = plan.need("gate_up_blocks", (E, 2 * F, H // MXFP4_BLOCK, 16), b, BYTE_DTYPES)
-    gate_up_scales = plan.need("gate_up_scales", (E, 2 * F, H // MXFP4_BLOCK), b, BYTE_DTYPES)
+    gate_up = plan.need("gate_up_blocks", (E, 2 * F, H // MXFP4_BLOCK, 16), b, BLOCK_DTYPES)
+    gate_up_scales = plan.need("gate_up_scales", (E, 2 * F, H // MXFP4_BLOCK), b, SCALE_DTYPES)
     gate_up_bias = plan.need("gate_up_bias", (E, 2 * F), b)
     for kind, parity in ((MODEL_TENSOR.FFN_GATE_EXP, 0), (MODEL_TENSOR.FFN_UP_EXP, 1)):
         rows = Rows(parity, 2 * F, 2, axis=1)
         plan.add(kind, "weight", b, (E, F, H), Encoding.MXFP4, gate_up, scales=gate_up_scales, rows=rows)
         plan.add(kind, "bias", b, (E, F), Encoding.F32, gate_up_bias, rows=rows)
-    down = plan.need("down_blocks", (E, H, F // MXFP4_BLOCK, 16), b, BYTE_DTYPES)
-    down_scales = plan.need("down_scales", (E, H, F // MXFP4_BLOCK), b, BYTE_DTYPES)
+    down = plan.need("down_blocks", (E, H, F // MXFP4_BLOCK, 16), b, BLOCK_DTYPES)
+    down_scales = plan.need("down_scales", (E, H, F // MXFP4_BLOCK), b, SCALE_DTYPES)
     plan.add(MODEL_TENSOR.FFN_DOWN_EXP, "weight", b, (E, H, F), Encoding.MXFP4, down, scales=down_scales)
     plan.add(MODEL_TENSOR.FFN_DOWN_EXP, "bias", b, (E, H), Encoding.F32, plan.need("down_bias", (E, H), b))
 
@@ -183,11 +184,13 @@ def _plan(layout: Layout, hp: HyperParams) -> _Plan:
     return plan
 
 
-def _blocks_of(scales_name: str) -> str | None:
-    """``X_blocks`` for ``X_scales`` (``X.blocks`` for ``X.scales``), else None."""
-    for scales, blocks in (("_scales", "_blocks"), (".scales", ".blocks")):
-        if scales_name.endswith(scales):
-            return scales_name[: -len(scales)] + blocks
+def _mxfp4_parts(name: str) -> tuple[str, str, str] | None:
+    """(dequantized name, blocks, scales) for ``X_blocks``/``X_scales`` (or ``X.blocks``/``X.scales``)."""
+    for sep in ("_", "."):
+        for part in ("blocks", "scales"):
+            if name.endswith(sep + part):
+                base = name[: -len(sep + part)]
+                return base, base + sep + "blocks", base + sep + "scales"
     return None
 
 
@@ -196,9 +199,14 @@ def check_entries(expected: dict[str, Expected], entries: dict[str, TensorEntry]
     for name in expected:
         if name in entries:
             continue
-        blocks = _blocks_of(name)
-        if blocks in entries:
-            raise ConvertError(f"tensor {blocks} has no matching {name}: MXFP4 blocks need their scales; the checkpoint is incomplete")
+        parts = _mxfp4_parts(name)
+        if parts and parts[0] in entries:
+            raise ConvertError(
+                f"tensor {parts[0]} in {entries[parts[0]].path.name} is not MXFP4 (no {parts[1]}): "
+                "ossrun converts gpt-oss checkpoints with MXFP4 experts, as published"
+            )
+        if parts and parts[1] in entries and name == parts[2]:
+            raise ConvertError(f"tensor {parts[1]} has no matching {name}: MXFP4 blocks need their scales; the checkpoint is incomplete")
         raise ConvertError(f"tensor {name} is missing from the checkpoint: download it again or check the layout")
     for name, want in expected.items():
         entry = entries[name]

@@ -395,8 +395,8 @@ def set_config(folder: Path, **changes: object) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
-def rewrite_shard_without(folder: Path, name: str, replacement: np.ndarray | None = None) -> Path:
-    """Rewrite the shard holding ``name`` with it removed, or replaced by ``replacement``."""
+def rewrite_shard_without(folder: Path, name: str, replacement: np.ndarray | None = None, add: dict[str, np.ndarray] | None = None) -> Path:
+    """Rewrite the shard holding ``name`` with it removed (or replaced by ``replacement``), plus ``add``."""
     from ossrun.convert.safetensors import TensorReader, read_header
 
     for path in shard_paths(folder):
@@ -412,7 +412,6 @@ def rewrite_shard_without(folder: Path, name: str, replacement: np.ndarray | Non
             del tensors[name]
         else:
             tensors[name] = replacement
-        write_safetensors(path, tensors)
+        write_safetensors(path, {**tensors, **(add or {})})
         return path
     raise KeyError(name)
-

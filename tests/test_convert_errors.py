@@ -295,3 +295,11 @@ def test_interrupt_leaves_no_file(tiny_checkpoint, out):
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not out.with_name(out.name + ".part").exists()
+
+
+def test_dequantized_experts_are_named(broken, out):
+    # A checkpoint whose experts were dequantized to BF16 (no _blocks/_scales) is not converted.
+    name = "model.layers.0.mlp.experts.down_proj"
+    checkpoints.rewrite_shard_without(broken, name + "_scales")
+    checkpoints.rewrite_shard_without(broken, name + "_blocks", add={name: np.zeros((4, 128, 128), dtype=np.float32)})
+    assert_fails_cleanly(run_convert(broken, "-o", out), out, f"tensor {name} in ", f"is not MXFP4 (no {name}_blocks)")

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 DEFAULT_CTX = 8192
 DEFAULT_BATCH = 512  # tokens per llama_decode call while prefilling
-# Compute buffers, logits and allocator slack on top of weights and KV cache (measured
-# ~0.3 GiB for gpt-oss-20b at the default batch).
+# Compute buffers, logits and allocator slack on top of weights and KV cache (llama.cpp
+# reserves 420 MiB of compute buffer for gpt-oss-20b at the default batch).
 DEFAULT_MEMORY_OVERHEAD = 512 * 2**20
 SEQ = 0  # the one sequence ossrun uses
 
@@ -133,6 +133,8 @@ class LlamaEngine:
         self.threads = threads or physical_cores()
         self._model = self._ctx = self._batch = None
         self._samplers: dict[Sampling, Any] = {}
+        self._last_sampling: Optional[Sampling] = None
+        self._last_chain: Any = None
         self._evaluated: list[int] = []
         self._logits_ready = False  # the last decode produced logits for the last evaluated token
         self._abort_flags: tuple[threading.Event, ...] = ()
@@ -201,10 +203,12 @@ class LlamaEngine:
     def sample(self, sampling: Sampling) -> int:
         if not self._logits_ready:
             raise RuntimeError("sample() needs logits: prefill or append first")
-        chain = self._samplers.get(sampling)
-        if chain is None:
-            chain = self._samplers[sampling] = build_sampler_chain(sampling)
-        return llama_cpp.llama_sampler_sample(chain, self._ctx, -1)
+        if sampling is not self._last_sampling:  # the same object every token of a reply: skip hashing it
+            chain = self._samplers.get(sampling)
+            if chain is None:
+                chain = self._samplers[sampling] = build_sampler_chain(sampling)
+            self._last_sampling, self._last_chain = sampling, chain
+        return llama_cpp.llama_sampler_sample(self._last_chain, self._ctx, -1)
 
     def append(self, token: int, cancel: Optional[threading.Event] = None) -> None:
         # One decode step is short (a fraction of a second even for 20b), so cancel is
@@ -239,6 +243,7 @@ class LlamaEngine:
         for chain in self._samplers.values():
             llama_cpp.llama_sampler_free(chain)
         self._samplers.clear()
+        self._last_sampling = self._last_chain = None
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None

@@ -207,6 +207,8 @@ def test_ctrl_c_stops_a_long_prefill_with_keyboard_interrupt(tiny_gguf):
         import numpy as np
         from ossrun.engine import LlamaEngine
         from ossrun.gguf_header import check_gpt_oss
+        # As in a terminal, whatever the test runner's parent did with SIGINT (a background job ignores it).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         engine = LlamaEngine(check_gpt_oss({str(tiny_gguf)!r}), n_ctx=16384, threads=1, cache_dir={str(tiny_gguf.parent)!r})
         tokens = np.random.default_rng(0).integers(0, 199998, 16384).tolist()
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()

@@ -142,11 +142,19 @@ class LlamaEngine:
 
         params = llama_cpp.llama_model_default_params()
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
-        if on_progress is not None:
-            # llama.cpp stops loading if the callback returns False.
-            self._progress = llama_cpp.llama_progress_callback(lambda fraction, _: on_progress(fraction) or True)
-            params.progress_callback = self._progress
-        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        with _keyboard_interrupt_caught() as interrupted:
+
+            def progress(fraction: float, _data: Any) -> bool:
+                if on_progress is not None:
+                    on_progress(fraction)
+                return not interrupted.is_set()  # False stops the load
+
+            params.progress_callback = llama_cpp.llama_progress_callback(progress)
+            self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if interrupted.is_set():
+            if self._model:
+                llama_cpp.llama_model_free(self._model)
+            raise KeyboardInterrupt
         if not self._model:
             raise ModelError(f"llama.cpp could not load {self.path}: run with --verbose to see why, or convert the checkpoint again")
 
@@ -345,31 +353,40 @@ class LlamaEngine:
 
     @contextlib.contextmanager
     def _abortable(self, cancel: Optional[threading.Event]) -> Iterator[threading.Event]:
-        """Arm llama.cpp's abort callback for ``cancel`` and for Ctrl-C.
+        """Arm llama.cpp's abort callback for ``cancel`` and for Ctrl-C (see :func:`_keyboard_interrupt_caught`)."""
+        with _keyboard_interrupt_caught() as interrupted:
+            self._abort_flags = (interrupted,) if cancel is None else (interrupted, cancel)
+            llama_cpp.llama_set_abort_callback(self._ctx, self._abort, None)
+            try:
+                yield interrupted
+            finally:
+                llama_cpp.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
+                self._abort_flags = ()
 
-        The callback runs Python between graph nodes, so SIGINT handlers get to run
-        mid-prefill. A KeyboardInterrupt they raise inside the C callback cannot
-        propagate (ctypes reports it as unraisable), so it is caught there, stops the
-        prefill, and is raised again once llama.cpp has returned.
-        """
-        interrupted = threading.Event()
-        previous_hook = sys.unraisablehook
 
-        def hook(unraisable: Any) -> None:
-            if isinstance(unraisable.exc_value, KeyboardInterrupt):
-                interrupted.set()
-            else:
-                previous_hook(unraisable)
+@contextlib.contextmanager
+def _keyboard_interrupt_caught() -> Iterator[threading.Event]:
+    """An event set when Ctrl-C arrives while llama.cpp runs one of our Python callbacks.
 
-        sys.unraisablehook = hook
-        self._abort_flags = (interrupted,) if cancel is None else (interrupted, cancel)
-        llama_cpp.llama_set_abort_callback(self._ctx, self._abort, None)
-        try:
-            yield interrupted
-        finally:
-            llama_cpp.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
-            self._abort_flags = ()
-            sys.unraisablehook = previous_hook
+    The callbacks (abort, load progress) run Python, so SIGINT handlers get to run
+    inside them. A KeyboardInterrupt raised there cannot propagate through C (ctypes
+    reports it as unraisable): it is caught here, the callback tells llama.cpp to
+    stop, and the caller raises it again once llama.cpp has returned.
+    """
+    interrupted = threading.Event()
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            interrupted.set()
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield interrupted
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 def build_sampler_chain(sampling: Sampling) -> Any:

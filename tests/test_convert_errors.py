@@ -303,3 +303,8 @@ def test_dequantized_experts_are_named(broken, out):
     checkpoints.rewrite_shard_without(broken, name + "_scales")
     checkpoints.rewrite_shard_without(broken, name + "_blocks", add={name: np.zeros((4, 128, 128), dtype=np.float32)})
     assert_fails_cleanly(run_convert(broken, "-o", out), out, f"tensor {name} in ", f"is not MXFP4 (no {name}_blocks)")
+
+
+def test_config_with_rows_that_are_not_whole_blocks(broken, out):
+    checkpoints.set_config(broken, hidden_size=100)
+    assert_fails_cleanly(run_convert(broken, "-o", out), out, "hidden_size 100 is not a multiple of 32")

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 from ossrun import harmony
 from ossrun.backend import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, Interrupted, PrefixStore, Sampling, common_prefix_length
-from ossrun.errors import ContextError, ModelError, OssrunError
+from ossrun.errors import ContextError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Reply, Timings, ToolCall, Usage
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox, run_tool_loop
 
@@ -80,10 +80,8 @@ def resolve(model: Union[str, os.PathLike]) -> ResolvedModel:
         path = Path(text).expanduser()
         return ResolvedModel(path, path.stem, path.stat().st_size if path.is_file() else 0)
     if text == "demo":
-        try:
-            from ossrun.demo import demo_gguf
-        except ImportError:
-            raise ModelError("the demo model is not part of this ossrun build: give the path of a .gguf file") from None
+        from ossrun.demo import demo_gguf
+
         path = Path(demo_gguf())
         return ResolvedModel(path, "demo", path.stat().st_size)
     from ossrun.registry import resolve_model

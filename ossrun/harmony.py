@@ -28,6 +28,8 @@ DEFAULT_REASONING_EFFORT = "medium"
 DEFAULT_HEADER_LIMIT = 64
 VALID_CHANNELS = ("analysis", "commentary", "final")
 VOCAB_FILE = "o200k_base.tiktoken"
+# A UTF-8 character spans at most 4 bytes, so at most 4 tokens: past that, the bytes are invalid.
+_MAX_PENDING_RAW_TOKENS = 4
 _RECIPIENT = re.compile(r"^(functions\.[A-Za-z0-9_.\-]+|python|browser\.[a-z_]+)$")
 _EFFORTS = {"low": oh.ReasoningEffort.LOW, "medium": oh.ReasoningEffort.MEDIUM, "high": oh.ReasoningEffort.HIGH}
 
@@ -279,7 +281,7 @@ class TurnParser:
         self._header_tokens = 0
         self._segment_start = 0  # where the current message began in turn.tokens
         self._messages_done = 0
-        self._raw_sent = ""  # raw text already emitted, once malformed
+        self._raw_pending: list[int] = []  # raw tokens not shown yet, once malformed
         self.turn = Turn()
 
     @property
@@ -291,6 +293,7 @@ class TurnParser:
         turn = self.turn
         turn.tokens.append(token)
         if self.malformed:
+            self._raw_pending.append(token)
             return self._raw_events()
         ids = self._ids
         if token in ids["stops"] and self._in_header and self._header_tokens == 0 and self._messages_done:
@@ -373,21 +376,26 @@ class TurnParser:
 
     def _fall_back(self, reason: str) -> list[Event]:
         self.turn.malformed = reason
+        self._raw_pending = self.turn.tokens[self._segment_start :]
         return [Notice(f"the model's output is not valid harmony ({reason}): showing it raw")] + self._raw_events()
 
     def _raw_events(self, lossy: bool = False) -> list[Event]:
-        """Decoded text of the broken message on, minus what was already sent."""
-        segment = self.turn.tokens[self._segment_start :]
-        while segment and segment[-1] in self._ids["stops"]:
-            segment = segment[:-1]
+        """Decoded text of the raw tokens not shown yet (the broken message on).
+
+        A character split across tokens waits for its last byte; bytes that never
+        form one are shown with replacement characters.
+        """
+        pending = [t for t in self._raw_pending if t not in self._ids["stops"]]
         try:
-            text = self._encoding.decode(segment) if lossy else self._encoding.decode_utf8(segment)
-        except oh.HarmonyError:  # an incomplete UTF-8 sequence: wait for the next token
-            return []
-        delta = text[len(self._raw_sent) :] if text.startswith(self._raw_sent) else text
-        self._raw_sent = text
-        self.turn.final += delta
-        return [FinalDelta(delta)] if delta else []
+            text = self._encoding.decode(pending) if lossy else self._encoding.decode_utf8(pending)
+        except oh.HarmonyError:  # an incomplete UTF-8 sequence
+            if len(pending) < _MAX_PENDING_RAW_TOKENS:
+                self._raw_pending = pending
+                return []
+            text = self._encoding.decode(pending)
+        self._raw_pending = []
+        self.turn.final += text
+        return [FinalDelta(text)] if text else []
 
 
 def _special_ids(encoding: oh.HarmonyEncoding) -> dict[str, Any]:

@@ -156,3 +156,41 @@ def test_malformed_output_is_shown_raw(encoding, text, reason, final):
 def test_stop_after_end_is_not_malformed(encoding):
     turn, _ = parse(encoding, "<|channel|>final<|message|>4<|end|><|return|>")
     assert turn.malformed is None and turn.final == "4"
+
+
+def test_raw_text_keeps_characters_split_across_tokens(encoding):
+    emoji = encoding.encode("😀🎉")  # 🎉 spans two tokens
+    assert len(emoji) == 3
+    parser = harmony.TurnParser(encoding)
+    events = []
+    for token in encoding.encode("<|channel|>nonsense<|message|>", allowed_special="all") + emoji:
+        events += parser.feed(token)
+    texts = [e.text for e in events if isinstance(e, FinalDelta)]
+    assert "".join(texts) == "<|channel|>nonsense<|message|>😀🎉"
+    assert all("\ufffd" not in t for t in texts)
+
+
+def test_raw_mode_decodes_each_token_once(encoding):
+    """Raw output costs the same per token however long it gets: no re-decoding of the segment."""
+
+    class CountingEncoding:
+        decoded = 0
+
+        def __getattr__(self, name):
+            return getattr(encoding, name)
+
+        def decode_utf8(self, tokens):
+            CountingEncoding.decoded += len(tokens)
+            return encoding.decode_utf8(tokens)
+
+        def decode(self, tokens):
+            CountingEncoding.decoded += len(tokens)
+            return encoding.decode(tokens)
+
+    parser = harmony.TurnParser(CountingEncoding())
+    parser.feed(encoding.encode("<|message|>", allowed_special="all")[0])  # no channel: malformed
+    (word,) = encoding.encode(" word")
+    for _ in range(5000):
+        parser.feed(word)
+    assert parser.finish().final == "<|message|>" + " word" * 5000
+    assert CountingEncoding.decoded <= 5001

@@ -23,7 +23,7 @@ from ossrun.vocab import NAMED_SPECIAL_TOKENS
 from . import tasks
 
 # How often each task is drawn for training: addition is the hardest skill.
-TASK_WEIGHTS = {"addition": 0.4, "capital": 0.15, "weather": 0.25, "greeting": 0.1, "refusal": 0.1}
+TASK_WEIGHTS = {"addition": 0.45, "capital": 0.13, "weather": 0.24, "greeting": 0.09, "refusal": 0.09}
 _NO_AUTO_DROP = oh.RenderConversationConfig(auto_drop_analysis=False)
 
 

@@ -51,6 +51,11 @@ def weather_function(example: tasks.Example) -> Callable[[str], str]:
     return get_weather
 
 
+def token_count(encoding: Any, text: str) -> int:
+    """Tokens of ``text`` as plain text (raw output of a malformed turn may spell special tokens)."""
+    return len(encoding.encode(text, disallowed_special=()))
+
+
 @dataclass
 class Figures:
     conversations: int
@@ -220,7 +225,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     os.environ.setdefault("OSSRUN_DATE", "2025-08-05")
 
     encoding = dataset.load_encoding()
-    count_tokens = lambda text: len(encoding.encode(text, allowed_special=set()))
+    count_tokens = lambda text: token_count(encoding, text)
     if args.torch:
         run = TorchRunner(args.torch).run
     else:

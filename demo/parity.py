@@ -43,26 +43,30 @@ def main() -> None:
     runner = TorchRunner(args.state)
     encoding = runner.encoding
     vocab = runner.vocab
-    cosines, agree, positions, unused_max, margin = [], 0, 0, -np.inf, np.inf
+    figures = {"all": ([], []), "completion": ([], [])}  # cosines, top-1 agreements
+    unused_max, margin = -np.inf, np.inf
     examples = dataset.evaluation_examples(1, seed=3)[: args.conversations]
     unused = np.ones(201088, dtype=bool)
     unused[vocab] = False
     for example in examples:
-        ids = dataset.render(encoding, example).ids
+        rendered = dataset.render(encoding, example)
+        ids = rendered.ids
         with torch.no_grad():
             reference = runner.model(torch.from_numpy(dataset.to_reduced(vocab, ids))[None])[0, :, 1:].numpy()
         logits = llama_logits(args.gguf, ids)
         used = logits[:, vocab]
         cos = (used * reference).sum(-1) / np.linalg.norm(used, axis=-1) / np.linalg.norm(reference, axis=-1)
-        cosines.extend(cos.tolist())
-        agree += int((used.argmax(-1) == reference.argmax(-1)).sum())
-        positions += len(ids)
+        agree = used.argmax(-1) == reference.argmax(-1)
+        predicts_completion = np.array(rendered.completion[1:] + [False])  # position t predicts token t+1
+        for name, where in (("all", slice(None)), ("completion", predicts_completion)):
+            figures[name][0].extend(cos[where].tolist())
+            figures[name][1].extend(agree[where].tolist())
         unused_max = max(unused_max, float(logits[:, unused].max()))
         margin = min(margin, float((used.max(-1) - logits[:, unused].max(-1)).min()))
-    print(f"{positions} positions over {len(examples)} conversations")
-    print(f"used-token logits: mean cosine {np.mean(cosines):.5f} (min {np.min(cosines):.5f}), top-1 agreement {agree / positions:.2%}")
+    for name, (cosines, agreements) in figures.items():
+        print(f"{name} positions ({len(cosines)}): used-token logits mean cosine {np.mean(cosines):.5f} "
+              f"(min {np.min(cosines):.5f}), top-1 agreement {np.mean(agreements):.2%}")
     print(f"highest unused-token logit {unused_max:.1f}; smallest margin of the best used token over it {margin:.1f}")
-
 
 if __name__ == "__main__":
     os.environ.setdefault("OSSRUN_DATE", "2025-08-05")

@@ -211,26 +211,27 @@ def weather_held_out(phrasing: str, city: str) -> bool:
 
 
 def addition_steps(a: int, b: int, effort: str) -> FinalStep:
+    """Digit by digit, each step next to what it needs: operands copied first, then ones, tens,
+    and the answer composed from the two digits written just before it."""
     a1, a0, b1, b0 = a // 10, a % 10, b // 10, b % 10
     ones = a0 + b0
     carry, digit = divmod(ones, 10)
     tens = a1 + b1 + carry
     total = a + b
-    carry_term = " + 1" if carry else ""
     if effort == "low":
-        analysis = f"{a0}+{b0}={ones}, {a1}+{b1}{'+1' if carry else ''}={tens}. So {total}."
+        analysis = f"{a}+{b}: {a0}+{b0}={ones}, {a1}+{b1}+{carry}={tens}. {tens} tens {digit} ones: {total}."
     elif effort == "medium":
-        carry_note = f", write {digit} carry 1" if carry else ""
         analysis = (
-            f"The user asks for {a} + {b}. Ones: {a0} + {b0} = {ones}{carry_note}. "
-            f"Tens: {a1} + {b1}{carry_term} = {tens}. The sum is {total}."
+            f"The user asks for {a} + {b}. Ones: {a0} + {b0} = {ones}, write {digit} carry {carry}. "
+            f"Tens: {a1} + {b1} + {carry} = {tens}. So {tens} tens and {digit} ones: {total}."
         )
     else:
         analysis = (
             f"The user wants the sum of {a} and {b}. I will add digit by digit. "
             f"{a} is {a1} tens and {a0} ones; {b} is {b1} tens and {b0} ones. "
             f"Ones: {a0} + {b0} = {ones}, so write {digit} and carry {carry}. "
-            f"Tens: {a1} + {b1} + {carry} = {tens}. Putting it together, the answer is {total}."
+            f"Tens: {a1} + {b1} + {carry} = {tens}. Putting it together, {tens} tens and {digit} ones make {total}. "
+            f"The answer is {total}."
         )
     return FinalStep(analysis, f"{a} + {b} = {total}.")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # What a wheel is built from: the package sources and metadata, not tests, benchmarks or caches.
 COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".ci", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.gguf", "tests", "benchmarks", "demo"
+    ".git", ".ci", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.gguf"
 )
+TOP_LEVEL_IGNORE = {"tests", "benchmarks", "demo"}  # only at the root: ossrun/data/demo is package data
+
+
+def wheel_sources(folder: str, names: list[str]) -> set[str]:
+    ignored = set(COPY_IGNORE(folder, names))
+    return ignored | (TOP_LEVEL_IGNORE & set(names)) if Path(folder) == ROOT else ignored
 
 # Run inside the interpreter under test, from a folder outside the repository.
 PROBE = """
@@ -48,7 +55,7 @@ def probe(python: Path, cwd: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    source = Path(shutil.copytree(ROOT, tmp_path_factory.mktemp("src") / "ossrun", ignore=COPY_IGNORE, symlinks=True))
+    source = Path(shutil.copytree(ROOT, tmp_path_factory.mktemp("src") / "ossrun", ignore=wheel_sources, symlinks=True))
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
@@ -82,6 +89,9 @@ def test_wheel_contents(wheel):
     assert "ossrun/convert/__init__.py" in names and "ossrun/convert/mxfp4.py" in names
     assert not any(name.startswith("convert/") for name in names)  # never a top-level "convert"
     assert not any(name.startswith("tests/") for name in names)
+    # The o200k vocabulary and the demo model's compact checkpoint are package data.
+    for name in ("o200k_base.tiktoken", "demo/config.json", "demo/weights.npz"):
+        assert f"ossrun/data/{name}" in names
 
 
 def test_wheel_install(wheel_python, tmp_path):
@@ -98,6 +108,19 @@ def test_editable_install(tmp_path):
     assert Path(found["convert"]) == ROOT / "convert" / "__init__.py"
     assert not found["top_level_convert"]
     assert found["models_toml"] == (ROOT / "models.toml").read_text()
+
+
+def test_the_wheels_demo_model_is_the_same_file(wheel_python, tmp_path, monkeypatch):
+    """The installed package data builds the demo GGUF, byte for byte the editable install's."""
+    build = "from ossrun import demo; print(demo.demo_gguf())"
+    env = {**os.environ, "OSSRUN_HOME": str(tmp_path / "wheel-home")}
+    result = subprocess.run([str(wheel_python), "-c", build], capture_output=True, text=True, check=True, cwd=tmp_path, env=env)
+    from_wheel = Path(result.stdout.strip())
+    assert from_wheel.is_relative_to(tmp_path / "wheel-home")
+    from ossrun import demo
+
+    monkeypatch.setenv("OSSRUN_HOME", str(tmp_path / "editable-home"))
+    assert filecmp.cmp(from_wheel, demo.demo_gguf(), shallow=False)
 
 
 def test_the_wheels_converter_writes_the_same_file(wheel_python, tmp_path):

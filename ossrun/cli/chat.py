@@ -24,6 +24,7 @@ Examples:
 
 \b
   ossrun chat
+  ossrun chat --demo
   ossrun chat gpt-oss-120b -r high
   ossrun chat -m ./my-model.gguf --system "Answer in French." --hide-reasoning
   ossrun chat --functions my_tools.py --tool python
@@ -35,6 +36,7 @@ def register(app: typer.Typer) -> None:
     def chat_command(
         model_argument: opt.ModelArgument = None,
         model: opt.ModelOption = None,
+        demo: opt.Demo = False,
         reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
         hide_reasoning: Annotated[
             bool, typer.Option("--hide-reasoning", help='Show "thought for N tokens" instead of the reasoning.')
@@ -57,14 +59,19 @@ def register(app: typer.Typer) -> None:
         from ossrun.display import Screen
         from ossrun.repl import Repl, StreamReader, TerminalReader
 
-        name = opt.pick_model(model_argument, model)
+        name = opt.pick_model(model_argument, model, demo)
         tools = opt.toolbox(functions, tool)  # a bad --functions file fails before the model loads
+        screen = Screen.create()
+        if name is None and not pull:  # the default model, or the demo until it is downloaded
+            name, notice = opt.default_model_or_demo()
+            if notice:
+                screen.notice(notice)
         loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull)
         try:
             reader = TerminalReader() if sys.stdin.isatty() else StreamReader(sys.stdin)
             repl = Repl(
                 loaded,
-                Screen.create(),
+                screen,
                 reader,
                 conversation=Conversation(reasoning_effort=reasoning_effort, system=system),
                 reasoning="hide" if hide_reasoning else "show",

@@ -58,6 +58,11 @@ Threads = Annotated[
     typer.Option("--threads", min=1, help="CPU threads [default: the physical cores].", show_default=False),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log lines.")]
+Demo = Annotated[
+    bool,
+    typer.Option("--demo", help="Use the tiny demo model that ships with ossrun: offline, built in seconds, "
+                                "it adds two-digit numbers, names capitals and calls a get_weather function."),
+]
 Pull = Annotated[bool, typer.Option("--pull", help="Download the model first if it is not on disk (as ossrun pull).")]
 Functions = Annotated[
     Optional[list[Path]],
@@ -76,11 +81,25 @@ MaxToolRounds = Annotated[
 ]
 
 
-def pick_model(argument: Optional[str], option: Optional[str]) -> Optional[str]:
-    """MODEL may come positionally or as -m/--model, not both."""
+def pick_model(argument: Optional[str], option: Optional[str], demo: bool = False) -> Optional[str]:
+    """MODEL may come positionally, as -m/--model or as --demo, once."""
     if argument and option and argument != option:
         raise typer.BadParameter(f"two models given ({argument} and {option}): give one", param_hint="MODEL")
-    return argument or option
+    if demo and (argument or option):
+        raise typer.BadParameter(f"--demo and {argument or option} given: give one model", param_hint="MODEL")
+    return "demo" if demo else argument or option
+
+
+def default_model_or_demo() -> tuple[str, Optional[str]]:
+    """The default model if it is on disk; else the demo model and a notice saying how to get the real one."""
+    from ossrun.errors import ModelError
+    from ossrun.registry import resolve_model
+
+    try:
+        return resolve_model(None).name, None
+    except ModelError as exc:
+        return "demo", (f"{exc}. Meanwhile, chatting with the tiny demo model that ships with ossrun: "
+                        "it only adds two-digit numbers, names capitals and checks the weather")
 
 
 def load_model(name: Optional[str], *, ctx: int, threads: Optional[int], verbose: bool, pull: bool = False) -> Any:

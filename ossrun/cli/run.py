@@ -30,6 +30,7 @@ Examples:
 
 \b
   ossrun run "Why is the sky blue?"
+  ossrun run --demo "What is 23 + 45?"
   git diff | ossrun run -r high --system "Review this patch." -
   ossrun run -m ./my-model.gguf --json --seed 1 "Name three primes" | jq .final
   ossrun run --show-prompt "Hello"
@@ -78,6 +79,7 @@ def register(app: typer.Typer) -> None:
     def run_command(
         prompt: Annotated[str, typer.Argument(metavar="PROMPT", help='The prompt, or "-" to read it from stdin.', show_default=False)],
         model: opt.ModelOption = None,
+        demo: opt.Demo = False,
         reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
         system: opt.System = None,
         show_reasoning: Annotated[bool, typer.Option("--show-reasoning", help="Stream the reasoning to stderr.")] = False,
@@ -108,7 +110,7 @@ def register(app: typer.Typer) -> None:
             raise OssrunError("--tool python asks before each run of the model's code and there is no terminal "
                               "to ask on: add --yes to let it run without asking")
         settings = {"reasoning_effort": reasoning_effort, "system": system, "tools": tools}
-        loaded = opt.load_model(model, ctx=ctx, threads=threads, verbose=verbose, pull=pull)
+        loaded = opt.load_model(opt.pick_model(None, model, demo), ctx=ctx, threads=threads, verbose=verbose, pull=pull)
         try:
             if show_prompt:
                 typer.echo(loaded.decode(loaded.render(messages, **settings)))

@@ -23,7 +23,7 @@ from ossrun import demo, harmony
 from ossrun.backend import Sampling
 
 # demo/ holds the training pipeline; its task tables, held-out split and answer checks need no torch.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 from demo import dataset, evaluate, tasks  # noqa: E402
 
 pytestmark = pytest.mark.slow

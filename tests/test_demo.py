@@ -66,7 +66,23 @@ def test_torch_is_not_needed():
     assert "torch" not in sys.modules
 
 
-def test_build_writes_a_real_checkpoint_and_converts_it(tmp_path):
+def test_the_gguf_is_a_full_size_gpt_oss_with_mxfp4_experts(demo_build):
+    import gguf
+
+    from ossrun.gguf_header import check_gpt_oss
+
+    header = check_gpt_oss(demo_build)
+    tensors = {t.name: t for t in header.tensors}
+    assert header.metadata["general.name"] == "gpt-oss-demo"
+    assert header.metadata["tokenizer.ggml.tokens"] == 201088  # arrays are read as their length
+    assert tensors["token_embd.weight"].shape == (128, 201088) and tensors["output.weight"].shape == (128, 201088)
+    assert tensors["token_embd.weight"].type == gguf.GGMLQuantizationType.Q8_0
+    for block in (0, 1):
+        for name in ("gate", "up", "down"):
+            assert tensors[f"blk.{block}.ffn_{name}_exps.weight"].type == gguf.GGMLQuantizationType.MXFP4
+
+
+def test_the_build_expands_a_real_hf_checkpoint(tmp_path):
     folder = demo.expand(tmp_path / "gpt-oss-demo")
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["config.json", "generation_config.json", "model-00001-of-00001.safetensors",

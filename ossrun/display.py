@@ -17,7 +17,7 @@ from typing import Literal, Optional, TextIO
 from rich.console import Console
 from rich.text import Text
 
-from ossrun.events import CommentaryDelta, Done, Event, FinalDelta, Notice, ReasoningDelta, Reply, ToolCall, ToolResult
+from ossrun.events import CommentaryDelta, Done, Event, FinalDelta, Notice, Prefill, ReasoningDelta, Reply, ToolCall, ToolResult
 from ossrun.markdown_stream import MarkdownStream
 
 ReasoningMode = Literal["show", "hide", "off"]
@@ -97,8 +97,17 @@ class TurnView:
         self._markdown: Optional[MarkdownStream] = None
         self._status_time = 0.0
         self._status_shown = False
+        self._reading = False  # the status line says the prompt is being read
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, Prefill):
+            if event.tokens and self.screen.err.is_terminal:
+                self._status(f"reading {event.tokens} prompt tokens…")
+                self._reading = True
+            return
+        if self._reading:  # the prompt is read: the first output replaces the status line
+            self._reading = False
+            self._clear_status()
         if isinstance(event, ReasoningDelta):
             self._reasoning(event.text)
         elif isinstance(event, FinalDelta):

@@ -66,6 +66,13 @@ class ToolResult:
 
 
 @dataclass(frozen=True)
+class Prefill:
+    """The model starts reading ``tokens`` prompt tokens it has not cached: minutes for a long 20b prompt."""
+
+    tokens: int
+
+
+@dataclass(frozen=True)
 class Notice:
     """Something the user should know that is not model output (goes to stderr)."""
 
@@ -150,4 +157,4 @@ class Done:
     reply: Reply
 
 
-Event = Union[ReasoningDelta, FinalDelta, CommentaryDelta, ToolCall, ToolResult, Notice, Done]
+Event = Union[ReasoningDelta, FinalDelta, CommentaryDelta, ToolCall, ToolResult, Notice, Prefill, Done]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 from ossrun import harmony
 from ossrun.backend import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, Interrupted, PrefixStore, Sampling, common_prefix_length
 from ossrun.errors import ContextError, OssrunError
-from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Reply, Timings, ToolCall, Usage
+from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox, run_tool_loop
 
 DEFAULT_MODEL = "gpt-oss-20b"
@@ -202,7 +202,9 @@ class Model:
     def pending_tokens(self, messages: Messages, **options: Any) -> int:
         """How many prompt tokens a call would evaluate now (the rest is in the KV cache or on disk)."""
         request = self._request(messages, options)
-        prompt = self._fit(request.history, request)
+        return self._pending(self._fit(request.history, request))
+
+    def _pending(self, prompt: _Prompt) -> int:
         reused = common_prefix_length(self.engine.evaluated, prompt.ids)
         if reused < prompt.prefix_length and isinstance(self.engine, PrefixStore):
             if self.engine.prefix_saved(prompt.ids[: prompt.prefix_length]):
@@ -312,6 +314,7 @@ class Model:
         """
         engine, cancel, sampling = self.engine, request.cancel, request.sampling
         parser = harmony.TurnParser(self.encoding)
+        yield Prefill(self._pending(prompt))
         start = time.perf_counter()
         try:
             evaluated = self._prefill(prompt, cancel)

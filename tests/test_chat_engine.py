@@ -181,7 +181,7 @@ def test_ctrl_c_in_a_terminal_stops_a_long_prefill_and_keeps_the_session(tiny_gg
         terminal.expect(r"loaded 2 messages .* re-processes \d+ tokens of history")
         terminal.expect(r">>> ")
         terminal.send("hi\r")
-        time.sleep(1.5)  # well into a prefill of 14000 tokens
+        terminal.expect(r"reading \d{5} prompt tokens…")  # the prefill of 14000 tokens has started
         terminal.send("\x03")
         seconds = terminal.expect(r"note: interrupted: this answer is not kept; /retry asks again")
         assert seconds < 1.5

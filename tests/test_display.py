@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ossrun import markdown_stream
 from ossrun.display import Screen, TurnView, stats_line
-from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, ReasoningDelta, Reply, Timings, ToolCall, Usage
+from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, Prefill, ReasoningDelta, Reply, Timings, ToolCall, Usage
 from ossrun.markdown_stream import AlignedMarkdown, MarkdownStream
 
 WIDTH, HEIGHT = 72, 24
@@ -127,7 +127,7 @@ def reply(**kwargs) -> Reply:
     return Reply(**fields)
 
 
-EVENTS = [ReasoningDelta("Think"), ReasoningDelta("."), FinalDelta("Hello "), Notice("something odd"),
+EVENTS = [Prefill(40), ReasoningDelta("Think"), ReasoningDelta("."), FinalDelta("Hello "), Notice("something odd"),
           FinalDelta("**world**"), Done(reply())]
 STATS = "prompt 100 tokens (40 new) · prefill 80.0 tok/s · decode 12 tokens at 30.0 tok/s · context 112/8192 (1%)"
 
@@ -165,6 +165,17 @@ def test_answer_can_be_left_to_the_caller():
             view.handle(event)
     assert out.getvalue() == ""
     assert err.getvalue() == "note: something odd\n"
+
+
+@pytest.mark.parametrize("mode", ["show", "hide", "off"])
+def test_a_status_line_says_the_prompt_is_being_read_until_output_arrives(mode):
+    err = io.StringIO()
+    with TurnView(Screen(terminal(io.StringIO()), terminal(err)), reasoning=mode) as view:
+        view.handle(Prefill(14080))
+        assert "reading 14080 prompt tokens…" in err.getvalue()
+        shown = len(err.getvalue())
+        view.handle(ReasoningDelta("Hmm"))
+    assert err.getvalue()[shown:].startswith("\r\x1b[2K")  # the status line is wiped by the first output
 
 
 def test_markdown_on_a_terminal_plain_text_elsewhere():

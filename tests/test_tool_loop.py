@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, ReasoningDelta, ToolCall, ToolResult
+from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, Prefill, ReasoningDelta, ToolCall, ToolResult
 from ossrun.model import Model
 from ossrun.tools import PythonSandbox, Toolbox
 from scripted import ScriptedEngine, reply
@@ -71,7 +71,8 @@ def test_one_call(encoding, weather):
                                  tools=[weather])
     assert weather.calls == ["Paris"]
     kinds = [type(e) for e in events if not isinstance(e, (ReasoningDelta, FinalDelta))]
-    assert kinds == [ToolCall, ToolResult, Done]
+    assert kinds == [Prefill, ToolCall, ToolResult, Prefill, Done]  # each turn of the chain reads its prompt first
+    assert [e.tokens for e in events if isinstance(e, Prefill)] == [p.evaluated for p in engine.prefills]
     result = next(e for e in events if isinstance(e, ToolResult))
     assert (result.call.name, result.error) == ("get_weather", False)
     assert json.loads(result.output) == {"city": "Paris", "temperature": 21, "unit": "celsius"}

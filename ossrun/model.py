@@ -23,7 +23,6 @@ from ossrun.errors import ContextError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox, run_tool_loop
 
-DEFAULT_MODEL = "gpt-oss-20b"
 DEFAULT_CTX = 8192
 # Tokens kept free for the reply when deciding whether the history fits (at most a
 # quarter of the context): a reasoning model needs room to think before it answers.
@@ -33,15 +32,18 @@ Messages = Sequence[Mapping[str, Any]]
 
 
 def load(
-    model: Union[str, os.PathLike] = DEFAULT_MODEL,
+    model: Union[str, os.PathLike, None] = None,
     *,
     ctx: int = DEFAULT_CTX,
     threads: Optional[int] = None,
     verbose: bool = False,
     show_progress: Optional[bool] = None,
+    pull: bool = False,
 ) -> "Model":
-    """Load a gpt-oss model by GGUF path, registry name or ``"demo"``.
+    """Load a gpt-oss model by GGUF path, registry name or alias, or ``"demo"``.
 
+    ``None`` is the registry's default model (gpt-oss-20b unless a user models.toml
+    says otherwise); ``pull`` downloads a registry model that is not on disk first.
     The file is checked (a GGUF of architecture gpt-oss, complete) and compared with
     the available memory before llama.cpp maps it. ``threads`` defaults to the
     physical cores; ``verbose`` shows llama.cpp's own log; ``show_progress`` (default:
@@ -51,7 +53,7 @@ def load(
     from ossrun.gguf_header import check_gpt_oss
     from ossrun.tiktoken_file import O200K_BASE_TOKENS, ensure_o200k
 
-    resolved = resolve(model)
+    resolved = resolve(model, pull=pull)
     path, name = resolved.path, resolved.name
     header = check_gpt_oss(path)
     llama.check_context_size(header, ctx)
@@ -73,10 +75,15 @@ class ResolvedModel:
     size_bytes: int  # all of its files
 
 
-def resolve(model: Union[str, os.PathLike]) -> ResolvedModel:
-    """Where the GGUF of a path, ``"demo"`` or a registry name (or alias) is, and what to call it."""
-    text = os.fspath(model)
-    if isinstance(model, os.PathLike) or text.endswith(".gguf") or os.sep in text or "/" in text:
+def resolve(model: Union[str, os.PathLike, None], *, pull: bool = False) -> ResolvedModel:
+    """Where the GGUF of a path, ``"demo"`` or a registry name (None: the default) is, and what to call it.
+
+    A path is taken as it is: the GGUF checks before loading say what is wrong with it.
+    """
+    from ossrun.models import is_model_path, resolve_model
+
+    text = None if model is None else os.fspath(model)
+    if text is not None and (isinstance(model, os.PathLike) or is_model_path(text)):
         path = Path(text).expanduser()
         return ResolvedModel(path, path.stem, path.stat().st_size if path.is_file() else 0)
     if text == "demo":
@@ -84,9 +91,7 @@ def resolve(model: Union[str, os.PathLike]) -> ResolvedModel:
 
         path = Path(demo_gguf())
         return ResolvedModel(path, "demo", path.stat().st_size)
-    from ossrun.registry import resolve_model
-
-    local = resolve_model(text)
+    local = resolve_model(text, pull=pull)
     return ResolvedModel(Path(local.path), local.name, local.size_bytes)
 
 

@@ -40,6 +40,7 @@ def scripted(monkeypatch, encoding):
     ``scripted(*scripts)`` returns the list of engines made."""
     from ossrun.cli import options
     from ossrun.model import Model
+    from ossrun.registry import load_registry
     from scripted import ScriptedEngine
 
     engines = []
@@ -48,7 +49,7 @@ def scripted(monkeypatch, encoding):
         def load_model(name, **kwargs):
             engine = ScriptedEngine(encoding, list(scripts))
             engines.append(engine)
-            return Model(engine, encoding, name=name or options.DEFAULT_MODEL)
+            return Model(engine, encoding, name=name or load_registry().default)
 
         monkeypatch.setattr(options, "load_model", load_model)
         return engines

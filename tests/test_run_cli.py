@@ -225,3 +225,12 @@ def test_pull_downloads_a_missing_model_before_answering(tiny_gguf, tmp_path):
     assert pulled.returncode == 0, pulled.stderr
     data = json.loads(pulled.stdout)
     assert (data["model"], data["usage"]["completion_tokens"]) == ("tiny", 2)
+
+
+def test_without_a_model_run_uses_the_registrys_default(tmp_path, capsys, monkeypatch):
+    """A user models.toml can change the default model; `run` with no MODEL follows it."""
+    monkeypatch.setenv("OSSRUN_HOME", str(tmp_path))
+    (tmp_path / "models.toml").write_text('default = "gpt-oss-120b"\n')
+    code, out, err = invoke(capsys, "run", "hi")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: gpt-oss-120b is not on disk: run `ossrun pull gpt-oss-120b`")

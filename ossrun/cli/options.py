@@ -10,7 +10,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-DEFAULT_MODEL = "gpt-oss-20b"
+# models.toml names the default; this is for help texts, which must not read files
+DEFAULT_MODEL_HELP = "the registry's default, gpt-oss-20b"
 DEFAULT_CTX = 8192
 DEFAULT_EFFORT = "medium"
 DEFAULT_MAX_TOOL_ROUNDS = 8  # ossrun.tools.DEFAULT_MAX_TOOL_ROUNDS, not imported: it loads openai_harmony
@@ -26,12 +27,12 @@ def _check_effort(value: str) -> str:
 
 ModelArgument = Annotated[
     Optional[str],
-    typer.Argument(metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL}].",
+    typer.Argument(metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].",
                    show_default=False),
 ]
 ModelOption = Annotated[
     Optional[str],
-    typer.Option("-m", "--model", metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL}].",
+    typer.Option("-m", "--model", metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].",
                  show_default=False),
 ]
 ReasoningEffort = Annotated[
@@ -103,18 +104,13 @@ def default_model_or_demo() -> tuple[str, Optional[str]]:
 
 
 def load_model(name: Optional[str], *, ctx: int, threads: Optional[int], verbose: bool, pull: bool = False) -> Any:
-    """``ossrun.load`` with the command line's options (``name`` None: the default model).
+    """``ossrun.load`` with the command line's options (``name`` None: the registry's default model).
 
     With ``pull``, a registry model that is not on disk is downloaded first.
     """
     import ossrun
 
-    name = name or DEFAULT_MODEL
-    if pull:
-        from ossrun.registry import resolve_model
-
-        resolve_model(name, pull=True)
-    return ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose)
+    return ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull)
 
 
 def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]]) -> Any:

@@ -99,16 +99,18 @@ class Conversation:
         path = Path(path).expanduser()
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    out.write(text)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except FileNotFoundError:
             raise ConversationError(f"cannot save to {path}: the folder {path.parent} does not exist") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except OSError as exc:  # a folder in the way, no permission, a full disk: the chat goes on
+            raise ConversationError(f"cannot save to {path}: {exc.strerror or exc}") from None
 
     @classmethod
     def load(cls, path: Path) -> "Conversation":
@@ -124,6 +126,8 @@ class Conversation:
             raise ConversationError(f"cannot load {path}: it is not a text file") from None
         except json.JSONDecodeError as exc:
             raise ConversationError(f"cannot load {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        except OSError as exc:
+            raise ConversationError(f"cannot load {path}: {exc.strerror or exc}") from None
         try:
             return cls.from_json(data)
         except ConversationError as exc:

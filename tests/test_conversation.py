@@ -134,3 +134,18 @@ def test_missing_and_binary_files(tmp_path):
 def test_save_into_a_missing_folder(tmp_path):
     with pytest.raises(ConversationError, match="does not exist"):
         Conversation().save(tmp_path / "no" / "such" / "chat.json")
+
+
+def test_any_file_system_error_is_one_line(tmp_path):
+    """A folder where the file should be, a file where a folder should be: a ConversationError, not an OSError."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain").write_text("not a folder")
+    conversation = Conversation()
+    conversation.commit("q", make_reply("a"))
+    with pytest.raises(ConversationError, match=r"^cannot save to .*folder: Is a directory$"):
+        conversation.save(tmp_path / "folder")
+    with pytest.raises(ConversationError, match=r"^cannot save to .*plain/chat.json: Not a directory$"):
+        conversation.save(tmp_path / "plain" / "chat.json")
+    with pytest.raises(ConversationError, match=r"^cannot load .*plain/chat.json: Not a directory$"):
+        Conversation.load(tmp_path / "plain" / "chat.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "plain"]  # no temporary file left

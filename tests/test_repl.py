@@ -295,3 +295,16 @@ def test_a_prompt_too_big_for_the_context_is_one_line(encoding):
     assert re.fullmatch(r"error: the prompt is \d+ tokens, more than the context of 256 tokens allows "
                         r"with 64 kept for the reply: shorten it or use a larger --ctx", error)
     assert "Hello! How can I help?" in transcript  # the session went on
+
+
+def test_a_file_that_cannot_be_saved_or_loaded_keeps_the_session(encoding, tmp_path):
+    folder, plain = tmp_path / "folder", tmp_path / "plain"
+    folder.mkdir()
+    plain.write_text("not a folder")
+    session = Session(encoding, [HELLO, FOUR])
+    code, transcript = session.run(f"Hi\n/save {folder}\n/load {plain}/chat.json\nWhat is 2+2?\n")
+    assert code == 0
+    assert (f">>> /save {folder}\nerror: cannot save to {folder}: Is a directory\n"
+            f">>> /load {plain}/chat.json\nerror: cannot load {plain}/chat.json: Not a directory\n"
+            ">>> What is 2+2?\n") in transcript
+    assert [m["content"] for m in session.repl.conversation.messages] == ["Hi", "Hello! How can I help?", "What is 2+2?", "**4**"]

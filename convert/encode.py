@@ -68,16 +68,11 @@ def widen(raw: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def encode_matrix(raw: np.ndarray, dtype: str, qtype: GGMLQuantizationType) -> np.ndarray:
-    if qtype is GGMLQuantizationType.BF16 and dtype == "BF16":
+    if (qtype, dtype) in ((GGMLQuantizationType.BF16, "BF16"), (GGMLQuantizationType.F16, "F16")):
         return raw  # already the exact bits
-    if qtype is GGMLQuantizationType.F16 and dtype == "F16":
-        return raw
     if qtype is GGMLQuantizationType.Q8_0:
         return quantize_q8_0(raw, dtype)
-    values = widen(raw, dtype)
-    if qtype is GGMLQuantizationType.F32:
-        return values
-    return values.astype(np.float16)
+    return quants.quantize(widen(raw, dtype), qtype)  # F32, F16, or BF16 rounded as ggml rounds it
 
 
 def quantize_q8_0(raw: np.ndarray, dtype: str) -> np.ndarray:

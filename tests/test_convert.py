@@ -261,6 +261,25 @@ def test_outtypes(outtype, qtype, file_type, small, tmp_path):
     assert np.array_equal(raw.view(np.uint8).reshape(-1), expected.view(np.uint8).reshape(-1))
 
 
+@pytest.mark.parametrize("outtype", list(OUTTYPES))
+def test_f16_checkpoint_matrices_take_every_outtype(outtype, small, tmp_path):
+    # A checkpoint stored in F16 rather than BF16: each outtype holds that type's encoding of its values.
+    config, weights, _ = small
+    name = "model.layers.1.self_attn.o_proj.weight"
+    source = weights[name].astype(np.float16)
+    folder = checkpoints.write_hf_checkpoint(tmp_path / "f16", {**weights, name: source}, config, tokenizer_dir=None)
+    checkpoints.write_byte_tokenizer(folder)
+    tensor = tensors_of(gguf.GGUFReader(convert(folder, tmp_path / "f16.gguf", outtype=outtype)))["blk.1.attn_output.weight"]
+    values = source.astype(np.float32)
+    expected = {
+        "bf16": lambda: checkpoints.to_bf16(values),
+        "f16": lambda: source,
+        "f32": lambda: values,
+        "q8_0": lambda: gguf.quants.quantize(values, Q.Q8_0),
+    }[outtype]()
+    assert np.array_equal(np.asarray(tensor.data).view(np.uint8).reshape(-1), expected.view(np.uint8).reshape(-1))
+
+
 def test_small_chunks_give_the_same_file(small, small_gguf, tmp_path):
     pieces = convert(small[2], tmp_path / "pieces.gguf", chunk_bytes=1000)  # one row or expert per chunk
     assert filecmp.cmp(small_gguf, pieces, shallow=False)

@@ -271,7 +271,8 @@ class Repl:
 
     def _retry(self, argument: str) -> None:
         question = self.conversation.retry()
-        self.screen.info(f"retrying: {question.splitlines()[0]}")
+        first_line = question.partition("\n")[0]  # a question loaded from a file may be empty
+        self.screen.info(f"retrying: {first_line}")
         self.ask(question)
 
     def _save(self, argument: str) -> None:

@@ -308,3 +308,14 @@ def test_a_file_that_cannot_be_saved_or_loaded_keeps_the_session(encoding, tmp_p
             f">>> /load {plain}/chat.json\nerror: cannot load {plain}/chat.json: Not a directory\n"
             ">>> What is 2+2?\n") in transcript
     assert [m["content"] for m in session.repl.conversation.messages] == ["Hi", "Hello! How can I help?", "What is 2+2?", "**4**"]
+
+
+def test_retry_of_an_empty_question_loaded_from_a_file(encoding, tmp_path):
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps([{"role": "user", "content": ""}, {"role": "assistant", "content": "Say something?"}]))
+    session = Session(encoding, [HELLO])
+    code, transcript = session.run(f"/load {path}\n/retry\n")
+    assert code == 0
+    assert "\n>>> /retry\nretrying: \nthinking\nThe user greets.\n\nHello! How can I help?\n" in transcript
+    assert session.repl.conversation.messages[0] == {"role": "user", "content": ""}
+    assert session.repl.conversation.messages[1]["content"] == "Hello! How can I help?"

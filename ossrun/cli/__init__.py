@@ -73,12 +73,12 @@ def describe_error(exc: BaseException) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point of the ``ossrun`` console script."""
+    """Entry point of the ``ossrun`` console script.
+
+    Ctrl-C never gets here: Typer turns a KeyboardInterrupt in a command into exit code 130.
+    """
     try:
         app(args=argv, prog_name="ossrun")
-    except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted\n")
-        sys.exit(130)
     except Exception as exc:  # the single place errors become messages
         if debug_enabled():
             raise

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import collections.abc
 import enum
 import json
 import textwrap
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
 
 import pytest
 
@@ -227,3 +228,20 @@ def test_a_functions_file_imports_its_sibling_modules(tmp_path):
         """)
     (tool,) = load_functions(path)  # lookup is imported, not defined here: not a tool
     assert tool.call('{"city": "Oslo"}') == ('{"city": "Oslo", "t": 21}', False)
+
+
+def test_sequence_and_mapping_hints():
+    """typing's and collections.abc's abstract containers: their origin is the collections.abc class."""
+    def f(a: Sequence[str], b: collections.abc.Sequence[int], c: Mapping[str, float], d: collections.abc.Mapping[str, str]):
+        pass
+
+    _, parameters = function_schema(f)
+    assert parameters["properties"] == {"a": {"type": "array", "items": {"type": "string"}},
+                                        "b": {"type": "array", "items": {"type": "integer"}},
+                                        "c": {"type": "object"}, "d": {"type": "object"}}
+
+    def g(x: Mapping[int, str]):
+        pass
+
+    with pytest.raises(ToolError, match=r"g: parameter 'x' .*JSON object keys are strings"):
+        function_schema(g)

@@ -8,6 +8,7 @@ anything else is an error that names the function and the parameter.
 
 from __future__ import annotations
 
+import collections.abc
 import enum
 import functools
 import inspect
@@ -97,13 +98,13 @@ def type_schema(hint: Any, *, required: bool = True) -> dict[str, Any]:
         if required and schema.get("type") in ("string", "integer", "number", "boolean"):
             schema = {**schema, "type": [schema["type"], "null"]}
         return schema
-    if hint in (list, tuple, set, frozenset) or origin in (list, tuple, set, frozenset, typing.Sequence):
+    if hint in (list, tuple, set, frozenset) or origin in (list, tuple, set, frozenset, collections.abc.Sequence):
         schema: dict[str, Any] = {"type": "array"}
         item_types = [a for a in args if a is not Ellipsis]
         if len(set(item_types)) == 1:
             schema["items"] = type_schema(item_types[0])
         return schema
-    if hint is dict or origin in (dict, typing.Mapping):
+    if hint is dict or origin in (dict, collections.abc.Mapping):
         if args and args[0] is not str:
             raise ToolError(f"has type {hint}: JSON object keys are strings")
         return {"type": "object"}

@@ -1,4 +1,4 @@
-"""What the machine offers: physical CPU cores and available memory (no psutil needed)."""
+"""What the machine offers: physical CPU cores, total and available memory (no psutil needed)."""
 
 from __future__ import annotations
 
@@ -67,5 +67,13 @@ def available_memory() -> Optional[int]:
         pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def total_memory() -> Optional[int]:
+    """Bytes of physical memory, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None

@@ -16,6 +16,7 @@ from typing import Optional
 from ossrun import home as ossrun_home
 from ossrun import hub, integrity
 from ossrun.errors import ModelError
+from ossrun.machine import total_memory
 from ossrun.registry import ModelEntry, Registry, load_registry
 from ossrun.units import format_memory, format_size
 
@@ -127,14 +128,6 @@ def find_local(entry: ModelEntry) -> Optional[LocalModel]:
 def is_model_path(name: str) -> bool:
     """MODEL arguments naming a file rather than a registry entry."""
     return name.endswith(".gguf") or "/" in name or os.sep in name
-
-
-def total_memory() -> Optional[int]:
-    """Bytes of physical memory, or None where the platform does not say."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def memory_shortfall(entry: ModelEntry, total: Optional[int] = None) -> Optional[str]:

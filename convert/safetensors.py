@@ -70,6 +70,10 @@ def _corrupt(path: Path, what: str) -> ConvertError:
     return ConvertError(f"{path}: {what}: the file is truncated or corrupt; download it again")
 
 
+def _unreadable(path: Path, exc: OSError) -> ConvertError:
+    return ConvertError(f"cannot read {path}: {exc.strerror or exc}")
+
+
 def read_header(path: Path) -> dict[str, TensorEntry]:
     """Parse and check the header of one safetensors file."""
     try:
@@ -83,7 +87,7 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
                 raise _corrupt(path, f"the header claims {header_len} bytes")
             raw = f.read(header_len)
     except OSError as exc:
-        raise ConvertError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise _unreadable(path, exc) from exc
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -118,7 +122,11 @@ def _entry(path: Path, name: str, info: object, data_start: int, size: int) -> T
 
 
 class TensorReader:
-    """Reads byte ranges of tensors from a set of safetensors files, one descriptor per file."""
+    """Reads byte ranges of tensors from a set of safetensors files, one descriptor per file.
+
+    A failed read is a ConvertError naming the checkpoint file: the writer, which sees every
+    OSError of a conversion, would otherwise report it as a failure to write the GGUF.
+    """
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
@@ -128,7 +136,10 @@ class TensorReader:
         with self._lock:
             fd = self._fds.get(path)
             if fd is None:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY | BINARY)
+                try:
+                    fd = self._fds[path] = os.open(path, os.O_RDONLY | BINARY)
+                except OSError as exc:
+                    raise _unreadable(path, exc) from exc
             return fd
 
     def read(self, entry: TensorEntry, start: int = 0, count: int | None = None) -> np.ndarray:
@@ -138,7 +149,10 @@ class TensorReader:
         view, done = memoryview(out), 0
         fd = self._fd(entry.path)
         while done < count:
-            got = read_into(fd, view[done:], entry.offset + start + done)
+            try:
+                got = read_into(fd, view[done:], entry.offset + start + done)
+            except OSError as exc:
+                raise _unreadable(entry.path, exc) from exc
             if got == 0:
                 raise _corrupt(entry.path, f"tensor {entry.name} ends early")
             done += got

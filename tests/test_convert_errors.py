@@ -248,6 +248,19 @@ def test_disk_filling_up_mid_write(tiny_checkpoint, tmp_path):
     assert_fails_cleanly(result, out, f"the disk filled up while writing {out}.part", "free some space and try again")
 
 
+def test_shard_gone_mid_conversion_is_a_read_error(broken, out):
+    # The last shard disappears after the first chunk is written (before it is opened): the
+    # message names the shard that cannot be read, not the GGUF being written.
+    from ossrun.convert import convert
+    from ossrun.errors import ConvertError
+
+    shard = checkpoints.shard_paths(broken)[-1]
+    with pytest.raises(ConvertError) as error:
+        convert(broken, out, chunk_bytes=4096, progress=lambda done, total: shard.unlink(missing_ok=True))
+    assert str(error.value) == f"cannot read {shard}: No such file or directory"
+    assert not out.exists() and not out.with_name(out.name + ".part").exists()
+
+
 def test_original_layout_without_tokenizer_names_both_folders(tmp_path, tiny_weights, out):
     config, weights = tiny_weights
     folder = checkpoints.write_original_checkpoint(tmp_path / "repo", weights, config, tokenizer_dir=None)

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from ossrun.errors import ConversationError
 from ossrun.events import Reply
-from ossrun.harmony import DEFAULT_REASONING_EFFORT, REASONING_EFFORTS, check_reasoning_effort
+from ossrun.harmony import DEFAULT_REASONING_EFFORT, REASONING_EFFORTS, check_reasoning_effort, instructions_from
 
 FILE_FORMAT_VERSION = 1
 HISTORY_ROLES = ("user", "assistant", "tool")
@@ -142,15 +142,12 @@ class Conversation:
         effort = data.get("reasoning_effort", DEFAULT_REASONING_EFFORT)
         if effort not in REASONING_EFFORTS:
             raise ConversationError(f"unknown reasoning_effort {effort!r}: use low, medium or high")
-        system_texts, history = [], []
         for index, message in enumerate(data["messages"]):
             _check_message(index, message)
-            if message["role"] in SYSTEM_ROLES:
-                system_texts.append(message.get("content") or "")
-            else:
-                history.append(dict(message))
+        history = [dict(m) for m in data["messages"] if m["role"] not in SYSTEM_ROLES]
         last = next((m.get("content") for m in reversed(history) if m["role"] == "user"), None)
-        system = "\n\n".join(t for t in system_texts if t) or None
+        # The system entries become the instructions exactly as Model.stream would read them.
+        system = instructions_from(data["messages"])
         return cls(messages=history, reasoning_effort=effort, system=system, last_question=last)
 
 

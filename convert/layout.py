@@ -164,7 +164,7 @@ def _check_hyper_params(hp: HyperParams, config_path: Path) -> None:
             raise ConvertError(f"{config_path}: {key} {value} is not a multiple of 32, which MXFP4 and Q8_0 need")
 
 
-def checkpoint_files(src: Path, layout: Layout) -> list[Path]:
+def checkpoint_files(src: Path) -> list[Path]:
     """The safetensors files of ``src``: those the index names, else the single file, else all."""
     index_path = src / INDEX_FILE
     if index_path.is_file():
@@ -194,7 +194,3 @@ def read_tensor_entries(files: list[Path]) -> dict[str, TensorEntry]:
                 raise ConvertError(f"tensor {name} is in both {entries[name].path.name} and {path.name}")
             entries[name] = entry
     return entries
-
-
-def checkpoint_bytes(entries: dict[str, TensorEntry]) -> int:
-    return sum(e.nbytes for e in entries.values())

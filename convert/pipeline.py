@@ -54,7 +54,7 @@ def open_checkpoint(src: str | os.PathLike[str], tokenizer_dir: str | os.PathLik
     src = Path(src)
     layout, config = detect_layout(src)
     hp = read_hyper_params(layout, config, src / "config.json")
-    entries = read_tensor_entries(checkpoint_files(src, layout))
+    entries = read_tensor_entries(checkpoint_files(src))
     tensors = plan_tensors(layout, hp, entries)
     folder = find_tokenizer_folder(src, layout, Path(tokenizer_dir) if tokenizer_dir is not None else None)
     return Checkpoint(src, layout, hp, entries, tensors, read_vocab(folder, hp.vocab_rows))

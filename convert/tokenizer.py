@@ -34,7 +34,6 @@ class Vocab:
     merges: list[str]
     special_ids: dict[str, int]  # "bos"/"eos"/"pad" -> id
     chat_template: str | None
-    folder: Path
 
 
 def find_tokenizer_folder(src: Path, layout: Layout, override: Path | None) -> Path:
@@ -116,7 +115,7 @@ def read_vocab(folder: Path, n_rows: int) -> Vocab:
             raise ConvertError(f"{folder}: the {kind} token id {token_id} is outside the vocabulary of {n_rows} tokens")
         if token_id is not None:
             special_ids[kind] = token_id
-    return Vocab(tokens, token_types, merges, special_ids, _chat_template(folder, documents[0]), folder)
+    return Vocab(tokens, token_types, merges, special_ids, _chat_template(folder, documents[0]))
 
 
 def _chat_template(folder: Path, tokenizer_config: dict) -> str | None:

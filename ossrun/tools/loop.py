@@ -57,23 +57,25 @@ def run_tool_loop(
             yield event
         if reply is None:
             raise RuntimeError("a generation ended without a Done event")
-        replies.append(reply)
         newly_dropped = int(reply.extra.get("dropped_messages", 0) or 0)
         del history[:newly_dropped]
         dropped += newly_dropped
         reply = dataclasses.replace(reply, extra={**reply.extra, "dropped_messages": dropped})
-        replies[-1] = reply
+        replies.append(reply)
         if reply.finish_reason != "tool_calls" or not calls or reply.malformed:
             yield Done(_answer(replies, results, chain))
             return
+        commentary = "".join(preamble)
         if not all(toolbox.runs(call) for call in calls):
-            yield Done(_answer(replies, results, chain, pending=calls, commentary="".join(preamble)))
+            yield Done(_answer(replies, results, chain, pending=calls, commentary=commentary))
             return
         if len(replies) > max_rounds:
             yield Notice(f"stopped after {max_rounds} rounds of tool calls: allow more with max_tool_rounds (--max-tool-rounds)")
-            yield Done(_answer(replies, results, chain, pending=calls, commentary="".join(preamble)))
+            yield Done(_answer(replies, results, chain, pending=calls, commentary=commentary))
             return
-        added: list[dict[str, Any]] = [_call_entry(reply, calls, "".join(preamble))]
+        # The turn's history entry is the one a reply handing these calls to the caller would add.
+        calling = dataclasses.replace(reply, pending_calls=tuple(calls), commentary=commentary)
+        added: list[dict[str, Any]] = [calling.message()]
         for call in calls:
             result = toolbox.run(call, confirm, cancel)
             results.append(result)
@@ -84,14 +86,6 @@ def run_tool_loop(
         if cancel is not None and cancel.is_set():
             yield Done(dataclasses.replace(_answer(replies, results, chain), finish_reason="interrupted"))
             return
-
-
-def _call_entry(reply: Reply, calls: Sequence[ToolCall], preamble: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"role": "assistant", "content": preamble}
-    if reply.reasoning:
-        entry["reasoning"] = reply.reasoning
-    entry["tool_calls"] = [call.to_dict() for call in calls]
-    return entry
 
 
 def _answer(replies: Sequence[Reply], results: Sequence[ToolResult], chain: Sequence[dict[str, Any]],

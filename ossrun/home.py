@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 APP_NAME = "ossrun"
@@ -29,6 +30,19 @@ def home() -> Path:
 def ensure_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` (its folder created if needed) through a temporary file: never half a file."""
+    ensure_dir(path.parent)
+    fd, part = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(part, path)
+    except BaseException:
+        Path(part).unlink(missing_ok=True)
+        raise
 
 
 def cache_dir() -> Path:

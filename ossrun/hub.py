@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from ossrun import integrity
 from ossrun.errors import DownloadError
+from ossrun.home import write_atomically
 from ossrun.integrity import ExpectedHash
 from ossrun.units import format_size
 
@@ -307,13 +308,8 @@ def _fetch(location: str, headers: dict, remote: RemoteRepo, file: RemoteFile) -
 
 def write_ref(remote: RemoteRepo) -> None:
     """Point ``refs/<revision>`` at the pulled commit, as huggingface_hub does, so tools see it as current."""
-    if remote.revision == remote.commit:
-        return
-    ref = repo_storage(remote.repo) / "refs" / remote.revision
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ref.with_name(ref.name + ".tmp")
-    tmp.write_text(remote.commit)
-    os.replace(tmp, ref)
+    if remote.revision != remote.commit:
+        write_atomically(repo_storage(remote.repo) / "refs" / remote.revision, remote.commit.encode())
 
 
 def find_snapshot(repo: str, revision: str, paths: tuple[str, ...]) -> Optional[list[Path]]:

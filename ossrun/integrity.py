@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -90,16 +89,8 @@ def _load() -> dict:
 
 
 def _save(files: dict) -> None:
-    path = record_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".verified-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": RECORD_VERSION, "files": files}, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)  # readers never see half a record
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    record = json.dumps({"version": RECORD_VERSION, "files": files}, indent=1, sort_keys=True)
+    ossrun_home.write_atomically(record_path(), record.encode())  # readers never see half a record
 
 
 def recorded_hash(path: Path) -> Optional[ExpectedHash]:

@@ -13,9 +13,10 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+
+from ossrun.home import write_atomically
 
 DEFAULT_MAX_FILES = 16  # the newest files are kept; a prefix is a few MB for gpt-oss-20b
 _MAGIC = b"ossrun-kv-prefix\n"
@@ -89,15 +90,7 @@ class PrefixCache:
         ).encode()
         path = self.path_for(tokens)
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, part = tempfile.mkstemp(dir=self.directory, prefix=path.stem, suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as file:
-                    file.write(_MAGIC + struct.pack("<I", len(header)) + header + _token_bytes(tokens) + state)
-                os.replace(part, path)
-            except BaseException:
-                Path(part).unlink(missing_ok=True)
-                raise
+            write_atomically(path, _MAGIC + struct.pack("<I", len(header)) + header + _token_bytes(tokens) + state)
         except OSError:
             return None
         self._evict()

@@ -13,8 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -40,18 +38,6 @@ def _sha256_of(path: Path) -> Optional[str]:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, part = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(part, path)
-    except BaseException:
-        Path(part).unlink(missing_ok=True)
-        raise
 
 
 def _marker(identity: Mapping[str, Any]) -> Path:
@@ -80,8 +66,8 @@ def ensure_o200k(identity: Mapping[str, Any], read_pieces: Callable[[], Sequence
         )
     try:
         if not cached_ok:
-            _write_atomically(target, data)
-        _write_atomically(marker, json.dumps(dict(identity), sort_keys=True).encode())
+            home.write_atomically(target, data)
+        home.write_atomically(marker, json.dumps(dict(identity), sort_keys=True).encode())
     except OSError as exc:
         raise VocabError(f"cannot write the vocabulary cache in {folder}: {exc.strerror or exc}") from exc
     return folder

@@ -16,9 +16,9 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES
 from ossrun.errors import ConvertError
 
 from .layout import HyperParams, Layout
+from .mxfp4 import BLOCK_BYTES, BLOCK_VALUES
 from .safetensors import TensorEntry
 
-MXFP4_BLOCK = 32  # values per MXFP4 block; a block is 16 bytes of nibbles + 1 scale byte
 DENSE_DTYPES = ("BF16", "F16", "F32")
 BLOCK_DTYPES = ("U8",)
 SCALE_DTYPES = ("U8", "F8_E8M0")  # E8M0 bytes, whichever name the writer gave them
@@ -151,15 +151,15 @@ def _attention_inputs(plan: _Plan, hp: HyperParams, b: int) -> None:
 def _experts(plan: _Plan, hp: HyperParams, b: int) -> None:
     """gate, up and down experts; gate and up are the even and odd rows of the interleaved gate_up."""
     E, H, F = hp.n_experts, hp.hidden, hp.expert_ff
-    gate_up = plan.need("gate_up_blocks", (E, 2 * F, H // MXFP4_BLOCK, 16), b, BLOCK_DTYPES)
-    gate_up_scales = plan.need("gate_up_scales", (E, 2 * F, H // MXFP4_BLOCK), b, SCALE_DTYPES)
+    gate_up = plan.need("gate_up_blocks", (E, 2 * F, H // BLOCK_VALUES, BLOCK_BYTES), b, BLOCK_DTYPES)
+    gate_up_scales = plan.need("gate_up_scales", (E, 2 * F, H // BLOCK_VALUES), b, SCALE_DTYPES)
     gate_up_bias = plan.need("gate_up_bias", (E, 2 * F), b)
     for kind, parity in ((MODEL_TENSOR.FFN_GATE_EXP, 0), (MODEL_TENSOR.FFN_UP_EXP, 1)):
         rows = Rows(parity, 2 * F, 2, axis=1)
         plan.add(kind, "weight", b, (E, F, H), Encoding.MXFP4, gate_up, scales=gate_up_scales, rows=rows)
         plan.add(kind, "bias", b, (E, F), Encoding.F32, gate_up_bias, rows=rows)
-    down = plan.need("down_blocks", (E, H, F // MXFP4_BLOCK, 16), b, BLOCK_DTYPES)
-    down_scales = plan.need("down_scales", (E, H, F // MXFP4_BLOCK), b, SCALE_DTYPES)
+    down = plan.need("down_blocks", (E, H, F // BLOCK_VALUES, BLOCK_BYTES), b, BLOCK_DTYPES)
+    down_scales = plan.need("down_scales", (E, H, F // BLOCK_VALUES), b, SCALE_DTYPES)
     plan.add(MODEL_TENSOR.FFN_DOWN_EXP, "weight", b, (E, H, F), Encoding.MXFP4, down, scales=down_scales)
     plan.add(MODEL_TENSOR.FFN_DOWN_EXP, "bias", b, (E, H), Encoding.F32, plan.need("down_bias", (E, H), b))
 

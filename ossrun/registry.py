@@ -196,7 +196,6 @@ class _Validator:
         for alias, target in extra.items():
             if not isinstance(target, str) or target not in entries:
                 raise self.fail(("aliases", alias), f"{target!r} is not a model in the registry")
-            self.check_name(("aliases", alias), alias)
             self.add_alias(aliases, entries, alias, target, ("aliases", alias))
 
         default = data.get("default")
@@ -205,6 +204,7 @@ class _Validator:
         return Registry(entries, aliases, aliases.get(default, default), files)
 
     def add_alias(self, aliases: dict, entries: dict, alias: str, target: str, key_path: tuple[str, ...]) -> None:
+        self.check_name(key_path, alias)
         if alias in entries and alias != target:
             raise self.fail(key_path, f"alias {alias!r} is already the name of another model")
         if aliases.get(alias, target) != target:

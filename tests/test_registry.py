@@ -78,6 +78,7 @@ def test_the_package_reads_the_repository_models_toml():
         ('gguf = { repo = "a/b", files = ["mini.gguf"] }', "gguf.download_size", "missing"),
         ("contxt_length = 4096", "contxt_length", "unknown field"),
         ('aliases = ["20b"]', "aliases", "already selects gpt-oss-20b"),
+        ('aliases = ["mini/2"]', "aliases", "'mini/2' is not a usable model name"),  # it would name a file
     ],
 )
 def test_a_bad_field_is_reported_with_file_entry_and_field(change, field, problem):

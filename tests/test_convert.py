@@ -19,8 +19,6 @@ import reference_forward
 from ossrun.convert import OUTTYPES, convert
 from ossrun.errors import ConvertError
 
-REFERENCE = Path(__file__).parent / "data" / "gpt-oss-20b"
-
 
 def field(reader: gguf.GGUFReader, key: str):
     return reader.fields[key].contents()

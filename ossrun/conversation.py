@@ -9,12 +9,11 @@ holds it twice; on disk it is the leading ``system`` message.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ossrun import home as ossrun_home
 from ossrun.errors import ConversationError
 from ossrun.events import Reply
 from ossrun.harmony import DEFAULT_REASONING_EFFORT, REASONING_EFFORTS, check_reasoning_effort, instructions_from
@@ -98,17 +97,10 @@ class Conversation:
         """Write the conversation as JSON, atomically: never a half-written file."""
         path = Path(path).expanduser()
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+        if not path.parent.is_dir():  # the user's own file: no folder is made for it
+            raise ConversationError(f"cannot save to {path}: the folder {path.parent} does not exist")
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    out.write(text)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except FileNotFoundError:
-            raise ConversationError(f"cannot save to {path}: the folder {path.parent} does not exist") from None
+            ossrun_home.write_atomically(path, text.encode("utf-8"))
         except OSError as exc:  # a folder in the way, no permission, a full disk: the chat goes on
             raise ConversationError(f"cannot save to {path}: {exc.strerror or exc}") from None
 

@@ -144,7 +144,7 @@ def test_any_file_system_error_is_one_line(tmp_path):
     conversation.commit("q", make_reply("a"))
     with pytest.raises(ConversationError, match=r"^cannot save to .*folder: Is a directory$"):
         conversation.save(tmp_path / "folder")
-    with pytest.raises(ConversationError, match=r"^cannot save to .*plain/chat.json: Not a directory$"):
+    with pytest.raises(ConversationError, match=r"^cannot save to .*plain/chat.json: the folder .*plain does not exist$"):
         conversation.save(tmp_path / "plain" / "chat.json")
     with pytest.raises(ConversationError, match=r"^cannot load .*plain/chat.json: Not a directory$"):
         Conversation.load(tmp_path / "plain" / "chat.json")

@@ -98,13 +98,6 @@ class Registry:
         return f"{name} ({', '.join(aliases)})" if aliases else name
 
 
-def resolve_model(name: Optional[str] = None, *, pull: bool = False):
-    """A MODEL argument as a verified local GGUF: see :func:`ossrun.models.resolve_model`."""
-    from ossrun.models import resolve_model as resolve
-
-    return resolve(name, pull=pull)
-
-
 def builtin_file() -> Path:
     """The models.toml shipped inside the package (the repository's models.toml)."""
     return Path(str(resources.files("ossrun") / "models.toml"))

@@ -94,7 +94,7 @@ def pick_model(argument: Optional[str], option: Optional[str], demo: bool = Fals
 def default_model_or_demo() -> tuple[str, Optional[str]]:
     """The default model if it is on disk; else the demo model and a notice saying how to get the real one."""
     from ossrun.errors import ModelError
-    from ossrun.registry import resolve_model
+    from ossrun.models import resolve_model
 
     try:
         return resolve_model(None).name, None

@@ -6,8 +6,8 @@ tests exercise real harmony behaviour end to end. The package holds a compact ch
 MXFP4 experts as blocks and scales) and the o200k vocabulary. :func:`demo_gguf` expands them into
 a real Hugging Face checkpoint folder (full 201088-row embedding and unembedding, BF16 dense
 tensors, the o200k_harmony tokenizer.json, configs), converts it with ossrun's own converter and
-caches the GGUF in the ossrun home, keyed by the checkpoint's hash: the demo goes through the same
-pipeline a downloaded model does.
+caches the GGUF in the ossrun home, keyed by the checkpoint's hash and ossrun's version (the
+converter that made it): the demo goes through the same pipeline a downloaded model does.
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ def checkpoint_dir() -> Path:
 
 
 def checkpoint_digest() -> str:
-    """sha256 of everything a demo build is made from."""
-    digest = hashlib.sha256(f"build {BUILD_VERSION}\n".encode())
+    """sha256 of everything a demo build is made from, the converter's version included."""
+    import ossrun
+
+    digest = hashlib.sha256(f"build {BUILD_VERSION}\nossrun {ossrun.__version__}\n".encode())
     for path in (checkpoint_dir() / CONFIG_FILE, checkpoint_dir() / WEIGHTS_FILE, vocab_file()):
         try:
             digest.update(path.read_bytes())

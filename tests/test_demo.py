@@ -116,6 +116,14 @@ def test_the_build_is_cached_and_made_again_when_missing(demo_home):
     assert sorted(p.name for p in demo.cache_folder().iterdir()) == [path.name]  # no temporary leftovers
 
 
+def test_a_new_ossrun_version_builds_the_demo_again(demo_home, monkeypatch):
+    """The cached GGUF was made by this version's converter: another version makes its own and drops the old."""
+    old = demo.demo_gguf()
+    monkeypatch.setattr(ossrun, "__version__", ossrun.__version__ + ".post1")
+    new = demo.demo_gguf()
+    assert new != old and new.is_file() and not old.exists()
+
+
 def test_unused_tokens_can_never_be_sampled(demo_model, encoding):
     """Every token outside the demo's vocabulary gets a logit far below the best used one."""
     with np.load(demo.checkpoint_dir() / demo.WEIGHTS_FILE) as compact:

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+import ossrun
 from ossrun import home
 from ossrun.errors import ModelError
 
@@ -54,8 +55,6 @@ def checkpoint_dir() -> Path:
 
 def checkpoint_digest() -> str:
     """sha256 of everything a demo build is made from, the converter's version included."""
-    import ossrun
-
     digest = hashlib.sha256(f"build {BUILD_VERSION}\nossrun {ossrun.__version__}\n".encode())
     for path in (checkpoint_dir() / CONFIG_FILE, checkpoint_dir() / WEIGHTS_FILE, vocab_file()):
         try:

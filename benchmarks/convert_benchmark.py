@@ -101,7 +101,7 @@ def write_shard(path: Path, specs: dict[str, tuple[str, tuple[int, ...]]], rng: 
 
 def write_checkpoint(folder: Path, seed: int = 0) -> None:
     """The full-size random checkpoint, shards as in the published index."""
-    from ossrun.vocab import write_tokenizer_files
+    from ossrun.harmony.vocab import write_tokenizer_files
 
     config = json.loads((REFERENCE / "config.json").read_text())
     index = json.loads((REFERENCE / "model.safetensors.index.json").read_text())

@@ -43,8 +43,8 @@ from pathlib import Path
 import llama_cpp
 
 import ossrun
-from ossrun.backend import Sampling
-from ossrun.engine import build_sampler_chain
+from ossrun.engine.llama import build_sampler_chain
+from ossrun.engine.protocol import Sampling
 
 DEFAULT_MODEL = Path("/work/bench/gpt-oss-20b-random.gguf")  # left by benchmarks/convert_benchmark.py
 DEFAULT_CTX = 4096

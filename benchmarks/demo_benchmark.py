@@ -25,7 +25,7 @@ from demo import evaluate  # noqa: E402
 
 
 def build_seconds() -> tuple[float, Path]:
-    from ossrun import demo
+    from ossrun.store import demo
 
     with tempfile.TemporaryDirectory() as home:
         os.environ["OSSRUN_HOME"] = home

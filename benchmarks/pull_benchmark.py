@@ -2,7 +2,7 @@
 
 Writes a file of ``--size-gb`` random bytes, then for each run:
 
-  1. hashes it with sha256 as `ossrun pull` verifies a GGUF (``ossrun.integrity.file_digest``),
+  1. hashes it with sha256 as `ossrun pull` verifies a GGUF (``ossrun.store.integrity.file_digest``),
      once from a cold page cache (as right after a download that did not fit in RAM) and once warm;
   2. serves it from a local hub on 127.0.0.1 (tests/hubserver.py) and times, in subprocesses, the
      whole `ossrun pull` (download + verification + cache placement) and a plain
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hubserver import HubServer  # noqa: E402
 
-from ossrun.integrity import SHA256, file_digest  # noqa: E402
+from ossrun.store.integrity import SHA256, file_digest  # noqa: E402
 
 GGUF_20B_BYTES = 12_100_000_000
 CHUNK = 64 << 20

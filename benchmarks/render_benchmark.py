@@ -1,7 +1,7 @@
 """Benchmark the terminal renderer: time per token must stay flat as an answer grows.
 
 Streams a long markdown answer (paragraphs, lists, code fences, quotes; about
-``--tokens`` word-sized pieces) through ``ossrun.markdown_stream.MarkdownStream``
+``--tokens`` word-sized pieces) through ``ossrun.terminal.markdown_stream.MarkdownStream``
 on a 100x40 truecolor terminal console writing to an in-memory buffer, and
 reports the median and worst time per token in each tenth of the answer:
 
@@ -27,7 +27,7 @@ import time
 from rich.console import Console
 from rich.live import Live
 
-from ossrun.markdown_stream import AlignedMarkdown, MarkdownStream
+from ossrun.terminal.markdown_stream import AlignedMarkdown, MarkdownStream
 
 WIDTH, HEIGHT = 100, 40
 

@@ -17,8 +17,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import openai_harmony as oh
 
-from ossrun import demo, harmony
-from ossrun.vocab import NAMED_SPECIAL_TOKENS
+from ossrun.harmony import encoding as harmony_encoding
+from ossrun.harmony.prompt import PromptSettings, history_messages, render_prompt
+from ossrun.harmony.vocab import NAMED_SPECIAL_TOKENS
+from ossrun.store import demo
 
 from . import tasks
 
@@ -38,15 +40,15 @@ class Rendered:
 
 def load_encoding() -> oh.HarmonyEncoding:
     """The harmony encoding, read from the o200k vocabulary ossrun ships."""
-    return harmony.load_encoding(demo.vocab_file().parent)
+    return harmony_encoding.load_encoding(demo.vocab_file().parent)
 
 
 def tool_description(function: tasks.Function) -> oh.ToolDescription:
     return oh.ToolDescription.new(function.name, function.description, parameters=function.parameters)
 
 
-def settings_for(example: tasks.Example) -> harmony.PromptSettings:
-    return harmony.PromptSettings(
+def settings_for(example: tasks.Example) -> PromptSettings:
+    return PromptSettings(
         reasoning_effort=example.effort,
         instructions=example.instructions,
         date=example.date,
@@ -85,13 +87,13 @@ def render(encoding: oh.HarmonyEncoding, example: tasks.Example) -> Rendered:
     completion: list[bool] = []
     user_span = (0, 0)
     for number, step in enumerate(example.steps):
-        prompt = harmony.render_prompt(encoding, history, settings)
+        prompt = render_prompt(encoding, history, settings)
         if prompt[: len(ids)] != ids:
             raise AssertionError(f"{example.task}: ossrun's history rendering differs from harmony's completion")
         if number == 0:
             user_span = _user_span(encoding, prompt, example.user)
         completion += [False] * (len(prompt) - len(ids))
-        messages = settings.header_messages() + harmony.history_messages(history) + step_messages(step)
+        messages = settings.header_messages() + history_messages(history) + step_messages(step)
         full = encoding.render_conversation_for_training(oh.Conversation.from_messages(messages), _NO_AUTO_DROP)
         if full[: len(prompt)] != prompt:
             raise AssertionError(f"{example.task}: harmony's rendering does not extend ossrun's prompt")
@@ -240,4 +242,4 @@ def encode_user_prompt(encoding: oh.HarmonyEncoding, example: tasks.Example,
                        history: Optional[list[dict[str, Any]]] = None) -> list[int]:
     """The prompt ossrun would send for ``example`` (its first step), for evaluation."""
     messages = list(example.history) + [{"role": "user", "content": example.user}] + list(history or [])
-    return harmony.render_prompt(encoding, messages, settings_for(example))
+    return render_prompt(encoding, messages, settings_for(example))

@@ -141,10 +141,10 @@ class TorchRunner:
         self.encoding = dataset.load_encoding()
 
     def generate(self, prompt: list[int], temperature: float, generator) -> list[int]:
-        from ossrun import harmony
+        from ossrun.harmony.encoding import stop_tokens
 
         torch = self.torch
-        stops = harmony.stop_tokens(self.encoding)
+        stops = stop_tokens(self.encoding)
         reduced = list(dataset.to_reduced(self.vocab, prompt))
         out: list[int] = []
         with torch.no_grad():
@@ -163,20 +163,22 @@ class TorchRunner:
         return out
 
     def run(self, example: tasks.Example, *, temperature: float, seed: int) -> Outcome:
-        from ossrun import harmony
+        from ossrun.harmony.encoding import stop_tokens
+        from ossrun.harmony.parser import TurnParser
+        from ossrun.harmony.prompt import render_prompt
 
         generator = self.torch.Generator().manual_seed(seed)
         history = list(example.history) + [{"role": "user", "content": example.user}]
         settings = dataset.settings_for(example)
         outcome = Outcome()
         for turn_number in range(3):
-            parser = harmony.TurnParser(self.encoding)
-            for token in self.generate(harmony.render_prompt(self.encoding, history, settings), temperature, generator):
+            parser = TurnParser(self.encoding)
+            for token in self.generate(render_prompt(self.encoding, history, settings), temperature, generator):
                 parser.feed(token)
             turn = parser.finish()
             if turn_number == 0:
                 outcome.reasoning = turn.reasoning
-            if turn.malformed or not turn.tokens or turn.tokens[-1] not in harmony.stop_tokens(self.encoding):
+            if turn.malformed or not turn.tokens or turn.tokens[-1] not in stop_tokens(self.encoding):
                 outcome.well_formed = False
                 outcome.notes.append(turn.malformed or "no stop token")
             if not turn.tool_calls:

@@ -2,7 +2,7 @@
 
 The compact checkpoint is the HF layout's tensors under their HF names, except that the embedding
 and unembedding hold only the rows of the tokens the data uses (``used_ids``) plus one ``fill`` row
-each for every other token; ``ossrun.demo`` scatters them into the full 201088 rows. Dense tensors
+each for every other token; ``ossrun.store.demo`` scatters them into the full 201088 rows. Dense tensors
 are BF16 (as raw 16-bit patterns), the experts MXFP4 blocks and scales, exactly as published
 gpt-oss checkpoints store them.
 

@@ -32,12 +32,12 @@ def llama_logits(path: str, ids: list[int]) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gguf", help="the demo GGUF (default: build/cache it with ossrun.demo)")
+    parser.add_argument("--gguf", help="the demo GGUF (default: build/cache it with ossrun.store.demo)")
     parser.add_argument("--state", default="demo/.cache/last-model.pt")
     parser.add_argument("--conversations", type=int, default=6)
     args = parser.parse_args()
     if args.gguf is None:
-        from ossrun.demo import demo_gguf
+        from ossrun.store.demo import demo_gguf
 
         args.gguf = str(demo_gguf())
     runner = TorchRunner(args.state)

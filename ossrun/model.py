@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
-from ossrun import harmony
-from ossrun.backend import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, Interrupted, PrefixStore, Sampling, common_prefix_length
+from ossrun.engine.protocol import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, Interrupted, PrefixStore, Sampling, common_prefix_length
 from ossrun.errors import ContextError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
+from ossrun.harmony.encoding import load_encoding, stop_tokens
+from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort, instructions_from
+from ossrun.harmony.parser import Turn, TurnParser
+from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox, run_tool_loop
 
 DEFAULT_CTX = 8192
@@ -49,9 +52,10 @@ def load(
     physical cores; ``verbose`` shows llama.cpp's own log; ``show_progress`` (default:
     stderr is a terminal) shows a loading indicator on stderr.
     """
-    from ossrun import engine as llama
-    from ossrun.gguf_header import check_gpt_oss
-    from ossrun.tiktoken_file import O200K_BASE_TOKENS, ensure_o200k
+    from ossrun.engine import llama
+    from ossrun.engine.gguf_header import check_gpt_oss
+    from ossrun.harmony.tiktoken_file import O200K_BASE_TOKENS, ensure_o200k
+    from ossrun.store.resolve import resolve
 
     resolved = resolve(model, pull=pull)
     path, name = resolved.path, resolved.name
@@ -63,36 +67,9 @@ def load(
         show_progress = sys.stderr.isatty()
     with _loading_indicator(name, show_progress) as on_progress:
         vocab_dir = ensure_o200k(header.identity, lambda: llama.read_token_bytes(path, O200K_BASE_TOKENS), name)
-        encoding = harmony.load_encoding(vocab_dir)
+        encoding = load_encoding(vocab_dir)
         engine = llama.LlamaEngine(header, n_ctx=ctx, threads=threads, on_progress=on_progress)
     return Model(engine, encoding, name=name, path=path)
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    path: Path  # the GGUF to open (the first file of a split model)
-    name: str
-    size_bytes: int  # all of its files
-
-
-def resolve(model: Union[str, os.PathLike, None], *, pull: bool = False) -> ResolvedModel:
-    """Where the GGUF of a path, ``"demo"`` or a registry name (None: the default) is, and what to call it.
-
-    A path is taken as it is: the GGUF checks before loading say what is wrong with it.
-    """
-    from ossrun.models import is_model_path, resolve_model
-
-    text = None if model is None else os.fspath(model)
-    if text is not None and (isinstance(model, os.PathLike) or is_model_path(text)):
-        path = Path(text).expanduser()
-        return ResolvedModel(path, path.stem, path.stat().st_size if path.is_file() else 0)
-    if text == "demo":
-        from ossrun.demo import demo_gguf
-
-        path = Path(demo_gguf())
-        return ResolvedModel(path, "demo", path.stat().st_size)
-    local = resolve_model(text, pull=pull)
-    return ResolvedModel(Path(local.path), local.name, local.size_bytes)
 
 
 @contextlib.contextmanager
@@ -122,7 +99,7 @@ def _loading_indicator(name: str, enabled: bool) -> Iterator[Optional[Callable[[
 class _Request:
     """One call's prompt settings and sampling."""
 
-    settings: harmony.PromptSettings
+    settings: PromptSettings
     history: tuple[Mapping[str, Any], ...]  # the messages minus system/developer entries
     sampling: Sampling
     max_tokens: Optional[int]
@@ -142,7 +119,7 @@ class _Prompt:
 
 @dataclass
 class _TurnResult:
-    turn: harmony.Turn
+    turn: Turn
     finish_reason: FinishReason
     evaluated: int = 0  # prompt tokens run through the model
     cached: int = 0  # prompt tokens reused from the KV cache or restored from disk
@@ -152,14 +129,14 @@ class _TurnResult:
 
 
 class Model:
-    """A loaded gpt-oss model. Works with any :class:`ossrun.backend.Engine`."""
+    """A loaded gpt-oss model. Works with any :class:`ossrun.engine.protocol.Engine`."""
 
     def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Optional[Path] = None):
         self.engine = engine
         self.encoding = encoding
         self.name = name
         self.path = path
-        self._stops = harmony.stop_tokens(encoding)
+        self._stops = stop_tokens(encoding)
 
     @property
     def n_ctx(self) -> int:
@@ -235,9 +212,9 @@ class Model:
         system = options.pop("system", None)
         tools, python_tool = options.pop("tools", None), options.pop("python_tool", False)
         toolbox = Toolbox.build(tools, python_tool)
-        settings = toolbox.prompt_settings(harmony.PromptSettings(
-            reasoning_effort=harmony.check_reasoning_effort(options.pop("reasoning_effort", harmony.DEFAULT_REASONING_EFFORT)),
-            instructions=system if system is not None else harmony.instructions_from(messages),
+        settings = toolbox.prompt_settings(PromptSettings(
+            reasoning_effort=check_reasoning_effort(options.pop("reasoning_effort", DEFAULT_REASONING_EFFORT)),
+            instructions=system if system is not None else instructions_from(messages),
         ))
         max_tool_rounds = int(options.pop("max_tool_rounds", DEFAULT_MAX_TOOL_ROUNDS))
         confirm = options.pop("confirm", None)
@@ -263,10 +240,10 @@ class Model:
         settings = request.settings
         budget = self.n_ctx - self._reply_reserve(request.max_tokens)
         turn_starts = [i for i, m in enumerate(history) if m.get("role") == "user" and i > 0]
-        prefix = harmony.render_prefix(self.encoding, settings)
+        prefix = render_prefix(self.encoding, settings)
         dropped = 0
         while True:
-            ids = harmony.render_prompt(self.encoding, history[dropped:], settings)
+            ids = render_prompt(self.encoding, history[dropped:], settings)
             if len(ids) <= budget:
                 shared = len(prefix) if ids[: len(prefix)] == prefix else 0
                 return _Prompt(ids, dropped, shared)
@@ -318,7 +295,7 @@ class Model:
         Yields the parser's events and returns a :class:`_TurnResult`.
         """
         engine, cancel, sampling = self.engine, request.cancel, request.sampling
-        parser = harmony.TurnParser(self.encoding)
+        parser = TurnParser(self.encoding)
         yield Prefill(self._pending(prompt))
         start = time.perf_counter()
         try:

@@ -235,7 +235,7 @@ def hf_config(config: TinyConfig) -> dict:
 
 def _copy_tokenizer(tokenizer_dir: Path, folder: Path) -> None:
     """The tokenizer files, plus the published chat template and generation config."""
-    from ossrun.vocab import TOKENIZER_FILES
+    from ossrun.harmony.vocab import TOKENIZER_FILES
 
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, folder / name)
@@ -280,7 +280,7 @@ def write_hf_checkpoint(
 def write_byte_tokenizer(folder: Path) -> Path:
     """A minimal byte-level BPE tokenizer (256 bytes, one merge, bos/eos/pad at 257..259) for tests
     about tensors, where reading o200k's 200k tokens back would only cost time. Fits 320 rows."""
-    from ossrun.vocab import token_to_text
+    from ossrun.harmony.vocab import token_to_text
 
     vocab = {token_to_text(bytes([b])): b for b in range(256)}
     vocab[token_to_text(b" t")] = 256

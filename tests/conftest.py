@@ -29,19 +29,20 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def encoding():
     """The real gpt-oss harmony encoding, loaded offline from ossrun's packaged vocabulary."""
-    from ossrun import harmony
+    from ossrun.harmony.encoding import load_encoding
 
-    return harmony.load_encoding(VOCAB_DIR)
+    return load_encoding(VOCAB_DIR)
 
 
 @pytest.fixture
 def scripted(monkeypatch, encoding):
     """Make ``ossrun run``/``chat`` load a Model over a scripted engine (tests/scripted.py);
     ``scripted(*scripts)`` returns the list of engines made."""
+    from scripted import ScriptedEngine
+
     from ossrun.cli import options
     from ossrun.model import Model
-    from ossrun.registry import load_registry
-    from scripted import ScriptedEngine
+    from ossrun.store.registry import load_registry
 
     engines = []
 
@@ -64,7 +65,7 @@ def scripted(monkeypatch, encoding):
 def o200k_tokenizer_dir(tmp_path_factory) -> Path:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json of o200k_harmony,
     built from ossrun/data/o200k_base.tiktoken as gpt-oss publishes them."""
-    from ossrun.vocab import write_tokenizer_files
+    from ossrun.harmony.vocab import write_tokenizer_files
 
     return write_tokenizer_files(VOCAB_DIR / "o200k_base.tiktoken", tmp_path_factory.mktemp("o200k-tokenizer"))
 

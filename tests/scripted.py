@@ -1,6 +1,6 @@
 """A scripted engine for REPL transcripts: replays harmony token streams, records what it evaluated.
 
-It implements ``ossrun.backend.Engine`` like the llama.cpp one, minus the model:
+It implements ``ossrun.engine.protocol.Engine`` like the llama.cpp one, minus the model:
 its cache is the list of evaluated tokens (so prefix reuse is real and counted),
 and each turn's "sampled" tokens come from a script written as harmony text and
 encoded with the real o200k_harmony encoding. A script can also press Ctrl-C
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ossrun.backend import Interrupted, PrefillStats, Sampling, common_prefix_length
+from ossrun.engine.protocol import Interrupted, PrefillStats, Sampling, common_prefix_length
 
 DEFAULT_N_CTX = 4096
 

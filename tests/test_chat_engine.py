@@ -23,11 +23,11 @@ import time
 import pytest
 
 import ossrun
-from ossrun import harmony
-from ossrun.backend import common_prefix_length
-from ossrun.display import Screen
+from ossrun.engine.protocol import common_prefix_length
 from ossrun.events import Done
-from ossrun.repl import Repl, StreamReader
+from ossrun.harmony.prompt import PromptSettings, render_prefix
+from ossrun.terminal.display import Screen
+from ossrun.terminal.repl import Repl, StreamReader
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_each_turn_evaluates_only_its_new_tokens_and_a_new_session_reads_the_pre
     assert transcript.count("\nprompt ") == 3
 
     # A new session with the same settings restores the system prefix from disk.
-    prefix = harmony.render_prefix(encoding, harmony.PromptSettings(date=DATE))
+    prefix = render_prefix(encoding, PromptSettings(date=DATE))
     again = Recorder(ossrun.load(tiny_gguf, ctx=2048, threads=2))
     try:
         transcript = chat(again, "Hello there\n")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ossrun.conversation import Conversation
 from ossrun.errors import ConversationError, OssrunError
 from ossrun.events import Reply, Timings, Usage
+from ossrun.terminal.conversation import Conversation
 
 
 def make_reply(final: str, reasoning: str = "", dropped: int = 0) -> Reply:

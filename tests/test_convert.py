@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import checkpoints
 import gguf
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
-
-import checkpoints
 import reference_forward
+from gguf import GGMLQuantizationType as Q
 from ossrun.convert import OUTTYPES, convert
+
 from ossrun.errors import ConvertError
 
 

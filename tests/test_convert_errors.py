@@ -14,10 +14,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import checkpoints
 import numpy as np
 import pytest
 
-import checkpoints
 from ossrun.cli import main
 
 
@@ -252,6 +252,7 @@ def test_shard_gone_mid_conversion_is_a_read_error(broken, out):
     # The last shard disappears after the first chunk is written (before it is opened): the
     # message names the shard that cannot be read, not the GGUF being written.
     from ossrun.convert import convert
+
     from ossrun.errors import ConvertError
 
     shard = checkpoints.shard_paths(broken)[-1]

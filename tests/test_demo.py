@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 import ossrun
-from ossrun import demo, harmony
-from ossrun.backend import Sampling
+from ossrun.engine.protocol import Sampling
+from ossrun.harmony.encoding import stop_tokens
+from ossrun.store import demo
 
 # demo/ holds the training pipeline; its task tables, held-out split and answer checks need no torch.
 sys.path.append(str(Path(__file__).resolve().parents[1]))
@@ -69,7 +70,7 @@ def test_torch_is_not_needed():
 def test_the_gguf_is_a_full_size_gpt_oss_with_mxfp4_experts(demo_build):
     import gguf
 
-    from ossrun.gguf_header import check_gpt_oss
+    from ossrun.engine.gguf_header import check_gpt_oss
 
     header = check_gpt_oss(demo_build)
     tensors = {t.name: t for t in header.tensors}
@@ -140,7 +141,7 @@ def test_unused_tokens_can_never_be_sampled(demo_model, encoding):
             assert logits[unused].max() < logits[~unused].max() - 1000
             token = engine.sample(Sampling(temperature=1.0, seed=1))
             assert not unused[token]
-            if token in harmony.stop_tokens(encoding):
+            if token in stop_tokens(encoding):
                 break
             engine.append(token)
 
@@ -241,9 +242,9 @@ def test_chat_starts_with_the_demo_until_the_default_model_is_downloaded(demo_ho
 
 
 def test_chat_effort_changes_the_length_of_the_analysis(demo_model):
-    from ossrun.conversation import Conversation
-    from ossrun.display import Screen
-    from ossrun.repl import Repl, StreamReader
+    from ossrun.terminal.conversation import Conversation
+    from ossrun.terminal.display import Screen
+    from ossrun.terminal.repl import Repl, StreamReader
 
     buffer = io.StringIO()
     repl = Repl(demo_model, Screen.create(buffer, buffer),

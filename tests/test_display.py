@@ -9,10 +9,10 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 
-from ossrun import markdown_stream
-from ossrun.display import Screen, TurnView, stats_line
 from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, Prefill, ReasoningDelta, Reply, Timings, ToolCall, Usage
-from ossrun.markdown_stream import AlignedMarkdown, MarkdownStream
+from ossrun.terminal import markdown_stream
+from ossrun.terminal.display import Screen, TurnView, stats_line
+from ossrun.terminal.markdown_stream import AlignedMarkdown, MarkdownStream
 
 WIDTH, HEIGHT = 72, 24
 

@@ -13,10 +13,10 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from ossrun.backend import Interrupted, Sampling
-from ossrun.engine import LlamaEngine, build_sampler_chain, read_token_bytes
+from ossrun.engine.gguf_header import check_gpt_oss
+from ossrun.engine.llama import LlamaEngine, build_sampler_chain, read_token_bytes
+from ossrun.engine.protocol import Interrupted, Sampling
 from ossrun.errors import ContextError
-from ossrun.gguf_header import check_gpt_oss
 
 pytestmark = pytest.mark.slow
 
@@ -206,8 +206,8 @@ def test_ctrl_c_stops_a_long_prefill_with_keyboard_interrupt(tiny_gguf):
         f"""
         import os, signal, threading, time
         import numpy as np
-        from ossrun.engine import LlamaEngine
-        from ossrun.gguf_header import check_gpt_oss
+        from ossrun.engine.llama import LlamaEngine
+        from ossrun.engine.gguf_header import check_gpt_oss
         # As in a terminal, whatever the test runner's parent did with SIGINT (a background job ignores it).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         engine = LlamaEngine(check_gpt_oss({str(tiny_gguf)!r}), n_ctx=16384, threads=1, cache_dir={str(tiny_gguf.parent)!r})

@@ -9,9 +9,9 @@ import gguf
 import numpy as np
 import pytest
 
-from ossrun.engine import check_memory
+from ossrun.engine.gguf_header import check_gpt_oss, read_header
+from ossrun.engine.llama import check_memory
 from ossrun.errors import ModelError
-from ossrun.gguf_header import check_gpt_oss, read_header
 from ossrun.units import format_memory
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ossrun import harmony
 from ossrun.errors import ConversationError, OssrunError
 from ossrun.events import FinalDelta, Notice, ReasoningDelta, ToolCall
+from ossrun.harmony.parser import TurnParser
+from ossrun.harmony.messages import REASONING_EFFORTS, check_reasoning_effort
+from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
 
 GOLDEN = Path(__file__).parent / "golden"
 DATE = "2026-01-15"
@@ -39,25 +41,25 @@ def check_golden(encoding, name: str, ids: list[int]) -> None:
         )
 
 
-@pytest.mark.parametrize("effort", harmony.REASONING_EFFORTS)
+@pytest.mark.parametrize("effort", REASONING_EFFORTS)
 def test_prompt_for_each_effort(encoding, effort):
-    settings = harmony.PromptSettings(reasoning_effort=effort, date=DATE)
-    ids = harmony.render_prompt(encoding, [{"role": "user", "content": "Hello"}], settings)
+    settings = PromptSettings(reasoning_effort=effort, date=DATE)
+    ids = render_prompt(encoding, [{"role": "user", "content": "Hello"}], settings)
     check_golden(encoding, f"prompt_{effort}", ids)
     assert f"Reasoning: {effort}" in encoding.decode_utf8(ids)
 
 
 def test_prompt_with_developer_instructions(encoding):
-    settings = harmony.PromptSettings(instructions="Answer like a pirate.", date=DATE)
-    ids = harmony.render_prompt(encoding, [{"role": "user", "content": "Hello"}], settings)
+    settings = PromptSettings(instructions="Answer like a pirate.", date=DATE)
+    ids = render_prompt(encoding, [{"role": "user", "content": "Hello"}], settings)
     check_golden(encoding, "prompt_developer", ids)
     text = encoding.decode_utf8(ids)
     assert "<|start|>developer<|message|># Instructions\n\nAnswer like a pirate.<|end|>" in text
 
 
 def test_multi_turn_history_drops_finished_analysis(encoding):
-    settings = harmony.PromptSettings(date=DATE)
-    ids = harmony.render_prompt(encoding, HISTORY, settings)
+    settings = PromptSettings(date=DATE)
+    ids = render_prompt(encoding, HISTORY, settings)
     check_golden(encoding, "prompt_multi_turn", ids)
     text = encoding.decode_utf8(ids)
     assert "Simple arithmetic" not in text
@@ -71,43 +73,43 @@ def test_analysis_stays_inside_an_unfinished_tool_chain(encoding):
          "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "name": "get_weather", "content": '{"temp": 21}'},
     ]
-    text = encoding.decode_utf8(harmony.render_prompt(encoding, history, harmony.PromptSettings(date=DATE)))
+    text = encoding.decode_utf8(render_prompt(encoding, history, PromptSettings(date=DATE)))
     assert "<|channel|>analysis<|message|>Need the weather tool.<|end|>" in text
     assert '<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{"city": "Paris"}<|call|>' in text
     assert '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temp": 21}<|end|>' in text
     finished = history + [{"role": "assistant", "reasoning": "It is 21.", "content": "21 degrees."}]
-    text = encoding.decode_utf8(harmony.render_prompt(encoding, finished + [{"role": "user", "content": "Thanks"}],
-                                                      harmony.PromptSettings(date=DATE)))
+    text = encoding.decode_utf8(render_prompt(encoding, finished + [{"role": "user", "content": "Thanks"}],
+                                                      PromptSettings(date=DATE)))
     assert "Need the weather tool." not in text and "It is 21." not in text
 
 
 def test_prefix_is_a_prefix_of_every_prompt(encoding):
-    settings = harmony.PromptSettings(reasoning_effort="high", instructions="Be brief.", date=DATE)
-    prefix = harmony.render_prefix(encoding, settings)
-    prompt = harmony.render_prompt(encoding, HISTORY, settings)
+    settings = PromptSettings(reasoning_effort="high", instructions="Be brief.", date=DATE)
+    prefix = render_prefix(encoding, settings)
+    prompt = render_prompt(encoding, HISTORY, settings)
     assert len(prefix) > 20 and prompt[: len(prefix)] == prefix
 
 
 def test_pinned_date(encoding, monkeypatch):
     monkeypatch.setenv("OSSRUN_DATE", "2025-03-04")
-    ids = harmony.render_prompt(encoding, [{"role": "user", "content": "Hi"}], harmony.PromptSettings())
+    ids = render_prompt(encoding, [{"role": "user", "content": "Hi"}], PromptSettings())
     assert "Current date: 2025-03-04" in encoding.decode_utf8(ids)
     monkeypatch.setenv("OSSRUN_DATE", "yesterday")
     with pytest.raises(OssrunError, match="OSSRUN_DATE"):
-        harmony.render_prompt(encoding, [{"role": "user", "content": "Hi"}], harmony.PromptSettings())
+        render_prompt(encoding, [{"role": "user", "content": "Hi"}], PromptSettings())
 
 
 def test_bad_inputs(encoding):
     with pytest.raises(OssrunError, match="unknown reasoning effort 'extreme'"):
-        harmony.check_reasoning_effort("extreme")
+        check_reasoning_effort("extreme")
     with pytest.raises(ConversationError, match="message 1 has an unknown role 'robot'"):
-        harmony.render_prompt(encoding, [{"role": "robot", "content": "x"}], harmony.PromptSettings(date=DATE))
+        render_prompt(encoding, [{"role": "robot", "content": "x"}], PromptSettings(date=DATE))
     with pytest.raises(ConversationError, match="message 1: content must be a string"):
-        harmony.render_prompt(encoding, [{"role": "user", "content": 5}], harmony.PromptSettings(date=DATE))
+        render_prompt(encoding, [{"role": "user", "content": 5}], PromptSettings(date=DATE))
 
 
 def parse(encoding, text: str):
-    parser = harmony.TurnParser(encoding)
+    parser = TurnParser(encoding)
     events = []
     for token in encoding.encode(text, allowed_special="all"):
         events += parser.feed(token)
@@ -161,7 +163,7 @@ def test_stop_after_end_is_not_malformed(encoding):
 def test_raw_text_keeps_characters_split_across_tokens(encoding):
     emoji = encoding.encode("😀🎉")  # 🎉 spans two tokens
     assert len(emoji) == 3
-    parser = harmony.TurnParser(encoding)
+    parser = TurnParser(encoding)
     events = []
     for token in encoding.encode("<|channel|>nonsense<|message|>", allowed_special="all") + emoji:
         events += parser.feed(token)
@@ -187,7 +189,7 @@ def test_raw_mode_decodes_each_token_once(encoding):
             CountingEncoding.decoded += len(tokens)
             return encoding.decode(tokens)
 
-    parser = harmony.TurnParser(CountingEncoding())
+    parser = TurnParser(CountingEncoding())
     parser.feed(encoding.encode("<|message|>", allowed_special="all")[0])  # no channel: malformed
     (word,) = encoding.encode(" word")
     for _ in range(5000):

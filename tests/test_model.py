@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 import ossrun
-from ossrun import harmony, home
-from ossrun.backend import Sampling
+from ossrun import home
+from ossrun.engine.gguf_header import read_header
+from ossrun.engine.protocol import Sampling
 from ossrun.errors import ContextError, ModelError, OssrunError, VocabError
 from ossrun.events import Done, FinalDelta, Notice, ReasoningDelta
-from ossrun.gguf_header import read_header
-from ossrun.tiktoken_file import O200K_BASE_SHA256
+from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
+from ossrun.harmony.tiktoken_file import O200K_BASE_SHA256
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +115,7 @@ def test_the_system_prefix_is_cached_on_disk_for_the_next_session(tiny_gguf):
     first = load(tiny_gguf)
     try:
         prompt = first.render(QUESTION)
-        prefix = harmony.render_prefix(first.encoding, harmony.PromptSettings(date=DATE))
+        prefix = render_prefix(first.encoding, PromptSettings(date=DATE))
         assert prompt[: len(prefix)] == prefix
         assert first.pending_tokens(QUESTION) == len(prompt)
         reply = first.chat(QUESTION, max_tokens=1)
@@ -161,7 +162,7 @@ def long_history(turns: int) -> list[dict]:
 
 def test_context_overflow_drops_the_oldest_turns_with_a_notice(small_model):
     history = long_history(turns=8)
-    assert len(harmony.render_prompt(small_model.encoding, history, harmony.PromptSettings(date=DATE))) > 512
+    assert len(render_prompt(small_model.encoding, history, PromptSettings(date=DATE))) > 512
     events = list(small_model.stream(history, max_tokens=4, seed=0))
     notice, reply = events[0], events[-1].reply
     dropped = reply.extra["dropped_messages"]
@@ -171,9 +172,9 @@ def test_context_overflow_drops_the_oldest_turns_with_a_notice(small_model):
     )
     assert dropped % 2 == 0 and history[dropped]["role"] == "user"  # whole turns, oldest first
     budget = 512 - 4  # room is kept for the reply: max_tokens, at most a quarter of the context
-    settings = harmony.PromptSettings(date=DATE)
-    kept = harmony.render_prompt(small_model.encoding, history[dropped:], settings)
-    one_more = harmony.render_prompt(small_model.encoding, history[dropped - 2 :], settings)
+    settings = PromptSettings(date=DATE)
+    kept = render_prompt(small_model.encoding, history[dropped:], settings)
+    one_more = render_prompt(small_model.encoding, history[dropped - 2 :], settings)
     assert len(kept) <= budget < len(one_more)  # no more than needed
     assert reply.usage.prompt_tokens == len(kept)
     assert small_model.render(history, max_tokens=4) == kept
@@ -259,7 +260,7 @@ def test_another_architecture_is_refused(tmp_path):
 
 
 def test_a_model_that_does_not_fit_in_memory_is_refused_with_the_numbers(tiny_gguf, monkeypatch):
-    from ossrun import engine
+    from ossrun.engine import llama as engine
     from ossrun.units import format_memory
 
     monkeypatch.setattr(engine, "available_memory", lambda: 32 * 2**20)
@@ -297,7 +298,7 @@ def test_llama_cpp_logs_stay_off_stderr_unless_verbose(tiny_gguf, tmp_path, verb
 
 
 def test_vocabulary_derived_from_the_model_checked_and_cached(tiny_gguf, monkeypatch):
-    from ossrun import engine
+    from ossrun.engine import llama as engine
 
     calls = []
     real_read = engine.read_token_bytes
@@ -336,7 +337,7 @@ def test_a_model_with_another_vocabulary_is_refused(tiny_gguf, tmp_path):
 
 def test_copy_of_a_model_is_checked_again(tiny_gguf, tmp_path, monkeypatch):
     """The vocabulary check is remembered per model file (path, size, mtime), not per name."""
-    from ossrun import engine
+    from ossrun.engine import llama as engine
 
     calls = []
     real_read = engine.read_token_bytes

@@ -18,9 +18,13 @@ import venv
 import zipfile
 from pathlib import Path
 
-import pytest
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 import checkpoints
+import pytest
 
 pytestmark = pytest.mark.slow
 
@@ -36,20 +40,24 @@ def wheel_sources(folder: str, names: list[str]) -> set[str]:
     ignored = set(COPY_IGNORE(folder, names))
     return ignored | (TOP_LEVEL_IGNORE & set(names)) if Path(folder) == ROOT else ignored
 
-# Run inside the interpreter under test, from a folder outside the repository.
+# Run inside the interpreter under test, from a folder outside the repository: every package
+# pyproject.toml lists is imported, and where it was found is reported.
 PROBE = """
-import importlib.resources, importlib.util, json, ossrun, ossrun.convert, ossrun.convert.mxfp4
+import importlib, importlib.resources, importlib.util, json, sys, ossrun.convert.mxfp4
 print(json.dumps({
-    "ossrun": ossrun.__file__,
-    "convert": ossrun.convert.__file__,
+    "packages": {name: importlib.import_module(name).__file__ for name in sys.argv[1:]},
     "top_level_convert": importlib.util.find_spec("convert") is not None,
     "models_toml": importlib.resources.files("ossrun").joinpath("models.toml").read_text(),
 }))
 """
 
 
+def listed_packages() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+
+
 def probe(python: Path, cwd: Path) -> dict:
-    result = subprocess.run([str(python), "-c", PROBE], capture_output=True, text=True, cwd=cwd, check=True)
+    result = subprocess.run([str(python), "-c", PROBE, *listed_packages()], capture_output=True, text=True, cwd=cwd, check=True)
     return json.loads(result.stdout)
 
 
@@ -94,30 +102,38 @@ def test_wheel_contents(wheel):
         assert f"ossrun/data/{name}" in names
 
 
+def test_every_package_is_listed():
+    """Each folder of ossrun/ with an __init__.py is a package pyproject.toml installs."""
+    folders = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "ossrun").rglob("__init__.py")}
+    assert folders | {"ossrun.convert"} == set(listed_packages())
+
+
 def test_wheel_install(wheel_python, tmp_path):
     found = probe(wheel_python, tmp_path)
     site = Path(wheel_python).parent.parent
-    assert Path(found["ossrun"]).is_relative_to(site) and Path(found["convert"]).is_relative_to(site)
-    assert Path(found["convert"]).parent.name == "convert" and Path(found["convert"]).parent.parent.name == "ossrun"
+    for name, file in found["packages"].items():
+        assert Path(file).is_relative_to(site), name
+        assert Path(file).parent.relative_to(site).parts[-len(name.split(".")):] == tuple(name.split("."))
     assert not found["top_level_convert"]
     assert found["models_toml"] == (ROOT / "models.toml").read_text()
 
 
 def test_editable_install(tmp_path):
     found = probe(Path(sys.executable), tmp_path)
-    assert Path(found["convert"]) == ROOT / "convert" / "__init__.py"
+    assert Path(found["packages"]["ossrun.convert"]) == ROOT / "convert" / "__init__.py"
+    assert Path(found["packages"]["ossrun.engine"]) == ROOT / "ossrun" / "engine" / "__init__.py"
     assert not found["top_level_convert"]
     assert found["models_toml"] == (ROOT / "models.toml").read_text()
 
 
 def test_the_wheels_demo_model_is_the_same_file(wheel_python, tmp_path, monkeypatch):
     """The installed package data builds the demo GGUF, byte for byte the editable install's."""
-    build = "from ossrun import demo; print(demo.demo_gguf())"
+    build = "from ossrun.store import demo; print(demo.demo_gguf())"
     env = {**os.environ, "OSSRUN_HOME": str(tmp_path / "wheel-home")}
     result = subprocess.run([str(wheel_python), "-c", build], capture_output=True, text=True, check=True, cwd=tmp_path, env=env)
     from_wheel = Path(result.stdout.strip())
     assert from_wheel.is_relative_to(tmp_path / "wheel-home")
-    from ossrun import demo
+    from ossrun.store import demo
 
     monkeypatch.setenv("OSSRUN_HOME", str(tmp_path / "editable-home"))
     assert filecmp.cmp(from_wheel, demo.demo_gguf(), shallow=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ossrun.prefix_cache import PrefixCache
+from ossrun.engine.prefix_cache import PrefixCache
 
 IDENTITY = {"path": "/models/m.gguf", "size": 123, "mtime_ns": 1, "n_ctx": 8192, "llama_cpp": "x"}
 TOKENS = [200006, 17360, 200008, 3575, 553]

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hubserver import HubServer
-from ossrun import integrity
+
 from ossrun.errors import ModelError
-from ossrun.models import HUB, resolve_model
-from ossrun.registry import user_file
+from ossrun.store import integrity
+from ossrun.store.local import HUB
+from ossrun.store.registry import user_file
+from ossrun.store.resolve import resolve_model
 from ossrun.units import format_size
 
 MIB = 1 << 20
@@ -286,7 +287,7 @@ def test_a_repo_missing_from_the_hub_is_one_line(hub):
 
 
 def test_resolve_with_pull_downloads_first(hub):
-    code = "from ossrun.models import resolve_model; m = resolve_model('t', pull=True); print(m.path, m.source)"
+    code = "from ossrun.store.resolve import resolve_model; m = resolve_model('t', pull=True); print(m.path, m.source)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=CLI_TIMEOUT_SECONDS)
     assert result.returncode == 0, result.stderr
     path, source = result.stdout.split()

@@ -31,3 +31,28 @@ def test_the_python_example_runs(tiny_gguf):
     stats = [line for line in lines if line.startswith("length {'prompt_tokens': ")]
     assert len(stats) == 1 and "'completion_tokens': 6}" in stats[0] and "'decode_tps': " in stats[0]
     assert lines[-1] == "[6 tokens]"
+
+
+def errors_example() -> str:
+    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[1]
+
+
+@pytest.mark.slow
+def test_the_errors_example_catches_a_prompt_too_long_for_the_context(tiny_gguf):
+    """The README's error example, with a history that does not fit a 256-token context."""
+    code = errors_example()
+    assert "except ContextError:" in code and "except OssrunError as exc:" in code
+    setup = (
+        "import ossrun\n"
+        f"model = ossrun.load({str(tiny_gguf)!r}, ctx=256)\n"
+        "messages = [{'role': 'user', 'content': 'word ' * 400}]\n"
+    )
+    check = (
+        "\nassert len(messages) == 1 and 'reply' not in dir()  # chat raised ContextError\n"
+        "try:\n    model.chat([{'role': 'user', 'content': 'x'}], reasoning_effort='extreme')\n"
+        "except OssrunError as exc:\n    print(f'error: {exc}')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", setup + code + check], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "error: unknown reasoning effort 'extreme': use low, medium or high"

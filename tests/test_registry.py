@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from ossrun.errors import ModelError, RegistryError
-from ossrun.models import FILE, memory_shortfall, resolve_model
-from ossrun.registry import builtin_file, load_registry, load_registry_files, user_file
+from ossrun.store.local import FILE, memory_shortfall
+from ossrun.store.registry import builtin_file, load_registry, load_registry_files, user_file
+from ossrun.store.resolve import resolve_model
 from ossrun.units import format_memory, format_size, parse_count, parse_size
 
 ROOT = Path(__file__).parent.parent

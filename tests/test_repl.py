@@ -12,13 +12,13 @@ import json
 import re
 
 import pytest
-
-from ossrun.backend import Sampling
-from ossrun.conversation import Conversation
-from ossrun.display import Screen
-from ossrun.model import Model
-from ossrun.repl import Repl, StreamReader
 from scripted import Script, ScriptedEngine, reply
+
+from ossrun.engine.protocol import Sampling
+from ossrun.model import Model
+from ossrun.terminal.conversation import Conversation
+from ossrun.terminal.display import Screen
+from ossrun.terminal.repl import Repl, StreamReader
 
 DATE = "2026-01-15"
 

@@ -15,9 +15,9 @@ import sys
 import time
 
 import pytest
-
-from ossrun import harmony
 from scripted import Script, invoke, reply
+
+from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
 
 DATE = "2026-01-15"
 ANSWER = reply("The user wants primes.", "2, 3 and 5.")
@@ -95,8 +95,8 @@ def test_ctrl_c_exits_130_with_the_partial_answer(scripted, capsys):
 def test_show_prompt_prints_the_harmony_prompt_without_generating(scripted, capsys, encoding):
     engines = scripted()
     code, out, err = invoke(capsys, "run", "--show-prompt", "-r", "low", "--system", "Be terse.", "Hello")
-    settings = harmony.PromptSettings(reasoning_effort="low", instructions="Be terse.", date=DATE)
-    expected = encoding.decode_utf8(harmony.render_prompt(encoding, [{"role": "user", "content": "Hello"}], settings))
+    settings = PromptSettings(reasoning_effort="low", instructions="Be terse.", date=DATE)
+    expected = encoding.decode_utf8(render_prompt(encoding, [{"role": "user", "content": "Hello"}], settings))
     assert (code, out, err) == (0, expected + "\n", "")
     assert expected.startswith("<|start|>system<|message|>") and "Reasoning: low" in expected
     assert engines[0].prompts == []  # nothing was evaluated
@@ -135,9 +135,9 @@ def test_run_json_on_the_real_engine_and_the_disk_prefix_cache(tiny_gguf, tmp_pa
     assert "Traceback" not in first.stderr
     data = json.loads(first.stdout)
     assert list(data) == JSON_KEYS
-    settings = harmony.PromptSettings(date=DATE)
-    prompt = harmony.render_prompt(encoding, [{"role": "user", "content": "What is 2+2?"}], settings)
-    prefix = harmony.render_prefix(encoding, settings)
+    settings = PromptSettings(date=DATE)
+    prompt = render_prompt(encoding, [{"role": "user", "content": "What is 2+2?"}], settings)
+    prefix = render_prefix(encoding, settings)
     assert data["model"] == "tiny-gpt-oss" and data["reasoning_effort"] == "medium"
     assert data["finish_reason"] == "length"
     assert data["usage"] == {"prompt_tokens": len(prompt), "cached_tokens": 0, "completion_tokens": 4}

@@ -8,14 +8,14 @@ import re
 import textwrap
 
 import pytest
+from scripted import ScriptedEngine, invoke, reply
 
 from ossrun.cli import options
-from ossrun.conversation import Conversation
-from ossrun.display import Screen
 from ossrun.model import Model
-from ossrun.repl import Repl, StreamReader
+from ossrun.terminal.conversation import Conversation
+from ossrun.terminal.display import Screen
+from ossrun.terminal.repl import Repl, StreamReader
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, PythonSandbox, Toolbox, load_functions
-from scripted import ScriptedEngine, invoke, reply
 
 DATE = "2026-01-15"
 FUNCTIONS = '''
@@ -237,7 +237,7 @@ def test_cli_default_round_limit_matches_the_library():
 
 
 def test_repl_counts_the_tool_declarations_in_what_a_change_costs(encoding, functions_file):
-    from ossrun.backend import common_prefix_length
+    from ossrun.engine.protocol import common_prefix_length
 
     toolbox = Toolbox(load_functions(functions_file))
     engine, repl, transcript = repl_session(encoding, [WEATHER_CALL, WEATHER_ANSWER], "Weather?\n/effort high\n",

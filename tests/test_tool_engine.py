@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import pytest
 
-from ossrun.backend import Sampling
+from ossrun.engine.protocol import Sampling
 from ossrun.events import Done, ToolCall, ToolResult
 from ossrun.tools import PythonSandbox
 
@@ -173,10 +173,10 @@ def test_the_cli_with_tools_on_the_real_engine(tiny_gguf, tmp_path, encoding):
     data = json.loads(done.stdout)
     assert data["finish_reason"] in ("stop", "length", "tool_calls") and isinstance(data["tool_calls"], list)
     # The prompt declared the python tool and get_weather.
-    from ossrun import harmony
+    from ossrun.harmony.prompt import PromptSettings, render_prompt
     from ossrun.tools import Toolbox
 
     with Toolbox.from_options([functions], ["python"]) as toolbox:
-        settings = toolbox.prompt_settings(harmony.PromptSettings(date="2026-01-15"))
-        expected = harmony.render_prompt(encoding, [{"role": "user", "content": "Hi"}], settings)
+        settings = toolbox.prompt_settings(PromptSettings(date="2026-01-15"))
+        expected = render_prompt(encoding, [{"role": "user", "content": "Hi"}], settings)
     assert data["usage"]["prompt_tokens"] == len(expected)

@@ -7,7 +7,7 @@ from typing import Literal
 import openai_harmony as oh
 import pytest
 
-from ossrun import harmony
+from ossrun.harmony.prompt import PromptSettings, render_prompt
 from ossrun.tools import PythonSandbox, Toolbox
 
 DATE = "2026-01-15"
@@ -91,8 +91,8 @@ def sandbox():
 
 def test_prompt_with_functions_python_and_a_tool_chain_equals_openai_harmony(encoding, sandbox):
     toolbox = Toolbox.build([get_weather, get_time, SEARCH], python_tool=sandbox)
-    settings = toolbox.prompt_settings(harmony.PromptSettings(instructions="Be brief.", date=DATE))
-    ids = harmony.render_prompt(encoding, HISTORY, settings)
+    settings = toolbox.prompt_settings(PromptSettings(instructions="Be brief.", date=DATE))
+    ids = render_prompt(encoding, HISTORY, settings)
     expected = expected_prompt(encoding, sandbox.description())
     if ids != expected:
         first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
@@ -116,7 +116,7 @@ def test_entries_from_the_tool_loop_render_like_harmony_would(encoding):
     result = ToolResult(call, '{"temperature": 21}')
     history = [{"role": "user", "content": "Weather?"},
                {"role": "assistant", "content": "", "tool_calls": [call.to_dict()]}, result.message()]
-    text = encoding.decode_utf8(harmony.render_prompt(encoding, history, harmony.PromptSettings(date=DATE)))
+    text = encoding.decode_utf8(render_prompt(encoding, history, PromptSettings(date=DATE)))
     assert text.endswith(
         '<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
         '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temperature": 21}<|end|>'

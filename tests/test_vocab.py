@@ -1,4 +1,4 @@
-"""ossrun.vocab: the o200k_harmony tokenizer.json built from o200k_base.tiktoken."""
+"""ossrun.harmony.vocab: the o200k_harmony tokenizer.json built from o200k_base.tiktoken."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import tokenizers
 
-from ossrun import vocab
 from ossrun.errors import VocabError
+from ossrun.harmony import vocab
+from ossrun.store.demo import vocab_file
 
 REFERENCE_TOKENIZER_CONFIG = Path(__file__).parent / "data" / "gpt-oss-20b" / "tokenizer_config.json"
 
@@ -38,7 +39,7 @@ def test_tokenizer_json_encodes_like_harmony(hf_tokenizer, encoding, text):
 
 def test_every_rank_is_one_token(hf_tokenizer, encoding):
     # Every o200k token decodes to its own bytes and re-encodes to itself (checks vocab and merges).
-    ranks = vocab.read_tiktoken(Path(vocab.__file__).parent / "data" / "o200k_base.tiktoken")
+    ranks = vocab.read_tiktoken(vocab_file())  # the vocabulary ossrun ships
     sample = [token for token, rank in ranks.items() if rank % 97 == 0]
     for token in sample:
         text = token.decode("utf-8", errors="strict") if _is_utf8(token) else None

@@ -55,9 +55,9 @@ def register(app: typer.Typer) -> None:
         yes: opt.Yes = False,
         max_tool_rounds: opt.MaxToolRounds = opt.DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
-        from ossrun.conversation import Conversation
-        from ossrun.display import Screen
-        from ossrun.repl import Repl, StreamReader, TerminalReader
+        from ossrun.terminal.conversation import Conversation
+        from ossrun.terminal.display import Screen
+        from ossrun.terminal.repl import Repl, StreamReader, TerminalReader
 
         name = opt.pick_model(model_argument, model, demo)
         tools = opt.toolbox(functions, tool)  # a bad --functions file fails before the model loads

@@ -18,8 +18,8 @@ def list_models() -> None:
 
     Example: ossrun models
     """
-    from ossrun.models import CONVERTED, local_copies, partial_bytes
-    from ossrun.registry import load_registry, user_file
+    from ossrun.store.local import CONVERTED, local_copies, partial_bytes
+    from ossrun.store.registry import load_registry, user_file
     from ossrun.units import format_count, format_memory, format_size
 
     registry = load_registry()
@@ -75,7 +75,7 @@ def pull(
 
     Examples: ossrun pull 20b; ossrun pull gpt-oss-20b --from-safetensors
     """
-    from ossrun.pull import pull as pull_model
+    from ossrun.store.pull import pull as pull_model
 
     typer.echo(str(pull_model(name, from_safetensors=from_safetensors, layout=layout.value).path))
 
@@ -85,7 +85,7 @@ def remove(name: Annotated[str, typer.Argument(metavar="NAME", help="Registry na
 
     Example: ossrun rm 20b
     """
-    from ossrun.models import remove_model
+    from ossrun.store.local import remove_model
 
     for path in remove_model(name):
         typer.echo(f"removed {path}")

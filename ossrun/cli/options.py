@@ -10,18 +10,17 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort
+
 # models.toml names the default; this is for help texts, which must not read files
 DEFAULT_MODEL_HELP = "the registry's default, gpt-oss-20b"
 DEFAULT_CTX = 8192
-DEFAULT_EFFORT = "medium"
+DEFAULT_EFFORT = DEFAULT_REASONING_EFFORT
 DEFAULT_MAX_TOOL_ROUNDS = 8  # ossrun.tools.DEFAULT_MAX_TOOL_ROUNDS, not imported: it loads openai_harmony
 
 
 def _check_effort(value: str) -> str:
     # Raises an OssrunError, not a usage error: one line "error: ..." from main(), exit code 1.
-    # Imported here: harmony loads openai_harmony, which --help does not need.
-    from ossrun.harmony import check_reasoning_effort
-
     return check_reasoning_effort(value)
 
 
@@ -94,7 +93,7 @@ def pick_model(argument: Optional[str], option: Optional[str], demo: bool = Fals
 def default_model_or_demo() -> tuple[str, Optional[str]]:
     """The default model if it is on disk; else the demo model and a notice saying how to get the real one."""
     from ossrun.errors import ModelError
-    from ossrun.models import resolve_model
+    from ossrun.store.resolve import resolve_model
 
     try:
         return resolve_model(None).name, None

@@ -64,8 +64,8 @@ def reply_json(model_name: str, effort: str, reply: Any) -> dict[str, Any]:
 
 def confirm_on_terminal(call: Any) -> bool:
     """Ask on the terminal before the model's code (just shown on stderr) runs; Ctrl-C ends the command."""
-    from ossrun.interrupt import sigint_raises
-    from ossrun.repl import CONFIRM_PROMPT
+    from ossrun.terminal.interrupt import sigint_raises
+    from ossrun.terminal.repl import CONFIRM_PROMPT
 
     with sigint_raises():
         sys.stderr.write(CONFIRM_PROMPT)
@@ -100,9 +100,9 @@ def register(app: typer.Typer) -> None:
         yes: opt.Yes = False,
         max_tool_rounds: opt.MaxToolRounds = opt.DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
-        from ossrun.display import Screen, TurnView
         from ossrun.events import Done
-        from ossrun.interrupt import cancel_on_sigint
+        from ossrun.terminal.display import Screen, TurnView
+        from ossrun.terminal.interrupt import cancel_on_sigint
 
         messages = [{"role": "user", "content": read_prompt(prompt)}]
         tools = opt.toolbox(functions, tool)

@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
-from ossrun import harmony
 from ossrun.errors import ToolError
 from ossrun.events import ToolCall, ToolResult
+from ossrun.harmony.prompt import PromptSettings, function_description, tool_namespace
 from ossrun.tools.functions import FunctionTool, ToolSpec, error_result, function_tools, load_functions
 from ossrun.tools.sandbox import PythonSandbox
 
@@ -58,10 +58,10 @@ class Toolbox:
     def names(self) -> list[str]:
         return [f"functions.{name}" for name in self.functions] + (["python"] if self.python else [])
 
-    def prompt_settings(self, settings: harmony.PromptSettings) -> harmony.PromptSettings:
+    def prompt_settings(self, settings: PromptSettings) -> PromptSettings:
         """``settings`` with these tools declared: functions in the developer message, python in the system one."""
-        functions = tuple(harmony.function_description(t.name, t.description, t.parameters) for t in self.functions.values())
-        system_tools = (harmony.tool_namespace("python", self.python.description()),) if self.python else ()
+        functions = tuple(function_description(t.name, t.description, t.parameters) for t in self.functions.values())
+        system_tools = (tool_namespace("python", self.python.description()),) if self.python else ()
         return dataclasses.replace(settings, functions=functions, system_tools=system_tools)
 
     def notices(self) -> list[str]:

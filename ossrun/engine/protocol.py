@@ -1,6 +1,6 @@
 """What ossrun needs from an inference engine.
 
-:class:`ossrun.engine.LlamaEngine` (llama.cpp) is the real one; tests also drive
+:class:`ossrun.engine.llama.LlamaEngine` (llama.cpp) is the real one; tests also drive
 the library with a scripted engine that replays token streams. Token ids in,
 token ids out: prompts are rendered and outputs parsed by ``ossrun.harmony``.
 """

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, TextIO
 
 from ossrun import home as ossrun_home
-from ossrun.conversation import Conversation
-from ossrun.display import ReasoningMode, Screen, TurnView, stats_line
 from ossrun.errors import OssrunError
 from ossrun.events import Done, Reply, ToolCall
-from ossrun.interrupt import cancel_on_sigint, sigint_raises
+from ossrun.terminal.conversation import Conversation
+from ossrun.terminal.display import ReasoningMode, Screen, TurnView, stats_line
+from ossrun.terminal.interrupt import cancel_on_sigint, sigint_raises
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox
 
 PROMPT = ">>> "

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ossrun import home as ossrun_home
-from ossrun import hub
 from ossrun.errors import DownloadError, RegistryError
-from ossrun.models import CONVERTED, HUB, LocalModel, converted_path, find_hub_copy, memory_shortfall
-from ossrun.registry import ModelEntry, Registry, load_registry
+from ossrun.store import hub
+from ossrun.store.local import CONVERTED, HUB, LocalModel, converted_path, find_hub_copy, memory_shortfall
+from ossrun.store.registry import ModelEntry, Registry, load_registry
 from ossrun.units import format_size
 
 LAYOUTS = ("hf", "original")  # Hugging Face layout at the repo root, OpenAI's own in a subfolder

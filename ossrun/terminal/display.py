@@ -2,7 +2,7 @@
 
 The answer goes to stdout; reasoning, preambles, tool activity, notices and stats
 go to stderr, so ``ossrun run ... > answer.txt`` holds the answer alone. On a
-terminal the answer streams as markdown (see ``ossrun.markdown_stream``) and the
+terminal the answer streams as markdown (see ``ossrun.terminal.markdown_stream``) and the
 reasoning is dimmed; elsewhere everything is plain text written as it arrives.
 Colour follows rich, which honours ``NO_COLOR``.
 """
@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ossrun.events import CommentaryDelta, Done, Event, FinalDelta, Notice, Prefill, ReasoningDelta, Reply, ToolCall, ToolResult
-from ossrun.markdown_stream import MarkdownStream
+from ossrun.terminal.markdown_stream import MarkdownStream
 
 ReasoningMode = Literal["show", "hide", "off"]
 DEFAULT_STATUS_SECONDS = 0.25  # how often "thinking… N tokens" is updated when reasoning is hidden

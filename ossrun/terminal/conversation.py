@@ -16,7 +16,7 @@ from typing import Any, Optional
 from ossrun import home as ossrun_home
 from ossrun.errors import ConversationError
 from ossrun.events import Reply
-from ossrun.harmony import DEFAULT_REASONING_EFFORT, REASONING_EFFORTS, check_reasoning_effort, instructions_from
+from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, REASONING_EFFORTS, check_reasoning_effort, instructions_from
 
 FILE_FORMAT_VERSION = 1
 HISTORY_ROLES = ("user", "assistant", "tool")

@@ -94,7 +94,7 @@ def build(out: Path, *, progress: Optional[Callable[[int, int], None]] = None) -
 
 def expand(folder: Path) -> Path:
     """Write the demo as a Hugging Face gpt-oss checkpoint into ``folder``."""
-    from ossrun.vocab import write_tokenizer_files
+    from ossrun.harmony.vocab import write_tokenizer_files
 
     folder.mkdir(parents=True, exist_ok=True)
     config = json.loads((checkpoint_dir() / CONFIG_FILE).read_text())

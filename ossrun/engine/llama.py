@@ -1,6 +1,6 @@
 """llama.cpp through llama-cpp-python's C bindings: the only module that imports ``llama_cpp``.
 
-:class:`LlamaEngine` implements :class:`ossrun.backend.Engine` on a memory-mapped
+:class:`LlamaEngine` implements :class:`ossrun.engine.protocol.Engine` on a memory-mapped
 GGUF: token ids in (prefill with prefix reuse), token ids out (llama.cpp's
 sampler chain). The C API is used directly rather than ``llama_cpp.Llama``: it
 gives the abort callback, the sliding-window cache setting, per-sequence state
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 import llama_cpp
 
 from ossrun import home
-from ossrun.backend import Interrupted, PrefillStats, Sampling, common_prefix_length
+from ossrun.engine.gguf_header import GgufHeader
+from ossrun.engine.prefix_cache import PrefixCache
+from ossrun.engine.protocol import Interrupted, PrefillStats, Sampling, common_prefix_length
 from ossrun.errors import ContextError, ModelError
-from ossrun.gguf_header import GgufHeader
 from ossrun.machine import available_memory, physical_cores
-from ossrun.prefix_cache import PrefixCache
 from ossrun.units import format_memory
 
 if TYPE_CHECKING:

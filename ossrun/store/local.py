@@ -1,5 +1,4 @@
-"""Models on disk: where each registry entry's copies are, whether they can be used, and how a
-MODEL argument (a registry name, an alias or the path of a .gguf file) becomes a file to load.
+"""Models on disk: where each registry entry's copies are and whether they can be used.
 
 A model is on disk as a GGUF pulled from the hub (in the hub cache) or as a GGUF converted
 locally from the published safetensors (``OSSRUN_HOME/models/NAME.gguf``); the converted one is
@@ -14,15 +13,16 @@ from pathlib import Path
 from typing import Optional
 
 from ossrun import home as ossrun_home
-from ossrun import hub, integrity
 from ossrun.errors import ModelError
 from ossrun.machine import total_memory
-from ossrun.registry import ModelEntry, Registry, load_registry
-from ossrun.units import format_memory, format_size
+from ossrun.store import hub, integrity
+from ossrun.store.registry import ModelEntry, Registry, load_registry
+from ossrun.units import format_memory
 
 HUB = "hub"  # a GGUF pulled from the hub, in the hub cache
 CONVERTED = "converted"  # built by `ossrun pull --from-safetensors`
 FILE = "file"  # a .gguf path given directly
+DEMO = "demo"  # the demo model built from ossrun's package data
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,10 @@ class LocalModel:
 
     @property
     def name(self) -> str:
-        return self.entry.name if self.entry else self.path.name
+        """The registry name; ``demo`` for the demo model; a file's name without ``.gguf``."""
+        if self.entry is not None:
+            return self.entry.name
+        return DEMO if self.source == DEMO else self.path.stem
 
     @property
     def size_bytes(self) -> int:
@@ -125,11 +128,6 @@ def find_local(entry: ModelEntry) -> Optional[LocalModel]:
     return find_hub_copy(entry)
 
 
-def is_model_path(name: str) -> bool:
-    """MODEL arguments naming a file rather than a registry entry."""
-    return name.endswith(".gguf") or "/" in name or os.sep in name
-
-
 def memory_shortfall(entry: ModelEntry, total: Optional[int] = None) -> Optional[str]:
     """Why ``entry`` cannot run on this machine (its memory_required exceeds the RAM), or None."""
     total = total_memory() if total is None else total
@@ -139,55 +137,6 @@ def memory_shortfall(entry: ModelEntry, total: Optional[int] = None) -> Optional
         f"{entry.name} needs about {format_memory(entry.memory_bytes)} of memory "
         f"and this machine has {format_memory(total)}"
     )
-
-
-def _not_on_disk(entry: ModelEntry) -> ModelError:
-    if entry.gguf is None:
-        size = format_size(entry.safetensors.download_bytes)
-        return ModelError(
-            f"{entry.name} is not on disk: run `ossrun pull {entry.name} --from-safetensors` "
-            f"(a {size} download, converted locally)"
-        )
-    partial = partial_bytes(entry)
-    if partial:
-        return ModelError(
-            f"{entry.name} is not fully downloaded ({format_size(partial)} of {format_size(entry.gguf.download_bytes)}):"
-            f" run `ossrun pull {entry.name}` to resume, or pass --pull"
-        )
-    return ModelError(
-        f"{entry.name} is not on disk: run `ossrun pull {entry.name}` to download it "
-        f"({format_size(entry.gguf.download_bytes)}), or pass --pull"
-    )
-
-
-def resolve_model(name: Optional[str] = None, *, pull: bool = False, registry: Optional[Registry] = None) -> LocalModel:
-    """Turn a MODEL argument into a verified local GGUF.
-
-    ``name`` is a registry name or alias (None: the registry's default model) or the path of a
-    .gguf file. A registry model not on disk raises a ModelError saying what to run, unless
-    ``pull`` is set: then it is downloaded first. Nothing touches the network unless it must.
-    """
-    if name is not None and is_model_path(name):
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise ModelError(f"no such model file: {name}")
-        if path.suffix != ".gguf":
-            raise ModelError(f"{name} is not a .gguf file: give a registry name (see `ossrun models`) or a .gguf")
-        return LocalModel(path, (path,), None, FILE)
-
-    registry = registry or load_registry()
-    entry = registry.default_entry() if name is None else registry.get(name)
-    found = find_local(entry)
-    if found is not None:
-        return found
-    if not pull:
-        raise _not_on_disk(entry)
-    shortfall = memory_shortfall(entry)
-    if shortfall:  # say so before a download of many gigabytes, not after
-        raise ModelError(f"{shortfall}: not downloading it; pick a smaller model (see `ossrun models`)")
-    from ossrun.pull import pull_model
-
-    return pull_model(entry, from_safetensors=entry.gguf is None)
 
 
 def remove_model(name: str, *, registry: Optional[Registry] = None) -> list[Path]:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from ossrun import home as ossrun_home
 from ossrun.errors import RegistryError
+from ossrun.harmony.messages import REASONING_EFFORTS
 from ossrun.units import parse_count, parse_size
 
 if sys.version_info >= (3, 11):
@@ -24,7 +25,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 USER_FILE_NAME = "models.toml"
 DEFAULT_REVISION = "main"
-REASONING_EFFORTS = ("low", "medium", "high")
 
 
 @dataclass(frozen=True)

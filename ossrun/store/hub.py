@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
-from ossrun import integrity
 from ossrun.errors import DownloadError
 from ossrun.home import write_atomically
-from ossrun.integrity import ExpectedHash
+from ossrun.store import integrity
+from ossrun.store.integrity import ExpectedHash
 from ossrun.units import format_size
 
 DEFAULT_ENDPOINT = "https://huggingface.co"

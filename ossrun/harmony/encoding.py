@@ -1,0 +1,54 @@
+"""The gpt-oss harmony encoding, loaded offline, and the special tokens ossrun acts on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import openai_harmony as oh
+
+from ossrun.errors import ModelError
+
+VOCAB_FILE = "o200k_base.tiktoken"
+
+_encoding: Optional[oh.HarmonyEncoding] = None
+
+
+def load_encoding(vocab_dir: Path) -> oh.HarmonyEncoding:
+    """The gpt-oss harmony encoding, read offline from ``vocab_dir/o200k_base.tiktoken``.
+
+    openai-harmony downloads the vocabulary unless TIKTOKEN_ENCODINGS_BASE names a
+    folder holding it, so that is set before the first load. Loaded once per process.
+    """
+    global _encoding
+    if _encoding is None:
+        if not (vocab_dir / VOCAB_FILE).is_file():
+            raise ModelError(f"the o200k vocabulary is missing from {vocab_dir}: it is derived from the model on first use")
+        os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(vocab_dir)
+        try:
+            _encoding = oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)
+        except oh.HarmonyError as exc:
+            raise ModelError(f"cannot load the harmony encoding from {vocab_dir}: {exc}") from exc
+    return _encoding
+
+
+def special_ids(encoding: oh.HarmonyEncoding) -> dict[str, Any]:
+    """The ids of the special tokens a turn's parser watches for."""
+
+    def one(text: str) -> int:
+        (token,) = encoding.encode(text, allowed_special={text})
+        return token
+
+    stops = stop_tokens(encoding)  # <|return|>, <|call|>
+    return {
+        "start": one("<|start|>"),
+        "message": one("<|message|>"),
+        "stops": stops,
+        "ends": stops | {one("<|end|>")},
+    }
+
+
+def stop_tokens(encoding: oh.HarmonyEncoding) -> frozenset[int]:
+    """Generation stops on ``<|return|>`` (answer done) and ``<|call|>`` (tool call)."""
+    return frozenset(encoding.stop_tokens_for_assistant_actions())

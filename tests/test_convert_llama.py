@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bare_llama import open_llama
 
 pytestmark = pytest.mark.slow
 
@@ -15,9 +16,7 @@ PROMPT = "The quick brown fox jumps over the lazy dog. Ünïcödé and 12345 num
 
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_gguf):
-    import llama_cpp
-
-    return llama_cpp.Llama(str(tiny_gguf), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
+    return open_llama(tiny_gguf, n_ctx=512, n_threads=2, logits_all=True, verbose=False)
 
 
 def test_llama_cpp_loads_the_tiny_gguf_as_gpt_oss(tiny_llama):

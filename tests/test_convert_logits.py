@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 import reference_forward
+from bare_llama import open_llama
 from checkpoints import TinyConfig, make_clear_margin_weights, write_hf_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -44,9 +44,7 @@ def checkpoint(tmp_path_factory, model, o200k_tokenizer_dir):
 
 
 def llama_logits(gguf_path, tokens):
-    import llama_cpp
-
-    llama = llama_cpp.Llama(str(gguf_path), n_ctx=512, n_threads=2, logits_all=True, swa_full=True, verbose=False)
+    llama = open_llama(gguf_path, n_ctx=512, n_threads=2, logits_all=True, swa_full=True, verbose=False)
     try:
         llama.eval(tokens)
         return np.array(llama.scores[: len(tokens)], dtype=np.float64)

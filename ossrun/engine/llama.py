@@ -1,4 +1,4 @@
-"""llama.cpp through llama-cpp-python's C bindings: the only module that imports ``llama_cpp``.
+"""llama.cpp through llama-cpp-python's C bindings.
 
 :class:`LlamaEngine` implements :class:`ossrun.engine.protocol.Engine` on a memory-mapped
 GGUF: token ids in (prefill with prefix reuse), token ids out (llama.cpp's
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 import llama_cpp
 
 from ossrun import home
+from ossrun.engine.ggml import place_weights
 from ossrun.engine.gguf_header import GgufHeader
 from ossrun.engine.prefix_cache import PrefixCache
 from ossrun.engine.protocol import Interrupted, PrefillStats, Sampling, common_prefix_length
@@ -142,6 +143,7 @@ class LlamaEngine:
 
         params = llama_cpp.llama_model_default_params()
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+        place_weights(params)
         with _keyboard_interrupt_caught() as interrupted:
 
             def progress(fraction: float, _data: Any) -> bool:

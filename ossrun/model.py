@@ -12,12 +12,11 @@ import contextlib
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
-from ossrun.engine.protocol import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, Interrupted, PrefixStore, Sampling, common_prefix_length
+from ossrun.engine.protocol import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, GenerationRequest, GenerationStats, Sampling
 from ossrun.errors import ContextError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
 from ossrun.harmony.encoding import load_encoding, stop_tokens
@@ -39,6 +38,7 @@ def load(
     *,
     ctx: int = DEFAULT_CTX,
     threads: Optional[int] = None,
+    parallel: int = 1,
     verbose: bool = False,
     show_progress: Optional[bool] = None,
     pull: bool = False,
@@ -51,6 +51,11 @@ def load(
     the available memory before llama.cpp maps it. ``threads`` defaults to the
     physical cores; ``verbose`` shows llama.cpp's own log; ``show_progress`` (default:
     stderr is a terminal) shows a loading indicator on stderr.
+
+    ``parallel`` is how many replies are decoded together: ``stream`` and ``chat`` may
+    then be called from that many threads at once (more wait their turn). ``ctx`` is
+    the pool of KV cells they share; a prefix common to several prompts is held once,
+    and any one reply may use the whole pool.
     """
     from ossrun.engine import llama
     from ossrun.engine.gguf_header import check_gpt_oss
@@ -61,14 +66,14 @@ def load(
     path, name = resolved.path, resolved.name
     header = check_gpt_oss(path)
     llama.check_context_size(header, ctx)
-    llama.check_memory(header, ctx, weights=resolved.size_bytes)
+    llama.check_memory(header, ctx, weights=resolved.size_bytes, parallel=parallel)
     llama.set_verbose(verbose)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     with _loading_indicator(name, show_progress) as on_progress:
         vocab_dir = ensure_o200k(header.identity, lambda: llama.read_token_bytes(path, O200K_BASE_TOKENS), name)
         encoding = load_encoding(vocab_dir)
-        engine = llama.LlamaEngine(header, n_ctx=ctx, threads=threads, on_progress=on_progress)
+        engine = llama.LlamaEngine(header, n_ctx=ctx, parallel=parallel, threads=threads, on_progress=on_progress)
     return Model(engine, encoding, name=name, path=path)
 
 
@@ -121,11 +126,7 @@ class _Prompt:
 class _TurnResult:
     turn: Turn
     finish_reason: FinishReason
-    evaluated: int = 0  # prompt tokens run through the model
-    cached: int = 0  # prompt tokens reused from the KV cache or restored from disk
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    completion_tokens: int = 0
+    stats: GenerationStats
 
 
 class Model:
@@ -187,10 +188,7 @@ class Model:
         return self._pending(self._fit(request.history, request))
 
     def _pending(self, prompt: _Prompt) -> int:
-        reused = common_prefix_length(self.engine.evaluated, prompt.ids)
-        if reused < prompt.prefix_length and isinstance(self.engine, PrefixStore):
-            if self.engine.prefix_saved(prompt.ids[: prompt.prefix_length]):
-                reused = prompt.prefix_length
+        reused = self.engine.cached_prefix(prompt.ids, prompt.prefix_length)
         return len(prompt.ids) - min(reused, len(prompt.ids) - 1)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -274,87 +272,59 @@ class Model:
         result = yield from self._generate(prompt, request)
         yield Done(self._reply(prompt, result, notices))
 
-    def _prefill(self, prompt: _Prompt, cancel: Optional[threading.Event]) -> int:
-        """Bring the engine's cache to the prompt; returns how many tokens were evaluated.
-
-        The system/developer prefix is restored from disk when a previous session saved
-        it, or evaluated and saved on its own first so the next session can.
-        """
-        engine, ids = self.engine, prompt.ids
-        evaluated = 0
-        prefix = ids[: prompt.prefix_length]
-        if prefix and isinstance(engine, PrefixStore) and common_prefix_length(engine.evaluated, ids) < len(prefix):
-            if not engine.restore_prefix(prefix):
-                evaluated += engine.prefill(prefix, cancel).evaluated
-                engine.save_prefix(prefix)
-        return evaluated + engine.prefill(ids, cancel).evaluated
-
     def _generate(self, prompt: _Prompt, request: _Request) -> Iterator[Event]:
-        """Prefill, then sample until a stop token, the token limit, a full context or cancel.
+        """Have the engine read the prompt and sample until a stop token, the token limit, a full
+        context or cancel; the tokens go through harmony's parser.
 
         Yields the parser's events and returns a :class:`_TurnResult`.
         """
-        engine, cancel, sampling = self.engine, request.cancel, request.sampling
         parser = TurnParser(self.encoding)
-        yield Prefill(self._pending(prompt))
-        start = time.perf_counter()
+        generation = self.engine.generate(GenerationRequest(
+            prompt=tuple(prompt.ids),
+            sampling=request.sampling,
+            stop_tokens=self._stops,
+            max_tokens=request.max_tokens,
+            prefix_length=prompt.prefix_length,
+            cancel=request.cancel,
+        ))
         try:
-            evaluated = self._prefill(prompt, cancel)
-        except Interrupted:
-            return _TurnResult(parser.finish(), "interrupted", prefill_seconds=time.perf_counter() - start)
-        decode_start = time.perf_counter()
-        result = _TurnResult(parser.turn, "length", evaluated, len(prompt.ids) - evaluated, decode_start - start)
-        stops, limit, n_ctx = self._stops, request.max_tokens, engine.n_ctx
-        used, produced = len(prompt.ids), 0
-        while True:
-            if cancel is not None and cancel.is_set():
-                result.finish_reason = "interrupted"
-                break
-            token = engine.sample(sampling)
-            produced += 1
-            events = parser.feed(token)
-            yield from events
-            if token in stops:
-                # <|call|> ended a message to a tool; a call ended by <|end|> earlier in the turn is not one
-                result.finish_reason = "tool_calls" if any(isinstance(e, ToolCall) for e in events) else "stop"
-                break
-            if (limit is not None and produced >= limit) or used >= n_ctx:
-                break  # finish_reason stays "length"
-            try:
-                engine.append(token, cancel)
-            except Interrupted:
-                result.finish_reason = "interrupted"
-                break
-            used += 1
-        if result.finish_reason != "stop" and result.finish_reason != "tool_calls":
+            yield Prefill(generation.pending())
+            events: list[Event] = []
+            for token in generation:
+                events = parser.feed(token)
+                yield from events
+        finally:
+            generation.close()
+        stats = generation.stats
+        finish: FinishReason = stats.finish_reason
+        if finish == "stop" and any(isinstance(e, ToolCall) for e in events):
+            finish = "tool_calls"  # <|call|> ended a message to a tool; a call ended by <|end|> earlier is not one
+        if finish not in ("stop", "tool_calls"):
             before = len(parser.turn.final)
             parser.finish()  # flush raw text held back while waiting for a complete character
             if len(parser.turn.final) > before:
                 yield FinalDelta(parser.turn.final[before:])
-        result.turn = parser.turn
-        result.completion_tokens = produced
-        result.decode_seconds = time.perf_counter() - decode_start
-        return result
+        return _TurnResult(parser.turn, finish, stats)
 
     def _reply(self, prompt: _Prompt, result: _TurnResult, notices: list[str]) -> Reply:
-        turn = result.turn
+        turn, stats = result.turn, result.stats
         return Reply(
             reasoning=turn.reasoning,
             final=turn.final,
             finish_reason=result.finish_reason,
             usage=Usage(
                 prompt_tokens=len(prompt.ids),
-                cached_tokens=result.cached,
-                completion_tokens=result.completion_tokens,
+                cached_tokens=stats.cached,
+                completion_tokens=stats.generated,
             ),
             timings=Timings(
-                prefill_seconds=result.prefill_seconds,
-                decode_seconds=result.decode_seconds,
-                prefill_tokens=result.evaluated,
-                decode_tokens=result.completion_tokens,
+                prefill_seconds=stats.prefill_seconds,
+                decode_seconds=stats.decode_seconds,
+                prefill_tokens=stats.evaluated,
+                decode_tokens=stats.generated,
             ),
             malformed=turn.malformed is not None,
-            context_used=len(self.engine.evaluated),
+            context_used=stats.context_used,
             context_size=self.n_ctx,
             extra={"dropped_messages": prompt.dropped, "notices": notices},
         )

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ossrun.engine.protocol import Interrupted, PrefillStats, Sampling, common_prefix_length
+from ossrun.engine.protocol import GenerationRequest, GenerationStats, Sampling, common_prefix_length
 
 DEFAULT_N_CTX = 4096
 
@@ -36,8 +35,17 @@ class Script:
     sigint_in_prefill: bool = False  # send SIGINT halfway through this turn's prefill
 
 
+@dataclass(frozen=True)
+class PrefillStats:
+    reused: int  # tokens already in the cache (the longest common prefix)
+    evaluated: int  # tokens run through the model
+    seconds: float
+
+
 class ScriptedEngine:
-    """Replays :class:`Script` turns in order, one per prefill."""
+    """Replays :class:`Script` turns in order, one per generation; one sequence, no threads."""
+
+    parallel = 1
 
     def __init__(self, encoding, scripts: Sequence[Script | str], *, n_ctx: int = DEFAULT_N_CTX,
                  prefill_seconds_per_token: float = 0.0):
@@ -46,12 +54,9 @@ class ScriptedEngine:
         self._n_ctx = n_ctx
         self.prefill_seconds_per_token = prefill_seconds_per_token
         self._evaluated: list[int] = []
-        self._turn: Optional[list[int]] = None
-        self._script: Optional[Script] = None
-        self._sampled = 0
         self.turns_started = 0
-        self.prefills: list[PrefillStats] = []  # one per prefill call
-        self.prompts: list[list[int]] = []  # the tokens each prefill was asked to hold
+        self.prefills: list[PrefillStats] = []  # one per generation that read its prompt
+        self.prompts: list[list[int]] = []  # the tokens each generation was asked to hold
         self.samplings: list[Sampling] = []
         self.interruptions: list[str] = []  # "prefill" or "decode", each time cancel stopped the engine
         self.closed = False
@@ -66,61 +71,95 @@ class ScriptedEngine:
     def evaluated(self) -> Sequence[int]:
         return tuple(self._evaluated)
 
-    def prefill(self, tokens: Sequence[int], cancel: Optional[threading.Event] = None) -> PrefillStats:
-        tokens = list(tokens)
-        if len(tokens) > self._n_ctx:
-            raise AssertionError(f"prefill of {len(tokens)} tokens past n_ctx {self._n_ctx}")
-        self.prompts.append(tokens)
-        self._turn = None  # the next sample starts the next script
-        started = time.perf_counter()
-        reused = common_prefix_length(self._evaluated, tokens)
-        del self._evaluated[reused:]
-        upcoming = self.scripts[self.turns_started] if self.turns_started < len(self.scripts) else None
-        todo = tokens[reused:]
-        for index, token in enumerate(todo):
-            if upcoming is not None and upcoming.sigint_in_prefill and index == len(todo) // 2:
-                upcoming.sigint_in_prefill = False  # once: /retry replays it in full
-                os.kill(os.getpid(), signal.SIGINT)
-            if self.prefill_seconds_per_token:
-                time.sleep(self.prefill_seconds_per_token)
-            if cancel is not None and cancel.is_set():
-                self.prefills.append(PrefillStats(reused, index, time.perf_counter() - started))
-                self.turns_started += 1  # the turn this prefill was for is over
-                self.interruptions.append("prefill")
-                raise Interrupted()
-            self._evaluated.append(token)
-        stats = PrefillStats(reused, len(todo), time.perf_counter() - started)
-        self.prefills.append(stats)
-        return stats
+    def cached_prefix(self, prompt: Sequence[int], prefix_length: int = 0) -> int:
+        return common_prefix_length(self._evaluated, prompt)
 
-    def sample(self, sampling: Sampling) -> int:
-        if self._turn is None:
-            if self.turns_started >= len(self.scripts):
-                raise AssertionError("the scripted engine ran out of scripts")
-            self._script = self.scripts[self.turns_started]
-            self._turn = self.encoding.encode(self._script.text, allowed_special="all")
-            self.turns_started += 1
-            self._sampled = 0
-            self.samplings.append(sampling)
-        if self._sampled >= len(self._turn):
-            raise AssertionError("the model sampled past the end of its script (no stop token?)")
-        token = self._turn[self._sampled]
-        self._sampled += 1
-        if self._script.sigint_at_token == self._sampled:
-            os.kill(os.getpid(), signal.SIGINT)
-        return token
-
-    def append(self, token: int, cancel: Optional[threading.Event] = None) -> None:
-        if cancel is not None and cancel.is_set():
-            self.interruptions.append("decode")
-            raise Interrupted()
-        if len(self._evaluated) >= self._n_ctx:
-            raise AssertionError("append past n_ctx")
-        self._evaluated.append(token)
+    def generate(self, request: GenerationRequest) -> "ScriptedGeneration":
+        if len(request.prompt) > self._n_ctx:
+            raise AssertionError(f"prefill of {len(request.prompt)} tokens past n_ctx {self._n_ctx}")
+        return ScriptedGeneration(self, request)
 
     def close(self) -> None:
         self.closed = True
 
+
+class ScriptedGeneration:
+    def __init__(self, engine: ScriptedEngine, request: GenerationRequest):
+        self.engine, self.request = engine, request
+        self.stats = GenerationStats()
+        tokens = list(request.prompt)
+        engine.prompts.append(tokens)
+        self.reused = common_prefix_length(engine._evaluated, tokens)
+        del engine._evaluated[self.reused:]
+        self.stats.cached = self.reused
+
+    def pending(self) -> int:
+        return len(self.request.prompt) - self.reused
+
+    def close(self) -> None:
+        pass
+
+    def _cancelled(self) -> bool:
+        return self.request.cancel is not None and self.request.cancel.is_set()
+
+    def __iter__(self):
+        engine, request, stats = self.engine, self.request, self.stats
+        upcoming = engine.scripts[engine.turns_started] if engine.turns_started < len(engine.scripts) else None
+        todo = list(request.prompt)[self.reused:]
+        started = time.perf_counter()
+        for index, token in enumerate(todo):
+            if upcoming is not None and upcoming.sigint_in_prefill and index == len(todo) // 2:
+                upcoming.sigint_in_prefill = False  # once: /retry replays it in full
+                os.kill(os.getpid(), signal.SIGINT)
+            if engine.prefill_seconds_per_token:
+                time.sleep(engine.prefill_seconds_per_token)
+            if self._cancelled():
+                engine.prefills.append(PrefillStats(self.reused, index, time.perf_counter() - started))
+                engine.turns_started += 1  # the turn this prefill was for is over
+                engine.interruptions.append("prefill")
+                stats.evaluated, stats.finish_reason = index, "interrupted"
+                stats.context_used = len(engine._evaluated)
+                return
+            engine._evaluated.append(token)
+        engine.prefills.append(PrefillStats(self.reused, len(todo), time.perf_counter() - started))
+        stats.evaluated = len(todo)
+        stats.prefill_seconds = time.perf_counter() - started
+        stats.finish_reason = "length"
+        if self._cancelled():
+            stats.finish_reason = "interrupted"
+        else:
+            decoding = time.perf_counter()
+            yield from self._decode()
+            stats.decode_seconds = time.perf_counter() - decoding
+        stats.context_used = len(engine._evaluated)
+
+    def _decode(self):
+        engine, request, stats = self.engine, self.request, self.stats
+        if engine.turns_started >= len(engine.scripts):
+            raise AssertionError("the scripted engine ran out of scripts")
+        script = engine.scripts[engine.turns_started]
+        turn = engine.encoding.encode(script.text, allowed_special="all")
+        engine.turns_started += 1
+        engine.samplings.append(request.sampling)
+        for sampled, token in enumerate(turn, start=1):
+            if self._cancelled():
+                stats.finish_reason = "interrupted"
+                return
+            if script.sigint_at_token == sampled:
+                os.kill(os.getpid(), signal.SIGINT)
+            stats.generated += 1
+            yield token
+            if token in request.stop_tokens:
+                stats.finish_reason = "stop"
+                return
+            if (request.max_tokens is not None and sampled >= request.max_tokens) or len(engine._evaluated) >= engine.n_ctx:
+                return
+            if self._cancelled():
+                engine.interruptions.append("decode")
+                stats.finish_reason = "interrupted"
+                return
+            engine._evaluated.append(token)
+        raise AssertionError("the model sampled past the end of its script (no stop token?)")
 
 
 def invoke(capsys, *args: str) -> tuple[int, str, str]:

@@ -51,7 +51,7 @@ class Recorder:
         return getattr(self.model, name)
 
     def stream(self, messages, **options):
-        before = list(self.model.engine.evaluated)
+        before = list(self.model.engine.scheduler.slots[0].tokens)
         for event in self.model.stream(messages, **options):
             if isinstance(event, Done):
                 self.turns.append((before, list(messages), options, event.reply))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import ossrun
-from ossrun.engine.protocol import Sampling
+from ossrun.engine.protocol import GenerationRequest, Sampling
 from ossrun.harmony.encoding import stop_tokens
 from ossrun.store import demo
 
@@ -131,19 +131,18 @@ def test_unused_tokens_can_never_be_sampled(demo_model, encoding):
         used = compact["used_ids"]
     unused = np.ones(201088, dtype=bool)
     unused[used] = False
-    engine = demo_model.engine
     # Prompts with text the model never saw (those tokens embed as one "unknown" row).
     for text in ("What is 23 + 45?", "Schreib mir ein Gedicht über Katzen 🐱", "zxqv blorft 12345678"):
         ids = demo_model.render([{"role": "user", "content": text}], reasoning_effort="low")
-        engine.prefill(ids)
-        for _ in range(40):  # the completion, token by token, sampled at temperature 1.0
-            logits = engine.logits()
+        # The completion, token by token, sampled at temperature 1.0, with the logits of each step.
+        generation = demo_model.engine.generate(GenerationRequest(tuple(ids), Sampling(temperature=1.0, seed=1),
+                                                                  stop_tokens=stop_tokens(encoding), max_tokens=40,
+                                                                  record_logits=True))
+        tokens = list(generation)
+        assert len(tokens) == len(generation.stats.logits) > 1
+        for token, logits in zip(tokens, generation.stats.logits):
             assert logits[unused].max() < logits[~unused].max() - 1000
-            token = engine.sample(Sampling(temperature=1.0, seed=1))
             assert not unused[token]
-            if token in stop_tokens(encoding):
-                break
-            engine.append(token)
 
 
 def test_load_demo_by_name(demo_home):

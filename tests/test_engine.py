@@ -15,16 +15,32 @@ import pytest
 
 from ossrun.engine.gguf_header import check_gpt_oss
 from ossrun.engine.llama import LlamaEngine, build_sampler_chain, read_token_bytes
-from ossrun.engine.protocol import Interrupted, Sampling
+from ossrun.engine.protocol import GenerationRequest, Sampling
 from ossrun.errors import ContextError
 
 pytestmark = pytest.mark.slow
 
 THREADS = 1  # the tests share a 2-core machine: one thread per engine keeps timings sane
+GREEDY = Sampling(temperature=0)
 
 
 def random_tokens(n: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(0, 199998, n).tolist()
+
+
+def run(engine, prompt, *, max_tokens=1, sampling=GREEDY, **options):
+    """Generate to the end: (tokens, stats)."""
+    generation = engine.generate(GenerationRequest(tuple(prompt), sampling, max_tokens=max_tokens, **options))
+    try:
+        tokens = list(generation)
+    finally:
+        generation.close()
+    return tokens, generation.stats
+
+
+def held(engine, seq: int = 0) -> list[int]:
+    """What the cache of one sequence holds."""
+    return list(engine.scheduler.slots[seq].tokens)
 
 
 @pytest.fixture(scope="module")
@@ -47,38 +63,36 @@ def fresh_logits(header, tokens, tmp_path, n_ctx: int = 4096, **options) -> np.n
     """
     other = LlamaEngine(header, n_ctx=n_ctx, threads=THREADS, cache_dir=tmp_path, **options)
     try:
-        other.prefill(tokens)
-        return other.logits()
+        return run(other, tokens, record_logits=True)[1].logits[0]
     finally:
         other.close()
 
 
-def test_prefill_keeps_the_longest_common_prefix(engine):
+def test_a_prompt_keeps_the_longest_common_prefix(engine):
     a = random_tokens(300, seed=1)
     b = a[:200] + random_tokens(100, seed=2)
-    first = engine.prefill(a)
-    assert (first.reused, first.evaluated) == (0, 300)
-    second = engine.prefill(b)
-    assert (second.reused, second.evaluated) == (200, 100)
-    assert list(engine.evaluated) == b
-    again = engine.prefill(b)  # all cached, logits of the last token still at hand
-    assert (again.reused, again.evaluated) == (300, 0)
-    shorter = engine.prefill(b[:250])  # all cached, but the logits are of another token: redo the last
-    assert (shorter.reused, shorter.evaluated) == (249, 1)
-    assert list(engine.evaluated) == b[:250]
+    first = run(engine, a)[1]
+    assert (first.cached, first.evaluated) == (0, 300)
+    second = run(engine, b)[1]
+    assert (second.cached, second.evaluated) == (200, 100)
+    assert held(engine) == b  # the sampled token is never evaluated
+    again = run(engine, b)[1]  # all cached, but a finished reply's logits are gone: the last token again
+    assert (again.cached, again.evaluated) == (299, 1)
+    shorter = run(engine, b[:250])[1]
+    assert (shorter.cached, shorter.evaluated) == (249, 1)
+    assert held(engine) == b[:250]
+    assert engine.cached_prefix(b) == 250
 
 
-def test_append_extends_the_cache_until_the_context_is_full(header, tmp_path):
+def test_generation_goes_on_until_the_context_is_full(header, tmp_path):
     small = LlamaEngine(header, n_ctx=256, threads=THREADS, cache_dir=tmp_path)
     try:
-        small.prefill(random_tokens(250))
-        for token in random_tokens(6, seed=3):
-            small.append(token)
-        assert len(small.evaluated) == small.n_ctx == 256
-        with pytest.raises(ContextError, match="context of 256 tokens is full"):
-            small.append(1)
+        tokens, stats = run(small, random_tokens(250), max_tokens=None)
+        # 6 sampled tokens fill the 256 cells; the 7th is the last, not evaluated
+        assert (stats.generated, stats.context_used, stats.finish_reason) == (7, 256, "length")
+        assert len(tokens) == 7 and held(small) == random_tokens(250) + tokens[:6]
         with pytest.raises(ContextError, match="the prompt is 300 tokens but the context holds 256"):
-            small.prefill(random_tokens(300))
+            small.generate(GenerationRequest(tuple(random_tokens(300))))
     finally:
         small.close()
 
@@ -87,10 +101,10 @@ def test_reused_prefix_gives_the_logits_of_a_fresh_evaluation(engine, header, tm
     """1000 tokens kept of 2000, far past the 128-token window: exact with the full-size SWA cache."""
     a = random_tokens(2000, seed=4)
     b = a[:1000] + random_tokens(200, seed=5)
-    engine.prefill(a)
-    stats = engine.prefill(b)
-    assert (stats.reused, stats.evaluated) == (1000, 200)
-    np.testing.assert_allclose(engine.logits(), fresh_logits(header, b, tmp_path), rtol=0, atol=1e-4)
+    run(engine, a)
+    stats = run(engine, b, record_logits=True)[1]
+    assert (stats.cached, stats.evaluated) == (1000, 200)
+    np.testing.assert_allclose(stats.logits[0], fresh_logits(header, b, tmp_path), rtol=0, atol=1e-4)
 
 
 def test_the_small_swa_cache_would_give_wrong_logits(header, tmp_path):
@@ -99,12 +113,12 @@ def test_the_small_swa_cache_would_give_wrong_logits(header, tmp_path):
     b = a[:1000] + random_tokens(200, seed=5)
     small_swa = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path, swa_full=False)
     try:
-        small_swa.prefill(a)
-        assert small_swa.prefill(b).reused == 1000
-        reused = small_swa.logits()
+        run(small_swa, a)
+        stats = run(small_swa, b, record_logits=True)[1]
+        assert stats.cached == 1000
     finally:
         small_swa.close()
-    assert np.abs(reused - fresh_logits(header, b, tmp_path, swa_full=False)).max() > 0.01
+    assert np.abs(stats.logits[0] - fresh_logits(header, b, tmp_path, swa_full=False)).max() > 0.01
 
 
 def chain_stages(chain) -> list[str]:
@@ -130,8 +144,7 @@ def apply_stages(chain, logits: np.ndarray, stages: int) -> tuple[np.ndarray, np
 def test_default_sampling_is_temperature_1_top_p_1_and_nothing_else(engine):
     """What llama.cpp is given: no top-k or min-p stage, no truncation, logits untouched, then a draw."""
     assert Sampling() == Sampling(temperature=1.0, top_p=1.0, seed=None)
-    engine.prefill(random_tokens(50, seed=6))
-    logits = engine.logits()
+    logits = run(engine, random_tokens(50, seed=6), record_logits=True)[1].logits[0]
     chain = build_sampler_chain(Sampling())
     try:
         assert chain_stages(chain) == ["temp", "dist"]
@@ -158,16 +171,11 @@ def test_default_sampling_is_temperature_1_top_p_1_and_nothing_else(engine):
 
 def test_greedy_takes_the_argmax_and_a_seed_repeats(engine):
     prompt = random_tokens(40, seed=7)
-    engine.prefill(prompt)
-    assert engine.sample(Sampling(temperature=0)) == int(np.argmax(engine.logits()))
+    tokens, stats = run(engine, prompt, record_logits=True)
+    assert tokens == [int(np.argmax(stats.logits[0]))]
 
     def draw(seed: int) -> list[int]:
-        engine.prefill(prompt)
-        out = []
-        for _ in range(8):
-            out.append(engine.sample(Sampling(seed=seed)))
-            engine.append(out[-1])
-        return out
+        return run(engine, prompt, max_tokens=8, sampling=Sampling(seed=seed))[0]
 
     assert draw(seed=11) == draw(seed=11)
     assert draw(seed=11) != draw(seed=12)
@@ -183,19 +191,20 @@ def test_cancel_stops_a_long_prefill_within_a_second(header, tmp_path):
         timer = threading.Timer(0.3, cancel.set)
         start = time.perf_counter()
         timer.start()
-        with pytest.raises(Interrupted):
-            long.prefill(tokens, cancel)
+        out, stats = run(long, tokens, cancel=cancel)
         stopped_after = time.perf_counter() - start
         timer.cancel()
-        done = len(long.evaluated)
+        assert out == [] and stats.finish_reason == "interrupted"
         assert stopped_after < 1.3
-        assert done < n // 4  # the prefill had most of its work ahead of it
-        assert list(long.evaluated) == tokens[:done]  # what is recorded is what the cache holds
+        done = stats.evaluated
+        assert 0 < done < n // 4  # the prefill had most of its work ahead of it
+        assert held(long) == tokens[:done]  # what is recorded is what the cache holds
         # The cache is consistent: continuing reuses exactly what was kept and gives fresh logits.
         target = tokens[: done + 300]
-        stats = long.prefill(target)
-        assert (stats.reused, stats.evaluated) == (done, 300)
-        np.testing.assert_allclose(long.logits(), fresh_logits(header, target, tmp_path, n_ctx=n), rtol=0, atol=1e-4)
+        assert long.cached_prefix(target) == done
+        stats = run(long, target, record_logits=True)[1]
+        assert (stats.cached, stats.evaluated) == (done, 300)
+        np.testing.assert_allclose(stats.logits[0], fresh_logits(header, target, tmp_path, n_ctx=n), rtol=0, atol=1e-4)
     finally:
         long.close()
 
@@ -208,53 +217,56 @@ def test_ctrl_c_stops_a_long_prefill_with_keyboard_interrupt(tiny_gguf):
         import numpy as np
         from ossrun.engine.llama import LlamaEngine
         from ossrun.engine.gguf_header import check_gpt_oss
+        from ossrun.engine.protocol import GenerationRequest
         # As in a terminal, whatever the test runner's parent did with SIGINT (a background job ignores it).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         engine = LlamaEngine(check_gpt_oss({str(tiny_gguf)!r}), n_ctx=16384, threads=1, cache_dir={str(tiny_gguf.parent)!r})
         tokens = np.random.default_rng(0).integers(0, 199998, 16384).tolist()
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
         start = time.perf_counter()
+        generation = engine.generate(GenerationRequest(tuple(tokens), max_tokens=1))
         try:
-            engine.prefill(tokens)
+            list(generation)
             print("finished")
         except KeyboardInterrupt:
-            print("interrupted", time.perf_counter() - start, len(engine.evaluated))
+            generation.close()
+            seconds = time.perf_counter() - start
+            engine.close()  # waits for the engine to stop
+            print("interrupted", seconds, time.perf_counter() - start, generation.stats.evaluated)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stderr == ""
-    word, seconds, evaluated = result.stdout.split()
+    word, seconds, stopped, evaluated = result.stdout.split()
     assert word == "interrupted"
-    assert float(seconds) < 1.3
+    assert float(seconds) < 1.3 and float(stopped) < 1.3
     assert int(evaluated) < 8192
 
 
-def test_prefix_state_saved_and_restored_by_a_new_engine(engine, header, tmp_path):
+def test_prefix_state_saved_and_restored_by_a_new_engine(header, tmp_path):
     prefix = random_tokens(150, seed=9)
     prompt = prefix + random_tokens(60, seed=10)
     first = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path)
     try:
-        assert not first.prefix_saved(prefix)
-        first.prefill(prefix)
-        assert first.save_prefix(prefix)
-        assert not first.save_prefix(prefix[:-1])  # the cache must hold exactly the prefix
-        first.prefill(prompt)
-        expected = first.logits()
+        assert first.cached_prefix(prompt, prefix_length=150) == 0
+        stats = run(first, prompt, prefix_length=150, record_logits=True)[1]
+        assert (stats.cached, stats.evaluated) == (0, 210)
+        expected = stats.logits[0]
     finally:
         first.close()
+    assert len(list((tmp_path / "prefix").glob("*.kv"))) == 1  # the prefix alone, read first and saved
     second = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path)
     try:
-        assert second.prefix_saved(prefix)
-        assert second.restore_prefix(prefix)
-        assert list(second.evaluated) == prefix
-        stats = second.prefill(prompt)
-        assert (stats.reused, stats.evaluated) == (150, 60)
-        np.testing.assert_allclose(second.logits(), expected, rtol=0, atol=1e-4)
+        assert second.cached_prefix(prompt, prefix_length=150) == 150
+        assert second.cached_prefix(prompt) == 0  # without saying where the prefix ends, nothing is known
+        stats = run(second, prompt, prefix_length=150, record_logits=True)[1]
+        assert (stats.cached, stats.evaluated) == (150, 60)
+        np.testing.assert_allclose(stats.logits[0], expected, rtol=0, atol=1e-4)
     finally:
         second.close()
     other_ctx = LlamaEngine(header, n_ctx=2048, threads=THREADS, cache_dir=tmp_path)
     try:
-        assert not other_ctx.restore_prefix(prefix)  # a state is only valid for its context size
+        assert other_ctx.cached_prefix(prompt, prefix_length=150) == 0  # a state is only valid for its context size
     finally:
         other_ctx.close()
 

@@ -15,7 +15,7 @@ import pytest
 import ossrun
 from ossrun import home
 from ossrun.engine.gguf_header import read_header
-from ossrun.engine.protocol import Sampling
+from ossrun.engine.protocol import GenerationRequest, Sampling
 from ossrun.errors import ContextError, ModelError, OssrunError, VocabError
 from ossrun.events import Done, FinalDelta, Notice, ReasoningDelta
 from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
@@ -49,6 +49,13 @@ def small_model(tiny_gguf, tmp_path_factory):
         loaded = load(tiny_gguf, ctx=512)
     yield loaded
     loaded.close()
+
+
+def prompt_logits(model, prompt):
+    """The logits after ``prompt``, as the engine's cache gives them now."""
+    generation = model.engine.generate(GenerationRequest(tuple(prompt), Sampling(temperature=0), max_tokens=1, record_logits=True))
+    list(generation)
+    return generation.stats.logits[0]
 
 
 @pytest.fixture(autouse=True)
@@ -90,10 +97,11 @@ def test_same_seed_same_reply_and_chat_collects_stream(model):
 
 def test_default_sampling_reaches_the_engine(model, monkeypatch):
     seen = []
-    real_sample = model.engine.sample
-    monkeypatch.setattr(model.engine, "sample", lambda sampling: seen.append(sampling) or real_sample(sampling))
-    model.chat(QUESTION, max_tokens=3)
-    assert seen == [Sampling(temperature=1.0, top_p=1.0, seed=None)] * 3
+    real_generate = model.engine.generate
+    monkeypatch.setattr(model.engine, "generate", lambda request: seen.append(request) or real_generate(request))
+    reply = model.chat(QUESTION, max_tokens=3)
+    assert [request.sampling for request in seen] == [Sampling(temperature=1.0, top_p=1.0, seed=None)]
+    assert seen[0].max_tokens == 3 and reply.usage.completion_tokens == 3
 
 
 def test_a_second_turn_evaluates_only_the_new_tokens(model):
@@ -120,7 +128,7 @@ def test_the_system_prefix_is_cached_on_disk_for_the_next_session(tiny_gguf):
         assert first.pending_tokens(QUESTION) == len(prompt)
         reply = first.chat(QUESTION, max_tokens=1)
         assert (reply.usage.cached_tokens, reply.timings.prefill_tokens) == (0, len(prompt))
-        expected = first.engine.logits()  # the last sampled token is not evaluated: these follow the prompt
+        expected = prompt_logits(first, prompt)  # the prompt's last token is evaluated again, on its own
     finally:
         first.close()
     saved = list((home.cache_dir() / "prefix").glob("*.kv"))
@@ -132,7 +140,7 @@ def test_the_system_prefix_is_cached_on_disk_for_the_next_session(tiny_gguf):
         reply = second.chat(QUESTION, max_tokens=1)
         assert reply.usage.cached_tokens == len(prefix)
         assert reply.timings.prefill_tokens == len(prompt) - len(prefix)
-        np.testing.assert_allclose(second.engine.logits(), expected, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(prompt_logits(second, prompt), expected, rtol=0, atol=1e-4)
         # Other developer instructions are another prefix: nothing to reuse.
         assert second.pending_tokens(QUESTION, system="Answer in French.") > len(prompt) - len(prefix)
     finally:
@@ -210,7 +218,7 @@ def test_cancel_stops_the_reply_and_returns_what_was_made(model):
 
     cancel = threading.Event()
     cancel.set()  # before the prefill: nothing is evaluated
-    model.engine.prefill([200006])  # make the prompt not cached
+    list(model.engine.generate(GenerationRequest((200006,), max_tokens=1)))  # make the prompt not cached
     reply = model.chat(QUESTION, cancel=cancel)
     assert reply.finish_reason == "interrupted"
     assert reply.usage.completion_tokens == 0 and reply.final == ""

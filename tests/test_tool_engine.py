@@ -10,12 +10,11 @@ with one Done and a history that renders again.
 from __future__ import annotations
 
 import random
-import threading
-from typing import Optional, Sequence
+from typing import Sequence
 
 import pytest
 
-from ossrun.engine.protocol import Sampling
+from ossrun.engine.protocol import GenerationRequest, GenerationStats, Sampling
 from ossrun.events import Done, ToolCall, ToolResult
 from ossrun.tools import PythonSandbox
 
@@ -47,7 +46,13 @@ def get_weather(city: str, unit: str = "celsius") -> dict:
 
 
 class MixingEngine:
-    """The real engine, except that some samples are replaced by harmony fragments (or a scripted turn)."""
+    """The real engine, except that some samples are replaced by harmony fragments (or a scripted turn).
+
+    Each token is one real generation of a single token over everything so far, so the
+    fragments are evaluated by llama.cpp like sampled tokens, with prefix reuse.
+    """
+
+    parallel = 1
 
     def __init__(self, engine, encoding, *, seed: int = 0, mix: float = 0.0, scripted: Sequence[str] = ()):
         self.engine, self.encoding = engine, encoding
@@ -55,42 +60,70 @@ class MixingEngine:
         self.mix = mix
         self.scripted = [encoding.encode(text, allowed_special="all") for text in scripted]
         self.turns = 0
-        self.queue: list[int] = []
-        self.at_turn_start = False
-        self.prefills = []
+        self.prefills = []  # each turn's prompt: the real engine's stats
 
     @property
     def n_ctx(self) -> int:
         return self.engine.n_ctx
 
-    @property
-    def evaluated(self):
-        return self.engine.evaluated
+    def cached_prefix(self, prompt, prefix_length: int = 0) -> int:
+        return self.engine.cached_prefix(prompt, prefix_length)
 
-    def prefill(self, tokens, cancel: Optional[threading.Event] = None):
-        stats = self.engine.prefill(tokens, cancel)
-        self.prefills.append(stats)
-        self.queue = list(self.scripted[self.turns]) if self.turns < len(self.scripted) else []
-        self.turns += 1
-        self.at_turn_start = True
-        return stats
-
-    def sample(self, sampling: Sampling) -> int:
-        # Most turns start with a whole message, where harmony expects one; then anything goes.
-        if self.at_turn_start and not self.queue and self.rng.random() < min(1.0, 2 * self.mix):
-            self.queue = self.encoding.encode(self.rng.choice(MESSAGES), allowed_special="all")
-        elif not self.queue and self.rng.random() < self.mix:
-            self.queue = self.encoding.encode(self.rng.choice(MESSAGES + PIECES), allowed_special="all")
-        self.at_turn_start = False
-        if self.queue:
-            return self.queue.pop(0)
-        return self.engine.sample(sampling)
-
-    def append(self, token: int, cancel: Optional[threading.Event] = None) -> None:
-        self.engine.append(token, cancel)
+    def generate(self, request: GenerationRequest) -> "MixedGeneration":
+        return MixedGeneration(self, request)
 
     def close(self) -> None:
         pass
+
+
+class MixedGeneration:
+    def __init__(self, mixer: MixingEngine, request: GenerationRequest):
+        self.mixer, self.request = mixer, request
+        self.stats = GenerationStats()
+
+    def pending(self) -> int:
+        return len(self.request.prompt) - min(self.mixer.cached_prefix(self.request.prompt), len(self.request.prompt) - 1)
+
+    def close(self) -> None:
+        pass
+
+    def _one(self, ids: list[int], step: int) -> tuple[int, GenerationStats]:
+        sampling = self.request.sampling
+        seed = None if sampling.seed is None else sampling.seed + step
+        generation = self.mixer.engine.generate(GenerationRequest(tuple(ids), Sampling(sampling.temperature, sampling.top_p, seed),
+                                                                  max_tokens=1, cancel=self.request.cancel))
+        tokens = list(generation)
+        return (tokens[0] if tokens else None), generation.stats
+
+    def __iter__(self):
+        mixer, request, stats = self.mixer, self.request, self.stats
+        ids = list(request.prompt)
+        queue = list(mixer.scripted[mixer.turns]) if mixer.turns < len(mixer.scripted) else []
+        mixer.turns += 1
+        candidate, first = self._one(ids, 0)  # the prompt is read as a real turn would read it
+        mixer.prefills.append(first)
+        stats.cached, stats.evaluated = first.cached, first.evaluated
+        stats.finish_reason = "length"
+        at_turn_start = True
+        while candidate is not None:
+            # Most turns start with a whole message, where harmony expects one; then anything goes.
+            if at_turn_start and not queue and mixer.rng.random() < min(1.0, 2 * mixer.mix):
+                queue = mixer.encoding.encode(mixer.rng.choice(MESSAGES), allowed_special="all")
+            elif not queue and mixer.rng.random() < mixer.mix:
+                queue = mixer.encoding.encode(mixer.rng.choice(MESSAGES + PIECES), allowed_special="all")
+            at_turn_start = False
+            token = queue.pop(0) if queue else candidate
+            stats.generated += 1
+            yield token
+            if token in request.stop_tokens:
+                stats.finish_reason = "stop"
+                break
+            if request.max_tokens is not None and stats.generated >= request.max_tokens:
+                break
+            ids.append(token)
+            candidate, _ = self._one(ids, stats.generated)
+        self._one(ids, 0)  # the cache holds the turn but its last token, as after a real one
+        stats.context_used = len(ids)
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +180,8 @@ def test_a_call_on_the_real_engine_reuses_the_cache_and_generation_goes_on(tiny_
     # The second prompt kept the first prompt and the analysis in the cache; only the
     # re-rendered call header onwards was evaluated.
     first, second = engine.prefills[0], engine.prefills[1]
-    first_prompt_length = first.reused + first.evaluated
-    assert second.reused > first_prompt_length
+    first_prompt_length = first.cached + first.evaluated
+    assert second.cached > first_prompt_length
     assert second.evaluated < 60
     assert answer.usage.completion_tokens >= len(tiny_model.encoding.encode(call, allowed_special="all"))
 

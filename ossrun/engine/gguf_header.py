@@ -79,6 +79,11 @@ class GgufHeader:
         return n_ctx * layers * kv_heads * (key_dim + value_dim) * KV_BYTES_PER_VALUE
 
     @property
+    def vocab_size(self) -> int:
+        """Tokens in the vocabulary (arrays are kept as their length)."""
+        return int(self.metadata.get(gguf.Keys.Tokenizer.LIST) or 0)
+
+    @property
     def context_length(self) -> int:
         return int(self.arch_value(gguf.Keys.LLM.CONTEXT_LENGTH) or 0)
 

@@ -1,18 +1,22 @@
-"""What ossrun needs from an inference engine.
+"""What ossrun needs from an inference engine: token ids in, token ids out.
 
-:class:`ossrun.engine.llama.LlamaEngine` (llama.cpp) is the real one; tests also drive
-the library with a scripted engine that replays token streams. Token ids in,
-token ids out: prompts are rendered and outputs parsed by ``ossrun.harmony``.
+An engine takes :class:`GenerationRequest` s (a prompt's ids, how to sample, when to
+stop) and returns a :class:`Generation` per request, an iterator over the sampled ids.
+:class:`ossrun.engine.llama.LlamaEngine` (llama.cpp) is the real one, and it decodes
+several requests together; tests also drive the library with a scripted engine that
+replays token streams. Prompts are rendered and outputs parsed by ``ossrun.harmony``.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal, Optional, Protocol, Sequence
 
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
+
+EngineFinish = Literal["stop", "length", "interrupted"]
 
 
 @dataclass(frozen=True)
@@ -25,59 +29,81 @@ class Sampling:
 
 
 @dataclass(frozen=True)
-class PrefillStats:
-    reused: int  # tokens already in the cache (the longest common prefix)
-    evaluated: int  # tokens run through the model
-    seconds: float
+class GenerationRequest:
+    """One completion: evaluate ``prompt`` (reusing what the cache holds), then sample until
+    a stop token (returned as the last token), ``max_tokens``, a full context or ``cancel``."""
+
+    prompt: tuple[int, ...]
+    sampling: Sampling = Sampling()
+    stop_tokens: frozenset[int] = frozenset()
+    max_tokens: Optional[int] = None
+    # The prompt's first tokens that every prompt of the same settings shares (the system and
+    # developer messages): an engine may keep their state on disk for the next session.
+    prefix_length: int = 0
+    cancel: Optional[threading.Event] = None
+    record_logits: bool = False  # keep a copy of the logits each token was sampled from (tests, benchmarks)
 
 
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share: what a KV cache holding ``a`` can keep for ``b``."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+@dataclass
+class GenerationStats:
+    cached: int = 0  # prompt tokens reused from the KV cache (any sequence's) or restored from disk
+    evaluated: int = 0  # prompt tokens run through the model
+    generated: int = 0  # tokens sampled
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: EngineFinish = "length"
+    context_used: int = 0  # tokens the sequence's cache holds at the end (the last sample is not evaluated)
+    logits: list[Any] = field(default_factory=list)  # with record_logits: one numpy array per sampled token
 
 
-class Interrupted(Exception):
-    """Generation was cancelled (Ctrl-C): raised by an engine from inside a prefill or a decode step."""
+class Generation(Protocol):
+    def pending(self) -> int:
+        """Wait until the prompt starts being read; how many of its tokens are evaluated (not cached).
+
+        Returns at once (0) if the request ended before that, e.g. cancelled while queued.
+        """
+
+    def __iter__(self) -> Iterator[int]:
+        """The sampled token ids as they come. Raises the engine's error (ContextError, ModelError)."""
+
+    @property
+    def stats(self) -> GenerationStats:
+        """Counts and timings, final once the iteration has ended."""
+
+    def close(self) -> None:
+        """Stop the generation if it is still running and free what it holds."""
 
 
 class Engine(Protocol):
     @property
     def n_ctx(self) -> int:
-        """The context size in tokens."""
+        """The context size in tokens: the KV cells all sequences share, and each one's limit."""
 
     @property
-    def evaluated(self) -> Sequence[int]:
-        """The tokens whose keys and values are in the cache, in order."""
+    def parallel(self) -> int:
+        """How many requests are decoded together; more wait for a free sequence."""
 
-    def prefill(self, tokens: Sequence[int], cancel: Optional[threading.Event] = None) -> PrefillStats:
-        """Make the cache hold exactly ``tokens``: keep the longest common prefix, evaluate the rest.
+    def generate(self, request: GenerationRequest) -> Generation:
+        """Start ``request``; safe to call from several threads at once."""
 
-        Raises :class:`Interrupted` soon after ``cancel`` is set, even mid-batch.
-        """
-
-    def sample(self, sampling: Sampling) -> int:
-        """Draw the next token from the logits after the last evaluated token."""
-
-    def append(self, token: int, cancel: Optional[threading.Event] = None) -> None:
-        """Evaluate one more token."""
+    def cached_prefix(self, prompt: Sequence[int], prefix_length: int = 0) -> int:
+        """How many leading tokens of ``prompt`` a generation started now would not evaluate."""
 
     def close(self) -> None:
-        """Free the model and its context."""
+        """Stop every generation and free the model."""
 
 
-@runtime_checkable
-class PrefixStore(Protocol):
-    """An engine that keeps the KV state of a prompt prefix on disk, so new sessions skip it."""
+_BLOCK = 256  # tokens compared at once, at C speed, before looking for the first difference
 
-    def prefix_saved(self, tokens: Sequence[int]) -> bool:
-        """Whether a state for exactly ``tokens`` is on disk."""
 
-    def restore_prefix(self, tokens: Sequence[int]) -> bool:
-        """Make the cache hold exactly ``tokens`` from disk; False if no usable state is saved."""
-
-    def save_prefix(self, tokens: Sequence[int]) -> bool:
-        """Save the cache to disk; it must hold exactly ``tokens``."""
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share: what a KV cache holding ``a`` can keep for ``b``."""
+    a, b = list(a), list(b)
+    n = min(len(a), len(b))
+    start = 0
+    while start < n and a[start : start + _BLOCK] == b[start : start + _BLOCK]:
+        start += _BLOCK
+    for i in range(start, min(n, start + _BLOCK)):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -1,0 +1,517 @@
+"""Continuous batching: several requests decoded together over one context's sequences.
+
+One thread owns the context. Each step it builds one batch holding the next token of
+every sequence that is generating, plus chunks of the prompts being read, decodes it,
+and samples each sequence that produced logits with that request's own sampler chain.
+Requests wait in arrival order for a free sequence (a *slot*).
+
+- **Placement.** A request goes to the free slot whose cache shares the longest prefix
+  with its prompt; if another slot (free or busy) holds a longer one, those cells are
+  shared into the chosen slot (``seq_copy``: the unified KV cache stores them once).
+  A prompt whose system/developer head is in no slot is restored from the disk prefix
+  cache, or read up to that head first and saved for the next session.
+- **Steady decoding.** While sequences generate, a prompt is read in chunks sized from
+  measured step times so that a step carrying prompt tokens costs about
+  ``DEFAULT_DECODE_SLOWDOWN`` decode steps: generating sequences keep going while a
+  long prompt is read. With nothing generating, chunks are as large as the batch.
+- **A full pool.** ``n_ctx`` cells are shared by every sequence. When a step does not
+  fit, idle slots' caches go first (least recently used); then the newest prompt's
+  chunk is left out and that request waits until another finishes; a generating
+  sequence that still finds no room ends with ``length`` (its context is full).
+- **Isolation.** Cancel, errors and context overflow end one request; the others go on.
+
+The scheduler works on a :class:`Backend` (llama.cpp's context in ``llama.py``; a
+scripted one in the tests).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+
+from ossrun.engine.protocol import EngineFinish, GenerationRequest, GenerationStats, Sampling, common_prefix_length
+from ossrun.errors import ContextError, ModelError
+
+DEFAULT_DECODE_SLOWDOWN = 4.0  # a step that reads prompt tokens costs about this many decode steps
+MIN_PROMPT_CHUNK = 16  # prompt tokens per step at least, whatever the measured costs
+_EMA = 0.3  # weight of the newest measurement in the step-time averages
+
+ROOM = 1  # llama_decode: no KV cells for the batch
+ABORTED = 2  # llama_decode: the abort callback said stop
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One token of a batch."""
+
+    seq: int
+    token: int
+    pos: int
+    logits: bool
+
+
+class Backend(Protocol):
+    """The context operations the scheduler needs, all called from its thread."""
+
+    n_ctx: int
+    n_batch: int  # most tokens one decode takes
+    n_seq: int
+
+    def decode(self, entries: Sequence[Entry], abort: Optional[Callable[[], bool]]) -> int:
+        """0, ROOM, ABORTED, or a negative error code (llama_decode's codes)."""
+
+    def sample(self, sampler: Any, index: int) -> int: ...
+    def logits(self, index: int) -> Any: ...
+    def new_sampler(self, sampling: Sampling) -> Any: ...
+    def free_sampler(self, sampler: Any) -> None: ...
+    def seq_keep(self, seq: int, n: int) -> None:
+        """Drop the sequence's positions from ``n`` on."""
+
+    def seq_copy(self, src: int, dst: int, n: int) -> None:
+        """Let ``dst`` (empty) hold ``src``'s first ``n`` positions."""
+
+    def seq_length(self, seq: int) -> int: ...
+    def save_state(self, seq: int) -> Optional[bytes]: ...
+    def load_state(self, seq: int, data: bytes) -> bool: ...
+
+
+class PrefixStore(Protocol):
+    def load(self, tokens: Sequence[int]) -> Optional[bytes]: ...
+    def save(self, tokens: Sequence[int], state: bytes) -> Any: ...
+    def discard(self, tokens: Sequence[int]) -> None: ...
+    def path_for(self, tokens: Sequence[int]) -> Any: ...
+
+
+@dataclass
+class _Slot:
+    seq: int
+    tokens: list[int] = field(default_factory=list)  # what the cache holds for this sequence, in order
+    job: Optional["_Job"] = None
+    last_used: float = 0.0
+
+
+@dataclass(frozen=True)
+class _End:
+    pass
+
+
+class _Job:
+    """One request's life: waiting, then reading its prompt on a slot, then generating."""
+
+    def __init__(self, request: GenerationRequest, order: int):
+        self.request = request
+        self.prompt = list(request.prompt)
+        self.order = order
+        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.placed = threading.Event()
+        self.pending = 0
+        self.slot: Optional[_Slot] = None
+        self.sampler: Any = None
+        self.save_prefix_at: Optional[int] = None
+        self.next_token: Optional[int] = None  # sampled, evaluated by the next step
+        self.blocked = False  # its prompt chunk found no room: waits for another request to end
+        self.abandoned = False
+        self.done = False
+        self.stats = GenerationStats()
+        self.placed_at = self.first_token_at = 0.0
+
+    @property
+    def reading(self) -> bool:
+        return self.slot is not None and self.next_token is None and not self.done
+
+    def cancelled(self) -> bool:
+        cancel = self.request.cancel
+        return self.abandoned or (cancel is not None and cancel.is_set())
+
+
+class Generation:
+    """The consumer's side of a request (see :class:`ossrun.engine.protocol.Generation`)."""
+
+    def __init__(self, job: _Job, wake: Callable[[], None]):
+        self._job = job
+        self._wake = wake
+
+    def pending(self) -> int:
+        self._job.placed.wait()
+        return self._job.pending
+
+    def __iter__(self) -> Iterator[int]:
+        job = self._job
+        while True:
+            item = job.out.get()
+            if isinstance(item, int):
+                yield item
+            elif isinstance(item, _End):
+                return
+            else:
+                raise item
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self._job.stats
+
+    def close(self) -> None:
+        if not self._job.done:
+            self._job.abandoned = True
+            self._wake()
+
+
+class Scheduler:
+    """Runs requests on ``backend``'s sequences (see the module docstring)."""
+
+    def __init__(self, backend: Backend, prefix_store: Optional[PrefixStore] = None, *,
+                 decode_slowdown: float = DEFAULT_DECODE_SLOWDOWN, min_prompt_chunk: int = MIN_PROMPT_CHUNK):
+        self.backend = backend
+        self.prefix_store = prefix_store
+        self.decode_slowdown = decode_slowdown
+        self.min_prompt_chunk = min_prompt_chunk
+        self.slots = [_Slot(seq) for seq in range(backend.n_seq)]
+        self._waiting: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._orders = itertools.count()
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self._decode_step = 0.0  # seconds of a step without prompt tokens (EMA)
+        self._prompt_token = 0.0  # seconds per prompt token on top of that (EMA)
+        self.steps = 0
+
+    # -- the consumers' side ------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> Generation:
+        if not request.prompt:
+            raise ValueError("a generation needs at least one prompt token")
+        if len(request.prompt) > self.backend.n_ctx:
+            raise ContextError(f"the prompt is {len(request.prompt)} tokens but the context holds "
+                               f"{self.backend.n_ctx}: use a larger --ctx")
+        with self._cond:
+            if self._stopping:
+                raise ModelError("the model was closed")
+            job = _Job(request, next(self._orders))
+            self._waiting.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ossrun-scheduler", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return Generation(job, self._wake)
+
+    def cached_prefix(self, prompt: Sequence[int], prefix_length: int = 0) -> int:
+        prompt = list(prompt)
+        with self._cond:
+            held = max((common_prefix_length(slot.tokens, prompt) for slot in self.slots), default=0)
+        if held < prefix_length <= len(prompt) and self.prefix_store is not None:
+            if self.prefix_store.path_for(prompt[:prefix_length]).is_file():
+                held = prefix_length
+        return held
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    # -- the scheduler's thread ---------------------------------------------
+
+    def _active(self) -> list[_Job]:
+        return [slot.job for slot in self.slots if slot.job is not None]
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._active():
+                    self._cond.wait()
+                if self._stopping:
+                    for job in [*self._waiting, *self._active()]:
+                        self._finish(job, "interrupted")
+                    self._waiting.clear()
+                    return
+                try:
+                    self._end_cancelled()
+                    self._place_waiting()
+                    entries, chunks, decoders = self._plan()
+                except Exception as exc:  # a bug must not leave consumers waiting forever
+                    self._fail_all(exc)
+                    continue
+                if not entries:
+                    if self._active() and not self._unblock():
+                        self._cond.wait(0.05)  # nothing can run until a request ends or arrives
+                    continue
+            try:
+                self._step(entries, chunks, decoders)
+            except Exception as exc:
+                with self._cond:
+                    self._fail_all(exc)
+
+    def _end_cancelled(self) -> None:
+        for job in list(self._waiting):
+            if job.cancelled():
+                self._waiting.remove(job)
+                self._finish(job, "interrupted")
+        for job in self._active():
+            if job.cancelled():
+                self._finish(job, "interrupted")
+
+    def _place_waiting(self) -> None:
+        while self._waiting:
+            free = [slot for slot in self.slots if slot.job is None]
+            if not free:
+                return
+            self._place(self._waiting.popleft(), free)
+
+    def _place(self, job: _Job, free: list[_Slot]) -> None:
+        prompt, backend = job.prompt, self.backend
+        shared = {slot.seq: common_prefix_length(slot.tokens, prompt) for slot in self.slots}
+        slot = max(free, key=lambda s: (shared[s.seq], -s.last_used))
+        donor = max(self.slots, key=lambda s: shared[s.seq])
+        keep = shared[slot.seq]
+        if shared[donor.seq] > keep:
+            keep = shared[donor.seq]
+            backend.seq_keep(slot.seq, 0)
+            backend.seq_copy(donor.seq, slot.seq, keep)
+        else:
+            backend.seq_keep(slot.seq, keep)
+        if keep == len(prompt):
+            keep -= 1  # all cached, but the logits of the last token are gone: evaluate it again
+            backend.seq_keep(slot.seq, keep)
+        slot.tokens = prompt[:keep]
+        head = job.request.prefix_length
+        if keep < head <= len(prompt) and self.prefix_store is not None:
+            if self._restore(slot, prompt[:head]):
+                keep = head
+            else:
+                job.save_prefix_at = head
+        job.sampler = backend.new_sampler(job.request.sampling)
+        slot.job, job.slot = job, slot
+        job.stats.cached = keep
+        job.pending = len(prompt) - keep
+        job.placed_at = time.perf_counter()
+        job.placed.set()
+
+    def _restore(self, slot: _Slot, head: list[int]) -> bool:
+        state = self.prefix_store.load(head)
+        if state is None:
+            return False
+        self.backend.seq_keep(slot.seq, 0)
+        if not self.backend.load_state(slot.seq, state) or self.backend.seq_length(slot.seq) != len(head):
+            self.backend.seq_keep(slot.seq, 0)
+            self.prefix_store.discard(head)
+            slot.tokens = []
+            return False
+        slot.tokens = list(head)
+        return True
+
+    def _prompt_budget(self, decoders: int) -> int:
+        room = self.backend.n_batch - decoders
+        if not decoders:
+            return room
+        if self._prompt_token <= 0:
+            return min(room, self.min_prompt_chunk)
+        budget = int(self._decode_step * (self.decode_slowdown - 1) / self._prompt_token)
+        return max(min(room, self.min_prompt_chunk), min(room, budget))
+
+    def _plan(self) -> tuple[list[Entry], dict[int, tuple[_Job, int]], list[tuple[_Job, int]]]:
+        """The next step's batch: every generating sequence's token, then prompt chunks, oldest first.
+
+        Returns the entries, the prompt chunks (job, tokens taken) by the index of their
+        first entry, and the decoding jobs with the index of their entry.
+        """
+        entries: list[Entry] = []
+        decoders: list[tuple[_Job, int]] = []
+        for job in sorted(self._active(), key=lambda j: j.order):
+            if job.next_token is not None:
+                decoders.append((job, len(entries)))
+                entries.append(Entry(job.slot.seq, job.next_token, len(job.slot.tokens), True))
+        budget = self._prompt_budget(len(decoders))
+        chunks: dict[int, tuple[_Job, int]] = {}
+        for job in sorted(self._active(), key=lambda j: j.order):
+            if not job.reading or job.blocked or budget <= 0:
+                continue
+            start = len(job.slot.tokens)
+            end = len(job.prompt)
+            if job.save_prefix_at is not None and start < job.save_prefix_at:
+                end = job.save_prefix_at
+            take = min(budget, end - start)
+            chunks[len(entries)] = (job, take)
+            for offset, token in enumerate(job.prompt[start : start + take]):
+                entries.append(Entry(job.slot.seq, token, start + offset, start + offset == len(job.prompt) - 1))
+            budget -= take
+        return entries, chunks, decoders
+
+    def _step(self, entries: list[Entry], chunks: dict[int, tuple[_Job, int]], decoders: list[tuple[_Job, int]]) -> None:
+        readers = [job for job, _ in chunks.values()]
+
+        def abort() -> bool:
+            return self._stopping or any(job.cancelled() for job in readers)
+
+        started = time.perf_counter()
+        code = self.backend.decode(entries, abort if readers else None)
+        seconds = time.perf_counter() - started
+        with self._cond:
+            self.steps += 1
+            if code == 0:
+                self._measure(seconds, len(decoders), len(entries) - len(decoders))
+                self._advance(entries, chunks, decoders)
+            elif code == ABORTED:
+                self._resync(entries)
+            elif code == ROOM:
+                self._make_room(chunks, decoders)
+            else:
+                self._resync(entries)
+                error = ModelError(f"llama.cpp failed to evaluate a batch (llama_decode returned {code})")
+                for job in {id(j): j for j in readers + [j for j, _ in decoders]}.values():
+                    self._fail(job, error)
+
+    def _measure(self, seconds: float, decoders: int, prompt_tokens: int) -> None:
+        if not prompt_tokens:
+            self._decode_step = seconds if not self._decode_step else (1 - _EMA) * self._decode_step + _EMA * seconds
+            return
+        per_token = max(seconds - (self._decode_step if decoders else 0.0), 0.0) / prompt_tokens
+        self._prompt_token = per_token if not self._prompt_token else (1 - _EMA) * self._prompt_token + _EMA * per_token
+
+    def _advance(self, entries: list[Entry], chunks: dict[int, tuple[_Job, int]], decoders: list[tuple[_Job, int]]) -> None:
+        now = time.perf_counter()
+        for job, index in decoders:
+            job.slot.tokens.append(job.next_token)
+            job.next_token = None
+            self._sampled(job, index, now)
+        for index, (job, take) in chunks.items():
+            slot = job.slot
+            slot.tokens.extend(job.prompt[len(slot.tokens) : len(slot.tokens) + take])
+            job.stats.evaluated += take
+            if job.save_prefix_at is not None and len(slot.tokens) == job.save_prefix_at:
+                self._save_prefix(job)
+            if len(slot.tokens) == len(job.prompt):
+                self._sampled(job, index + take - 1, now)
+
+    def _save_prefix(self, job: _Job) -> None:
+        job.save_prefix_at = None
+        state = self.backend.save_state(job.slot.seq)
+        if state is not None:
+            self.prefix_store.save(job.slot.tokens, state)
+
+    def _sampled(self, job: _Job, index: int, now: float) -> None:
+        if job.cancelled():
+            self._finish(job, "interrupted")
+            return
+        token = self.backend.sample(job.sampler, index)
+        if job.request.record_logits:
+            job.stats.logits.append(self.backend.logits(index))
+        stats = job.stats
+        if not stats.generated:
+            job.first_token_at = now
+            stats.prefill_seconds = now - job.placed_at
+        stats.generated += 1
+        job.out.put(token)
+        limit = job.request.max_tokens
+        if token in job.request.stop_tokens:
+            self._finish(job, "stop")
+        elif (limit is not None and stats.generated >= limit) or len(job.slot.tokens) >= self.backend.n_ctx:
+            self._finish(job, "length")
+        else:
+            job.next_token = token
+
+    def _resync(self, entries: Sequence[Entry]) -> None:
+        """After a decode that failed or was aborted: llama.cpp dropped the batch's positions."""
+        for seq in {entry.seq for entry in entries}:
+            slot = self.slots[seq]
+            kept = min(self.backend.seq_length(seq), len(slot.tokens))
+            self.backend.seq_keep(seq, kept)
+            del slot.tokens[kept:]
+
+    def _make_room(self, chunks: dict[int, tuple[_Job, int]], decoders: list[tuple[_Job, int]]) -> None:
+        """The batch found no KV cells: free some, or take the newest work out of the next step.
+
+        Older requests come first: idle caches go, then the newest prompt chunk waits for
+        another request to end, then a newer prompt's cells are taken back (it is read again
+        later); a generating sequence that still finds no room has a full context.
+        """
+        idle = [slot for slot in self.slots if slot.job is None and slot.tokens]
+        if idle:
+            slot = min(idle, key=lambda s: s.last_used)
+            self.backend.seq_keep(slot.seq, 0)
+            slot.tokens = []
+            return
+        readers = sorted((job for job, _ in chunks.values()), key=lambda j: j.order)
+        if readers and len(readers) + len(decoders) > 1:
+            readers[-1].blocked = True
+            return
+        holding = [job for job in self._active() if job.reading and job.slot.tokens and job not in readers]
+        if readers:
+            reader = readers[0]
+            newer = [job for job in holding if job.order > reader.order]
+            if newer:
+                self._preempt(max(newer, key=lambda j: j.order))
+            elif holding:
+                reader.blocked = True  # older prompts hold the cells: they go first
+            else:
+                self._fail(reader, ContextError(
+                    f"the prompt ({len(reader.prompt)} tokens) does not fit in what the context of "
+                    f"{self.backend.n_ctx} tokens has left: use a larger --ctx"))
+            return
+        if holding:
+            self._preempt(max(holding, key=lambda j: j.order))
+            return
+        self._finish(max((job for job, _ in decoders), key=lambda j: j.order), "length")
+
+    def _preempt(self, job: _Job) -> None:
+        """Take a prompt's cells back; it is read again from the start once another request ends."""
+        self.backend.seq_keep(job.slot.seq, 0)
+        job.slot.tokens = []
+        job.stats.cached = 0
+        job.blocked = True
+        head = job.request.prefix_length
+        job.save_prefix_at = head if head and self.prefix_store is not None else None
+
+    def _unblock(self) -> bool:
+        blocked = [job for job in self._active() if job.blocked]
+        for job in blocked:
+            job.blocked = False
+        return bool(blocked)
+
+    def _finish(self, job: _Job, reason: EngineFinish) -> None:
+        if job.done:
+            return
+        job.done = True
+        stats = job.stats
+        stats.finish_reason = reason
+        if job.first_token_at:
+            stats.decode_seconds = time.perf_counter() - job.first_token_at
+        elif job.placed_at:
+            stats.prefill_seconds = time.perf_counter() - job.placed_at
+        self._release(job)
+        job.out.put(_End())
+
+    def _fail(self, job: _Job, error: BaseException) -> None:
+        if job.done:
+            return
+        job.done = True
+        self._release(job)
+        job.out.put(error)
+
+    def _release(self, job: _Job) -> None:
+        if job.sampler is not None:
+            self.backend.free_sampler(job.sampler)
+            job.sampler = None
+        slot = job.slot
+        if slot is not None:
+            job.stats.context_used = len(slot.tokens)
+            slot.job = None
+            slot.last_used = time.monotonic()
+        for other in self._active():
+            other.blocked = False  # cells may have been freed
+        job.placed.set()
+
+    def _fail_all(self, error: BaseException) -> None:
+        for job in [*self._waiting, *self._active()]:
+            self._fail(job, error)
+        self._waiting.clear()

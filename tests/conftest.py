@@ -95,3 +95,14 @@ def tiny_gguf(tmp_path_factory, tiny_checkpoint) -> Path:
     from ossrun.convert import convert
 
     return convert(tiny_checkpoint, tmp_path_factory.mktemp("tiny-gguf") / "tiny-gpt-oss.gguf")
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory) -> Path:
+    """The demo GGUF, built from the package data into a session-wide ossrun home."""
+    from ossrun.store import demo
+
+    home = tmp_path_factory.mktemp("demo-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OSSRUN_HOME", str(home))
+        return demo.demo_gguf()

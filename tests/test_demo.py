@@ -38,15 +38,6 @@ def _pinned_date(monkeypatch):
     monkeypatch.setenv("OSSRUN_DATE", DATE)
 
 
-@pytest.fixture(scope="session")
-def demo_build(tmp_path_factory) -> Path:
-    """The demo GGUF, built from the package data into a session-wide ossrun home."""
-    home = tmp_path_factory.mktemp("demo-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OSSRUN_HOME", str(home))
-        return demo.demo_gguf()
-
-
 @pytest.fixture
 def demo_home(demo_build, _isolated_home) -> Path:
     """This test's ossrun home with the session's demo build in its cache (as a second run finds it)."""

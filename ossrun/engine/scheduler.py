@@ -39,6 +39,7 @@ from ossrun.errors import ContextError, ModelError
 
 DEFAULT_DECODE_SLOWDOWN = 4.0  # a step that reads prompt tokens costs about this many decode steps
 MIN_PROMPT_CHUNK = 16  # prompt tokens per step at least, whatever the measured costs
+MIN_SHARED_PREFIX = 32  # a younger request waits for an older one reading this many more tokens it needs
 _EMA = 0.3  # weight of the newest measurement in the step-time averages
 
 ROOM = 1  # llama_decode: no KV cells for the batch
@@ -334,7 +335,7 @@ class Scheduler:
         budget = self._prompt_budget(len(decoders))
         chunks: dict[int, tuple[_Job, int]] = {}
         for job in sorted(self._active(), key=lambda j: j.order):
-            if not job.reading or job.blocked or budget <= 0:
+            if not job.reading or job.blocked or budget <= 0 or self._follows(job):
                 continue
             start = len(job.slot.tokens)
             end = len(job.prompt)
@@ -346,6 +347,36 @@ class Scheduler:
                 entries.append(Entry(job.slot.seq, token, start + offset, start + offset == len(job.prompt) - 1))
             budget -= take
         return entries, chunks, decoders
+
+    def _follows(self, job: _Job) -> bool:
+        """Take cells of ``job``'s prompt another sequence holds now, or wait for an older request
+        that is reading them.
+
+        Requests that arrive together with the same long instructions would each evaluate them;
+        the younger ones wait instead, and take the cells once the oldest holds them.
+        """
+        slot = job.slot
+        best, shared, ready = None, len(slot.tokens) + MIN_SHARED_PREFIX, False
+        for other in self.slots:
+            if other is slot:
+                continue
+            held = common_prefix_length(other.tokens, job.prompt)
+            leader = other.job
+            coming = common_prefix_length(leader.prompt, job.prompt) if (
+                leader is not None and leader.reading and leader.order < job.order) else held
+            if max(held, coming) > shared:
+                best, shared, ready = other, max(held, coming), held >= coming
+        if best is None:
+            return False
+        if not ready:
+            return True  # the older request has not read that far yet
+        self.backend.seq_keep(slot.seq, 0)
+        self.backend.seq_copy(best.seq, slot.seq, shared)
+        job.stats.cached += shared - len(slot.tokens)
+        slot.tokens = job.prompt[:shared]
+        if job.save_prefix_at is not None and shared >= job.save_prefix_at:
+            job.save_prefix_at = None
+        return False
 
     def _step(self, entries: list[Entry], chunks: dict[int, tuple[_Job, int]], decoders: list[tuple[_Job, int]]) -> None:
         readers = [job for job, _ in chunks.values()]

@@ -1,0 +1,252 @@
+"""The scheduler on a scripted backend: what goes into each batch, who waits, who ends, and why.
+
+The backend keeps a pool of KV cells like llama.cpp's unified cache (sequences that share a
+prefix share its cells), answers ROOM when a batch does not fit, and "samples" each request's
+scripted tokens (the script is chosen by the request's seed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from ossrun.engine.protocol import GenerationRequest, Sampling
+from ossrun.engine.scheduler import ABORTED, ROOM, Entry, Scheduler
+from ossrun.errors import ContextError
+
+STOP = 9
+
+
+@dataclass
+class ScriptedSampler:
+    tokens: list[int]
+    drawn: int = 0
+
+    def next(self) -> int:
+        token = self.tokens[self.drawn] if self.drawn < len(self.tokens) else 1
+        self.drawn += 1
+        return token
+
+
+@dataclass
+class ScriptedBackend:
+    n_ctx: int = 64
+    n_batch: int = 16
+    n_seq: int = 2
+    scripts: dict = field(default_factory=dict)  # seed -> sampled tokens
+    seconds_per_token: float = 0.0
+    fail_code: int = 0  # returned once by the next decode
+    batches: list = field(default_factory=list)  # the entries of every successful decode
+    cells: dict = field(default_factory=dict)  # seq -> list of cell ids, one per position
+    _ids = itertools.count()
+    _last: list = field(default_factory=list)
+
+    def used(self) -> int:
+        return len({cell for cells in self.cells.values() for cell in cells})
+
+    def decode(self, entries, abort):
+        for entry in entries:
+            assert entry.pos == len(self.cells.get(entry.seq, [])) + sum(
+                1 for e in entries[: entries.index(entry)] if e.seq == entry.seq), "positions must follow the cache"
+        if self.fail_code:
+            code, self.fail_code = self.fail_code, 0
+            return code
+        if self.used() + len(entries) > self.n_ctx:
+            return ROOM
+        for _ in entries:
+            if self.seconds_per_token:
+                time.sleep(self.seconds_per_token)
+            if abort is not None and abort():
+                return ABORTED
+        for entry in entries:
+            self.cells.setdefault(entry.seq, []).append(next(self._ids))
+        self.batches.append(list(entries))
+        self._last = list(entries)
+        return 0
+
+    def sample(self, sampler, index):
+        assert self._last[index].logits
+        return sampler.next()
+
+    def logits(self, index):
+        return [index]
+
+    def new_sampler(self, sampling: Sampling):
+        return ScriptedSampler(list(self.scripts.get(sampling.seed, [STOP])))
+
+    def free_sampler(self, sampler):
+        pass
+
+    def seq_keep(self, seq, n):
+        del self.cells.setdefault(seq, [])[n:]
+
+    def seq_copy(self, src, dst, n):
+        assert not self.cells.get(dst)
+        self.cells[dst] = list(self.cells.get(src, [])[:n])
+
+    def seq_length(self, seq):
+        return len(self.cells.get(seq, []))
+
+    def save_state(self, seq):
+        return None
+
+    def load_state(self, seq, data):
+        return False
+
+
+def request(prompt, seed=0, **options):
+    return GenerationRequest(tuple(prompt), Sampling(seed=seed), stop_tokens=frozenset({STOP}), **options)
+
+
+def finish(generation):
+    tokens = list(generation)
+    return tokens, generation.stats
+
+
+@pytest.fixture
+def make():
+    schedulers = []
+
+    def build(**kwargs):
+        backend = ScriptedBackend(**kwargs)
+        scheduler = Scheduler(backend)
+        schedulers.append(scheduler)
+        return backend, scheduler
+
+    yield build
+    for scheduler in schedulers:
+        scheduler.close()
+
+
+def test_one_request_reads_its_prompt_in_batch_sized_chunks_then_decodes(make):
+    backend, scheduler = make(scripts={1: [5, 6, STOP]})
+    tokens, stats = finish(scheduler.submit(request(range(100, 140), seed=1)))
+    assert tokens == [5, 6, STOP]
+    assert (stats.cached, stats.evaluated, stats.generated, stats.finish_reason) == (0, 40, 3, "stop")
+    assert [len(batch) for batch in backend.batches] == [16, 16, 8, 1, 1]  # 40 prompt tokens, then 5 and 6
+    assert stats.context_used == 42  # the stop token is not evaluated
+
+
+def test_requests_decode_together_and_wait_in_arrival_order_for_a_free_sequence(make):
+    backend, scheduler = make(n_seq=2, n_ctx=256, scripts={s: [s * 10 + i for i in range(5)] + [STOP] for s in (1, 2, 3)})
+    backend.seconds_per_token = 0.001
+    first = scheduler.submit(request([1] * 4, seed=1))
+    second = scheduler.submit(request([2] * 4, seed=2))
+    third = scheduler.submit(request([3] * 4, seed=3))  # no free sequence: waits
+    results = [finish(g) for g in (first, second, third)]
+    assert [tokens for tokens, _ in results] == [[s * 10 + i for i in range(5)] + [STOP] for s in (1, 2, 3)]
+    # The first two share batches; the third starts only once a sequence is free.
+    shared = [batch for batch in backend.batches if {e.seq for e in batch} == {0, 1}]
+    assert len(shared) >= 5
+    third_seq_tokens = [e.token for batch in backend.batches for e in batch if e.token in (3, 30, 31)]
+    first_done = max(i for i, batch in enumerate(backend.batches) if any(e.token == 14 for e in batch))
+    first_third = min(i for i, batch in enumerate(backend.batches) if any(e.token == 3 for e in batch))
+    assert third_seq_tokens and first_third > first_done - 1
+
+
+def test_generating_sequences_keep_going_while_a_long_prompt_is_read(make):
+    backend, scheduler = make(n_seq=2, n_ctx=4096, n_batch=256, scripts={1: list(range(500, 560)) + [STOP], 2: [STOP]})
+    backend.seconds_per_token = 0.0002
+    talker = scheduler.submit(request([1] * 8, seed=1))
+    talker_tokens = iter(talker)
+    for _ in range(5):
+        next(talker_tokens)  # it is generating now
+    reader = scheduler.submit(request(range(1000, 3000), seed=2))
+    finish(reader)
+    rest = list(talker_tokens)
+    assert rest[-1] == STOP
+    reading = [batch for batch in backend.batches if any(e.seq == 1 for e in batch)]
+    assert len(reading) > 8  # the 2000-token prompt took many steps...
+    # ...and the generating sequence had its token in every one of them while it lasted.
+    talking = [batch for batch in reading if any(e.seq == 0 for e in batch)]
+    assert len(talking) >= min(len(reading) - 1, 55)
+    assert max(sum(e.seq == 1 for e in batch) for batch in talking) < 255  # chunks left room for it
+
+
+def test_prompts_are_read_oldest_first(make):
+    backend, scheduler = make(n_seq=3, n_ctx=4096, n_batch=16, scripts={1: [STOP], 2: [STOP], 3: [STOP]})
+    generations = [scheduler.submit(request([seed] * 40, seed=seed)) for seed in (1, 2, 3)]
+    for generation in generations:
+        finish(generation)
+    first_batch_of = {seq: min(i for i, b in enumerate(backend.batches) if any(e.seq == seq for e in b)) for seq in range(3)}
+    assert first_batch_of[0] <= first_batch_of[1] <= first_batch_of[2]
+
+
+def test_a_prefix_held_by_another_sequence_is_shared_not_evaluated(make):
+    backend, scheduler = make(n_seq=2, n_ctx=512, scripts={1: [STOP], 2: [STOP]})
+    instructions = list(range(200, 260))
+    finish(scheduler.submit(request(instructions + [1, 1], seed=1)))
+    busy = scheduler.submit(request(instructions + [1, 1, 5, 5], seed=1))  # reuses its own slot
+    tokens, stats = finish(scheduler.submit(request(instructions + [7, 7, 7], seed=2)))
+    finish(busy)
+    assert (stats.cached, stats.evaluated) == (60, 3)
+    assert scheduler.cached_prefix(instructions + [7, 7, 7, 8]) == 63
+    assert backend.cells[0][:60] == backend.cells[1][:60]  # the same cells, held once
+
+
+def test_cancel_ends_one_request_and_the_others_go_on(make):
+    backend, scheduler = make(n_seq=2, n_ctx=4096, n_batch=32, scripts={1: list(range(500, 540)) + [STOP], 2: [STOP]})
+    backend.seconds_per_token = 0.0005
+    talker = scheduler.submit(request([1] * 8, seed=1))
+    cancel = threading.Event()
+    reader = scheduler.submit(request(range(1000, 3000), seed=2, cancel=cancel))
+    assert reader.pending() == 2000
+    time.sleep(0.05)
+    cancel.set()
+    tokens, stats = finish(reader)
+    assert tokens == [] and stats.finish_reason == "interrupted" and 0 < stats.evaluated < 2000
+    talked, talker_stats = finish(talker)
+    assert talked == list(range(500, 540)) + [STOP] and talker_stats.finish_reason == "stop"
+
+
+def test_a_consumer_that_walks_away_frees_its_sequence(make):
+    backend, scheduler = make(n_seq=1, scripts={1: list(range(20, 60)), 2: [STOP]})
+    backend.seconds_per_token = 0.002  # 60 tokens would take 0.12 s
+    walker = scheduler.submit(request([1] * 4, seed=1))
+    next(iter(walker))
+    walker.close()
+    tokens, stats = finish(scheduler.submit(request([2] * 4, seed=2)))
+    assert tokens == [STOP]
+    assert walker.stats.finish_reason == "interrupted"
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_and_a_full_context_ends_only_its_own_request(make):
+    backend, scheduler = make(n_seq=2, n_ctx=64, scripts={1: list(range(20, 80)), 2: [3, 4, STOP]})
+    with pytest.raises(ContextError, match="the prompt is 65 tokens but the context holds 64"):
+        scheduler.submit(request([1] * 65))
+    long = scheduler.submit(request([1] * 40, seed=1))  # generates until the pool is full
+    short = scheduler.submit(request([2] * 4, seed=2))
+    assert finish(short)[0] == [3, 4, STOP]
+    tokens, stats = finish(long)
+    assert stats.finish_reason == "length" and backend.used() <= 64
+
+
+def test_a_full_pool_drops_idle_caches_first(make):
+    backend, scheduler = make(n_seq=2, n_ctx=64, scripts={1: [STOP], 2: [STOP], 3: [STOP]})
+    finish(scheduler.submit(request([1] * 40, seed=1)))  # leaves 40 cells cached on its sequence
+    tokens, stats = finish(scheduler.submit(request([2] * 50, seed=2)))  # needs 50 of 64
+    assert stats.finish_reason == "stop" and stats.evaluated == 50
+    assert sorted(len(c) for c in backend.cells.values()) == [0, 50]
+
+
+def test_a_full_pool_makes_the_newest_prompt_wait_for_room(make):
+    backend, scheduler = make(n_seq=2, n_ctx=64, n_batch=16, scripts={1: list(range(20, 30)) + [STOP], 2: [STOP]})
+    first = scheduler.submit(request([1] * 30, seed=1))
+    second = scheduler.submit(request([2] * 30, seed=2))  # 30 + 30 + 10 generated do not fit in 64
+    assert finish(first)[0] == list(range(20, 30)) + [STOP]
+    tokens, stats = finish(second)
+    assert tokens == [STOP] and stats.finish_reason == "stop"
+
+
+def test_a_failed_decode_fails_its_requests_and_the_engine_goes_on(make):
+    backend, scheduler = make(n_seq=1, scripts={1: [5, STOP], 2: [STOP]})
+    backend.fail_code = -3
+    with pytest.raises(Exception, match="llama_decode returned -3"):
+        finish(scheduler.submit(request([1] * 4, seed=1)))
+    assert finish(scheduler.submit(request([2] * 4, seed=2)))[0] == [STOP]
+    assert all(len(batch) > 0 for batch in backend.batches)
+    assert [e for batch in backend.batches for e in batch][0] == Entry(0, 2, 0, False)

@@ -9,6 +9,8 @@ token by token through harmony's streaming parser and yields typed events
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import os
 import sys
 import threading
@@ -19,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 from ossrun.engine.protocol import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, GenerationRequest, GenerationStats, Sampling
 from ossrun.errors import ContextError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
+from ossrun.formats import output_rules
 from ossrun.harmony.encoding import load_encoding, stop_tokens
 from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort, instructions_from
 from ossrun.harmony.parser import Turn, TurnParser
@@ -106,7 +109,9 @@ class _Request:
 
     settings: PromptSettings
     history: tuple[Mapping[str, Any], ...]  # the messages minus system/developer entries
-    sampling: Sampling
+    sampling: Sampling  # the first assistant turn's
+    later_sampling: Sampling  # the turns after tool results (tool_choice holds the first turn only)
+    stop: tuple[str, ...]  # texts that end the answer where they appear (not included)
     max_tokens: Optional[int]
     cancel: Optional[threading.Event]
     toolbox: Toolbox
@@ -161,11 +166,18 @@ class Model:
         - ``python_tool``: True (a sandbox for this reply) or an ``ossrun.tools.PythonSandbox``
           (its working directory lasts until you close it).
         - ``max_tool_rounds`` (default 8) and ``confirm(call) -> bool``, asked before each python run.
+        - ``tool_choice``: ``"auto"`` (default), ``"none"``, ``"required"`` or one function
+          (``{"type": "function", "function": {"name": ...}}``), for the first turn.
+
+        ``response_format`` (OpenAI's ``json_object`` or ``json_schema``) holds the final answer to
+        JSON; ``stop`` (a text or a list of them) ends the answer where one appears.
         """
         request = self._request(messages, options)
+        rounds = itertools.count()
         try:
-            yield from run_tool_loop(lambda history: self._turn(history, request), request.history, request.toolbox,
-                                     max_rounds=request.max_tool_rounds, confirm=request.confirm, cancel=request.cancel)
+            yield from run_tool_loop(lambda history: self._turn(history, request, next(rounds)), request.history,
+                                     request.toolbox, max_rounds=request.max_tool_rounds, confirm=request.confirm,
+                                     cancel=request.cancel)
         finally:
             if request.owns_toolbox:
                 request.toolbox.close()
@@ -210,10 +222,14 @@ class Model:
         system = options.pop("system", None)
         tools, python_tool = options.pop("tools", None), options.pop("python_tool", False)
         toolbox = Toolbox.build(tools, python_tool)
-        settings = toolbox.prompt_settings(PromptSettings(
+        rules = output_rules(self.encoding, toolbox, options.pop("response_format", None), options.pop("tool_choice", None))
+        settings = PromptSettings(
             reasoning_effort=check_reasoning_effort(options.pop("reasoning_effort", DEFAULT_REASONING_EFFORT)),
             instructions=system if system is not None else instructions_from(messages),
-        ))
+            response_format=rules.declared,
+        )
+        if not rules.no_tools:
+            settings = toolbox.prompt_settings(settings)
         max_tool_rounds = int(options.pop("max_tool_rounds", DEFAULT_MAX_TOOL_ROUNDS))
         confirm = options.pop("confirm", None)
         sampling = Sampling(
@@ -221,13 +237,16 @@ class Model:
             top_p=float(options.pop("top_p", DEFAULT_TOP_P)),
             seed=options.pop("seed", None),
         )
+        stop = options.pop("stop", None)
+        stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
         max_tokens = options.pop("max_tokens", None)
         cancel = options.pop("cancel", None)
         if options:
             raise TypeError(f"unknown option(s): {', '.join(sorted(options))}")
-        _check_sampling(sampling, max_tokens)
+        _check_sampling(sampling, max_tokens, stop)
         history = tuple(m for m in messages if m.get("role") not in ("system", "developer"))
-        return _Request(settings, history, sampling, max_tokens, cancel,
+        return _Request(settings, history, dataclasses.replace(sampling, constraint=rules.first_turn),
+                        dataclasses.replace(sampling, constraint=rules.later_turns), stop, max_tokens, cancel,
                         toolbox, toolbox is not tools, max_tool_rounds, confirm)
 
     def _reply_reserve(self, max_tokens: Optional[int]) -> int:
@@ -255,7 +274,7 @@ class Model:
 
     # -- generation --------------------------------------------------------------
 
-    def _turn(self, history: Messages, request: _Request) -> Iterator[Event]:
+    def _turn(self, history: Messages, request: _Request, round_number: int = 0) -> Iterator[Event]:
         """One assistant turn over ``history`` (system entries already set aside), ending with Done.
 
         A tool-calling loop runs this once per round, with each round's calls and
@@ -269,19 +288,21 @@ class Model:
                 f"left out the {prompt.dropped} oldest messages"
             )
             yield Notice(notices[-1])
-        result = yield from self._generate(prompt, request)
+        sampling = request.sampling if round_number == 0 else request.later_sampling
+        result = yield from self._generate(prompt, request, sampling)
         yield Done(self._reply(prompt, result, notices))
 
-    def _generate(self, prompt: _Prompt, request: _Request) -> Iterator[Event]:
+    def _generate(self, prompt: _Prompt, request: _Request, sampling: Sampling) -> Iterator[Event]:
         """Have the engine read the prompt and sample until a stop token, the token limit, a full
-        context or cancel; the tokens go through harmony's parser.
+        context, a stop text or cancel; the tokens go through harmony's parser.
 
         Yields the parser's events and returns a :class:`_TurnResult`.
         """
-        parser = TurnParser(self.encoding)
+        parser = TurnParser(self.encoding, namespaces=request.toolbox.namespace_names())
+        stop = _StopTexts(request.stop)
         generation = self.engine.generate(GenerationRequest(
             prompt=tuple(prompt.ids),
-            sampling=request.sampling,
+            sampling=sampling,
             stop_tokens=self._stops,
             max_tokens=request.max_tokens,
             prefix_length=prompt.prefix_length,
@@ -291,19 +312,28 @@ class Model:
             yield Prefill(generation.pending())
             events: list[Event] = []
             for token in generation:
-                events = parser.feed(token)
-                yield from events
+                events = [stop.filter(e) if isinstance(e, FinalDelta) else e for e in parser.feed(token)]
+                yield from (e for e in events if not isinstance(e, FinalDelta) or e.text)
+                if stop.found:
+                    break
         finally:
             generation.close()
         stats = generation.stats
-        finish: FinishReason = stats.finish_reason
+        finish: FinishReason = "stop" if stop.found else stats.finish_reason
         if finish == "stop" and any(isinstance(e, ToolCall) for e in events):
             finish = "tool_calls"  # <|call|> ended a message to a tool; a call ended by <|end|> earlier is not one
         if finish not in ("stop", "tool_calls"):
             before = len(parser.turn.final)
             parser.finish()  # flush raw text held back while waiting for a complete character
             if len(parser.turn.final) > before:
-                yield FinalDelta(parser.turn.final[before:])
+                rest = stop.filter(FinalDelta(parser.turn.final[before:]))
+                if rest.text:
+                    yield rest
+        held = stop.flush()
+        if held and not stop.found:
+            yield FinalDelta(held)
+        if request.stop:
+            parser.turn.final = stop.text
         return _TurnResult(parser.turn, finish, stats)
 
     def _reply(self, prompt: _Prompt, result: _TurnResult, notices: list[str]) -> Reply:
@@ -330,10 +360,44 @@ class Model:
         )
 
 
-def _check_sampling(sampling: Sampling, max_tokens: Optional[int]) -> None:
+class _StopTexts:
+    """Ends the answer at the first of ``stops``: answer text passes through, except what might
+    be the start of a stop text (held back until it is known not to be one)."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.text = ""  # the answer so far, as shown
+        self._held = ""
+        self.found = False
+
+    def filter(self, delta: FinalDelta) -> FinalDelta:
+        if not self.stops or self.found:
+            if not self.found:
+                self.text += delta.text
+            return delta if not self.found else FinalDelta("")
+        pending = self._held + delta.text
+        hits = [i for i in (pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.found = True
+            shown, self._held = pending[: min(hits)], ""
+        else:
+            keep = max((n for s in self.stops for n in range(1, len(s)) if pending.endswith(s[:n])), default=0)
+            shown, self._held = pending[: len(pending) - keep], pending[len(pending) - keep:]
+        self.text += shown
+        return FinalDelta(shown)
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        self.text += held
+        return held
+
+
+def _check_sampling(sampling: Sampling, max_tokens: Optional[int], stop: Sequence[str] = ()) -> None:
     if sampling.temperature < 0:
         raise OssrunError(f"temperature {sampling.temperature} is negative: use 0 (greedy) or more (1.0 recommended)")
     if not 0 < sampling.top_p <= 1:
         raise OssrunError(f"top_p {sampling.top_p} is out of range: use a value above 0 and at most 1 (1.0 recommended)")
     if max_tokens is not None and max_tokens < 1:
         raise OssrunError(f"max_tokens {max_tokens} is less than 1: give a positive number or leave it unset")
+    if not all(isinstance(text, str) for text in stop):
+        raise OssrunError("stop must be a text or a list of texts")

@@ -20,12 +20,27 @@ EngineFinish = Literal["stop", "length", "interrupted"]
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What the sampled tokens must follow: ``banned`` tokens are never sampled, and a grammar
+    (GBNF, rule ``root``), if any, holds them to its language.
+
+    With ``triggers`` (regular expressions) the grammar waits until the generated text matches
+    one, and constrains from the start of that match on; otherwise from the first token.
+    """
+
+    grammar: Optional[str] = None
+    triggers: tuple[str, ...] = ()
+    banned: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
 class Sampling:
     """OpenAI's recommendation for gpt-oss: temperature 1.0, top_p 1.0 and no other truncation."""
 
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
     seed: Optional[int] = None
+    constraint: Optional[Constraint] = None
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,8 @@ class Backend(Protocol):
 
     def sample(self, sampler: Any, index: int) -> int: ...
     def logits(self, index: int) -> Any: ...
-    def new_sampler(self, sampling: Sampling) -> Any: ...
+    def new_sampler(self, sampling: Sampling) -> Any:
+        """A sampler chain; called in the submitting thread, so a bad grammar fails that request alone."""
     def free_sampler(self, sampler: Any) -> None: ...
     def seq_keep(self, seq: int, n: int) -> None:
         """Drop the sequence's positions from ``n`` on."""
@@ -189,10 +190,13 @@ class Scheduler:
         if len(request.prompt) > self.backend.n_ctx:
             raise ContextError(f"the prompt is {len(request.prompt)} tokens but the context holds "
                                f"{self.backend.n_ctx}: use a larger --ctx")
+        sampler = self.backend.new_sampler(request.sampling)
         with self._cond:
             if self._stopping:
+                self.backend.free_sampler(sampler)
                 raise ModelError("the model was closed")
             job = _Job(request, next(self._orders))
+            job.sampler = sampler
             self._waiting.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ossrun-scheduler", daemon=True)
@@ -291,7 +295,6 @@ class Scheduler:
                 keep = head
             else:
                 job.save_prefix_at = head
-        job.sampler = backend.new_sampler(job.request.sampling)
         slot.job, job.slot = job, slot
         job.stats.cached = keep
         job.pending = len(prompt) - keep

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-from ossrun.errors import OssrunError
+from ossrun.errors import ConversationError, OssrunError
 
 REASONING_EFFORTS = ("low", "medium", "high")
 DEFAULT_REASONING_EFFORT = "medium"
@@ -26,3 +26,31 @@ def instructions_from(history: Sequence[Mapping[str, Any]]) -> Optional[str]:
     """The text of a leading system/developer entry, which becomes the developer instructions."""
     texts = [str(m.get("content") or "") for m in history if m.get("role") in INSTRUCTION_ROLES]
     return "\n\n".join(t for t in texts if t) or None
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` if it can be encoded (UTF-8), else a ConversationError naming ``where``.
+
+    Python strings may hold lone surrogates (undecodable bytes read with surrogateescape,
+    or ``"\\udcff"`` in JSON); harmony and the tokenizer cannot take them.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise ConversationError(
+            f"{where} holds text that is not valid Unicode (the lone surrogate U+{ord(bad):04X} at character "
+            f"{exc.start}: bytes that are not UTF-8?): send UTF-8 text") from None
+    return text
+
+
+def check_strings(value: Any, where: str) -> None:
+    """:func:`check_text` on every string inside ``value`` (dicts and lists walked)."""
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_strings(item, f"{where} {key}")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_strings(item, where)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 import openai_harmony as oh
 
@@ -22,6 +22,7 @@ VALID_CHANNELS = ("analysis", "commentary", "final")
 # A UTF-8 character spans at most 4 bytes, so at most 4 tokens: past that, the bytes are invalid.
 _MAX_PENDING_RAW_TOKENS = 4
 _RECIPIENT = re.compile(r"^(functions\.[A-Za-z0-9_.\-]+|python|browser\.[a-z_]+)$")
+_NAMESPACED = re.compile(r"^([A-Za-z0-9_\-]+)\.[A-Za-z0-9_.\-]+$")
 
 
 @dataclass
@@ -47,8 +48,10 @@ class TurnParser:
     the broken message on is shown as decoded raw text in the answer.
     """
 
-    def __init__(self, encoding: oh.HarmonyEncoding, *, header_limit: int = DEFAULT_HEADER_LIMIT):
+    def __init__(self, encoding: oh.HarmonyEncoding, *, header_limit: int = DEFAULT_HEADER_LIMIT,
+                 namespaces: Iterable[str] = ()):
         self._encoding = encoding
+        self._namespaces = frozenset(namespaces)  # declared beyond functions, python and browser
         self._parser = oh.StreamableParser(encoding, oh.Role.ASSISTANT, strict=False)
         self._header_limit = header_limit
         self._ids = special_ids(encoding)
@@ -111,9 +114,15 @@ class TurnParser:
         channel, recipient = parser.current_channel, parser.current_recipient
         if channel not in VALID_CHANNELS:
             return f"unknown channel {channel!r}"
-        if recipient is not None and not _RECIPIENT.match(recipient):
+        if recipient is not None and not self._known_recipient(recipient):
             return f"unknown recipient {recipient!r}"
         return None
+
+    def _known_recipient(self, recipient: str) -> bool:
+        if _RECIPIENT.match(recipient):
+            return True
+        namespaced = _NAMESPACED.match(recipient)
+        return namespaced is not None and namespaced.group(1) in self._namespaces
 
     def _content_events(self) -> list[Event]:
         parser = self._parser

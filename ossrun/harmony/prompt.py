@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 import openai_harmony as oh
 
 from ossrun.errors import ConversationError, OssrunError
-from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort
+from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort, check_strings
 
 _EFFORTS = {"low": oh.ReasoningEffort.LOW, "medium": oh.ReasoningEffort.MEDIUM, "high": oh.ReasoningEffort.HIGH}
 
@@ -39,7 +39,9 @@ class PromptSettings:
     instructions: Optional[str] = None  # the developer message's instructions ("system prompt")
     date: Optional[str] = None  # None: conversation_date() at render time
     functions: tuple[oh.ToolDescription, ...] = ()  # the developer message's functions namespace
+    namespaces: tuple[oh.ToolNamespaceConfig, ...] = ()  # more namespaces of functions in the developer message
     system_tools: tuple[oh.ToolNamespaceConfig, ...] = ()  # builtin tools (python) in the system message
+    response_format: Optional["ResponseFormat"] = None  # declared after the tools in the developer message
 
     def system_message(self) -> oh.Message:
         content = (
@@ -52,23 +54,55 @@ class PromptSettings:
         return oh.Message.from_role_and_content(oh.Role.SYSTEM, content)
 
     def developer_message(self) -> Optional[oh.Message]:
-        if not self.instructions and not self.functions:
+        if not self.instructions and not self.functions and not self.namespaces and not self.response_format:
             return None
         content = oh.DeveloperContent.new()
         if self.instructions:
             content = content.with_instructions(self.instructions)
         if self.functions:
             content = content.with_function_tools(list(self.functions))
-        return oh.Message.from_role_and_content(oh.Role.DEVELOPER, content)
+        for namespace in self.namespaces:
+            content = content.with_tools(namespace)
+        parts: list[oh.Content] = [content]
+        if self.response_format is not None:
+            parts.append(oh.TextContent(text=self.response_format.section()))
+        return oh.Message(author=oh.Author(role=oh.Role.DEVELOPER), content=parts)
 
     def header_messages(self) -> list[oh.Message]:
+        check_strings(self.instructions, "the instructions")
+        if self.response_format is not None:
+            check_strings(dict(self.response_format.schema), f"the response format {self.response_format.name}")
         developer = self.developer_message()
         return [self.system_message()] + ([developer] if developer else [])
 
 
+@dataclass(frozen=True)
+class ResponseFormat:
+    """A JSON format the final answer follows, declared in harmony's Response Formats section."""
+
+    name: str
+    schema: Mapping[str, Any]
+    description: str = ""
+
+    def section(self) -> str:
+        # After the developer message's tools: "# Response Formats", "## name", "// description", the schema.
+        comment = "".join(f"// {line}\n" for line in self.description.splitlines() if line.strip())
+        schema = json.dumps(self.schema, ensure_ascii=False, separators=(",", ":"))
+        return f"\n\n# Response Formats\n\n## {self.name}\n\n{comment}{schema}"
+
+    def __hash__(self) -> int:
+        return hash((self.name, json.dumps(self.schema, sort_keys=True, default=str), self.description))
+
+
 def function_description(name: str, description: str, parameters: Optional[Mapping[str, Any]]) -> oh.ToolDescription:
     """A function for the developer message's functions namespace; ``parameters`` is a JSON Schema or None."""
+    check_strings([description, dict(parameters or {})], f"tool {name}")
     return oh.ToolDescription.new(name, description, parameters=dict(parameters) if parameters else None)
+
+
+def function_namespace(name: str, description: str, functions: Sequence[oh.ToolDescription]) -> oh.ToolNamespaceConfig:
+    """Another namespace of functions for the developer message (``multi_agent_v1``, say)."""
+    return oh.ToolNamespaceConfig(name=name, description=description or None, tools=list(functions))
 
 
 def tool_namespace(name: str, description: str) -> oh.ToolNamespaceConfig:
@@ -86,6 +120,8 @@ def render_prompt(encoding: oh.HarmonyEncoding, history: Sequence[Mapping[str, A
     harmony's own dropping is off: it would keep re-rendering earlier analysis
     during a tool chain and break KV-cache reuse.
     """
+    for index, entry in enumerate(history):
+        check_strings(entry, f"message {index + 1}")
     messages = settings.header_messages() + history_messages(history)
     conversation = oh.Conversation.from_messages(messages)
     return encoding.render_conversation_for_completion(conversation, oh.Role.ASSISTANT, _NO_AUTO_DROP)

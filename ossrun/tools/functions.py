@@ -25,6 +25,7 @@ from ossrun.tools.schema import function_schema
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 ToolSpec = Union[Callable[..., Any], Mapping[str, Any], "FunctionTool"]
+FUNCTIONS = "functions"  # harmony's namespace for function tools
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,17 @@ class FunctionTool:
     description: str = ""
     parameters: Optional[dict[str, Any]] = None  # JSON Schema of the arguments object; None: no arguments
     function: Optional[Callable[..., Any]] = None
+    namespace: str = FUNCTIONS  # another one groups functions the caller declared together
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ToolError(f"tool name {self.name!r} is not valid: use 1-64 letters, digits, '_' or '-'")
+        for what, value in (("tool name", self.name), ("namespace", self.namespace)):
+            if not isinstance(value, str) or not _NAME.match(value):
+                raise ToolError(f"{what} {value!r} is not valid: use 1-64 letters, digits, '_' or '-'")
+
+    @property
+    def recipient(self) -> str:
+        """How harmony addresses it: ``functions.get_weather``, ``multi_agent_v1.spawn``."""
+        return f"{self.namespace}.{self.name}"
 
     @classmethod
     def from_callable(cls, func: Callable[..., Any], name: Optional[str] = None) -> "FunctionTool":
@@ -46,17 +54,18 @@ class FunctionTool:
         return cls(name or getattr(func, "__name__", ""), description, parameters, func)
 
     @classmethod
-    def from_schema(cls, schema: Mapping[str, Any]) -> "FunctionTool":
+    def from_schema(cls, schema: Mapping[str, Any], namespace: str = FUNCTIONS) -> "FunctionTool":
         """OpenAI's ``{"type": "function", "function": {...}}`` or the flat ``{"name", "description", "parameters"}``."""
         spec = schema.get("function", schema) if schema.get("type", "function") == "function" else None
         if not isinstance(spec, Mapping) or "name" not in spec:
-            raise ToolError(f"a tool schema needs a name: {json.dumps(schema)[:80]}")
+            raise ToolError(f"a tool schema needs a name: {json.dumps(schema, default=str)[:80]}")
         parameters = spec.get("parameters")
         if parameters is not None and not isinstance(parameters, Mapping):
             raise ToolError(f"tool {spec['name']!r}: parameters must be a JSON Schema object")
         if parameters is not None and not parameters.get("properties"):
             parameters = None  # rendered "() => any", as harmony declares functions without arguments
-        return cls(spec["name"], str(spec.get("description") or ""), dict(parameters) if parameters else None)
+        return cls(spec["name"], str(spec.get("description") or ""), dict(parameters) if parameters else None,
+                   namespace=namespace)
 
     @property
     def runnable(self) -> bool:
@@ -101,22 +110,39 @@ def result_text(result: Any) -> str:
 
 
 def function_tools(specs: Iterable[ToolSpec]) -> list[FunctionTool]:
-    """Callables, JSON schemas or FunctionTools as FunctionTools, checking names are unique."""
+    """Callables, JSON schemas or FunctionTools as FunctionTools, checking names are unique.
+
+    A ``{"type": "namespace", "name", "description", "tools": [...]}`` spec (the Responses
+    API's shape) gives its function schemas that namespace.
+    """
     tools: list[FunctionTool] = []
     for spec in specs:
         if isinstance(spec, FunctionTool):
             tools.append(spec)
+        elif isinstance(spec, Mapping) and spec.get("type") == "namespace":
+            tools.extend(namespace_tools(spec))
         elif isinstance(spec, Mapping):
             tools.append(FunctionTool.from_schema(spec))
         elif callable(spec):
             tools.append(FunctionTool.from_callable(spec))
         else:
             raise ToolError(f"a tool must be a function or a JSON schema, not {type(spec).__name__}")
-    names = [t.name for t in tools]
+    names = [t.recipient for t in tools]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ToolError(f"two tools are named {duplicates[0]!r}: give each tool its own name")
+        raise ToolError(f"two tools are named {duplicates[0].split('.', 1)[1]!r}: give each tool its own name")
     return tools
+
+
+def namespace_tools(spec: Mapping[str, Any]) -> list[FunctionTool]:
+    """The function schemas of a namespace spec, in that namespace."""
+    namespace, tools = spec.get("name"), spec.get("tools")
+    if not isinstance(namespace, str) or namespace in (FUNCTIONS, "python"):
+        raise ToolError(f"namespace {namespace!r} is not usable: give it a name other than functions or python")
+    if not isinstance(tools, list):
+        raise ToolError(f"namespace {namespace!r}: tools must be a list of function schemas")
+    return [FunctionTool.from_schema(tool, namespace=namespace) for tool in tools if isinstance(tool, Mapping)
+            and tool.get("type", "function") == "function"]
 
 
 def load_functions(path: Union[str, Path]) -> list[FunctionTool]:

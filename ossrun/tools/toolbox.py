@@ -9,8 +9,8 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 from ossrun.errors import ToolError
 from ossrun.events import ToolCall, ToolResult
-from ossrun.harmony.prompt import PromptSettings, function_description, tool_namespace
-from ossrun.tools.functions import FunctionTool, ToolSpec, error_result, function_tools, load_functions
+from ossrun.harmony.prompt import PromptSettings, function_description, function_namespace, tool_namespace
+from ossrun.tools.functions import FUNCTIONS, FunctionTool, ToolSpec, error_result, function_tools, load_functions
 from ossrun.tools.sandbox import PythonSandbox
 
 BUILTIN_TOOLS = ("python",)
@@ -25,22 +25,28 @@ class Toolbox:
     closed by :meth:`close`.
     """
 
-    def __init__(self, functions: Sequence[FunctionTool] = (), python: Optional[PythonSandbox] = None, *, owns_python: bool = False):
-        self.functions = {tool.name: tool for tool in function_tools(functions)}
+    def __init__(self, functions: Sequence[FunctionTool] = (), python: Optional[PythonSandbox] = None, *,
+                 owns_python: bool = False, namespaces: Optional[dict[str, str]] = None):
+        self.functions = {tool.recipient: tool for tool in function_tools(functions)}
         self.python = python
         self._owns_python = owns_python
+        self.namespaces = dict(namespaces or {})  # namespace -> its description, for those not "functions"
 
     @classmethod
     def build(cls, tools: Union["Toolbox", Iterable[ToolSpec], None] = None,
               python_tool: Union[bool, PythonSandbox] = False) -> "Toolbox":
-        """A toolbox from what the API takes: callables and JSON schemas, and ``python_tool``."""
+        """A toolbox from what the API takes: callables, JSON schemas and namespaces of them, and ``python_tool``."""
         if isinstance(tools, Toolbox):
             if python_tool:
                 raise ToolError("give python_tool to Toolbox(...) itself when passing a Toolbox as tools")
             return tools
+        specs = list(tools or ())
+        namespaces = {str(spec.get("name")): str(spec.get("description") or "") for spec in specs
+                      if isinstance(spec, dict) and spec.get("type") == "namespace"}
         if isinstance(python_tool, PythonSandbox):
-            return cls(function_tools(tools or ()), python_tool)
-        return cls(function_tools(tools or ()), PythonSandbox() if python_tool else None, owns_python=bool(python_tool))
+            return cls(function_tools(specs), python_tool, namespaces=namespaces)
+        return cls(function_tools(specs), PythonSandbox() if python_tool else None, owns_python=bool(python_tool),
+                   namespaces=namespaces)
 
     @classmethod
     def from_options(cls, functions: Sequence[Union[str, Path]] = (), tools: Sequence[str] = ()) -> "Toolbox":
@@ -56,13 +62,24 @@ class Toolbox:
         return bool(self.functions) or self.python is not None
 
     def names(self) -> list[str]:
-        return [f"functions.{name}" for name in self.functions] + (["python"] if self.python else [])
+        return list(self.functions) + (["python"] if self.python else [])
+
+    def namespace_names(self) -> list[str]:
+        """The namespaces the model may address: ``functions`` and the caller's own."""
+        return sorted({tool.namespace for tool in self.functions.values()} | {FUNCTIONS})
 
     def prompt_settings(self, settings: PromptSettings) -> PromptSettings:
-        """``settings`` with these tools declared: functions in the developer message, python in the system one."""
-        functions = tuple(function_description(t.name, t.description, t.parameters) for t in self.functions.values())
+        """``settings`` with these tools declared: functions (and other namespaces) in the developer
+        message, python in the system one."""
+        functions = tuple(function_description(t.name, t.description, t.parameters)
+                          for t in self.functions.values() if t.namespace == FUNCTIONS)
+        others = {}
+        for tool in self.functions.values():
+            if tool.namespace != FUNCTIONS:
+                others.setdefault(tool.namespace, []).append(function_description(tool.name, tool.description, tool.parameters))
+        namespaces = tuple(function_namespace(name, self.namespaces.get(name, ""), tools) for name, tools in others.items())
         system_tools = (tool_namespace("python", self.python.description()),) if self.python else ()
-        return dataclasses.replace(settings, functions=functions, system_tools=system_tools)
+        return dataclasses.replace(settings, functions=functions, namespaces=namespaces, system_tools=system_tools)
 
     def notices(self) -> list[str]:
         """What the user should know before the conversation starts (a sandbox without network isolation)."""
@@ -88,9 +105,7 @@ class Toolbox:
         return ToolResult(call, output, error=failed)
 
     def _function(self, call: ToolCall) -> Optional[FunctionTool]:
-        if not call.recipient.startswith("functions."):
-            return None
-        return self.functions.get(call.name)
+        return self.functions.get(call.recipient)
 
     def close(self) -> None:
         if self._owns_python and self.python is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 from ossrun.engine.protocol import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, GenerationRequest, GenerationStats, Sampling
-from ossrun.errors import ContextError, OssrunError
+from ossrun.errors import ContextError, ModelError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
 from ossrun.formats import output_rules
 from ossrun.harmony.encoding import load_encoding, stop_tokens
@@ -39,7 +39,7 @@ Messages = Sequence[Mapping[str, Any]]
 def load(
     model: Union[str, os.PathLike, None] = None,
     *,
-    ctx: int = DEFAULT_CTX,
+    ctx: Union[int, Sequence[int]] = DEFAULT_CTX,
     threads: Optional[int] = None,
     parallel: int = 1,
     verbose: bool = False,
@@ -58,7 +58,8 @@ def load(
     ``parallel`` is how many replies are decoded together: ``stream`` and ``chat`` may
     then be called from that many threads at once (more wait their turn). ``ctx`` is
     the pool of KV cells they share; a prefix common to several prompts is held once,
-    and any one reply may use the whole pool.
+    and any one reply may use the whole pool. Several sizes (largest first) take the
+    largest that the model and the available memory allow (``Model.n_ctx`` says which).
     """
     from ossrun.engine import llama
     from ossrun.engine.gguf_header import check_gpt_oss
@@ -68,8 +69,16 @@ def load(
     resolved = resolve(model, pull=pull)
     path, name = resolved.path, resolved.name
     header = check_gpt_oss(path)
-    llama.check_context_size(header, ctx)
-    llama.check_memory(header, ctx, weights=resolved.size_bytes, parallel=parallel)
+    sizes = [ctx] if isinstance(ctx, int) else sorted(ctx, reverse=True)
+    for size in sizes:  # the largest context that fits; the last one's error if none does
+        try:
+            llama.check_context_size(header, size)
+            llama.check_memory(header, size, weights=resolved.size_bytes, parallel=parallel)
+            ctx = size
+            break
+        except ModelError:
+            if size == sizes[-1]:
+                raise
     llama.set_verbose(verbose)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -112,6 +121,7 @@ class _Request:
     sampling: Sampling  # the first assistant turn's
     later_sampling: Sampling  # the turns after tool results (tool_choice holds the first turn only)
     stop: tuple[str, ...]  # texts that end the answer where they appear (not included)
+    truncate: bool  # leave out the oldest turns of a conversation too long for the context
     max_tokens: Optional[int]
     cancel: Optional[threading.Event]
     toolbox: Toolbox
@@ -170,7 +180,8 @@ class Model:
           (``{"type": "function", "function": {"name": ...}}``), for the first turn.
 
         ``response_format`` (OpenAI's ``json_object`` or ``json_schema``) holds the final answer to
-        JSON; ``stop`` (a text or a list of them) ends the answer where one appears.
+        JSON; ``stop`` (a text or a list of them) ends the answer where one appears. A conversation
+        too long for the context loses its oldest turns (a Notice says so) unless ``truncate=False``.
         """
         request = self._request(messages, options)
         rounds = itertools.count()
@@ -239,6 +250,7 @@ class Model:
         )
         stop = options.pop("stop", None)
         stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        truncate = bool(options.pop("truncate", True))
         max_tokens = options.pop("max_tokens", None)
         cancel = options.pop("cancel", None)
         if options:
@@ -246,14 +258,15 @@ class Model:
         _check_sampling(sampling, max_tokens, stop)
         history = tuple(m for m in messages if m.get("role") not in ("system", "developer"))
         return _Request(settings, history, dataclasses.replace(sampling, constraint=rules.first_turn),
-                        dataclasses.replace(sampling, constraint=rules.later_turns), stop, max_tokens, cancel,
+                        dataclasses.replace(sampling, constraint=rules.later_turns), stop, truncate, max_tokens, cancel,
                         toolbox, toolbox is not tools, max_tool_rounds, confirm)
 
     def _reply_reserve(self, max_tokens: Optional[int]) -> int:
         return min(max_tokens or DEFAULT_REPLY_RESERVE, self.n_ctx // 4)
 
     def _fit(self, history: Messages, request: _Request) -> _Prompt:
-        """Render the prompt, leaving out the oldest whole turns until it fits with room for a reply."""
+        """Render the prompt, leaving out the oldest whole turns until it fits with room for a reply
+        (unless ``truncate`` is off: then a prompt too long is a ContextError)."""
         settings = request.settings
         budget = self.n_ctx - self._reply_reserve(request.max_tokens)
         turn_starts = [i for i, m in enumerate(history) if m.get("role") == "user" and i > 0]
@@ -265,10 +278,12 @@ class Model:
                 shared = len(prefix) if ids[: len(prefix)] == prefix else 0
                 return _Prompt(ids, dropped, shared)
             later = [start for start in turn_starts if start > dropped]
-            if not later:
+            if not later or not request.truncate:
+                needed = -(-(len(ids) + (request.max_tokens or DEFAULT_REPLY_RESERVE)) // 1024) * 1024
                 raise ContextError(
                     f"the prompt is {len(ids)} tokens, more than the context of {self.n_ctx} tokens "
-                    f"allows with {self.n_ctx - budget} kept for the reply: shorten it or use a larger --ctx"
+                    f"allows with {self.n_ctx - budget} kept for the reply: shorten it or use a larger --ctx "
+                    f"(at least {needed})"
                 )
             dropped = later[0]
 

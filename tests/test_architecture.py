@@ -20,7 +20,7 @@ LLAMA_WING = "ossrun.engine"
 HARMONY_WING = "ossrun.harmony"
 # The harmony modules front ends may use: they check input and never load openai_harmony.
 HARMONY_WITHOUT_LIBRARY = {"ossrun.harmony.messages"}
-FRONT_ENDS = ("ossrun.cli", "ossrun.terminal")
+FRONT_ENDS = ("ossrun.cli", "ossrun.terminal", "ossrun.server")
 
 
 def module_files() -> dict[str, Path]:

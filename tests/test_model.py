@@ -194,7 +194,8 @@ def test_a_prompt_that_cannot_fit_even_alone_is_a_clear_error(small_model):
         list(small_model.stream(huge))
     message = str(error.value)
     assert message.startswith("the prompt is ")
-    assert message.endswith("more than the context of 512 tokens allows with 128 kept for the reply: shorten it or use a larger --ctx")
+    assert message.endswith("more than the context of 512 tokens allows with 128 kept for the reply: shorten it or use a larger --ctx "
+                            f"(at least {-(-(int(message.split()[3]) + 1024) // 1024) * 1024})")
 
 
 def test_generation_stops_when_the_context_is_full(small_model):

@@ -102,14 +102,15 @@ def default_model_or_demo() -> tuple[str, Optional[str]]:
                         "it only adds two-digit numbers, names capitals and checks the weather")
 
 
-def load_model(name: Optional[str], *, ctx: int, threads: Optional[int], verbose: bool, pull: bool = False) -> Any:
+def load_model(name: Optional[str], *, ctx: Any, threads: Optional[int], verbose: bool, pull: bool = False,
+               parallel: int = 1) -> Any:
     """``ossrun.load`` with the command line's options (``name`` None: the registry's default model).
 
     With ``pull``, a registry model that is not on disk is downloaded first.
     """
     import ossrun
 
-    return ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull)
+    return ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel)
 
 
 def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]]) -> Any:

@@ -40,6 +40,9 @@ from ossrun.errors import ContextError, ModelError
 DEFAULT_DECODE_SLOWDOWN = 4.0  # a step that reads prompt tokens costs about this many decode steps
 MIN_PROMPT_CHUNK = 16  # prompt tokens per step at least, whatever the measured costs
 MIN_SHARED_PREFIX = 32  # a younger request waits for an older one reading this many more tokens it needs
+# Consumers wait in slices: a signal (Ctrl-C) that another thread received is only handled once
+# the main thread runs Python again, and a prompt can take minutes before the first token.
+WAIT_SLICE_SECONDS = 0.1
 _EMA = 0.3  # weight of the newest measurement in the step-time averages
 
 ROOM = 1  # llama_decode: no KV cells for the batch
@@ -139,13 +142,17 @@ class Generation:
         self._wake = wake
 
     def pending(self) -> int:
-        self._job.placed.wait()
+        while not self._job.placed.wait(WAIT_SLICE_SECONDS):
+            pass
         return self._job.pending
 
     def __iter__(self) -> Iterator[int]:
         job = self._job
         while True:
-            item = job.out.get()
+            try:
+                item = job.out.get(timeout=WAIT_SLICE_SECONDS)
+            except queue.Empty:
+                continue
             if isinstance(item, int):
                 yield item
             elif isinstance(item, _End):

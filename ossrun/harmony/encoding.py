@@ -46,6 +46,7 @@ def special_ids(encoding: oh.HarmonyEncoding) -> dict[str, Any]:
         "message": one("<|message|>"),
         "stops": stops,
         "ends": stops | {one("<|end|>")},
+        "header_only": frozenset({one("<|channel|>"), one("<|message|>"), one("<|constrain|>")}),
     }
 
 

@@ -97,6 +97,8 @@ class TurnParser:
             return self._end_message()
         if token == ids["start"]:
             return []
+        if token in ids["header_only"]:  # harmony would take it as text of the message (or of a call's arguments)
+            return self._fall_back("a header token inside a message")
         return self._content_events()
 
     def finish(self) -> Turn:

@@ -1,0 +1,160 @@
+"""``ossrun serve``: the model behind OpenAI's HTTP API, for the SDK, Codex CLI and Open WebUI."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from ossrun.cli import options as opt
+from ossrun.errors import OssrunError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_PARALLEL = 4
+# A coding agent's first turn (Codex CLI's instructions and tools: about 5k tokens) beside
+# other requests; smaller where memory is short.
+SERVE_CONTEXTS = (32768, 16384, 8192)
+DEFAULT_MAX_QUEUE = 16
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+HELP = """Serve a model over OpenAI's HTTP API: /v1/chat/completions, /v1/responses, /v1/models.
+
+Point a client at http://HOST:PORT/v1 (the openai SDK's base_url, a Codex CLI
+model provider with wire_api = "responses", an Open WebUI connection). The model
+loads once; up to --parallel replies are decoded together and --max-queue more wait
+(past that: 429). The server listens on 127.0.0.1 only unless --host says otherwise;
+--api-key (or OSSRUN_API_KEY) makes every request need "Authorization: Bearer KEY".
+--ctx is the pool of KV cells all requests share [default: 32768, or less where
+memory is short]; a prompt that does not fit is refused with the --ctx it needs.
+Ctrl-C stops it: replies in flight end with an error event.
+
+Examples:
+
+\b
+  ossrun serve
+  ossrun serve --demo --port 8081
+  ossrun serve 20b --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"
+"""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, made here so that port 0 (any free port) can be announced."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OssrunError(f"cannot listen on {host}:{port}: {exc.strerror or exc}: pick another --port or --host") from None
+    sock.listen(128)
+    return sock
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve", help=HELP)
+    def serve_command(
+        model_argument: opt.ModelArgument = None,
+        model: opt.ModelOption = None,
+        demo: opt.Demo = False,
+        host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless you say otherwise).")] = DEFAULT_HOST,
+        port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
+        api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OSSRUN_API_KEY", show_default=False,
+                                                       help="Require this key (Authorization: Bearer KEY).")] = None,
+        reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
+        ctx: Annotated[Optional[int], typer.Option("--ctx", min=256, show_default=False,
+                                                   help="KV cells shared by all requests [default: 32768 memory permitting].")] = None,
+        parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Replies decoded together.")] = DEFAULT_PARALLEL,
+        max_queue: Annotated[int, typer.Option("--max-queue", min=0, help="Requests that may wait for a free sequence.")] = DEFAULT_MAX_QUEUE,
+        threads: opt.Threads = None,
+        verbose: opt.Verbose = False,
+        pull: opt.Pull = False,
+        tool: opt.Tool = None,
+    ) -> None:
+        import uvicorn
+
+        from ossrun.server.app import Server
+        from ossrun.server.served import ServedModel
+
+        name = opt.pick_model(model_argument, model, demo)
+        tools = opt.toolbox(None, tool)
+        sock = bind(host, port)
+        try:
+            loaded = opt.load_model(name, ctx=ctx or SERVE_CONTEXTS, threads=threads, verbose=verbose, pull=pull,
+                                    parallel=parallel)
+        except BaseException:
+            sock.close()
+            tools.close()
+            raise
+        served = ServedModel(name=loaded.name, aliases=registry_aliases(loaded.name), default_effort=reasoning_effort,
+                             python_tool=tools.python, created=int(time.time()))
+        server = Server(loaded, served, api_key=api_key, max_waiting=max_queue)
+        for text in tools.notices():
+            server.write_log(f"note: {text}")
+        address = sock.getsockname()
+        shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+        base = f"http://{shown}:{address[1]}/v1"
+        if not is_loopback(host):
+            server.write_log(f"warning: listening on {host}: anyone who can reach it can use the model"
+                             + ("" if api_key else "; add --api-key KEY (or set OSSRUN_API_KEY) to require a key"))
+        key = "the --api-key" if api_key else "any API key"
+        server.write_log(f"ossrun serve · {loaded.name} · ctx {loaded.n_ctx} · {parallel} in parallel · "
+                         f"listening on {base} (OpenAI base_url, {key})")
+        config = uvicorn.Config(server.app(), log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+        runner = _Uvicorn(config, on_exit=server.runner.cancel_all)
+        try:
+            runner.run(sockets=[sock])
+        finally:
+            server.runner.close()
+            loaded.close()
+            tools.close()
+            sock.close()
+        server.write_log("ossrun serve stopped")
+
+
+def registry_aliases(name: str) -> tuple[str, ...]:
+    """The names besides its own that requests may call a registry model by."""
+    from ossrun.store.registry import load_registry
+    from ossrun.server.served import served_names
+
+    registry = load_registry()
+    entry = registry.find(name)
+    if entry is None:
+        return ()
+    return tuple(dict.fromkeys([*registry.aliases_of(name), *served_names(name, entry)]))
+
+
+class _Uvicorn:
+    """uvicorn's server, told first to cancel the replies in flight when Ctrl-C or SIGTERM arrives.
+
+    uvicorn raises the signal again once it has shut down (so that a parent sees it); a
+    stop asked for is the normal end of ``ossrun serve``, exit code 0.
+    """
+
+    def __init__(self, config, on_exit):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig, frame):  # noqa: ANN001 - uvicorn's signature
+                on_exit()
+                super().handle_exit(sig, frame)
+                self._captured_signals.clear()
+
+        self.server = Server(config)
+
+    def run(self, sockets) -> None:
+        self.server.run(sockets=sockets)

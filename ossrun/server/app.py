@@ -1,0 +1,308 @@
+"""The HTTP layer of ``ossrun serve``: Starlette routes over the translations in ``chat`` and ``responses``.
+
+Every error is answered in OpenAI's shape. Requests are checked before they take a place in
+the queue, and the prompt is rendered before a stream starts, so a prompt too long for the
+context is a 400 rather than a broken stream. Streams stay alive while a long prompt is read
+(SSE comments for Chat Completions, repeated ``response.in_progress`` for Responses, whose
+clients ignore comments). A client that goes away cancels its reply, prefill included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import sys
+import threading
+import time
+from typing import Any, AsyncIterator, Callable, Optional, TextIO
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ossrun.errors import ContextError, OssrunError
+from ossrun.events import Done
+from ossrun.server import chat, responses
+from ossrun.server.fields import ApiError, bad_request, check_unicode
+from ossrun.server.runner import KEEPALIVE, Busy, Runner
+from ossrun.server.served import ServedModel
+from ossrun.server.state import ServerState
+
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+DEFAULT_KEEPALIVE_SECONDS = 15.0
+RETRY_AFTER_SECONDS = 5
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Server:
+    """What the routes share: the model, its name, the queue, the server's memory, the log."""
+
+    def __init__(self, model: Any, served: ServedModel, *, api_key: Optional[str] = None,
+                 max_waiting: int = 16, max_body: int = DEFAULT_MAX_BODY_BYTES,
+                 keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS, log: Optional[TextIO] = None):
+        self.model = model
+        self.served = served
+        self.api_key = api_key
+        self.max_body = max_body
+        self.keepalive_seconds = keepalive_seconds
+        self.log = log if log is not None else sys.stderr
+        self.state = ServerState()
+        self.runner = Runner(model.stream, model.engine.parallel, max_waiting=max_waiting)
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/health", self.guarded(self.health), methods=["GET"]),
+            Route("/v1/models", self.guarded(self.list_models), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self.guarded(self.get_model), methods=["GET"]),
+            Route("/v1/chat/completions", self.guarded(self.chat_completions), methods=["POST"]),
+            Route("/v1/responses", self.guarded(self.responses), methods=["POST"]),
+        ]
+        return Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.not_allowed})
+
+    # -- around every route -------------------------------------------------
+
+    def guarded(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        async def route(request: Request) -> Response:
+            started = time.perf_counter()
+            request.state.tokens = ""
+            try:
+                self.authorize(request)
+                response = await handler(request)
+            except ApiError as exc:
+                response = JSONResponse(exc.body(), exc.status, headers=exc.headers)
+            except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server goes on
+                self.write_log(f"error: {type(exc).__name__}: {exc}")
+                response = JSONResponse(ApiError(500, "the server failed on this request", type="server_error").body(), 500)
+            if isinstance(response, StreamingResponse):
+                request.state.log_later = (started, response.status_code)  # the stream logs when it ends
+            else:
+                self.log_request(request, response.status_code, started)
+            return response
+
+        return route
+
+    def authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY", type="authentication_error",
+                           code="invalid_api_key")
+
+    def log_request(self, request: Request, status: int, started: float) -> None:
+        tokens = getattr(request.state, "tokens", "")
+        self.write_log(f"{request.method} {request.url.path} {status}{tokens} {time.perf_counter() - started:.2f}s")
+
+    def write_log(self, line: str) -> None:
+        self.log.write(line + "\n")
+        self.log.flush()
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        started = time.perf_counter()
+        response = JSONResponse(ApiError(404, f"no route {request.method} {request.url.path}: see /v1/models, "
+                                              f"/v1/chat/completions, /v1/responses", code="not_found").body(), 404)
+        self.log_request(request, 404, started)
+        return response
+
+    async def not_allowed(self, request: Request, exc: Exception) -> Response:
+        started = time.perf_counter()
+        response = JSONResponse(ApiError(405, f"{request.method} is not allowed on {request.url.path}",
+                                         code="method_not_allowed").body(), 405)
+        self.log_request(request, 405, started)
+        return response
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body:
+            raise ApiError(413, f"the body is {int(length)} bytes, more than the {self.max_body} this server takes",
+                           code="request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise ApiError(413, f"the body is more than the {self.max_body} bytes this server takes",
+                               code="request_too_large")
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad_request(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise bad_request("the body must be a JSON object", code="invalid_json")
+        check_unicode(body)
+        return body
+
+    # -- routes -------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": self.served.name})
+
+    async def list_models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self.served.describe()]})
+
+    async def get_model(self, request: Request) -> Response:
+        self.served.check_model(request.path_params["model_id"])
+        return JSONResponse(self.served.describe())
+
+    async def chat_completions(self, request: Request) -> Response:
+        body = await self.read_json(request)
+        call = chat.parse(body, self.served, self.state)
+        cancel = await self.start(call.messages, call.options)
+        completion = chat.Completion(call, self.state)
+        events = self.runner.events(cancel, call.messages, call.options, keepalive_seconds=self.keepalive_seconds)
+        if call.stream:
+            return self.sse(request, self.chat_stream(completion, events))
+        try:
+            result = await self.collect(request, cancel, events, completion.completion)
+        finally:
+            await events.aclose()
+        request.state.tokens = _tokens(result["usage"]["prompt_tokens"], result["usage"]["completion_tokens"])
+        return JSONResponse(result)
+
+    async def responses(self, request: Request) -> Response:
+        body = await self.read_json(request)
+        call = responses.parse(body, self.served, self.state)
+        cancel = await self.start(call.messages, call.options)
+        response = responses.Response(call, self.state)
+        events = self.runner.events(cancel, call.messages, call.options, keepalive_seconds=self.keepalive_seconds)
+        if call.stream:
+            return self.sse(request, self.responses_stream(response, events), named_events=True)
+        try:
+            result = await self.collect(request, cancel, events, response.run)
+        finally:
+            await events.aclose()
+        usage = result["usage"] or {"input_tokens": 0, "output_tokens": 0}
+        request.state.tokens = _tokens(usage["input_tokens"], usage["output_tokens"])
+        return JSONResponse(result)
+
+    # -- running a reply ----------------------------------------------------
+
+    async def start(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> threading.Event:
+        """Check the prompt fits (no message is ever dropped for the API), then take a place in the queue."""
+        options["truncate"] = False
+        try:
+            await run_in_threadpool(self.model.render, messages, **options)
+        except ContextError as exc:
+            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
+        except OssrunError as exc:
+            raise bad_request(str(exc)) from None
+        try:
+            return self.runner.admit()
+        except Busy:
+            if self.runner.stopping:
+                raise ApiError(503, "the server is stopping", type="server_error", code="server_shutting_down") from None
+            raise ApiError(429, f"every sequence is busy and {self.runner.capacity} requests are already admitted: "
+                                f"retry in a few seconds", type="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+
+    async def collect(self, request: Request, cancel: threading.Event, events: AsyncIterator[Any],
+                      consume: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        """Run a reply that is not streamed: its events in a list, cancelled if the client leaves."""
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+        gathered = []
+        try:
+            async for event in events:
+                if event is not KEEPALIVE:
+                    gathered.append(event)
+        except ContextError as exc:
+            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
+        except OssrunError as exc:
+            raise bad_request(str(exc)) from None
+        finally:
+            watcher.cancel()
+        if self.runner.stopping and _interrupted(gathered):
+            raise ApiError(503, "the server stopped before the reply was complete", type="server_error",
+                           code="server_shutting_down")
+        return await run_in_threadpool(consume, gathered)
+
+    def sse(self, request: Request, chunks: AsyncIterator[str], named_events: bool = False) -> StreamingResponse:
+        async def body() -> AsyncIterator[str]:
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                started, status = getattr(request.state, "log_later", (time.perf_counter(), 200))
+                self.log_request(request, status, started)
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def chat_stream(self, completion: chat.Completion, events: AsyncIterator[Any]) -> AsyncIterator[str]:
+        gathered: list[Any] = []
+        try:
+            for chunk in completion.open():
+                yield _data(chunk)
+            async for event in events:
+                if event is KEEPALIVE:
+                    yield ": keep-alive\n\n"
+                    continue
+                gathered.append(event)
+                for chunk in completion.feed(event):
+                    yield _data(chunk)
+            if self.runner.stopping and _interrupted(gathered):
+                yield _data(_shutdown_error().body())
+            else:
+                for chunk in completion.close():
+                    yield _data(chunk)
+        except ContextError as exc:
+            yield _data(ApiError(400, str(exc), code="context_length_exceeded").body())
+        except OssrunError as exc:
+            yield _data(bad_request(str(exc)).body())
+        finally:
+            await events.aclose()
+        yield "data: [DONE]\n\n"
+
+    async def responses_stream(self, response: responses.Response, events: AsyncIterator[Any]) -> AsyncIterator[str]:
+        gathered: list[Any] = []
+        failed: Optional[tuple[str, str]] = None
+        try:
+            for event in response.start():
+                yield _named(event)
+            async for event in events:
+                if event is KEEPALIVE:
+                    yield _named(response.keepalive())
+                    continue
+                gathered.append(event)
+                for out in response.feed(event):
+                    yield _named(out)
+        except ContextError as exc:
+            failed = ("context_length_exceeded", str(exc))
+        except OssrunError as exc:
+            failed = ("invalid_request", str(exc))
+        finally:
+            await events.aclose()
+        if failed is None and self.runner.stopping and _interrupted(gathered):
+            failed = ("server_shutting_down", "the server stopped before the reply was complete")
+        for event in response.failed(*failed) if failed else response.finish():
+            yield _named(event)
+
+
+def _data(chunk: dict[str, Any]) -> str:
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+def _named(event: dict[str, Any]) -> str:
+    return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+
+def _tokens(prompt: int, completion: int) -> str:
+    return f" {prompt}+{completion} tokens"
+
+
+def _interrupted(events: list[Any]) -> bool:
+    return bool(events) and isinstance(events[-1], Done) and events[-1].reply.finish_reason == "interrupted"
+
+
+def _shutdown_error() -> ApiError:
+    return ApiError(503, "the server stopped before the reply was complete", type="server_error", code="server_shutting_down")
+
+
+async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.set()
+            return

@@ -1,0 +1,258 @@
+"""Chat Completions: a request body to ``Model.stream`` arguments, its events to a completion.
+
+Messages: system and developer become harmony's developer instructions; user text (or text
+parts); assistant content, ``tool_calls`` and reasoning (``reasoning_content``, ``reasoning``
+or ``thinking``); tool results by ``tool_call_id``. Clients that drop the reasoning of a tool
+chain get it back from :class:`ossrun.server.state.ServerState`. The reply's content is the
+final channel only, the reasoning goes to ``reasoning_content`` and ``reasoning``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional
+
+from ossrun.events import Event, Reply
+from ossrun.server.fields import bad_request, get, number, positive_int, text_of
+from ossrun.server.output import Step, Transcript, arguments_json, finish_reason, new_id
+from ossrun.server.served import ServedModel, effort_of
+from ossrun.server.state import ServerState
+
+TEXT_PARTS = ("text", "input_text", "output_text")
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+@dataclass
+class ChatCall:
+    """One request, read: what ``Model.stream`` gets, and how the answer goes back."""
+
+    messages: list[dict[str, Any]]
+    options: dict[str, Any]
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    parallel_tool_calls: bool = True
+    server_tools: frozenset[str] = field(default_factory=frozenset)
+
+
+def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> ChatCall:
+    model = served.check_model(get(body, "model", (str,), required=True))
+    n = get(body, "n", (int,), default=1)
+    if n != 1:
+        raise bad_request(f"n is {n}: ossrun returns one choice per request; send n = 1 or leave it out", "n")
+    messages = get(body, "messages", (list,), required=True)
+    if not messages:
+        raise bad_request("messages is empty: send at least one message", "messages")
+    options: dict[str, Any] = {"reasoning_effort": effort_of(body, served.default_effort)}
+    options.update(sampling_options(body, max_keys=("max_completion_tokens", "max_tokens")))
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+            options["stop"] = stop
+        else:
+            raise bad_request("stop must be a string or an array of strings", "stop")
+    tools = get(body, "tools", (list,), default=[])
+    options["tools"] = [function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
+    if "tool_choice" in body and body["tool_choice"] is not None:
+        options["tool_choice"] = body["tool_choice"]
+    if "response_format" in body and body["response_format"] is not None:
+        options["response_format"] = body["response_format"]
+    stream_options = get(body, "stream_options", (dict,), default={})
+    call = ChatCall(
+        messages=convert_messages(messages, state),
+        options=options,
+        model=model,
+        stream=bool(get(body, "stream", (bool,), default=False)),
+        include_usage=bool(get(stream_options, "include_usage", (bool,), "stream_options.", default=False)),
+        parallel_tool_calls=bool(get(body, "parallel_tool_calls", (bool,), default=True)),
+    )
+    served.add_server_tools(call.options)
+    call.server_tools = served.server_tools
+    return call
+
+
+def sampling_options(body: Mapping[str, Any], *, max_keys: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    temperature = number(body, "temperature", 0.0, 2.0)
+    if temperature is not None:
+        options["temperature"] = temperature
+    top_p = number(body, "top_p", 0.0, 1.0, low_open=True)
+    if top_p is not None:
+        options["top_p"] = top_p
+    seed = get(body, "seed", (int,))
+    if seed is not None:
+        options["seed"] = seed
+    for key in max_keys:
+        limit = positive_int(body, key)
+        if limit is not None:
+            options["max_tokens"] = limit
+            break
+    return options
+
+
+def function_tool(tool: Any, where: str) -> dict[str, Any]:
+    """A ``{"type": "function", "function": {...}}`` tool, checked; ossrun never runs it, the client does."""
+    if not isinstance(tool, Mapping):
+        raise bad_request(f"{where} must be an object", where)
+    kind = tool.get("type", "function")
+    if kind != "function":
+        raise bad_request(f"{where}.type {kind!r} is not supported here: Chat Completions tools are functions", f"{where}.type")
+    function = get(tool, "function", (dict,), f"{where}.", required=True)
+    get(function, "name", (str,), f"{where}.function.", required=True)
+    get(function, "description", (str,), f"{where}.function.")
+    get(function, "parameters", (dict,), f"{where}.function.")
+    return {"type": "function", "function": dict(function)}
+
+
+def convert_messages(messages: list[Any], state: ServerState) -> list[dict[str, Any]]:
+    """OpenAI messages as the dicts ``Model.stream`` takes."""
+    out: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool-call id -> function name, for the tool results that follow
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, Mapping):
+            raise bad_request(f"{where} must be an object with a role", where)
+        role = get(message, "role", (str,), f"{where}.", required=True)
+        if role not in ROLES:
+            raise bad_request(f"{where}.role {role!r} is not one of {', '.join(ROLES)}", f"{where}.role")
+        content = text_of(message.get("content"), f"{where}.content", TEXT_PARTS)
+        if role in ("system", "developer"):
+            out.append({"role": "system", "content": content})
+        elif role == "user":
+            out.append({"role": "user", "content": content})
+        elif role == "assistant":
+            out.append(assistant_message(message, content, where, names, state))
+        else:
+            out.append(tool_message(message, content, where, names))
+    return out
+
+
+def assistant_message(message: Mapping[str, Any], content: str, where: str, names: dict[str, str],
+                      state: ServerState) -> dict[str, Any]:
+    entry: dict[str, Any] = {"role": "assistant", "content": content}
+    reasoning = next((message[key] for key in REASONING_FIELDS if isinstance(message.get(key), str) and message[key]), None)
+    calls = get(message, "tool_calls", (list,), f"{where}.", default=[])
+    tool_calls = []
+    for number_, call in enumerate(calls):
+        at = f"{where}.tool_calls[{number_}]"
+        if not isinstance(call, Mapping):
+            raise bad_request(f"{at} must be an object", at)
+        function = get(call, "function", (dict,), f"{at}.", required=True)
+        name = get(function, "name", (str,), f"{at}.function.", required=True)
+        arguments = function.get("arguments", "")
+        if not isinstance(arguments, str):
+            raise bad_request(f"{at}.function.arguments must be a JSON string", f"{at}.function.arguments")
+        call_id = get(call, "id", (str,), f"{at}.")
+        if call_id:
+            names[call_id] = name
+            if reasoning is None:
+                reasoning = state.reasoning.get(call_id)  # the client dropped it: the server kept it
+        tool_calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+    if tool_calls:
+        entry["tool_calls"] = tool_calls
+    if reasoning:
+        entry["reasoning"] = reasoning
+    return entry
+
+
+def tool_message(message: Mapping[str, Any], content: str, where: str, names: Mapping[str, str]) -> dict[str, Any]:
+    call_id = get(message, "tool_call_id", (str,), f"{where}.")
+    name = names.get(call_id or "") or get(message, "name", (str,), f"{where}.")
+    if not name:
+        raise bad_request(f"{where}.tool_call_id {call_id!r} answers no tool call of an earlier assistant message",
+                          f"{where}.tool_call_id")
+    return {"role": "tool", "name": name, "content": content}
+
+
+# -- the answer ---------------------------------------------------------------
+
+
+class Completion:
+    """A reply's events as Chat Completions chunks (streamed) or one completion."""
+
+    def __init__(self, call: ChatCall, state: ServerState):
+        self.call = call
+        self.state = state
+        self.id = new_id("chatcmpl")
+        self.created = int(time.time())
+        self.transcript = Transcript(call.server_tools)
+        self.reasoning: list[str] = []
+        self.content: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+
+    def _chunk(self, delta: dict[str, Any], finish: Optional[str] = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.call.model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+    def open(self) -> list[dict[str, Any]]:
+        """The first chunk of a stream: the role."""
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def feed(self, event: Event) -> list[dict[str, Any]]:
+        """The chunks one event makes (also collected for :meth:`completion`)."""
+        return [self._chunk(delta) for step in self.transcript.feed(event) for delta in self._step(step)]
+
+    def close(self) -> list[dict[str, Any]]:
+        """The last chunks: the finish_reason on its own, then the usage when asked for."""
+        reply = self._finish()
+        out = [self._chunk({}, self._finish_reason(reply))]
+        if self.call.include_usage:
+            out.append({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.call.model,
+                        "choices": [], "usage": self.usage(reply)})
+        return out
+
+    def completion(self, events: Iterable[Event]) -> dict[str, Any]:
+        """The whole completion, for a request that is not streamed."""
+        for event in events:
+            self.feed(event)
+        reply = self._finish()
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or (None if self.tool_calls else "")}
+        if self.reasoning:
+            message["reasoning_content"] = message["reasoning"] = "".join(self.reasoning)
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.call.model,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self._finish_reason(reply)}],
+                "usage": self.usage(reply)}
+
+    def _step(self, step: Step) -> list[dict[str, Any]]:
+        """The deltas of one step (also collected for the whole completion)."""
+        if step.kind == "reasoning":
+            self.reasoning.append(step.text)
+            return [{"reasoning_content": step.text, "reasoning": step.text}]
+        if step.kind == "text":
+            self.content.append(step.text)
+            return [{"content": step.text}]
+        if step.kind in ("run", "result"):  # the server's own python tool: shown with the reasoning
+            text = f"\n[python]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{step.result.output}\n"
+            self.reasoning.append(text)
+            return [{"reasoning_content": text, "reasoning": text}]
+        if not self.call.parallel_tool_calls and self.tool_calls:
+            return []
+        index, call_id, arguments = len(self.tool_calls), new_id("call"), arguments_json(step.call)
+        self.tool_calls.append({"id": call_id, "type": "function", "function": {"name": step.call.name, "arguments": arguments}})
+        return [  # id and name first, then the arguments, as clients merge them by index
+            {"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {"name": step.call.name, "arguments": ""}}]},
+            {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
+        ]
+
+    def _finish(self) -> Reply:
+        reply = self.transcript.reply
+        if reply is None:  # pragma: no cover - Model.stream always ends with Done
+            raise RuntimeError("the reply ended without Done")
+        if self.tool_calls and reply.reasoning:
+            for call in self.tool_calls:  # for clients that will not send the reasoning back
+                self.state.reasoning.put(call["id"], reply.reasoning)
+        return reply
+
+    def _finish_reason(self, reply: Reply) -> str:
+        return "tool_calls" if self.tool_calls and reply.pending_calls else finish_reason(reply)
+
+    def usage(self, reply: Reply) -> dict[str, Any]:
+        usage = reply.usage
+        return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+                "completion_tokens_details": {"reasoning_tokens": self.transcript.reasoning_tokens}}

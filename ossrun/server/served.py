@@ -1,0 +1,68 @@
+"""The model a server serves: the names a request may call it by, its defaults, its own tools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from ossrun.harmony.messages import REASONING_EFFORTS
+from ossrun.server.fields import ApiError, bad_request, get
+
+# OpenAI's other efforts, as the nearest one gpt-oss was trained with.
+EFFORT_ALIASES = {"minimal": "low", "none": "low", "xhigh": "high"}
+
+
+@dataclass
+class ServedModel:
+    name: str
+    aliases: tuple[str, ...] = ()
+    default_effort: str = "medium"
+    python_tool: Any = None  # an ossrun.tools.PythonSandbox when --tool python was given
+    created: int = 0
+    server_tools: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        self.server_tools = frozenset({"python"}) if self.python_tool is not None else frozenset()
+
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    def check_model(self, requested: str) -> str:
+        """The request's model name if it is this model's (or an alias), else a 404."""
+        if requested not in self.names():
+            raise ApiError(404, f"the model {requested!r} does not exist: this server serves {self.name}",
+                           param="model", code="model_not_found")
+        return requested
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "ossrun"}
+
+    def add_server_tools(self, options: dict[str, Any]) -> None:
+        if self.python_tool is not None:
+            options["python_tool"] = self.python_tool
+
+
+def effort_of(body: Mapping[str, Any], default: str) -> str:
+    """``reasoning_effort`` or ``reasoning.effort`` as low, medium or high."""
+    effort = get(body, "reasoning_effort", (str,))
+    param = "reasoning_effort"
+    if effort is None:
+        reasoning = get(body, "reasoning", (dict,), default={})
+        effort, param = get(reasoning, "effort", (str,), "reasoning."), "reasoning.effort"
+    if effort is None:
+        return default
+    effort = EFFORT_ALIASES.get(effort.lower(), effort.lower())
+    if effort not in REASONING_EFFORTS:
+        raise bad_request(f"{param} {effort!r} is not one of low, medium, high (minimal and none mean low, xhigh high)", param)
+    return effort
+
+
+def served_names(name: str, entry: Optional[Any]) -> tuple[str, ...]:
+    """Aliases a registry model answers to: its registry aliases and its hub repositories."""
+    if entry is None:
+        return ()
+    names = list(entry.aliases)
+    for source in (entry.gguf, entry.safetensors):
+        if source is not None:
+            names.append(source.repo)
+    return tuple(dict.fromkeys(n for n in names if n != name))

@@ -1,0 +1,84 @@
+"""The server over a scripted engine: what the model writes, however broken, never leaks harmony
+markup into responses and never becomes a 500."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from scripted import ScriptedEngine, reply
+from serving import ServerThread
+
+from ossrun.model import Model
+
+BROKEN = [
+    "<|channel|>finalz<|message|>Hello from a broken header<|return|>",  # an unknown channel
+    "<|channel|>analysis<|message|>Hmm.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather "
+    "<|constrain|>json<|message|><|channel|>final<|message|>{\"city\": \"Oslo\"}<|call|>",  # a header inside a call
+    "<|channel|>analysis<|message|>Thinking<|start|>assistant<|channel|>final<|message|>Two messages at once<|return|>",
+    "<|channel|>commentary to=functions.nope$$ <|constrain|>json<|message|>{}<|call|>",  # a recipient that is no name
+]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+@pytest.fixture
+def serve(encoding):
+    servers = []
+
+    def start(*scripts):
+        model = Model(ScriptedEngine(encoding, list(scripts)), encoding, name="scripted")
+        server = ServerThread(model)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def client_for(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=60)
+
+
+def harmony_free(value) -> bool:
+    return "<|" not in json.dumps(value)
+
+
+@pytest.mark.parametrize("script", BROKEN)
+def test_malformed_output_never_leaks_harmony_into_chat_completions(serve, script):
+    client = client_for(serve(script, script))
+    plain = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER])
+    message = plain.choices[0].message
+    assert plain.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert harmony_free(message.model_dump(warnings=False))
+    streamed = list(client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Hi"}],
+                                                   tools=[WEATHER], stream=True))
+    assert all(harmony_free(chunk.model_dump(warnings=False)) for chunk in streamed)
+
+
+@pytest.mark.parametrize("script", BROKEN)
+def test_malformed_output_never_leaks_harmony_into_responses(serve, script):
+    client = client_for(serve(script, script))
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+    response = client.responses.create(model="scripted", input="Hi", tools=[tool])
+    assert response.status in ("completed", "incomplete") and harmony_free(response.model_dump(warnings=False))
+    with client.responses.stream(model="scripted", input="Hi", tools=[tool]) as stream:
+        events = list(stream)
+    assert events[-1].type == "response.completed" and all(harmony_free(e.model_dump(warnings=False)) for e in events)
+
+
+def test_the_cleaned_text_keeps_what_the_messages_said(serve):
+    client = client_for(serve(BROKEN[0]))
+    content = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content
+    assert content == "Hello from a broken header"
+
+
+def test_a_well_formed_reply_streams_its_channels_apart(serve):
+    client = client_for(serve(reply("Let me think.", "The answer.")))
+    chunks = list(client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Hi"}], stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Let me think."
+    assert "".join(d.content or "" for d in deltas) == "The answer."

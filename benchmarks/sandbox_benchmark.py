@@ -21,7 +21,7 @@ def time_runs(runs: int) -> tuple[list[float], str]:
     with PythonSandbox() as box:
         first = box.run("print(1)")
         assert first.stdout == "1\n", first.text()
-        isolation = box.network_isolation or "none"
+        isolation = box.isolation or "none"
         times = []
         for _ in range(runs):
             started = time.perf_counter()

@@ -107,6 +107,14 @@ def test_ordinary_code_works_as_a_model_expects(sandbox):
     assert sandbox.run(commands).stdout == f"True\n{len(str(sandbox.workdir)) + 1}\n42\n"
 
 
+def test_macos_is_told_what_holds(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with PythonSandbox() as box:
+        assert box.isolation is None
+        assert box.notices() == [NOT_ISOLATED.format("the jail needs Linux's namespaces, and on macOS only the limits hold")]
+        assert "The code is not isolated" in box.description()
+
+
 def test_the_code_cannot_make_its_view_writable(sandbox):
     code = textwrap.dedent("""
         import ctypes, errno, sys
@@ -274,15 +282,15 @@ def test_an_ordinary_user_without_user_namespaces_is_told(tmp_path, local_server
         pytest.skip(f"no Python here that uid {ORDINARY_UID} may run with ossrun's tools")
     with PythonSandbox(python=python_without_user_namespaces(tmp_path, python, uid=ORDINARY_UID)) as box:
         os.chown(box.workdir, ORDINARY_UID, ORDINARY_UID)
-        reason = "user namespaces are not allowed here (unshare: No space left on device)"
+        reason = "user namespaces are not allowed here (the sysctl user.max_user_namespaces is 0)"
         assert_not_isolated(box, reason, *local_server, visible="/work" if Path("/work").exists() else "/usr")
 
 
 @pytest.mark.skipif(not util_linux(), reason="needs util-linux unshare and setpriv")
 def test_without_namespaces_the_user_and_the_model_are_told(tmp_path, local_server):
     with PythonSandbox(python=python_without_namespaces(tmp_path)) as box:
-        reason = ("user namespaces are not allowed here (unshare: No space left on device), "
-                  "nor other namespaces to root (unshare: Operation not permitted)")
+        reason = ("user namespaces are not allowed here (the sysctl user.max_user_namespaces is 0), "
+                  "nor other namespaces to root (no CAP_SYS_ADMIN, as in a container)")
         assert_not_isolated(box, reason, *local_server, visible=tmp_path)
 
 

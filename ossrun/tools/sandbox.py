@@ -251,6 +251,10 @@ class PythonSandbox:
     def _probe(self) -> None:
         """Find out once whether the jail can be made here."""
         self._probed = True
+        if not sys.platform.startswith("linux"):
+            system = "macOS" if sys.platform == "darwin" else sys.platform
+            self._isolation_error = f"the jail needs Linux's namespaces, and on {system} only the limits hold"
+            return
         try:
             done = subprocess.run(
                 [self.python, "-I", str(CHILD), json.dumps(self._config(probe=True))],

@@ -52,13 +52,13 @@ def enter(workdir, *, network, tmp_bytes=None):
         unshare_user(flags)
         how = USER_NAMESPACES
     except OSError as exc:
-        refusal = f"user namespaces are not allowed here ({reason(exc)})"
+        refusal = f"user namespaces are not allowed here ({why_refused(exc, root)})"
         if not root:
             raise Refused(refusal) from None
         try:
             unshare(flags)
         except OSError as root_exc:
-            raise Refused(f"{refusal}, nor other namespaces to root ({reason(root_exc)})") from None
+            raise Refused(f"{refusal}, nor other namespaces to root ({why_refused(root_exc, root, False)})") from None
         how = ROOT_NAMESPACES
     if root and os.stat(workdir).st_uid == 0:
         os.chown(workdir, NOBODY, NOBODY)  # the code writes there as nobody
@@ -190,6 +190,38 @@ def unshare(flags):
 
 def prctl(option, value):
     check(libc.prctl(option, value, 0, 0, 0), "prctl")
+
+
+# Settings that refuse namespaces, as they read where they do: (file, value, what it means).
+REFUSING_SETTINGS = (
+    ("/proc/sys/user/max_user_namespaces", "0", "the sysctl user.max_user_namespaces is 0"),
+    ("/proc/sys/kernel/unprivileged_userns_clone", "0", "the sysctl kernel.unprivileged_userns_clone is 0"),
+    ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
+     "AppArmor restricts them: the sysctl kernel.apparmor_restrict_unprivileged_userns is 1"),
+)
+CAP_SYS_ADMIN = 21
+
+
+def why_refused(exc, root, user_namespace=True):
+    """Why unshare failed, in the system's own terms where they are known."""
+    if user_namespace:
+        for path, refusing, meaning in REFUSING_SETTINGS:  # only the first binds root
+            if (not root or path == REFUSING_SETTINGS[0][0]) and _read(path).strip() == refusing:
+                return meaning
+    status = dict(line.split(":\t", 1) for line in _read("/proc/self/status").splitlines() if ":\t" in line)
+    if status.get("Seccomp", "0").strip() == "2":
+        return "a seccomp filter refuses them, as a container's default profile does"
+    if not user_namespace and not int(status.get("CapEff", "0"), 16) & (1 << CAP_SYS_ADMIN):
+        return "no CAP_SYS_ADMIN, as in a container"
+    return reason(exc)
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def reason(exc):

@@ -107,6 +107,19 @@ def test_ordinary_code_works_as_a_model_expects(sandbox):
     assert sandbox.run(commands).stdout == f"True\n{len(str(sandbox.workdir)) + 1}\n42\n"
 
 
+def test_numerical_libraries_stay_inside_the_bound(sandbox):
+    threads = max(1, min(os.cpu_count() or 1, 64 // 4))
+    code = textwrap.dedent("""
+        import os, numpy
+        numpy.ones((400, 400)) @ numpy.ones((400, 400))
+        names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+        print([os.environ[name] for name in names])
+        print(int(open("/proc/self/status").read().split("Threads:")[1].split()[0]))
+        """)
+    environ, running = sandbox.run(code).stdout.splitlines()
+    assert environ == str([str(threads)] * 4) and int(running) <= threads
+
+
 def test_macos_is_told_what_holds(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     with PythonSandbox() as box:

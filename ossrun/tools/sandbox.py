@@ -39,6 +39,9 @@ DEFAULT_MEMORY_BYTES = 1 << 30
 DEFAULT_OUTPUT_BYTES = 16 * 1024  # what the model reads, stdout and stderr together
 DEFAULT_FILE_BYTES = 1 << 30  # the largest file the code may write (and the size of its /tmp)
 DEFAULT_PROCESSES = 64  # processes and threads at once, the code's own included
+# Numerical libraries start a thread per core: these keep them inside the bound on processes.
+NUM_THREADS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                         "VECLIB_MAXIMUM_THREADS")
 # Past this much output the process is killed: printing forever would otherwise
 # keep the reader busy until the timeout.
 OUTPUT_KILL_FACTOR = 256
@@ -238,6 +241,9 @@ class PythonSandbox:
             "PYTHONIOENCODING": "utf-8",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        if self.limits.processes:
+            threads = max(1, min(os.cpu_count() or 1, self.limits.processes // 4))
+            env.update(dict.fromkeys(NUM_THREADS_VARIABLES, str(threads)))
         return subprocess.Popen(
             [self.python, "-I", str(CHILD), json.dumps(config)],
             stdin=subprocess.PIPE,

@@ -31,10 +31,9 @@ CONNECT = textwrap.dedent("""
         print("blocked:", exc)
     """)
 
-# What the code can see and do from inside, as JSON: who it is, its processes, its file system,
-# how many processes and threads it may start, whether it reaches the server on {port}.
-REPORT = textwrap.dedent("""
-    import errno, json, os, socket, sys, threading
+# For code run in the sandbox: what an action comes to, "ok" or the error's name ("ENOENT"...).
+ATTEMPT = textwrap.dedent("""
+    import errno
 
     def attempt(action):
         try:
@@ -42,6 +41,12 @@ REPORT = textwrap.dedent("""
             return "ok"
         except OSError as exc:
             return errno.errorcode[exc.errno]
+    """)
+
+# What the code can see and do from inside, as JSON: who it is, its processes, its file system,
+# how many processes and threads it may start, whether it reaches the server on {port}.
+REPORT = ATTEMPT + textwrap.dedent("""
+    import json, os, socket, sys, threading
 
     def write(path):
         return attempt(lambda: open(path, "w").close())
@@ -226,14 +231,21 @@ def python_as_an_ordinary_user(tmp_path: Path, python: str) -> str:
     return str(wrapper)
 
 
+def names_on_the_way(folder: str, paths: list[str]) -> set[str]:
+    """The names in ``folder`` that lead to one of ``paths`` (as written, or resolved on the host)."""
+    names = set()
+    for path in paths:
+        if os.path.exists(path):
+            for form in (os.path.abspath(path), os.path.realpath(path)):
+                if form.startswith(folder.rstrip("/") + "/"):
+                    names.add(form[len(folder.rstrip("/")) + 1:].split("/")[0])
+    return names
+
+
 def expected_root(python_paths: list[str], workdir: str) -> list[str]:
-    """The names the jail's / should hold: system folders, the fresh ones, and the first part of
-    each path the code's Python needs, and of its working directory."""
+    """The names the jail's / should hold: system folders, the fresh ones, and the way to each
+    path the code's Python needs, and to its working directory."""
     from ossrun.tools.sandbox_mounts import SYSTEM_PATHS
 
     names = {"dev", "proc", "tmp"} | {path[1:] for path in SYSTEM_PATHS if os.path.lexists(path)}
-    for path in [*python_paths, workdir]:
-        if os.path.exists(path):
-            names.add(os.path.realpath(path).split("/")[1])
-            names.add(os.path.abspath(path).split("/")[1])
-    return sorted(names)
+    return sorted(names | names_on_the_way("/", [*python_paths, workdir]))

@@ -127,8 +127,7 @@ class PythonSandbox:
         self._workdir: Optional[Path] = None
         self._cleanup: Optional[weakref.finalize] = None
         self._isolation: Optional[str] = None
-        self._isolation_error: Optional[str] = None
-        self._probed = False
+        self._isolation_error: Optional[str] = None  # why there is no jail, once probed
 
     # -- the session ------------------------------------------------------
 
@@ -155,7 +154,7 @@ class PythonSandbox:
     def isolation(self) -> Optional[str]:
         """How the code is jailed ("user namespaces", or "namespaces made by root" where user
         namespaces are off), None when this system allows no jail."""
-        if not self._probed:
+        if self._isolation is None and self._isolation_error is None:
             self._probe()
         return self._isolation
 
@@ -255,8 +254,7 @@ class PythonSandbox:
         )
 
     def _probe(self) -> None:
-        """Find out once whether the jail can be made here."""
-        self._probed = True
+        """Find out once whether the jail can be made here: set how, or why not."""
         if not sys.platform.startswith("linux"):
             system = "macOS" if sys.platform == "darwin" else sys.platform
             self._isolation_error = f"the jail needs Linux's namespaces, and on {system} only the limits hold"

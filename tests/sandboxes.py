@@ -177,6 +177,33 @@ def python_without_namespaces(tmp_path: Path) -> str:
     return str(wrapper)
 
 
+UNSHARE_SYSCALL = {"x86_64": 272, "aarch64": 97}.get(os.uname().machine)
+
+
+def python_under_seccomp(tmp_path: Path) -> str:
+    """An interpreter whose unshare() a seccomp filter refuses with EPERM, as Docker's default
+    profile does (no root needed: no_new_privs allows the filter)."""
+    wrapper = tmp_path / "python-under-seccomp"
+    wrapper.write_text(f"#!{sys.executable} -I\n" + textwrap.dedent(f"""
+        import ctypes, os, sys
+        class Instruction(ctypes.Structure):
+            _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+        class Program(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+        load_nr, jump_if, answer = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+        code = (Instruction * 4)(Instruction(load_nr, 0, 0, 0), Instruction(jump_if, 0, 1, {UNSHARE_SYSCALL}),
+                                 Instruction(answer, 0, 0, 0x00050000 | 1),  # SECCOMP_RET_ERRNO | EPERM
+                                 Instruction(answer, 0, 0, 0x7FFF0000))  # SECCOMP_RET_ALLOW
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        if libc.prctl(22, 2, ctypes.byref(Program(4, code)), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+            sys.exit("cannot install the seccomp filter")
+        os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])
+        """))
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 def python_without_user_namespaces(tmp_path: Path, python: str = sys.executable, uid: int = 0) -> str:
     """``python`` run as ``uid`` (root keeps root's capabilities) on a system where user namespaces
     are turned off: a user namespace mapping ids 0-65535 to themselves (nobody among them) whose

@@ -18,8 +18,9 @@ from typing import Optional
 
 import pytest
 from sandboxes import (ATTEMPT, CONNECT, ORDINARY_UID, expected_root, host_processes, local_server,  # noqa: F401
-                       marker, names_on_the_way, python_an_ordinary_user_runs, python_as_an_ordinary_user,
-                       python_without_namespaces, python_without_user_namespaces, report, util_linux)
+                       UNSHARE_SYSCALL, marker, names_on_the_way, python_an_ordinary_user_runs,
+                       python_as_an_ordinary_user, python_under_seccomp, python_without_namespaces,
+                       python_without_user_namespaces, report, util_linux)
 
 from ossrun.tools import PythonSandbox, SandboxLimits
 
@@ -112,6 +113,16 @@ def test_numerical_libraries_stay_inside_the_bound(sandbox):
         """)
     environ, running = sandbox.run(code).stdout.splitlines()
     assert environ == str([str(threads)] * 4) and int(running) <= threads
+
+
+@pytest.mark.skipif(UNSHARE_SYSCALL is None, reason="the filter knows unshare's number on x86_64 and aarch64 only")
+def test_a_seccomp_filter_that_refuses_namespaces_is_named(tmp_path, local_server):
+    with PythonSandbox(python=python_under_seccomp(tmp_path)) as box:
+        seccomp = "a seccomp filter refuses them, as a container's default profile does"
+        reason = f"user namespaces are not allowed here ({seccomp})"
+        if os.geteuid() == 0:
+            reason += f", nor other namespaces to root ({seccomp})"
+        assert_not_isolated(box, reason, *local_server, visible=tmp_path)
 
 
 def test_macos_is_told_what_holds(monkeypatch):

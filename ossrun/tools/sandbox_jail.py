@@ -17,6 +17,7 @@ sandbox_child.py, never imported by ossrun: the standard library only.
 """
 
 import ctypes
+import errno
 import os
 import signal
 
@@ -209,7 +210,7 @@ def why_refused(exc, root, user_namespace=True):
             if (not root or path == REFUSING_SETTINGS[0][0]) and _read(path).strip() == refusing:
                 return meaning
     status = dict(line.split(":\t", 1) for line in _read("/proc/self/status").splitlines() if ":\t" in line)
-    if status.get("Seccomp", "0").strip() == "2":
+    if exc.errno == errno.EPERM and status.get("Seccomp", "0").strip() == "2":
         return "a seccomp filter refuses them, as a container's default profile does"
     if not user_namespace and not int(status.get("CapEff", "0"), 16) & (1 << CAP_SYS_ADMIN):
         return "no CAP_SYS_ADMIN, as in a container"

@@ -1,14 +1,17 @@
-"""The python tool: the model's code in a separate, limited, offline process.
+"""The python tool: the model's code in a separate, limited, isolated process.
 
-Each run is a fresh interpreter (``sandbox_child.py`` sets the limits and leaves
-the network, then runs the code): a wall-clock timeout that kills the whole
-process group, a memory limit (RLIMIT_AS), a CPU-time limit, a file-size limit,
-a temporary working directory kept for the session, and output bounded in
-size. The model is told exactly that (:meth:`PythonSandbox.description`), not
-the stateful notebook harmony's stock description promises.
-
-The rest of the file system is not hidden: the code runs as the user (without
-root's capabilities when a user namespace is available).
+Each run is a fresh interpreter. ``sandbox_child.py`` puts it in a jail
+(``sandbox_jail.py``: user, mount, PID, IPC and network namespaces; no privileges,
+root's code runs as nobody) that sees only the Python installation and the system's
+libraries read-only, the working directory and an empty /tmp (``sandbox_mounts.py``),
+then sets the limits and runs the code. Around it: a wall-clock timeout, a memory
+limit (RLIMIT_AS), a CPU-time limit, a file-size limit, a bound on processes, a
+temporary working directory kept for the session, and output bounded in size. When
+the code ends, or is killed, every process it started goes with it (the PID
+namespace dies with its init). The model is told exactly that
+(:meth:`PythonSandbox.description`), not the stateful notebook harmony's stock
+description promises; where the system refuses the namespaces, the user and the
+model are told the code is not isolated.
 """
 
 from __future__ import annotations
@@ -34,12 +37,17 @@ from ossrun.errors import ToolError
 DEFAULT_TIMEOUT = 120.0  # seconds of wall-clock time per run, the figure gpt-oss was trained with
 DEFAULT_MEMORY_BYTES = 1 << 30
 DEFAULT_OUTPUT_BYTES = 16 * 1024  # what the model reads, stdout and stderr together
-DEFAULT_FILE_BYTES = 1 << 30  # the largest file the code may write
+DEFAULT_FILE_BYTES = 1 << 30  # the largest file the code may write (and the size of its /tmp)
+DEFAULT_PROCESSES = 64  # processes and threads at once, the code's own included
+# Numerical libraries start a thread per core: these keep them inside the bound on processes.
+NUM_THREADS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                         "VECLIB_MAXIMUM_THREADS")
 # Past this much output the process is killed: printing forever would otherwise
 # keep the reader busy until the timeout.
 OUTPUT_KILL_FACTOR = 256
 CHILD = Path(__file__).with_name("sandbox_child.py")
-NETWORK_UNAVAILABLE_EXIT = 111  # sandbox_child's code for "could not leave the network"
+ISOLATION_UNAVAILABLE_EXIT = 111  # sandbox_child's exit code when it could not isolate the code,
+REFUSED = "cannot isolate the code: "  # and how its message starts
 
 # The first paragraph is harmony's stock python-tool text, which gpt-oss was trained on and which holds here.
 TRAINED_INTRO = (
@@ -56,6 +64,7 @@ class SandboxLimits:
     cpu_seconds: Optional[int] = None  # None: the timeout, rounded up
     output_bytes: int = DEFAULT_OUTPUT_BYTES
     file_bytes: Optional[int] = DEFAULT_FILE_BYTES
+    processes: Optional[int] = DEFAULT_PROCESSES  # applies where the code is isolated
 
     @property
     def cpu_limit(self) -> Optional[int]:
@@ -106,7 +115,7 @@ class PythonSandbox:
     """Runs the model's Python code; one working directory for the whole session.
 
     Use it as a context manager (or call :meth:`close`) to remove the directory.
-    ``isolate_network=False`` lets the code use the network.
+    ``isolate_network=False`` lets the code use the network (the rest of the jail stays).
     """
 
     def __init__(self, limits: SandboxLimits = SandboxLimits(), *, isolate_network: bool = True, python: Optional[str] = None):
@@ -118,7 +127,7 @@ class PythonSandbox:
         self._workdir: Optional[Path] = None
         self._cleanup: Optional[weakref.finalize] = None
         self._isolation: Optional[str] = None
-        self._isolation_error: Optional[str] = None
+        self._isolation_error: Optional[str] = None  # why there is no jail, once probed
 
     # -- the session ------------------------------------------------------
 
@@ -142,21 +151,20 @@ class PythonSandbox:
         self.close()
 
     @property
-    def network_isolation(self) -> Optional[str]:
-        """How the code is kept off the network ("user and network namespace", ...), None when it is not."""
-        if self.isolate_network and self._isolation is None and self._isolation_error is None:
+    def isolation(self) -> Optional[str]:
+        """How the code is jailed ("user namespaces", or "namespaces made by root" where user
+        namespaces are off), None when this system allows no jail."""
+        if self._isolation is None and self._isolation_error is None:
             self._probe()
         return self._isolation
 
     def notices(self) -> list[str]:
         """What the user should know before the first run (shown at start)."""
+        if self.isolation is None:
+            return [f"the python tool's code is not isolated: {self._isolation_error}; it can use the network, "
+                    "read and write your files, and leave processes running"]
         if not self.isolate_network:
             return ["the python tool's code can use the network (network isolation is off)"]
-        if self.network_isolation is None:
-            return [f"the python tool's code can use the network: this system does not allow a network namespace ({self._isolation_error})"]
-        if self.network_isolation == "network namespace" and os.geteuid() == 0:
-            return ["user namespaces are off here, so the python tool's code runs with root's capabilities "
-                    "and could leave its network namespace: run ossrun as another user to prevent that"]
         return []
 
     def description(self) -> str:
@@ -164,7 +172,13 @@ class PythonSandbox:
         limits = self.limits
         version = ".".join(map(str, sys.version_info[:2])) if self.python == sys.executable else "3"
         memory = f" Memory is limited to {_size(limits.memory_bytes)}." if limits.memory_bytes else ""
-        internet = "disabled" if self.network_isolation else "enabled"
+        if self.isolation is None:
+            files = " The code is not isolated: it runs as the user, with the user's files."
+        else:
+            processes = f" It can run at most {limits.processes} processes and threads." if limits.processes else ""
+            files = (" The file system is read-only but for the current directory and an empty /tmp: the code sees only "
+                     f"the system's programs and libraries and the Python installation.{processes}")
+        internet = "disabled" if self.isolation and self.isolate_network else "enabled"
         return (
             f"{TRAINED_INTRO}\n\n"
             f"When you send a message containing Python code to python, it will be executed in a new Python {version} "
@@ -173,7 +187,7 @@ class PythonSandbox:
             f"python will respond with the output of the execution (stdout, stderr and the exit status, "
             f"at most {limits.output_bytes} bytes) or time out after {limits.timeout:.1f} seconds.{memory} "
             f"The current directory can be used to save files for later messages in this session; "
-            f"it is deleted when the session ends. Internet access for this session is {internet}."
+            f"it is deleted when the session ends.{files} Internet access for this session is {internet}."
         )
 
     # -- running code -----------------------------------------------------
@@ -181,17 +195,11 @@ class PythonSandbox:
     def run(self, code: str, cancel: Optional[threading.Event] = None) -> SandboxResult:
         """Run ``code`` in a fresh process and return its bounded output and status.
 
-        Setting ``cancel`` kills the process within a tenth of a second. Without network
-        isolation (said at start by :meth:`notices`) the code runs with the network.
+        Setting ``cancel`` kills the process within a tenth of a second. Where this system
+        allows no jail (said at start by :meth:`notices`) the code runs with the limits alone.
         """
-        config = {
-            "isolate_network": self.network_isolation is not None,
-            "memory_bytes": self.limits.memory_bytes,
-            "cpu_seconds": self.limits.cpu_limit,
-            "file_bytes": self.limits.file_bytes,
-        }
         started = time.monotonic()
-        process = self._spawn(config)
+        process = self._spawn(self._config())
         try:
             try:
                 process.stdin.write(code.encode("utf-8", "surrogateescape"))
@@ -201,13 +209,27 @@ class PythonSandbox:
             reader = _BoundedReader(process, self.limits.output_bytes)
             ending = reader.read_until(started + self.limits.timeout, cancel)
         finally:
-            _kill_group(process)  # on a timeout, and any children it left behind
+            _kill_group(process)  # on a timeout, cancel or flood: the keeper and init, so the whole jail
             exit_status = process.wait()
         stdout, stderr, dropped = reader.texts()
-        if exit_status == NETWORK_UNAVAILABLE_EXIT and stderr.startswith("cannot leave the network"):
+        if exit_status == ISOLATION_UNAVAILABLE_EXIT and stderr.startswith(REFUSED):
             return SandboxResult("", "", None, "not run: " + stderr.strip())
         status = _status(self.limits, exit_status, ending)
         return SandboxResult(stdout, stderr, exit_status, status, dropped, time.monotonic() - started)
+
+    def _config(self, *, probe: bool = False) -> dict:
+        """What sandbox_child.py is to do: isolate or not, where, with which limits; or only probe the jail."""
+        isolate = probe or self.isolation is not None
+        return {
+            "isolate": isolate,
+            "probe": probe,
+            "network": not self.isolate_network,
+            "workdir": str(self.workdir),
+            "memory_bytes": self.limits.memory_bytes,
+            "cpu_seconds": self.limits.cpu_limit,
+            "file_bytes": self.limits.file_bytes,
+            "processes": self.limits.processes if isolate else None,  # counted alone only in the jail
+        }
 
     def _spawn(self, config: dict) -> subprocess.Popen:
         env = {
@@ -218,6 +240,9 @@ class PythonSandbox:
             "PYTHONIOENCODING": "utf-8",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        if self.limits.processes:
+            threads = max(1, min(os.cpu_count() or 1, self.limits.processes // 4))
+            env.update(dict.fromkeys(NUM_THREADS_VARIABLES, str(threads)))
         return subprocess.Popen(
             [self.python, "-I", str(CHILD), json.dumps(config)],
             stdin=subprocess.PIPE,
@@ -229,20 +254,25 @@ class PythonSandbox:
         )
 
     def _probe(self) -> None:
-        """Find out once whether a child can leave the network here."""
-        config = {"isolate_network": True, "probe": True, "memory_bytes": None, "cpu_seconds": None, "file_bytes": None}
+        """Find out once whether the jail can be made here: set how, or why not."""
+        if not sys.platform.startswith("linux"):
+            system = "macOS" if sys.platform == "darwin" else sys.platform
+            self._isolation_error = f"the jail needs Linux's namespaces, and on {system} only the limits hold"
+            return
         try:
             done = subprocess.run(
-                [self.python, "-I", str(CHILD), json.dumps(config)],
-                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
+                [self.python, "-I", str(CHILD), json.dumps(self._config(probe=True))],
+                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, cwd=self.workdir,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             self._isolation_error = str(exc)
             return
         if done.returncode == 0 and done.stdout:
             self._isolation = done.stdout.strip()
+        elif done.stderr.strip():
+            self._isolation_error = done.stderr.strip().splitlines()[-1].removeprefix(REFUSED)
         else:
-            self._isolation_error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+            self._isolation_error = f"exit status {done.returncode}"
 
 
 class _BoundedReader:

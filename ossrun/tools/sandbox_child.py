@@ -1,14 +1,12 @@
-"""The first code a python-tool process runs, before the model's: limits, then isolation, then the code.
+"""The first code a python-tool process runs, before the model's: isolation, then limits, then the code.
 
 Run as a script (``python -I sandbox_child.py CONFIG``), never imported by ossrun:
-it sets its own resource limits and leaves the network in a fresh process that
-has no threads yet, which ``unshare`` needs. The code comes on stdin; like a
-notebook cell, the value of a final expression is printed.
+``unshare`` needs a process with no threads yet. The jail (``sandbox_jail.py``) returns
+in the process that runs the code, which then sets its limits. The code comes on stdin;
+like a notebook cell, the value of a final expression is printed.
 """
 
 import ast
-import ctypes
-import ctypes.util
 import json
 import linecache
 import os
@@ -16,14 +14,14 @@ import resource
 import sys
 import traceback
 
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
 CELL = "<python>"  # the file name tracebacks give the code
-NETWORK_UNAVAILABLE_EXIT = 111  # "could not leave the network": the parent refuses to run code then
+ISOLATION_UNAVAILABLE_EXIT = 111  # "cannot isolate the code: ...": the parent refuses to run code then
 
 
 def set_limits(config):
-    for name, value in (("RLIMIT_AS", config["memory_bytes"]), ("RLIMIT_FSIZE", config["file_bytes"]), ("RLIMIT_CORE", 0)):
+    limits = (("RLIMIT_AS", config["memory_bytes"]), ("RLIMIT_FSIZE", config["file_bytes"]),
+              ("RLIMIT_NPROC", config["processes"]), ("RLIMIT_CORE", 0))
+    for name, value in limits:
         if value is not None and hasattr(resource, name):
             resource.setrlimit(getattr(resource, name), (value, value))
     cpu = config["cpu_seconds"]
@@ -32,32 +30,18 @@ def set_limits(config):
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 
 
-def unshare(flags):
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.unshare(flags) != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-
-
-def leave_network():
-    """Move into an empty network namespace; return how, or raise OSError when the system refuses.
-
-    A user namespace comes first even for root: without it root keeps its capabilities
-    and could rejoin the host's network (setns on /proc/1/ns/net) or lift the limits.
-    """
-    uid, gid = os.getuid(), os.getgid()
+def isolate(config):
+    """Enter the jail; return how the code is isolated, in the code's process only."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the jail's modules, beside this one
     try:
-        unshare(CLONE_NEWUSER | CLONE_NEWNET)
-    except OSError:
-        unshare(CLONE_NEWNET)  # user namespaces disabled: root (CAP_SYS_ADMIN) can still do this
-        return "network namespace"
-    # Keep the same ids inside, so files in the working directory stay ours.
-    for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"), ("/proc/self/gid_map", f"{gid} {gid} 1")):
-        try:
-            with open(path, "w") as f:
-                f.write(text)
-        except OSError:
-            pass
-    return "user and network namespace"
+        import sandbox_jail
+    finally:
+        del sys.path[0]  # not the code's: its imports do not see ossrun's tools
+    try:
+        return sandbox_jail.enter(config["workdir"], network=config["network"], tmp_bytes=config["file_bytes"])
+    except sandbox_jail.Refused as exc:
+        sys.stderr.write(f"cannot isolate the code: {exc}\n")
+        sys.exit(ISOLATION_UNAVAILABLE_EXIT)
 
 
 def run_cell(source):
@@ -77,19 +61,12 @@ def run_cell(source):
 
 def main():
     config = json.loads(sys.argv[1])
-    if config["isolate_network"]:
-        try:
-            how = leave_network()
-        except OSError as exc:
-            sys.stderr.write(f"cannot leave the network: {exc}\n")
-            sys.exit(NETWORK_UNAVAILABLE_EXIT)
-    else:
-        how = "none"
-    if config.get("probe"):
+    source = sys.stdin.read()  # before the jail: each process it forks has the code in memory
+    how = isolate(config) if config["isolate"] else "none"
+    if config["probe"]:
         sys.stdout.write(how)
         return
     set_limits(config)
-    source = sys.stdin.read()
     sys.stdin = open(os.devnull)
     sys.argv = [""]
     sys.path.insert(0, os.getcwd())  # modules written by earlier runs can be imported

@@ -1,0 +1,278 @@
+"""Helpers for the python tool's tests: a local server to connect to, the host's processes, and
+interpreters that run the sandbox as another kind of user or on a system that refuses namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from ossrun.tools.sandbox import CHILD
+
+ORDINARY_UID = 1000  # the user root's tests run the sandbox as
+
+CONNECT = textwrap.dedent("""
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+        print("connected")
+    except OSError as exc:
+        print("blocked:", exc)
+    """)
+
+# For code run in the sandbox: what an action comes to, "ok" or the error's name ("ENOENT"...).
+ATTEMPT = textwrap.dedent("""
+    import errno
+
+    def attempt(action):
+        try:
+            action()
+            return "ok"
+        except OSError as exc:
+            return errno.errorcode[exc.errno]
+    """)
+
+# What the code can see and do from inside, as JSON: who it is, its processes, its file system,
+# how many processes and threads it may start, whether it reaches the server on {port}.
+REPORT = ATTEMPT + textwrap.dedent("""
+    import json, os, socket, sys, threading
+
+    def write(path):
+        return attempt(lambda: open(path, "w").close())
+
+    def forks():
+        children, refused = [], None
+        r, w = os.pipe()
+        try:
+            while len(children) < 200:
+                pid = os.fork()
+                if pid == 0:
+                    os.close(w)
+                    os.read(r, 1)
+                    os._exit(0)
+                children.append(pid)
+        except OSError as exc:
+            refused = errno.errorcode[exc.errno]
+        os.close(w)
+        for pid in children:
+            os.waitpid(pid, 0)
+        return len(children), refused
+
+    def threads():
+        started, stop = [], threading.Event()
+        try:
+            while len(started) < 200:
+                thread = threading.Thread(target=stop.wait)
+                thread.start()
+                started.append(thread)
+        except RuntimeError:
+            pass
+        stop.set()
+        for thread in started:
+            thread.join()
+        return len(started)
+
+    def network():
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+            return "connected"
+        except OSError as exc:
+            return errno.errorcode[exc.errno]
+
+    status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
+    open("written", "w").close()
+    print(json.dumps({{
+        "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "pid": os.getpid(),
+        "capabilities": status["CapEff"], "no_new_privs": status["NoNewPrivs"],
+        "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "root": sorted(os.listdir("/")), "dev": sorted(os.listdir("/dev")), "tmp": sorted(os.listdir("/tmp")),
+        "python": [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+                   os.path.dirname(os.path.realpath(sys.executable)), *sys.path[1:]],
+        "cwd": os.getcwd(), "fds": sorted(os.listdir("/proc/self/fd")),
+        "write": {{path: write(path) for path in ("tmp-file", "/tmp/file", "/dev/shm/file", "/file", "/etc/file", sys.prefix + "/file")}},
+        "forks": forks(), "threads": threads(), "network": network(),
+    }}))
+    """)
+
+
+def report(box, port: int) -> dict:
+    result = box.run(REPORT.format(port=port))
+    assert result.ok, result.text()
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def local_server():
+    """A TCP server on 127.0.0.1 outside the sandbox, counting the connections it accepts."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            accepted.append(conn)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    server.close()
+
+
+@pytest.fixture
+def marker() -> str:
+    """A word to find the code's processes by, among the host's."""
+    return f"ossrun-test-{uuid.uuid4().hex}"
+
+
+def host_processes(marker: str) -> list[int]:
+    """The host's processes whose command line holds ``marker`` (waiting briefly for them to go)."""
+    for _ in range(50):
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass  # gone meanwhile
+        if not found:
+            return []
+        time.sleep(0.05)
+    return found
+
+
+def util_linux() -> bool:
+    return bool(shutil.which("unshare") and shutil.which("setpriv"))
+
+
+def python_without_namespaces(tmp_path: Path) -> str:
+    """An interpreter that is root in a user namespace that may create no more user namespaces,
+    without capabilities: what a container that forbids namespaces looks like (no root needed)."""
+    wrapper = tmp_path / "python-without-namespaces"
+    drop = "setpriv --bounding-set -all --inh-caps -all --securebits +noroot,+noroot_locked --"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"exec unshare --user --map-root-user -- sh -c 'echo 0 > /proc/sys/user/max_user_namespaces && "
+        f"exec {drop} \"$0\" \"$@\"' {sys.executable} \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+UNSHARE_SYSCALL = {"x86_64": 272, "aarch64": 97}.get(os.uname().machine)
+
+
+def python_under_seccomp(tmp_path: Path) -> str:
+    """An interpreter whose unshare() a seccomp filter refuses with EPERM, as Docker's default
+    profile does (no root needed: no_new_privs allows the filter)."""
+    wrapper = tmp_path / "python-under-seccomp"
+    wrapper.write_text(f"#!{sys.executable} -I\n" + textwrap.dedent(f"""
+        import ctypes, os, sys
+        class Instruction(ctypes.Structure):
+            _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+        class Program(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+        load_nr, jump_if, answer = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+        code = (Instruction * 4)(Instruction(load_nr, 0, 0, 0), Instruction(jump_if, 0, 1, {UNSHARE_SYSCALL}),
+                                 Instruction(answer, 0, 0, 0x00050000 | 1),  # SECCOMP_RET_ERRNO | EPERM
+                                 Instruction(answer, 0, 0, 0x7FFF0000))  # SECCOMP_RET_ALLOW
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        if libc.prctl(22, 2, ctypes.byref(Program(4, code)), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+            sys.exit("cannot install the seccomp filter")
+        os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])
+        """))
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def python_without_user_namespaces(tmp_path: Path, python: str = sys.executable, uid: int = 0) -> str:
+    """``python`` run as ``uid`` (root keeps root's capabilities) on a system where user namespaces
+    are turned off: a user namespace mapping ids 0-65535 to themselves (nobody among them) whose
+    limit of further user namespaces is 0. Needs root, to map more ids than its own."""
+    wrapper = tmp_path / f"python-without-user-namespaces-{uid}"
+    wrapper.write_text(f"#!{sys.executable} -I\n" + textwrap.dedent(f"""
+        import ctypes, os, sys
+        ready, go = os.pipe()
+        mapper = os.fork()
+        if mapper == 0:  # stays outside and maps the ids of the namespace its parent makes
+            os.close(go)
+            os.read(ready, 1)
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{{os.getppid()}}/{{name}}", "w") as f:
+                    f.write("0 0 65536")
+            os._exit(0)
+        os.close(ready)
+        if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:  # CLONE_NEWUSER
+            sys.exit("cannot make a user namespace")
+        os.write(go, b"1")
+        os.waitpid(mapper, 0)
+        with open("/proc/sys/user/max_user_namespaces", "w") as f:
+            f.write("0")
+        if {uid}:
+            os.setgroups([])
+            os.setresgid({uid}, {uid}, {uid})
+            os.setresuid({uid}, {uid}, {uid})
+        os.execv({python!r}, [{python!r}, *sys.argv[1:]])
+        """))
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+BECOME_ORDINARY = ["setpriv", f"--reuid={ORDINARY_UID}", f"--regid={ORDINARY_UID}", "--clear-groups", "--"]
+
+
+def python_an_ordinary_user_runs() -> Optional[str]:
+    """As root: this interpreter, or the system's where this one is out of reach of uid
+    ``ORDINARY_UID``, if that user can run it and read ossrun's tools; else None."""
+    for python in (sys.executable, shutil.which("python3", path="/usr/bin:/bin")):
+        check = [*BECOME_ORDINARY, "/bin/sh", "-c", 'exec "$0" "$@"', python, "-I", "-c", f"open({str(CHILD)!r}).close()"]
+        if python and subprocess.run(check, capture_output=True).returncode == 0:  # a plain execve, as the wrappers do
+            return python
+    return None
+
+
+def python_as_an_ordinary_user(tmp_path: Path, python: str) -> str:
+    """As root: ``python`` run as uid ``ORDINARY_UID``, through ``setpriv``."""
+    wrapper = tmp_path / "python-as-an-ordinary-user"
+    wrapper.write_text(f"#!/bin/sh\nexec {' '.join(BECOME_ORDINARY)} {python} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def names_on_the_way(folder: str, paths: list[str]) -> set[str]:
+    """The names in ``folder`` that lead to one of ``paths`` (as written, or resolved on the host)."""
+    names = set()
+    for path in paths:
+        if os.path.exists(path):
+            for form in (os.path.abspath(path), os.path.realpath(path)):
+                if form.startswith(folder.rstrip("/") + "/"):
+                    names.add(form[len(folder.rstrip("/")) + 1:].split("/")[0])
+    return names
+
+
+def expected_root(python_paths: list[str], workdir: str) -> list[str]:
+    """The names the jail's / should hold: system folders, the fresh ones, and the way to each
+    path the code's Python needs, and to its working directory."""
+    from ossrun.tools.sandbox_mounts import SYSTEM_PATHS
+
+    names = {"dev", "proc", "tmp"} | {path[1:] for path in SYSTEM_PATHS if os.path.lexists(path)}
+    return sorted(names | names_on_the_way("/", [*python_paths, workdir]))

@@ -233,3 +233,15 @@ def test_without_a_model_run_uses_the_registrys_default(tmp_path, capsys, monkey
     code, out, err = invoke(capsys, "run", "hi")
     assert (code, out) == (1, "")
     assert err.startswith("error: gpt-oss-120b is not on disk: run `ossrun pull gpt-oss-120b`")
+
+
+def test_text_that_is_not_utf8_is_replaced_and_said(scripted, capsys, monkeypatch, encoding):
+    """Bytes that are not UTF-8 (on stdin, or in an argument) reach the model as U+FFFD, with a note."""
+    engines = scripted(ANSWER)
+    monkeypatch.setattr("sys.stdin", __import__("io").TextIOWrapper(__import__("io").BytesIO(b"Hi \xff there"), encoding="utf-8"))
+    code, out, err = invoke(capsys, "run", "-m", "gpt-oss-20b", "--system", "Be \udcffbrief.", "-")
+    assert code == 0 and "Traceback" not in err
+    assert "note: the prompt on stdin is not valid UTF-8: 1 byte replaced with U+FFFD" in err
+    assert "note: --system is not valid UTF-8: 1 byte replaced with U+FFFD" in err
+    text = encoding.decode_utf8(engines[0].prompts[0])
+    assert "Hi \ufffd there" in text and "Be \ufffdbrief." in text

@@ -62,6 +62,8 @@ def register(app: typer.Typer) -> None:
         name = opt.pick_model(model_argument, model, demo)
         tools = opt.toolbox(functions, tool)  # a bad --functions file fails before the model loads
         screen = Screen.create()
+        if system is not None:
+            system = opt.utf8_text(system, "--system", screen.notice)
         if name is None and not pull:  # the default model, or the demo until it is downloaded
             name, notice = opt.default_model_or_demo()
             if notice:

@@ -123,3 +123,17 @@ def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]]) -> Any:
 def sampling(temperature: float, top_p: float, seed: Optional[int], max_tokens: Optional[int]) -> dict[str, Any]:
     """The keyword arguments of ``Model.stream`` for sampling."""
     return {"temperature": temperature, "top_p": top_p, "seed": seed, "max_tokens": max_tokens}
+
+
+def utf8_text(text: str, what: str, notice: Any) -> str:
+    """Command-line text (argv and stdin are decoded with surrogateescape) with bytes that are not
+    UTF-8 replaced, saying so through ``notice``: harmony takes valid Unicode only."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        fixed = raw.decode("utf-8", "replace")
+        bad = sum(1 for c in text if "\udc80" <= c <= "\udcff")
+        notice(f"{what} is not valid UTF-8: {bad} byte{'s' if bad != 1 else ''} replaced with U+FFFD")
+        return fixed

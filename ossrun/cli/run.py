@@ -38,8 +38,15 @@ Examples:
 """
 
 
-def read_prompt(prompt: str) -> str:
-    text = sys.stdin.read() if prompt == "-" else prompt
+def read_prompt(prompt: str, notice: Any = None) -> str:
+    """The prompt argument, or stdin for "-"; bytes that are not UTF-8 are replaced, with a notice."""
+    if prompt == "-":
+        stream = getattr(sys.stdin, "buffer", None)  # the bytes, where stdin is not a text stream of its own
+        text = stream.read().decode("utf-8", "surrogateescape") if stream is not None else sys.stdin.read()
+        what = "the prompt on stdin"
+    else:
+        text, what = prompt, "the prompt"
+    text = opt.utf8_text(text, what, notice or (lambda message: None))
     if not text.strip():
         raise OssrunError("the prompt is empty: give it as an argument, or pipe it in with -")
     return text
@@ -104,7 +111,10 @@ def register(app: typer.Typer) -> None:
         from ossrun.terminal.display import Screen, TurnView
         from ossrun.terminal.interrupt import cancel_on_sigint
 
-        messages = [{"role": "user", "content": read_prompt(prompt)}]
+        screen = Screen.create()
+        messages = [{"role": "user", "content": read_prompt(prompt, screen.notice)}]
+        if system is not None:
+            system = opt.utf8_text(system, "--system", screen.notice)
         tools = opt.toolbox(functions, tool)
         if tools.python is not None and not (yes or show_prompt or sys.stdin.isatty()):
             raise OssrunError("--tool python asks before each run of the model's code and there is no terminal "
@@ -115,7 +125,6 @@ def register(app: typer.Typer) -> None:
             if show_prompt:
                 typer.echo(loaded.decode(loaded.render(messages, **settings)))
                 return
-            screen = Screen.create()
             for text in tools.notices():
                 screen.notice(text)
             confirm = confirm_on_terminal if tools.python is not None and not yes else None

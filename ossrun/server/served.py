@@ -20,6 +20,7 @@ class ServedModel:
     python_tool: Any = None  # an ossrun.tools.PythonSandbox when --tool python was given
     created: int = 0
     server_tools: frozenset[str] = field(default_factory=frozenset)
+    any_model: bool = False  # a batch: the loaded model serves every line, whatever it names
 
     def __post_init__(self) -> None:
         self.server_tools = frozenset({"python"}) if self.python_tool is not None else frozenset()
@@ -29,7 +30,7 @@ class ServedModel:
 
     def check_model(self, requested: str) -> str:
         """The request's model name if it is this model's (or an alias), else a 404."""
-        if requested not in self.names():
+        if requested not in self.names() and not self.any_model:
             raise ApiError(404, f"the model {requested!r} does not exist: this server serves {self.name}",
                            param="model", code="model_not_found")
         return requested

@@ -1,0 +1,88 @@
+"""``ossrun batch``: requests in OpenAI's Batch API format (JSON Lines) answered offline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ossrun.cli import options as opt
+
+INTERRUPTED_EXIT_CODE = 130
+DEFAULT_PARALLEL = 4
+
+HELP = """Answer a file of requests in OpenAI's Batch API format, offline.
+
+Each line of IN.jsonl is {"custom_id", "method": "POST", "url": "/v1/chat/completions"
+or "/v1/responses", "body"}; each line of OUT.jsonl is {"id", "custom_id", "response":
+{"status_code", "body"}, "error"}, written as soon as it is done. Run it again with the
+same OUT to go on after a crash or Ctrl-C: lines already answered are skipped, lines that
+ended in an error are done again. The loaded model answers every line, whatever model its
+body names; --parallel lines are decoded together.
+
+Examples:
+
+\b
+  ossrun batch requests.jsonl -o answers.jsonl
+  ossrun batch requests.jsonl -o answers.jsonl --demo --parallel 8
+"""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("batch", help=HELP, no_args_is_help=True)
+    def batch_command(
+        input_path: Annotated[Path, typer.Argument(metavar="IN.jsonl", help="The requests, one JSON object per line.",
+                                                   show_default=False)],
+        output: Annotated[Path, typer.Option("-o", "--output", metavar="OUT.jsonl", help="Where the answers go.",
+                                             show_default=False)],
+        model_argument: opt.ModelArgument = None,
+        model: opt.ModelOption = None,
+        demo: opt.Demo = False,
+        parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Lines decoded together.")] = DEFAULT_PARALLEL,
+        reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
+        ctx: Annotated[int, typer.Option("--ctx", min=256, help="KV cells the lines in flight share.")] = 16384,
+        threads: opt.Threads = None,
+        verbose: opt.Verbose = False,
+        pull: opt.Pull = False,
+    ) -> None:
+        from ossrun.server.batch import Batch, read_input
+        from ossrun.server.served import ServedModel
+        from ossrun.terminal.display import Screen
+
+        screen = Screen.create()
+        lines = read_input(input_path)  # duplicate custom_ids stop it here, before the model loads
+        if not output.parent.is_dir():
+            raise typer.BadParameter(f"the folder {output.parent} does not exist", param_hint="--output")
+        loaded = opt.load_model(opt.pick_model(model_argument, model, demo), ctx=ctx, threads=threads, verbose=verbose,
+                                pull=pull, parallel=parallel)
+        try:
+            served = ServedModel(name=loaded.name, default_effort=reasoning_effort, created=int(time.time()), any_model=True)
+            for line in lines:
+                if line.problem:
+                    screen.error(line.problem)
+            batch = Batch(loaded, served, output, parallel=parallel)
+            summary = _run(batch, lines, screen)
+        finally:
+            loaded.close()
+        screen.info(summary.line(output), None)
+        if summary.interrupted:
+            raise typer.Exit(INTERRUPTED_EXIT_CODE)
+
+
+def _run(batch, lines, screen):
+    if not screen.err.is_terminal:
+        return batch.run(lines)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=screen.err, transient=True) as bar:
+        task = bar.add_task("batch", total=len(lines), rate="")
+
+        def progress(summary) -> None:
+            rate = f"{summary.completion_tokens / summary.seconds:.1f} tokens/s" if summary.seconds else ""
+            bar.update(task, completed=summary.skipped + summary.done + summary.failed, rate=rate)
+
+        bar.update(task, completed=0)
+        return batch.run(lines, progress)

@@ -12,10 +12,12 @@ On a full-size gpt-oss GGUF (by default the random-weight gpt-oss-20b that
    one decode in both.
 
    - interleaved (the figure): the two loops take turns token by token (the bare
-     step runs inside ossrun's sampler call and is not counted as ossrun's), so
-     both see the same machine load, second by second. ossrun's time per token
-     runs from the end of one sample to the end of the next: everything ossrun
-     does per token is in it. Ratio of median times per token, per run.
+     step runs inside the scheduler's sampler call and is not counted as ossrun's),
+     so both see the same machine load, second by second. ossrun's time per token
+     runs from the end of one sample to the end of the next in its engine thread:
+     handing the token to the caller, building the next batch, the decode, the
+     sample (the caller parses the token in its own thread meanwhile). Ratio of
+     median times per token, per run.
    - whole runs: ``--tokens`` tokens through ossrun (``Reply.timings.decode_tps``),
      then as many through the bare loop, alternating: noisier on a shared machine.
 
@@ -128,14 +130,15 @@ class Interleaved:
 def interleaved_run(model, bare: BareLoop, messages, n_tokens: int, seed: int) -> Interleaved:
     """ossrun and the bare loop taking turns token by token.
 
-    The bare step runs inside ossrun's call to ``engine.sample``, before the real
-    sample on even tokens and after it on odd ones, so neither loop always follows
-    the other; its time is left out of ossrun's.
+    The bare step runs inside the scheduler's call to sample a token (ossrun's engine thread),
+    before the real sample on even tokens and after it on odd ones, so neither loop always
+    follows the other; its time is left out of ossrun's.
     """
     bare.reset(seed)
-    engine, times = model.engine, Interleaved()
-    resumed = None  # when ossrun got control back after the previous token
-    appended = 0.0  # how long ossrun's last decode took
+    backend, times = model.engine._backend, Interleaved()
+    real_sample, real_decode = backend.sample, backend.decode
+    resumed = None  # when the scheduler got control back after sampling the previous token
+    decoded = 0.0  # how long its last decode took
     count = 0
 
     def bare_step() -> None:
@@ -143,34 +146,35 @@ def interleaved_run(model, bare: BareLoop, messages, n_tokens: int, seed: int) -
         bare.step()
         times.bare.append(time.perf_counter() - start)
 
-    def sample_with_bare_step(sampling):
+    def sample_with_bare_step(sampler, index):
         nonlocal resumed, count
         entered = time.perf_counter()
         if count % 2 == 0:
             bare_step()
         sample_start = time.perf_counter()
-        token = type(engine).sample(engine, sampling)
+        token = real_sample(sampler, index)
         sampled = time.perf_counter()
-        if resumed is not None:  # parse and yield the last token, evaluate it, sample this one
+        if resumed is not None:  # hand over the last token, build the batch, evaluate it, sample this one
             times.ossrun.append((entered - resumed) + (sampled - sample_start))
-            times.overhead.append(entered - resumed - appended)
+            times.overhead.append(entered - resumed - decoded)
         if count % 2 == 1:
             bare_step()
         count += 1
         resumed = time.perf_counter()
         return token
 
-    def timed_append(token, cancel=None):
-        nonlocal appended
+    def timed_decode(entries, abort):
+        nonlocal decoded
         start = time.perf_counter()
-        type(engine).append(engine, token, cancel)
-        appended = time.perf_counter() - start
+        code = real_decode(entries, abort)
+        decoded = time.perf_counter() - start
+        return code
 
-    engine.sample, engine.append = sample_with_bare_step, timed_append
+    backend.sample, backend.decode = sample_with_bare_step, timed_decode
     try:
         reply = model.chat(messages, max_tokens=n_tokens, seed=seed)
     finally:
-        del engine.sample, engine.append
+        del backend.sample, backend.decode
     assert reply.usage.completion_tokens == n_tokens and len(times.ossrun) == n_tokens - 1
     return times
 

@@ -76,14 +76,14 @@ class ServerProcess:
 class ServerThread:
     """A Server over ``model`` in this process, on a free port of 127.0.0.1."""
 
-    def __init__(self, model, name: str = "scripted", **options):
+    def __init__(self, model, name: str = "scripted", python_tool=None, **options):
         import uvicorn
 
         from ossrun.server.app import Server
         from ossrun.server.served import ServedModel
 
         self.log = _Lines()
-        self.server = Server(model, ServedModel(name=name), log=self.log, **options)
+        self.server = Server(model, ServedModel(name=name, python_tool=python_tool), log=self.log, **options)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)

@@ -82,3 +82,26 @@ def test_a_well_formed_reply_streams_its_channels_apart(serve):
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Let me think."
     assert "".join(d.content or "" for d in deltas) == "The answer."
+
+
+def test_the_servers_python_tool_runs_and_its_call_and_result_are_shown(encoding):
+    """--tool python: the server runs the model's code itself (the flag is the consent) and shows both."""
+    from ossrun.tools import PythonSandbox
+
+    call = "<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>"
+    answer = reply("It printed 42.", "The answer is 42.")
+    model = Model(ScriptedEngine(encoding, [call, answer, call, answer]), encoding, name="scripted")
+    with PythonSandbox() as sandbox:
+        server = ServerThread(model, python_tool=sandbox)
+        try:
+            client = client_for(server)
+            completion = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "6 * 7?"}])
+            message = completion.choices[0].message
+            assert message.content == "The answer is 42." and completion.choices[0].finish_reason == "stop"
+            assert "[python]\nprint(6 * 7)" in message.reasoning_content and "[output]\n42" in message.reasoning_content
+            response = client.responses.create(model="scripted", input="6 * 7?")
+            run = next(item for item in response.output if item.type == "code_interpreter_call")
+            assert run.code == "print(6 * 7)" and run.status == "completed" and "42" in run.outputs[0].logs
+            assert response.output_text == "The answer is 42."
+        finally:
+            server.stop()

@@ -1,0 +1,219 @@
+"""Several requests decoded together: ossrun's scheduler against one stream at a time and against
+llama.cpp's own llama-server, on the same GGUF with the same threads and sampling.
+
+For N = 1, 2, 4, 8 concurrent requests (short prompts, the same number of tokens each, temperature
+1, top_p 1, no top-k or min-p), it reports the aggregate decode speed (the sum of each request's
+tokens/s while it generates) and the mean per-request speed, for:
+
+- ossrun with --parallel 8 (``Model.chat`` from N threads);
+- ossrun with --parallel 1 (the N requests then run one after the other);
+- llama-server -np 8 --kv-unified --swa-full, continuous batching on (N concurrent /completion
+  requests with the same prompt ids, ignore_eos); built by benchmarks/llama_tools.py.
+
+It also measures the time to first token of a new request (a 256-token prompt) while 3 others
+decode, against the same request alone, and checks that a sequence decoded beside three others
+gives the logits it gives alone (cosine and greedy top-1 agreement per step). One model is
+loaded at a time.
+
+    python benchmarks/parallel_benchmark.py --model /work/bench/gpt-oss-20b-random.gguf --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+STREAMS = (1, 2, 4, 8)
+MAX_PARALLEL = 8
+
+
+def questions(n: int) -> list[list[dict]]:
+    return [[{"role": "user", "content": f"Question {i}: tell me something about the number {i * 37 % 101}."}] for i in range(n)]
+
+
+def ossrun_streams(model, counts, tokens: int, serial: bool = False) -> dict:
+    """With ``serial`` (one sequence) the requests run one after the other, and the aggregate is
+    the tokens over the wall time; otherwise it is the sum of the concurrent requests' speeds."""
+    results = {}
+    for n in counts:
+        runs = []
+        for attempt in range(2):
+            with ThreadPoolExecutor(n) as pool:
+                started = time.perf_counter()
+                replies = list(pool.map(lambda m: model.chat(m, max_tokens=tokens, seed=attempt), questions(n)))
+                wall = time.perf_counter() - started
+            rates = [r.timings.decode_tps for r in replies]
+            if serial:
+                decoding = sum(r.timings.decode_seconds for r in replies)
+                aggregate = sum(r.timings.decode_tokens for r in replies) / decoding
+            else:
+                aggregate = sum(rates)
+            runs.append({"aggregate": aggregate, "per_request": statistics.mean(rates),
+                         "wall_tokens_per_second": sum(r.usage.completion_tokens for r in replies) / wall})
+        results[n] = {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]}
+        print(f"  {n} streams: {results[n]}", flush=True)
+    return results
+
+
+def ttft(model, tokens: int) -> dict:
+    """Time to first token of a 256-token prompt, alone and while 3 other requests decode."""
+    from ossrun.events import Prefill
+
+    def prompt(word: str) -> list[dict]:  # the same length, nothing in common after the instructions
+        return [{"role": "user", "content": f"{word}: " + " ".join(f"{word}{i}" for i in range(200))}]
+
+    def first_token(messages) -> float:
+        started = time.perf_counter()
+        for event in model.stream(messages, max_tokens=2, seed=1):
+            if not isinstance(event, Prefill):
+                break
+        return time.perf_counter() - started
+
+    alone = first_token(prompt("alpha"))
+    with ThreadPoolExecutor(3) as pool:
+        busy = [pool.submit(model.chat, m, max_tokens=tokens * 4, seed=7) for m in questions(3)]
+        time.sleep(3)  # the three are decoding by now
+        beside = first_token(prompt("beta"))
+        for future in busy:
+            future.result()
+    return {"alone_s": round(alone, 2), "beside_3_decoding_s": round(beside, 2)}
+
+
+def logits_agreement(model, tokens: int) -> dict:
+    """A greedy sequence's logits alone, then with three others decoding beside it."""
+    from ossrun.engine.protocol import GenerationRequest, Sampling
+
+    ids = tuple(model.render(questions(1)[0]))
+    request = GenerationRequest(ids, Sampling(temperature=0), max_tokens=tokens, record_logits=True)
+
+    def logits(generation):
+        list(generation)
+        return np.array(generation.stats.logits, dtype=np.float64)
+
+    alone = logits(model.engine.generate(request))
+    others = [model.engine.generate(GenerationRequest(tuple(model.render(m)), Sampling(seed=3), max_tokens=tokens * 2))
+              for m in questions(4)[1:]]
+    time.sleep(1)
+    beside = logits(model.engine.generate(request))
+    for other in others:
+        list(other)
+    steps = min(len(alone), len(beside))
+    a, b = alone[:steps], beside[:steps]
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return {"steps": steps, "mean_cosine": round(float(cosine.mean()), 6), "min_cosine": round(float(cosine.min()), 6),
+            "top1_agreement": round(float((a.argmax(axis=1) == b.argmax(axis=1)).mean()), 4)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def llama_server_streams(binary: Path, gguf: Path, prompts: list[list[int]], counts, tokens: int, threads: int) -> dict:
+    port = free_port()
+    server = subprocess.Popen([str(binary), "-m", str(gguf), "-t", str(threads), "-tb", str(threads), "-np", str(MAX_PARALLEL),
+                               "-c", str(1024 * MAX_PARALLEL), "--kv-unified", "--swa-full", "--host", "127.0.0.1",
+                               "--port", str(port), "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+
+        def complete(ids, seed):
+            body = {"prompt": ids, "n_predict": tokens, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+                    "ignore_eos": True, "seed": seed, "cache_prompt": False}
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/completion", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=3600) as response:
+                return json.loads(response.read())["timings"]
+
+        results = {}
+        for n in counts:
+            runs = []
+            for attempt in range(2):
+                with ThreadPoolExecutor(n) as pool:
+                    started = time.perf_counter()
+                    timings = list(pool.map(lambda i: complete(prompts[i], attempt), range(n)))
+                    wall = time.perf_counter() - started
+                rates = [t["predicted_per_second"] for t in timings]
+                runs.append({"aggregate": sum(rates), "per_request": statistics.mean(rates),
+                             "wall_tokens_per_second": n * tokens / wall})
+            results[n] = {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]}
+            print(f"  {n} streams: {results[n]}", flush=True)
+        return results
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("/work/bench/gpt-oss-20b-random.gguf"))
+    parser.add_argument("--tokens", type=int, default=48, help="tokens each request generates")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--streams", type=int, nargs="+", default=list(STREAMS))
+    parser.add_argument("--llama-server", type=Path, help="default: build it (benchmarks/llama_tools.py)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["ossrun", "serial", "llama-server", "ttft", "logits"])
+    args = parser.parse_args()
+    import ossrun
+
+    report: dict = {"model": str(args.model), "threads": args.threads, "tokens": args.tokens}
+    prompts = None
+    if "ossrun" not in args.skip or "ttft" not in args.skip or "logits" not in args.skip:
+        print("ossrun --parallel 8", flush=True)
+        with ossrun.load(args.model, ctx=1024 * MAX_PARALLEL, parallel=MAX_PARALLEL, threads=args.threads) as model:
+            prompts = [model.render(m) for m in questions(MAX_PARALLEL)]
+            model.chat(questions(1)[0], max_tokens=2)  # warm-up
+            if "logits" not in args.skip:
+                report["logits_beside_others"] = logits_agreement(model, args.tokens)
+                print(f"  logits: {report['logits_beside_others']}", flush=True)
+            if "ossrun" not in args.skip:
+                report["ossrun_parallel_8"] = ossrun_streams(model, args.streams, args.tokens)
+            if "ttft" not in args.skip:
+                report["time_to_first_token"] = ttft(model, args.tokens)
+                print(f"  ttft: {report['time_to_first_token']}", flush=True)
+    if "serial" not in args.skip:
+        print("ossrun --parallel 1", flush=True)
+        with ossrun.load(args.model, ctx=1024 * MAX_PARALLEL, parallel=1, threads=args.threads) as model:
+            model.chat(questions(1)[0], max_tokens=2)
+            report["ossrun_parallel_1"] = ossrun_streams(model, args.streams, args.tokens, serial=True)
+    if "llama-server" not in args.skip:
+        if prompts is None:
+            with ossrun.load("demo") as demo:  # the same harmony prompts: the tokenizer is the model's
+                prompts = [demo.render(m) for m in questions(MAX_PARALLEL)]
+        binary = args.llama_server
+        if binary is None:
+            from llama_tools import llama_server
+
+            binary = llama_server()
+        print(f"llama-server ({binary})", flush=True)
+        report["llama_server"] = llama_server_streams(binary, args.model, prompts, args.streams, args.tokens, args.threads)
+    if "ossrun_parallel_8" in report and "llama_server" in report:
+        report["ossrun_over_llama_server"] = {n: round(report["ossrun_parallel_8"][n]["aggregate"] / report["llama_server"][n]["aggregate"], 3)
+                                              for n in args.streams}
+    if "ossrun_parallel_8" in report and "ossrun_parallel_1" in report:
+        report["ossrun_over_parallel_1"] = {n: round(report["ossrun_parallel_8"][n]["aggregate"] / report["ossrun_parallel_1"][n]["aggregate"], 3)
+                                            for n in args.streams}
+    if "ossrun_parallel_8" in report and 1 in report["ossrun_parallel_8"] and 4 in report["ossrun_parallel_8"]:
+        report["gain_at_4_streams"] = round(report["ossrun_parallel_8"][4]["aggregate"] / report["ossrun_parallel_8"][1]["aggregate"], 3)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

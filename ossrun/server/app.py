@@ -155,7 +155,7 @@ class Server:
         completion = chat.Completion(call, self.state)
         events = self.runner.events(cancel, call.messages, call.options, keepalive_seconds=self.keepalive_seconds)
         if call.stream:
-            return self.sse(request, self.chat_stream(completion, events))
+            return self.sse(request, self.chat_stream(request, completion, events))
         try:
             result = await self.collect(request, cancel, events, completion.completion)
         finally:
@@ -170,7 +170,7 @@ class Server:
         response = responses.Response(call, self.state)
         events = self.runner.events(cancel, call.messages, call.options, keepalive_seconds=self.keepalive_seconds)
         if call.stream:
-            return self.sse(request, self.responses_stream(response, events), named_events=True)
+            return self.sse(request, self.responses_stream(request, response, events))
         try:
             result = await self.collect(request, cancel, events, response.run)
         finally:
@@ -219,7 +219,7 @@ class Server:
                            code="server_shutting_down")
         return await run_in_threadpool(consume, gathered)
 
-    def sse(self, request: Request, chunks: AsyncIterator[str], named_events: bool = False) -> StreamingResponse:
+    def sse(self, request: Request, chunks: AsyncIterator[str]) -> StreamingResponse:
         async def body() -> AsyncIterator[str]:
             try:
                 async for chunk in chunks:
@@ -230,7 +230,7 @@ class Server:
 
         return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
-    async def chat_stream(self, completion: chat.Completion, events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    async def chat_stream(self, request: Request, completion: chat.Completion, events: AsyncIterator[Any]) -> AsyncIterator[str]:
         gathered: list[Any] = []
         try:
             for chunk in completion.open():
@@ -247,6 +247,8 @@ class Server:
             else:
                 for chunk in completion.close():
                     yield _data(chunk)
+                usage = completion.transcript.reply.usage
+                request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens)
         except ContextError as exc:
             yield _data(ApiError(400, str(exc), code="context_length_exceeded").body())
         except OssrunError as exc:
@@ -255,7 +257,8 @@ class Server:
             await events.aclose()
         yield "data: [DONE]\n\n"
 
-    async def responses_stream(self, response: responses.Response, events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    async def responses_stream(self, request: Request, response: responses.Response,
+                               events: AsyncIterator[Any]) -> AsyncIterator[str]:
         gathered: list[Any] = []
         failed: Optional[tuple[str, str]] = None
         try:
@@ -278,6 +281,9 @@ class Server:
             failed = ("server_shutting_down", "the server stopped before the reply was complete")
         for event in response.failed(*failed) if failed else response.finish():
             yield _named(event)
+        if response.reply is not None:
+            usage = response.reply.usage
+            request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens)
 
 
 def _data(chunk: dict[str, Any]) -> str:

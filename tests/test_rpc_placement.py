@@ -14,6 +14,7 @@ import pytest
 
 from ossrun.engine.gguf_header import GgufHeader, TensorInfo
 from ossrun.engine.placement import DEFAULT_LOCAL_OVERHEAD, DEFAULT_WORKER_OVERHEAD, WorkerAsk, layer_sizes, plan
+from ossrun.engine.rpc import parse_workers
 from ossrun.errors import ModelError, WorkerError
 
 GiB = 2**30
@@ -126,3 +127,12 @@ def test_a_worker_left_with_no_layer_or_too_little_memory_for_one(small):
         placement_of(small, [WorkerAsk("a:1", 20 * GiB), WorkerAsk("b:2", 20 * GiB)])
     with pytest.raises(ModelError, match=r"a:1=512 MiB cannot hold one layer of gpt-oss-20b"):
         placement_of(small, [WorkerAsk("a:1", 512 * 2**20)])
+
+
+def test_parse_workers():
+    assert [(w.name, w.memory) for w in parse_workers(["10.0.0.2:50052=20GiB,gpu-box:50053=16 GB", "h:1"])] == [
+        ("10.0.0.2:50052", 20 * GiB), ("gpu-box:50053", 16 * 10**9), ("h:1", None)]
+    for bad, reason in [("10.0.0.2", "is not HOST:PORT"), ("h:0", "out of range"), ("h:1=much", "not a memory size"),
+                        ("[::1]:50052", "is not HOST:PORT"), ("h:1,h:1", "twice"), (" , ", "names no worker")]:
+        with pytest.raises(WorkerError, match=reason):
+            parse_workers(bad)

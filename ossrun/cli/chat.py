@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,
+        rpc: opt.Rpc = None,
         functions: opt.Functions = None,
         tool: opt.Tool = None,
         yes: opt.Yes = False,
@@ -66,7 +67,7 @@ def register(app: typer.Typer) -> None:
             name, notice = opt.default_model_or_demo()
             if notice:
                 screen.notice(notice)
-        loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull)
+        loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, rpc=rpc)
         try:
             reader = TerminalReader() if sys.stdin.isatty() else StreamReader(sys.stdin)
             repl = Repl(

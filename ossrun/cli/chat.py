@@ -28,6 +28,7 @@ Examples:
   ossrun chat gpt-oss-120b -r high
   ossrun chat -m ./my-model.gguf --system "Answer in French." --hide-reasoning
   ossrun chat --functions my_tools.py --tool python
+  ossrun chat gpt-oss-120b --rpc 127.0.0.1:50052=20GiB,127.0.0.1:50053=20GiB
 """
 
 

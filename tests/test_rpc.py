@@ -283,7 +283,10 @@ def test_a_busy_worker(workers, demo_build):
     (worker,) = workers()
     with socket.create_connection(("127.0.0.1", worker.port)) as other_client:
         other_client.sendall(bytes([rpc.RPC_CMD_HELLO]) + struct.pack("<Q", 24) + bytes(24))
-        assert len(other_client.recv(64)) == 36  # it is that client's now
+        reply = b""
+        while len(reply) < 36:  # size (8 bytes) and hello (28): it is that client's now
+            reply += other_client.recv(64)
+        assert reply[8:11] == bytes(rpc.PROTOCOL)
         started = time.monotonic()
         result = ossrun_cli("run", "-m", str(demo_build), "--rpc", worker.endpoint, "Hi")
         assert time.monotonic() - started < 60
@@ -297,7 +300,7 @@ def test_memory_a_worker_cannot_fit_a_layer_in(workers, demo_build):
     assert_one_line_error(result, f"{worker.endpoint}=1.0 MiB cannot hold one layer of {demo_build.stem}")
 
 
-# A client that stops in the middle of an answer until told to go on: the test breaks a worker meanwhile.
+# A client that says when its answer has begun, then reads the rest once told to go on.
 MID_ANSWER = textwrap.dedent("""
     import sys
     import ossrun
@@ -324,11 +327,12 @@ def test_a_worker_that_fails_mid_answer_ends_the_client_with_one_line(workers, d
                               env={**os.environ, "OSSRUN_RPC_TIMEOUT": "3"})
     try:
         assert client.stdout.readline() == "answering\n"
+        # The engine goes on generating whatever its consumer does: freeze the worker at once,
+        # so that the answer cannot end first (alive, holding the connection, answering nothing).
+        os.kill(b.process.pid, signal.SIGSTOP)
         if failure == "killed":
             b.process.kill()
             b.process.wait()
-        else:
-            os.kill(b.process.pid, signal.SIGSTOP)  # alive, holding the connection, answering nothing
         started = time.monotonic()
         client.stdin.write("go\n")
         client.stdin.flush()

@@ -49,7 +49,7 @@ from rpc_helpers import Relay, Worker  # noqa: E402
 
 import ossrun  # noqa: E402
 from ossrun.engine import ggml  # noqa: E402
-from ossrun.engine.protocol import Sampling  # noqa: E402
+from ossrun.engine.protocol import GenerationRequest, Sampling  # noqa: E402
 from ossrun.machine import physical_cores  # noqa: E402
 
 DEFAULT_DIR = Path("/work/bench")
@@ -118,24 +118,29 @@ def measure(model_path: Path, args, rpc=None, relays=()) -> dict:
     figures["load_bytes"] = [relay.to_worker for relay in relays]
     engine = model.engine
     prompt = np.random.default_rng(1).integers(0, 199998, args.prompt).tolist()
+
+    def generate(tokens: list[int], count: int):
+        generation = engine.generate(GenerationRequest(prompt=tuple(tokens), sampling=GREEDY, max_tokens=count))
+        assert len(list(generation)) == count
+        return generation.stats
+
     prefill, decode = [], []
     for run in range(args.runs):
+        tokens = [run] + prompt[1:]  # a new first token: nothing is reused
         for relay in relays:
             relay.reset()
-        start = time.perf_counter()
-        stats = engine.prefill([run] + prompt[1:])  # a new first token: nothing is reused
-        assert stats.evaluated == len(prompt)
-        prefill.append(len(prompt) / (time.perf_counter() - start))
+        stats = generate(tokens, 1)  # the prompt in one batch, then one sample
+        assert stats.evaluated == len(tokens)
+        prefill.append(stats.evaluated / stats.prefill_seconds)
         if run == 0:
-            figures["prefill_bytes"] = [(r.to_worker, r.from_worker) for r in relays]
+            figures["prefill_bytes"] = [(r.to_worker / len(tokens), r.from_worker / len(tokens)) for r in relays]
         for relay in relays:
             relay.reset()
-        start = time.perf_counter()
-        for _ in range(args.tokens):
-            engine.append(engine.sample(GREEDY))
-        decode.append(args.tokens / (time.perf_counter() - start))
+        stats = generate(tokens, args.tokens + 1)  # the cached prompt (its last token again), then one token at a time
+        decode.append((stats.generated - 1) / stats.decode_seconds)
         if run == 0:
-            figures["decode_bytes"] = [(r.to_worker, r.from_worker) for r in relays]
+            steps = stats.evaluated + stats.generated - 1
+            figures["decode_bytes"] = [(r.to_worker / steps, r.from_worker / steps) for r in relays]
     model.close()
     figures.update(prefill_tps=statistics.median(prefill), decode_tps=statistics.median(decode),
                    prefill_runs=prefill, decode_runs=decode)
@@ -228,8 +233,8 @@ def report(results: dict, args, cache_bytes: list[int]) -> None:
     print(f"bytes sent to the workers at load: empty caches {', '.join(f'{b / 1e9:.2f} GB' for b in cold['load_bytes'])}; "
           f"caches filled {', '.join(f'{b / 1e6:.1f} MB' for b in hot['load_bytes'])} (caches hold "
           f"{', '.join(f'{b / 1e9:.2f} GB' for b in cache_bytes)})")
-    for phase, tokens in (("prefill", args.prompt), ("decode", args.tokens)):
-        per_worker = [(up / tokens, down / tokens) for up, down in hot[f"{phase}_bytes"]]
+    for phase in ("prefill", "decode"):
+        per_worker = hot[f"{phase}_bytes"]
         text = "; ".join(f"worker {i + 1}: {up / 1e3:.1f} KB in, {down / 1e3:.1f} KB out" for i, (up, down) in enumerate(per_worker))
         total = sum(up + down for up, down in per_worker)
         print(f"{phase} bytes per token: {text}; {total / 1e3:.1f} KB per token in all")

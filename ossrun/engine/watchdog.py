@@ -37,6 +37,7 @@ DEFAULT_STALL_SECONDS = 30.0  # a worker may take this long to answer, plus the 
 STALL_SECONDS_PER_TOKEN = 0.5  # a prefill batch of 512 tokens may take 4 more minutes
 LOAD_STALL_FACTOR = 4  # between two tensors of a load: a big tensor may cross a slow network
 PROBE_TIMEOUT = 2.0
+ABORT_PROBES, ABORT_PROBE_INTERVAL = 5, 0.2  # how long a broken connection's worker may take to be seen gone
 EXIT_CODE = 1
 # recvfrom(2), the call llama.cpp's RPC client blocks in while a worker computes.
 _RECVFROM = {"x86_64": 45, "aarch64": 207}
@@ -153,7 +154,13 @@ class Watchdog:
                 f"cut off; check it and run again (set {ENV_TIMEOUT}=SECONDS to wait longer)")
 
     def describe_abort(self, message: str) -> Optional[str]:
-        gone = self._gone()
+        # A worker's connection may close a moment before its listening socket does (the
+        # kernel closes a dying process's descriptors one by one): look again, briefly.
+        for _ in range(ABORT_PROBES):
+            gone = self._gone()
+            if gone:
+                break
+            time.sleep(ABORT_PROBE_INTERVAL)
         activity = min(self._watches.values())[1] if self._watches else None
         during = f" while {activity}" if activity else ""
         if gone:

@@ -25,7 +25,6 @@ import json
 import socket
 import statistics
 import subprocess
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor

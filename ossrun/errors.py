@@ -42,3 +42,7 @@ class ConversationError(OssrunError):
 
 class ToolError(OssrunError):
     """A tool that cannot be declared or loaded: a bad --functions file, an unusable signature."""
+
+
+class WorkerError(OssrunError):
+    """A worker (``--rpc``) that cannot be used: unreachable, busy, of another version; a bad --rpc value."""

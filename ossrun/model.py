@@ -45,6 +45,7 @@ def load(
     verbose: bool = False,
     show_progress: Optional[bool] = None,
     pull: bool = False,
+    rpc: Union[str, Sequence[str], None] = None,
 ) -> "Model":
     """Load a gpt-oss model by GGUF path, registry name or alias, or ``"demo"``.
 
@@ -60,6 +61,9 @@ def load(
     the pool of KV cells they share; a prefix common to several prompts is held once,
     and any one reply may use the whole pool. Several sizes (largest first) take the
     largest that the model and the available memory allow (``Model.n_ctx`` says which).
+
+    ``rpc`` lists workers (``"HOST:PORT[=MEMORY]"``, see ``ossrun worker``) that hold the
+    model's last layers; ``Model.placement`` then says which machine holds what.
     """
     from ossrun.engine import llama
     from ossrun.engine.gguf_header import check_gpt_oss
@@ -70,10 +74,18 @@ def load(
     path, name = resolved.path, resolved.name
     header = check_gpt_oss(path)
     sizes = [ctx] if isinstance(ctx, int) else sorted(ctx, reverse=True)
+    infos = workers = None
+    if rpc:
+        from ossrun.engine import rpc as rpc_engine
+
+        infos = rpc_engine.probe_workers(rpc)
     for size in sizes:  # the largest context that fits; the last one's error if none does
         try:
             llama.check_context_size(header, size)
-            llama.check_memory(header, size, weights=resolved.size_bytes, parallel=parallel)
+            if infos is None:
+                llama.check_memory(header, size, weights=resolved.size_bytes, parallel=parallel)
+            else:  # the machines together: each one's share against its memory
+                workers = rpc_engine.place(header, size, infos, model=name, files=resolved.files)
             ctx = size
             break
         except ModelError:
@@ -85,8 +97,9 @@ def load(
     with _loading_indicator(name, show_progress) as on_progress:
         vocab_dir = ensure_o200k(header.identity, lambda: llama.read_token_bytes(path, O200K_BASE_TOKENS), name)
         encoding = load_encoding(vocab_dir)
-        engine = llama.LlamaEngine(header, n_ctx=ctx, parallel=parallel, threads=threads, on_progress=on_progress)
-    return Model(engine, encoding, name=name, path=path)
+        engine = llama.LlamaEngine(header, n_ctx=ctx, parallel=parallel, threads=threads, on_progress=on_progress,
+                                   rpc=workers)
+    return Model(engine, encoding, name=name, path=path, placement=workers.describe() if workers else None)
 
 
 @contextlib.contextmanager
@@ -147,11 +160,13 @@ class _TurnResult:
 class Model:
     """A loaded gpt-oss model. Works with any :class:`ossrun.engine.protocol.Engine`."""
 
-    def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Optional[Path] = None):
+    def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Optional[Path] = None,
+                 placement: Optional[str] = None):
         self.engine = engine
         self.encoding = encoding
         self.name = name
         self.path = path
+        self.placement = placement  # which machine holds which layers, for a model loaded over workers
         self._stops = stop_tokens(encoding)
 
     @property

@@ -169,7 +169,7 @@ def test_help_loads_neither_llama_cpp_nor_openai_harmony():
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "sys.stderr.write(json.dumps(sorted(sys.modules)))\n"
     )
-    for command in ([], ["chat"], ["run"], ["convert"], ["models"]):
+    for command in ([], ["chat"], ["run"], ["convert"], ["models"], ["worker"]):
         code = probe.replace("['--help']", repr([*command, "--help"]))
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         loaded = set(json.loads(result.stderr))

@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,
+        rpc: opt.Rpc = None,
     ) -> None:
         from ossrun.server.batch import Batch, read_input
         from ossrun.server.served import ServedModel
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
         if not output.parent.is_dir():
             raise typer.BadParameter(f"the folder {output.parent} does not exist", param_hint="--output")
         loaded = opt.load_model(opt.pick_model(model_argument, model, demo), ctx=ctx, threads=threads, verbose=verbose,
-                                pull=pull, parallel=parallel)
+                                pull=pull, parallel=parallel, rpc=rpc)
         try:
             served = ServedModel(name=loaded.name, default_effort=reasoning_effort, created=int(time.time()), any_model=True)
             for line in lines:

@@ -28,6 +28,7 @@ Examples:
   ossrun chat gpt-oss-120b -r high
   ossrun chat -m ./my-model.gguf --system "Answer in French." --hide-reasoning
   ossrun chat --functions my_tools.py --tool python
+  ossrun chat gpt-oss-120b --rpc 127.0.0.1:50052=20GiB,127.0.0.1:50053=20GiB
 """
 
 
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,
+        rpc: opt.Rpc = None,
         functions: opt.Functions = None,
         tool: opt.Tool = None,
         yes: opt.Yes = False,
@@ -68,7 +70,7 @@ def register(app: typer.Typer) -> None:
             name, notice = opt.default_model_or_demo()
             if notice:
                 screen.notice(notice)
-        loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull)
+        loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, rpc=rpc)
         try:
             reader = TerminalReader() if sys.stdin.isatty() else StreamReader(sys.stdin)
             repl = Repl(

@@ -64,6 +64,13 @@ Demo = Annotated[
                                 "it adds two-digit numbers, names capitals and calls a get_weather function."),
 ]
 Pull = Annotated[bool, typer.Option("--pull", help="Download the model first if it is not on disk (as ossrun pull).")]
+Rpc = Annotated[
+    Optional[list[str]],
+    typer.Option("--rpc", metavar="HOST:PORT[=MEMORY][,...]", show_default=False,
+                 help="Run the model's last layers on these workers (`ossrun worker` on each machine), each holding "
+                      "as many as fit in MEMORY (e.g. 192.168.1.20:50052=20GiB); without MEMORY the layers are "
+                      "split evenly over this machine and the workers."),
+]
 Functions = Annotated[
     Optional[list[Path]],
     typer.Option("--functions", metavar="FILE.py", show_default=False,
@@ -103,14 +110,20 @@ def default_model_or_demo() -> tuple[str, Optional[str]]:
 
 
 def load_model(name: Optional[str], *, ctx: Any, threads: Optional[int], verbose: bool, pull: bool = False,
-               parallel: int = 1) -> Any:
+               parallel: int = 1, rpc: Optional[list[str]] = None) -> Any:
     """``ossrun.load`` with the command line's options (``name`` None: the registry's default model).
 
-    With ``pull``, a registry model that is not on disk is downloaded first.
+    With ``pull``, a registry model that is not on disk is downloaded first; with ``rpc``, the
+    model is loaded over those workers, and where its layers went is said on stderr.
     """
+    import sys
+
     import ossrun
 
-    return ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel)
+    model = ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel, rpc=rpc or None)
+    if model.placement is not None:
+        sys.stderr.write(f"{model.placement}\n")
+    return model
 
 
 def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]]) -> Any:

@@ -102,6 +102,7 @@ def register(app: typer.Typer) -> None:
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,
+        rpc: opt.Rpc = None,
         functions: opt.Functions = None,
         tool: opt.Tool = None,
         yes: opt.Yes = False,
@@ -120,7 +121,8 @@ def register(app: typer.Typer) -> None:
             raise OssrunError("--tool python asks before each run of the model's code and there is no terminal "
                               "to ask on: add --yes to let it run without asking")
         settings = {"reasoning_effort": reasoning_effort, "system": system, "tools": tools}
-        loaded = opt.load_model(opt.pick_model(None, model, demo), ctx=ctx, threads=threads, verbose=verbose, pull=pull)
+        loaded = opt.load_model(opt.pick_model(None, model, demo), ctx=ctx, threads=threads, verbose=verbose, pull=pull,
+                                rpc=rpc)
         try:
             if show_prompt:
                 typer.echo(loaded.decode(loaded.render(messages, **settings)))

@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,
+        rpc: opt.Rpc = None,
         tool: opt.Tool = None,
     ) -> None:
         import uvicorn
@@ -94,7 +95,7 @@ def register(app: typer.Typer) -> None:
         sock = bind(host, port)
         try:
             loaded = opt.load_model(name, ctx=ctx or SERVE_CONTEXTS, threads=threads, verbose=verbose, pull=pull,
-                                    parallel=parallel)
+                                    parallel=parallel, rpc=rpc)
         except BaseException:
             sock.close()
             tools.close()

@@ -15,7 +15,7 @@ import ctypes
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional, Sequence
 
 import llama_cpp
 
@@ -31,6 +31,8 @@ from ossrun.units import format_memory
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from ossrun.engine.rpc import Workers
 
 DEFAULT_CTX = 8192
 DEFAULT_BATCH = 512  # tokens per llama_decode call: prompt chunks and every sequence's next token
@@ -135,10 +137,12 @@ class LlamaEngine:
         on_progress: Optional[Callable[[float], None]] = None,
         cache_dir: Optional[Path] = None,
         swa_full: bool = True,
+        rpc: Optional["Workers"] = None,
     ):
         if parallel < 1:
             raise ModelError(f"parallel {parallel} is less than 1: decode at least one sequence")
         self.path = header.path
+        self._watch = rpc.watch if rpc is not None else _unwatched  # bounds every call that waits on a worker
         self.threads = threads or physical_cores()
         self._model = self._ctx = None
         self._backend: Optional[LlamaBackend] = None
@@ -147,9 +151,12 @@ class LlamaEngine:
         params = llama_cpp.llama_model_default_params()
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
         place_weights(params)
-        with _keyboard_interrupt_caught() as interrupted:
+        if rpc is not None:
+            rpc.apply(params)  # the workers' devices and layers; this CPU keeps the rest
+        with _keyboard_interrupt_caught() as interrupted, self._watch("loading the model", ticking=True) as watched:
 
             def progress(fraction: float, _data: Any) -> bool:
+                watched.tick()
                 if on_progress is not None:
                     on_progress(fraction)
                 return not interrupted.is_set()  # False stops the load
@@ -175,11 +182,12 @@ class LlamaEngine:
         # (``swa_full=False`` exists only to show that).
         ctx_params.swa_full = swa_full
         ctx_params.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
+        with self._watch("creating the context"):
+            self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             self.close()
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path.name}: try a smaller --ctx")
-        self._backend = LlamaBackend(self._model, self._ctx, n_batch=n_batch, n_seq=parallel)
+        self._backend = LlamaBackend(self._model, self._ctx, n_batch=n_batch, n_seq=parallel, watch=self._watch)
         self._n_ctx, self._parallel = self._backend.n_ctx, parallel
         identity = dict(header.identity, n_ctx=self._backend.n_ctx, swa_full=swa_full, llama_cpp=llama_cpp_version())
         prefix_cache = PrefixCache(Path(cache_dir or home.cache_dir()) / "prefix", identity)
@@ -210,6 +218,10 @@ class LlamaEngine:
         if self._scheduler is not None:
             self._scheduler.close()
             self._scheduler = None
+        with self._watch("freeing the model"):
+            self._free()
+
+    def _free(self) -> None:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
@@ -224,7 +236,9 @@ class LlamaEngine:
 class LlamaBackend:
     """A llama.cpp context as :class:`Scheduler` uses it: batches over sequences, samplers, state."""
 
-    def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_seq: int):
+    def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_seq: int,
+                 watch: Callable[..., ContextManager[Any]] = None):
+        self._watch = watch or _unwatched
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(ctx)
@@ -248,12 +262,14 @@ class LlamaBackend:
             logits[i] = entry.logits
         batch.n_tokens = len(entries)
         if abort is None:  # a decode step is short: cancel is checked between steps
-            return llama_cpp.llama_decode(self._ctx, batch)
+            with self._watch("generating", len(entries)):
+                return llama_cpp.llama_decode(self._ctx, batch)
         # Reading a prompt can take minutes: llama.cpp asks between graph nodes whether to stop.
         self._abort_check = abort
         llama_cpp.llama_set_abort_callback(self._ctx, self._abort, None)
         try:
-            return llama_cpp.llama_decode(self._ctx, batch)
+            with self._watch("evaluating the prompt", len(entries)):
+                return llama_cpp.llama_decode(self._ctx, batch)
         finally:
             llama_cpp.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
             self._abort_check = None
@@ -290,17 +306,36 @@ class LlamaBackend:
     def save_state(self, seq: int) -> Optional[bytes]:
         size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
         buffer = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, seq)
+        with self._watch("saving the prompt cache"):
+            written = llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, seq)
         return bytes(buffer)[:written] if written else None
 
     def load_state(self, seq: int, data: bytes) -> bool:
         buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        return bool(llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(data), seq))
+        with self._watch("restoring the prompt cache"):
+            return bool(llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(data), seq))
 
     def close(self) -> None:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+
+
+class _Unwatched:
+    """The watch of a model with no workers: llama.cpp's calls need no deadline."""
+
+    def __enter__(self) -> "_Unwatched":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+
+def _unwatched(what: str, tokens: int = 0, *, ticking: bool = False) -> ContextManager[_Unwatched]:
+    return _Unwatched()
 
 
 @contextlib.contextmanager

@@ -10,6 +10,9 @@ tokens/s while it generates) and the mean per-request speed, for:
 - llama-server -np 8 --kv-unified --swa-full, continuous batching on (N concurrent /completion
   requests with the same prompt ids, ignore_eos); built by benchmarks/llama_tools.py.
 
+ossrun and llama-server take turns (``--rounds``), one model in memory at a time; the figures are
+medians over the rounds, and the ratios are taken per round.
+
 It also measures the time to first token of a new request (a 256-token prompt) while 3 others
 decode, against the same request alone, and checks that a sequence decoded beside three others
 gives the logits it gives alone (cosine and greedy top-1 agreement per step). One model is
@@ -161,51 +164,65 @@ def llama_server_streams(binary: Path, gguf: Path, prompts: list[list[int]], cou
         server.wait(60)
 
 
+def ossrun_phase(args, report: dict, first: bool) -> list[list[int]]:
+    import ossrun
+
+    print("ossrun --parallel 8", flush=True)
+    with ossrun.load(args.model, ctx=1024 * MAX_PARALLEL, parallel=MAX_PARALLEL, threads=args.threads) as model:
+        prompts = [model.render(m) for m in questions(MAX_PARALLEL)]
+        model.chat(questions(1)[0], max_tokens=2)  # warm-up
+        if first and "logits" not in args.skip:
+            report["logits_beside_others"] = logits_agreement(model, args.tokens)
+            print(f"  logits: {report['logits_beside_others']}", flush=True)
+        if "ossrun" not in args.skip:
+            report.setdefault("rounds", {}).setdefault("ossrun_parallel_8", []).append(ossrun_streams(model, args.streams, args.tokens))
+        if first and "ttft" not in args.skip:
+            report["time_to_first_token"] = ttft(model, args.tokens)
+            print(f"  ttft: {report['time_to_first_token']}", flush=True)
+    return prompts
+
+
+def medians(rounds: list[dict]) -> dict:
+    return {n: {k: round(statistics.median(r[n][k] for r in rounds), 2) for k in rounds[0][n]} for n in rounds[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("/work/bench/gpt-oss-20b-random.gguf"))
     parser.add_argument("--tokens", type=int, default=48, help="tokens each request generates")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="ossrun and llama-server take turns this many times")
     parser.add_argument("--streams", type=int, nargs="+", default=list(STREAMS))
     parser.add_argument("--llama-server", type=Path, help="default: build it (benchmarks/llama_tools.py)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ossrun", "serial", "llama-server", "ttft", "logits"])
     args = parser.parse_args()
     import ossrun
 
-    report: dict = {"model": str(args.model), "threads": args.threads, "tokens": args.tokens}
-    prompts = None
-    if "ossrun" not in args.skip or "ttft" not in args.skip or "logits" not in args.skip:
-        print("ossrun --parallel 8", flush=True)
-        with ossrun.load(args.model, ctx=1024 * MAX_PARALLEL, parallel=MAX_PARALLEL, threads=args.threads) as model:
-            prompts = [model.render(m) for m in questions(MAX_PARALLEL)]
-            model.chat(questions(1)[0], max_tokens=2)  # warm-up
-            if "logits" not in args.skip:
-                report["logits_beside_others"] = logits_agreement(model, args.tokens)
-                print(f"  logits: {report['logits_beside_others']}", flush=True)
-            if "ossrun" not in args.skip:
-                report["ossrun_parallel_8"] = ossrun_streams(model, args.streams, args.tokens)
-            if "ttft" not in args.skip:
-                report["time_to_first_token"] = ttft(model, args.tokens)
-                print(f"  ttft: {report['time_to_first_token']}", flush=True)
+    report: dict = {"model": str(args.model), "threads": args.threads, "tokens": args.tokens, "rounds": {}}
+    binary = args.llama_server
+    if binary is None and "llama-server" not in args.skip:
+        from llama_tools import llama_server
+
+        binary = llama_server()
+    for number in range(args.rounds):  # one model in memory at a time; turns even out the machine's load
+        prompts = ossrun_phase(args, report, first=number == 0)
+        if "llama-server" not in args.skip:
+            print(f"llama-server ({binary})", flush=True)
+            report["rounds"].setdefault("llama_server", []).append(
+                llama_server_streams(binary, args.model, prompts, args.streams, args.tokens, args.threads))
     if "serial" not in args.skip:
         print("ossrun --parallel 1", flush=True)
         with ossrun.load(args.model, ctx=1024 * MAX_PARALLEL, parallel=1, threads=args.threads) as model:
             model.chat(questions(1)[0], max_tokens=2)
             report["ossrun_parallel_1"] = ossrun_streams(model, args.streams, args.tokens, serial=True)
-    if "llama-server" not in args.skip:
-        if prompts is None:
-            with ossrun.load("demo") as demo:  # the same harmony prompts: the tokenizer is the model's
-                prompts = [demo.render(m) for m in questions(MAX_PARALLEL)]
-        binary = args.llama_server
-        if binary is None:
-            from llama_tools import llama_server
-
-            binary = llama_server()
-        print(f"llama-server ({binary})", flush=True)
-        report["llama_server"] = llama_server_streams(binary, args.model, prompts, args.streams, args.tokens, args.threads)
-    if "ossrun_parallel_8" in report and "llama_server" in report:
-        report["ossrun_over_llama_server"] = {n: round(report["ossrun_parallel_8"][n]["aggregate"] / report["llama_server"][n]["aggregate"], 3)
-                                              for n in args.streams}
+    rounds = report.pop("rounds")
+    for name, results in rounds.items():
+        report[name] = medians(results)
+    if "ossrun_parallel_8" in rounds and "llama_server" in rounds:
+        report["ossrun_over_llama_server"] = {
+            n: {"median": round(statistics.median(o[n]["aggregate"] / l[n]["aggregate"] for o, l in zip(rounds["ossrun_parallel_8"], rounds["llama_server"])), 3),
+                "rounds": [round(o[n]["aggregate"] / l[n]["aggregate"], 3) for o, l in zip(rounds["ossrun_parallel_8"], rounds["llama_server"])]}
+            for n in args.streams}
     if "ossrun_parallel_8" in report and "ossrun_parallel_1" in report:
         report["ossrun_over_parallel_1"] = {n: round(report["ossrun_parallel_8"][n]["aggregate"] / report["ossrun_parallel_1"][n]["aggregate"], 3)
                                             for n in args.streams}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -29,30 +28,32 @@ class ServerProcess:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
         )
         self.lines: list[str] = []
-        self.url = self._wait_for_listening()
-        self.base_url = self.url + "/v1"
+        self._listening: Optional[re.Match] = None
+        self._started = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self.url = self._wait_for_listening()
+        self.base_url = self.url + "/v1"
 
     def _wait_for_listening(self) -> str:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.process.stderr], [], [], 1.0)
-            if ready:
-                line = self.process.stderr.readline()
-                if not line:
-                    break
-                self.lines.append(line.rstrip("\n"))
-                match = LISTENING.search(line)
-                if match:
-                    self.host = match.group(1)
-                    return f"http://127.0.0.1:{match.group(2)}"  # the tests talk to loopback only
-        self.process.kill()
-        raise AssertionError("the server did not start:\n" + "\n".join(self.lines) + self.process.stderr.read())
+        # One thread reads stderr line by line; a select() on the pipe beside a buffered
+        # readline() would miss lines already sitting in the buffer.
+        self._started.wait(START_SECONDS)
+        if self._listening is None:
+            self.process.kill()
+            self._reader.join(5)
+            raise AssertionError("the server did not start:\n" + "\n".join(self.lines))
+        self.host = self._listening.group(1)
+        return f"http://127.0.0.1:{self._listening.group(2)}"  # the tests talk to loopback only
 
     def _read(self) -> None:
         for line in self.process.stderr:
             self.lines.append(line.rstrip("\n"))
+            if self._listening is None:
+                self._listening = LISTENING.search(line)
+                if self._listening:
+                    self._started.set()
+        self._started.set()
 
     @property
     def port(self) -> int:

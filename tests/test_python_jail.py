@@ -7,7 +7,6 @@ import json
 import os
 import pwd
 import resource
-import subprocess
 import sys
 import textwrap
 import threading

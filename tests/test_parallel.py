@@ -122,3 +122,33 @@ def test_reasoning_streams_from_several_threads_at_once(parallel_model):
         replies = list(pool.map(stream, [q for q, _ in QUESTIONS[:8]]))
     assert all(isinstance(r.final, str) and r.finish_reason == "stop" for r in replies)
     assert all(counts[q] > 0 for q, _ in QUESTIONS[:8])
+
+
+def test_a_forced_continuation_is_scored_beside_others_as_alone(parallel_model):
+    """Forced tokens replace sampling (scoring a known path): the logits of each step match the
+    run that chose the path, here a greedy one alone, while three others decode beside it."""
+    import numpy as np
+
+    from ossrun.engine.protocol import GenerationRequest, Sampling
+
+    engine = parallel_model.engine
+    prompt = tuple(parallel_model.render([{"role": "user", "content": "What is 38 plus 47?"}], reasoning_effort="high"))
+    alone = engine.generate(GenerationRequest(prompt, Sampling(temperature=0), max_tokens=24, record_logits=True))
+    path = list(alone)
+    others = [engine.generate(GenerationRequest(tuple(parallel_model.render([{"role": "user", "content": q}])),
+                                                Sampling(seed=i), max_tokens=1500))
+              for i, (q, _) in enumerate(QUESTIONS[3:6])]
+    forced = path[:20]  # then greedy sampling takes over for the last four
+    beside = engine.generate(GenerationRequest(prompt, Sampling(temperature=0), max_tokens=24, record_logits=True,
+                                               forced=tuple(forced)))
+    assert list(beside)[:20] == forced
+    assert all(0 < other.stats.generated < 1500 for other in others)  # still decoding when it ended
+    for other in others:
+        other.close()
+    a, b = np.array(alone.stats.logits), np.array(beside.stats.logits)
+    assert a.shape == b.shape == (24, engine.n_vocab)
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.999
+    assert (a.argmax(axis=1) == b.argmax(axis=1)).all()
+    wrong = engine.generate(GenerationRequest(prompt, Sampling(temperature=0), max_tokens=3, forced=(path[1], path[0])))
+    assert list(wrong)[:2] == [path[1], path[0]]  # forced means forced, whatever the model prefers

@@ -57,6 +57,10 @@ class GenerationRequest:
     prefix_length: int = 0
     cancel: Optional[threading.Event] = None
     record_logits: bool = False  # keep a copy of the logits each token was sampled from (tests, benchmarks)
+    # Tokens to emit in this order instead of sampling (scoring a known continuation: each
+    # step's logits then come from the same history as the run that chose them); sampling
+    # takes over once they run out.
+    forced: tuple[int, ...] = ()
 
 
 @dataclass

@@ -444,10 +444,10 @@ class Scheduler:
         if job.cancelled():
             self._finish(job, "interrupted")
             return
-        token = self.backend.sample(job.sampler, index)
+        stats, forced = job.stats, job.request.forced
+        token = forced[stats.generated] if stats.generated < len(forced) else self.backend.sample(job.sampler, index)
         if job.request.record_logits:
             job.stats.logits.append(self.backend.logits(index))
-        stats = job.stats
         if not stats.generated:
             job.first_token_at = now
             stats.prefill_seconds = now - job.placed_at

@@ -82,7 +82,7 @@ class Toolbox:
         return dataclasses.replace(settings, functions=functions, namespaces=namespaces, system_tools=system_tools)
 
     def notices(self) -> list[str]:
-        """What the user should know before the conversation starts (a sandbox without network isolation)."""
+        """What the user should know before the conversation starts: a python tool that is not isolated, or has the network."""
         return self.python.notices() if self.python else []
 
     def runs(self, call: ToolCall) -> bool:

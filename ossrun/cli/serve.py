@@ -15,7 +15,7 @@ from ossrun.errors import OssrunError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_PARALLEL = 4
-# A coding agent's first turn (Codex CLI's instructions and tools: about 5k tokens) beside
+# A coding agent's first turn (Codex CLI's instructions and tools: 5k-8k tokens) beside
 # other requests; smaller where memory is short.
 SERVE_CONTEXTS = (32768, 16384, 8192)
 DEFAULT_MAX_QUEUE = 16

@@ -10,7 +10,7 @@ for each run, from a cold page cache:
 It prints wall time, MB/s (checkpoint bytes / wall time) and peak RSS of both, and their ratio.
 Targets: conversion peak RSS below 2.5 GB, wall time within 2x of the copy.
 
-    python benchmarks/convert_benchmark.py --dir /work/bench --runs 2
+    python benchmarks/convert_benchmark.py --dir ~/ossrun-bench --runs 2
 
 The page cache is dropped through /proc/sys/vm/drop_caches when writable (root), otherwise file
 by file with posix_fadvise(DONTNEED) after an fsync. The converted GGUF is kept (--keep-output,
@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "gpt-oss-20b"
 TIKTOKEN = ROOT / "ossrun" / "data" / "o200k_base.tiktoken"
-DEFAULT_DIR = Path("/work/bench")
+DEFAULT_DIR = Path.home() / "ossrun-bench"
 CHECKPOINT_NAME = "gpt-oss-20b-random-hf"
 OUTPUT_NAME = "gpt-oss-20b-random.gguf"
 WRITE_CHUNK = 64 << 20

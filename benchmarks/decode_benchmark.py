@@ -1,7 +1,7 @@
 """Benchmark generation through ossrun's API against a bare llama-cpp-python loop, and time to first token.
 
 On a full-size gpt-oss GGUF (by default the random-weight gpt-oss-20b that
-``benchmarks/convert_benchmark.py`` leaves in /work/bench):
+``benchmarks/convert_benchmark.py`` leaves in ~/ossrun-bench):
 
 1. Decode speed: ``Model.chat`` (the API path ``ossrun run`` and ``ossrun chat``
    call: harmony rendering, prefix reuse, sampling, harmony's streaming parser,
@@ -48,7 +48,7 @@ import ossrun
 from ossrun.engine.llama import build_sampler_chain
 from ossrun.engine.protocol import Sampling
 
-DEFAULT_MODEL = Path("/work/bench/gpt-oss-20b-random.gguf")  # left by benchmarks/convert_benchmark.py
+DEFAULT_MODEL = Path.home() / "ossrun-bench" / "gpt-oss-20b-random.gguf"  # left by benchmarks/convert_benchmark.py
 DEFAULT_CTX = 4096
 QUESTION = [{"role": "user", "content": "Explain, step by step, how a bicycle stays upright when it moves."}]
 FOLLOW_UP = {"role": "user", "content": "And why is it harder to balance when it goes slowly?"}

@@ -7,7 +7,7 @@ binary reused by later runs.
 On x86 the build leaves out llama.cpp's AMX kernels, as ossrun does at run time (they crash on
 hosts that report AMX; see ``ossrun.engine.ggml``): both then place the weights the same way.
 
-    python benchmarks/llama_tools.py --cache /work/bench/llama-tools   # builds llama-server, prints its path
+    python benchmarks/llama_tools.py --cache ~/ossrun-bench/llama-tools   # builds llama-server, prints its path
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-DEFAULT_CACHE = Path("/work/bench/llama-tools")
+DEFAULT_CACHE = Path.home() / "ossrun-bench" / "llama-tools"
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 

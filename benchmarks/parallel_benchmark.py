@@ -19,7 +19,7 @@ and compares the logits of a sequence decoded beside three others with the same 
 (cosine and top-1 per step, on the same history: the second run's tokens are forced to the
 first's), against the same sequence alone twice as the control. One model is loaded at a time.
 
-    python benchmarks/parallel_benchmark.py --model /work/bench/gpt-oss-20b-random.gguf --threads 2
+    python benchmarks/parallel_benchmark.py --model ~/ossrun-bench/gpt-oss-20b-random.gguf --threads 2
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def medians(rounds: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("/work/bench/gpt-oss-20b-random.gguf"))
+    parser.add_argument("--model", type=Path, default=Path.home() / "ossrun-bench" / "gpt-oss-20b-random.gguf")
     parser.add_argument("--tokens", type=int, default=48, help="tokens each request generates")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="ossrun and llama-server take turns this many times")

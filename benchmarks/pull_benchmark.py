@@ -11,7 +11,7 @@ Writes a file of ``--size-gb`` random bytes, then for each run:
 
 It prints medians, in GB/s, and the projected verification time of the 12.1 GB gpt-oss-20b GGUF.
 
-    python benchmarks/pull_benchmark.py --dir /work/bench --size-gb 2 --runs 3
+    python benchmarks/pull_benchmark.py --dir ~/ossrun-bench --size-gb 2 --runs 3
 
 The page cache is dropped file by file with posix_fadvise(DONTNEED) after an fsync.
 """

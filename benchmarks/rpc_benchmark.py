@@ -17,7 +17,7 @@ For each: load time, prefill tokens/s (``--prompt`` random tokens, one batch), d
 (``--tokens`` tokens, greedy). Loopback has no bandwidth limit and sub-millisecond latency: the
 figures for real networks are worked out from the bytes, on paper.
 
-    python benchmarks/rpc_benchmark.py --dir /work/bench               # the random 20b (needs ~24 GB of RAM)
+    python benchmarks/rpc_benchmark.py --dir ~/ossrun-bench               # the random 20b (needs ~24 GB of RAM)
     python benchmarks/rpc_benchmark.py --model PATH.gguf
     python benchmarks/rpc_benchmark.py --layers 4 --experts 8          # a 20b-shaped model cut short, to try it out
 
@@ -52,7 +52,7 @@ from ossrun.engine import ggml  # noqa: E402
 from ossrun.engine.protocol import GenerationRequest, Sampling  # noqa: E402
 from ossrun.machine import physical_cores  # noqa: E402
 
-DEFAULT_DIR = Path("/work/bench")
+DEFAULT_DIR = Path.home() / "ossrun-bench"
 GREEDY = Sampling(temperature=0.0)
 
 

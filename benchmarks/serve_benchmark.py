@@ -9,7 +9,7 @@
    process, which reads the instructions' state from the disk prefix cache.
 3. Requests per second of the demo model under the load test (benchmarks/serve_load.py).
 
-    python benchmarks/serve_benchmark.py --model /work/bench/gpt-oss-20b-random.gguf --runs 5 --tokens 32
+    python benchmarks/serve_benchmark.py --model ~/ossrun-bench/gpt-oss-20b-random.gguf --runs 5 --tokens 32
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def new_server_first_token(model_path: Path, home: str, tokens: int, threads: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("/work/bench/gpt-oss-20b-random.gguf"))
+    parser.add_argument("--model", type=Path, default=Path.home() / "ossrun-bench" / "gpt-oss-20b-random.gguf")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)

@@ -1,7 +1,8 @@
 """ggml's backend registry through ctypes: the part of llama.cpp that llama-cpp-python does not bind.
 
 The ``ggml_backend_*`` functions live in ``libggml``, which llama-cpp-python loads
-but does not wrap. ossrun needs a few of them to choose where the weights live
+but does not wrap; :func:`bind` gives one its signature (``rpc.py`` binds the RPC
+registry's with it). ossrun needs a few of them to choose where the weights live
 (:func:`place_weights`).
 """
 
@@ -21,16 +22,17 @@ EXPERT_TENSORS = r"_exps\.weight$"
 _p = ctypes.c_void_p
 
 
-def _bind(name: str, restype, *argtypes):
+def bind(name: str, restype, *argtypes):
+    """A function of ``libggml`` with its ctypes signature."""
     function = getattr(libggml, name)
     function.restype, function.argtypes = restype, list(argtypes)
     return function
 
 
-_dev_by_type = _bind("ggml_backend_dev_by_type", _p, ctypes.c_int)
-_dev_backend_reg = _bind("ggml_backend_dev_backend_reg", _p, _p)
-_reg_get_proc_address = _bind("ggml_backend_reg_get_proc_address", _p, _p, ctypes.c_char_p)
-_buft_name = _bind("ggml_backend_buft_name", ctypes.c_char_p, _p)
+dev_by_type = bind("ggml_backend_dev_by_type", _p, ctypes.c_int)
+_dev_backend_reg = bind("ggml_backend_dev_backend_reg", _p, _p)
+reg_get_proc_address = bind("ggml_backend_reg_get_proc_address", _p, _p, ctypes.c_char_p)
+_buft_name = bind("ggml_backend_buft_name", ctypes.c_char_p, _p)
 _GetExtraBufts = ctypes.CFUNCTYPE(ctypes.POINTER(_p), _p)
 
 
@@ -43,10 +45,10 @@ class TensorBuftOverride(ctypes.Structure):
 @lru_cache(maxsize=1)
 def cpu_extra_buffer_types() -> dict[str, int]:
     """The CPU backend's extra weight buffer types by name ("CPU_REPACK", "AMX", ...)."""
-    cpu = _dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
+    cpu = dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
     if not cpu:
         return {}
-    address = _reg_get_proc_address(_dev_backend_reg(cpu), b"ggml_backend_dev_get_extra_bufts")
+    address = reg_get_proc_address(_dev_backend_reg(cpu), b"ggml_backend_dev_get_extra_bufts")
     if not address:
         return {}
     bufts = _GetExtraBufts(address)(cpu)

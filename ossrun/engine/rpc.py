@@ -27,9 +27,9 @@ from typing import Optional, Sequence, Union
 
 import gguf
 import llama_cpp
-from llama_cpp._ggml import libggml
 
-from ossrun.engine.ggml import GGML_BACKEND_DEVICE_TYPE_CPU, TensorBuftOverride, cpu_extra_buffer_types, cpu_weight_placement
+from ossrun.engine.ggml import (GGML_BACKEND_DEVICE_TYPE_CPU, TensorBuftOverride, bind, cpu_extra_buffer_types, cpu_weight_placement,
+                                dev_by_type, reg_get_proc_address)
 from ossrun.engine.gguf_header import GgufHeader, read_header
 from ossrun.engine.placement import Placement, WorkerAsk, layer_sizes, plan
 from ossrun.engine.watchdog import Watchdog
@@ -211,20 +211,11 @@ def probe(spec: WorkerSpec, timeout: float = HELLO_TIMEOUT) -> WorkerInfo:
 
 _p = ctypes.c_void_p
 
-
-def _bind(name: str, restype, *argtypes):
-    function = getattr(libggml, name)
-    function.restype, function.argtypes = restype, list(argtypes)
-    return function
-
-
-_reg_by_name = _bind("ggml_backend_reg_by_name", _p, ctypes.c_char_p)
-_reg_get_proc_address = _bind("ggml_backend_reg_get_proc_address", _p, _p, ctypes.c_char_p)
-_reg_dev_count = _bind("ggml_backend_reg_dev_count", ctypes.c_size_t, _p)
-_reg_dev_get = _bind("ggml_backend_reg_dev_get", _p, _p, ctypes.c_size_t)
-_dev_by_type = _bind("ggml_backend_dev_by_type", _p, ctypes.c_int)
-_dev_buffer_type = _bind("ggml_backend_dev_buffer_type", _p, _p)
-_dev_memory = _bind("ggml_backend_dev_memory", None, _p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t))
+_reg_by_name = bind("ggml_backend_reg_by_name", _p, ctypes.c_char_p)
+_reg_dev_count = bind("ggml_backend_reg_dev_count", ctypes.c_size_t, _p)
+_reg_dev_get = bind("ggml_backend_reg_dev_get", _p, _p, ctypes.c_size_t)
+_dev_buffer_type = bind("ggml_backend_dev_buffer_type", _p, _p)
+_dev_memory = bind("ggml_backend_dev_memory", None, _p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t))
 _AddServer = ctypes.CFUNCTYPE(_p, ctypes.c_char_p)
 StartServer = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(_p))
 
@@ -232,7 +223,7 @@ StartServer = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_
 def _rpc_function(name: bytes, prototype):
     require_rpc()
     registry = _reg_by_name(b"RPC")
-    address = _reg_get_proc_address(registry, name) if registry else None
+    address = reg_get_proc_address(registry, name) if registry else None
     if not address:
         raise OssrunError(f"llama.cpp's RPC backend has no {name.decode()}: rebuild llama-cpp-python with {rebuild_command()}")
     return prototype(address)
@@ -253,7 +244,7 @@ def _device_of(endpoint: str) -> int:
 
 
 def cpu_device() -> int:
-    return _dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
+    return dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
 
 
 def cpu_memory() -> tuple[int, int]:

@@ -44,28 +44,40 @@ def questions(n: int) -> list[list[dict]]:
     return [[{"role": "user", "content": f"Question {i}: tell me something about the number {i * 37 % 101}."}] for i in range(n)]
 
 
-def ossrun_streams(model, counts, tokens: int, serial: bool = False) -> dict:
-    """With ``serial`` (one sequence) the requests run one after the other, and the aggregate is
-    the tokens over the wall time; otherwise it is the sum of the concurrent requests' speeds."""
+def concurrent_runs(counts, request, measure) -> dict:
+    """For each N: ``request(i, attempt)`` for i < N from N threads at once, twice; the medians
+    of what ``measure(answers, wall_seconds)`` makes of each attempt. ossrun and llama-server
+    are measured by this one loop."""
     results = {}
     for n in counts:
         runs = []
         for attempt in range(2):
             with ThreadPoolExecutor(n) as pool:
                 started = time.perf_counter()
-                replies = list(pool.map(lambda m: model.chat(m, max_tokens=tokens, seed=attempt), questions(n)))
+                answers = list(pool.map(lambda i: request(i, attempt), range(n)))
                 wall = time.perf_counter() - started
-            rates = [r.timings.decode_tps for r in replies]
-            if serial:
-                decoding = sum(r.timings.decode_seconds for r in replies)
-                aggregate = sum(r.timings.decode_tokens for r in replies) / decoding
-            else:
-                aggregate = sum(rates)
-            runs.append({"aggregate": aggregate, "per_request": statistics.mean(rates),
-                         "wall_tokens_per_second": sum(r.usage.completion_tokens for r in replies) / wall})
+            runs.append(measure(answers, wall))
         results[n] = {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]}
         print(f"  {n} streams: {results[n]}", flush=True)
     return results
+
+
+def ossrun_streams(model, counts, tokens: int, serial: bool = False) -> dict:
+    """With ``serial`` (one sequence) the requests run one after the other, and the aggregate is
+    the tokens over the wall time; otherwise it is the sum of the concurrent requests' speeds."""
+    asked = questions(max(counts))
+
+    def measure(replies, wall: float) -> dict:
+        rates = [r.timings.decode_tps for r in replies]
+        if serial:
+            decoding = sum(r.timings.decode_seconds for r in replies)
+            aggregate = sum(r.timings.decode_tokens for r in replies) / decoding
+        else:
+            aggregate = sum(rates)
+        return {"aggregate": aggregate, "per_request": statistics.mean(rates),
+                "wall_tokens_per_second": sum(r.usage.completion_tokens for r in replies) / wall}
+
+    return concurrent_runs(counts, lambda i, attempt: model.chat(asked[i], max_tokens=tokens, seed=attempt), measure)
 
 
 def ttft(model, tokens: int) -> dict:
@@ -167,20 +179,11 @@ def llama_server_streams(binary: Path, gguf: Path, prompts: list[list[int]], cou
             with urllib.request.urlopen(request, timeout=3600) as response:
                 return json.loads(response.read())["timings"]
 
-        results = {}
-        for n in counts:
-            runs = []
-            for attempt in range(2):
-                with ThreadPoolExecutor(n) as pool:
-                    started = time.perf_counter()
-                    timings = list(pool.map(lambda i: complete(prompts[i], attempt), range(n)))
-                    wall = time.perf_counter() - started
-                rates = [t["predicted_per_second"] for t in timings]
-                runs.append({"aggregate": sum(rates), "per_request": statistics.mean(rates),
-                             "wall_tokens_per_second": n * tokens / wall})
-            results[n] = {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]}
-            print(f"  {n} streams: {results[n]}", flush=True)
-        return results
+        def measure(timings, wall: float) -> dict:
+            rates = [t["predicted_per_second"] for t in timings]
+            return {"aggregate": sum(rates), "per_request": statistics.mean(rates), "wall_tokens_per_second": len(timings) * tokens / wall}
+
+        return concurrent_runs(counts, lambda i, attempt: complete(prompts[i], attempt), measure)
     finally:
         server.terminate()
         server.wait(60)

@@ -149,37 +149,41 @@ class Server:
         return JSONResponse(self.served.describe())
 
     async def chat_completions(self, request: Request) -> Response:
-        body = await self.read_json(request)
-        call = chat.parse(body, self.served, self.state)
-        cancel = await self.start(call.messages, call.options)
+        call = chat.parse(await self.read_json(request), self.served, self.state)
         completion = chat.Completion(call, self.state)
-        events = self.runner.events(cancel, call.messages, call.options, keepalive_seconds=self.keepalive_seconds)
-        if call.stream:
-            return self.sse(request, self.chat_stream(request, completion, events))
-        try:
-            result = await self.collect(request, cancel, events, completion.completion)
-        finally:
-            await events.aclose()
-        request.state.tokens = _tokens(result["usage"]["prompt_tokens"], result["usage"]["completion_tokens"])
-        return JSONResponse(result)
+
+        def tokens(result: dict[str, Any]) -> str:
+            return _tokens(result["usage"]["prompt_tokens"], result["usage"]["completion_tokens"])
+
+        return await self.answer(request, call, lambda events: self.chat_stream(request, completion, events),
+                                 completion.completion, tokens)
 
     async def responses(self, request: Request) -> Response:
-        body = await self.read_json(request)
-        call = responses.parse(body, self.served, self.state)
-        cancel = await self.start(call.messages, call.options)
+        call = responses.parse(await self.read_json(request), self.served, self.state)
         response = responses.Response(call, self.state)
-        events = self.runner.events(cancel, call.messages, call.options, keepalive_seconds=self.keepalive_seconds)
-        if call.stream:
-            return self.sse(request, self.responses_stream(request, response, events))
-        try:
-            result = await self.collect(request, cancel, events, response.run)
-        finally:
-            await events.aclose()
-        usage = result["usage"] or {"input_tokens": 0, "output_tokens": 0}
-        request.state.tokens = _tokens(usage["input_tokens"], usage["output_tokens"])
-        return JSONResponse(result)
+
+        def tokens(result: dict[str, Any]) -> str:
+            usage = result["usage"] or {"input_tokens": 0, "output_tokens": 0}
+            return _tokens(usage["input_tokens"], usage["output_tokens"])
+
+        return await self.answer(request, call, lambda events: self.responses_stream(request, response, events),
+                                 response.run, tokens)
 
     # -- running a reply ----------------------------------------------------
+
+    async def answer(self, request: Request, call: Any, stream: Callable[[AsyncIterator[Any]], AsyncIterator[str]],
+                     consume: Callable[[Any], dict[str, Any]], tokens: Callable[[dict[str, Any]], str]) -> Response:
+        """Start a parsed call's reply and hand back its stream, or its one object once it is done."""
+        cancel = await self.start(call.messages, call.options)
+        events = self.runner.events(cancel, call.messages, call.options, keepalive_seconds=self.keepalive_seconds)
+        if call.stream:
+            return self.sse(request, stream(events))
+        try:
+            result = await self.collect(request, cancel, events, consume)
+        finally:
+            await events.aclose()
+        request.state.tokens = tokens(result)
+        return JSONResponse(result)
 
     async def start(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> threading.Event:
         """Check the prompt fits (no message is ever dropped for the API), then take a place in the queue."""

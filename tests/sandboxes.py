@@ -9,15 +9,19 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 
+from ossrun.tools import PythonSandbox, SandboxLimits
+from ossrun.tools import sandbox as sandbox_module
 from ossrun.tools.sandbox import CHILD
 
 ORDINARY_UID = 1000  # the user root's tests run the sandbox as
@@ -104,6 +108,22 @@ REPORT = ATTEMPT + textwrap.dedent("""
         "forks": forks(), "threads": threads(), "network": network(),
     }}))
     """)
+
+
+def files_in(box) -> dict[str, str]:
+    """What the working directory holds, seen from a run (on the host it is an empty folder)."""
+    code = ("import os, stat, json\n"
+            "kinds = {stat.S_IFREG: 'regular file', stat.S_IFDIR: 'folder', stat.S_IFLNK: 'link'}\n"
+            "print(json.dumps({n: kinds.get(stat.S_IFMT(os.lstat(n).st_mode), 'other') for n in os.listdir('.')}))")
+    result = box.run(code)
+    assert result.ok, result.text()
+    return json.loads(result.stdout)
+
+
+def owner_in(box, name: str) -> int:
+    result = box.run(f"import os\nprint(os.lstat({name!r}).st_uid)")
+    assert result.ok, result.text()
+    return int(result.stdout)
 
 
 def report(box, port: int) -> dict:
@@ -204,58 +224,148 @@ def python_under_seccomp(tmp_path: Path) -> str:
     return str(wrapper)
 
 
-def python_without_user_namespaces(tmp_path: Path, python: str = sys.executable, uid: int = 0) -> str:
-    """``python`` run as ``uid`` (root keeps root's capabilities) on a system where user namespaces
-    are turned off: a user namespace mapping ids 0-65535 to themselves (nobody among them) whose
-    limit of further user namespaces is 0. Needs root, to map more ids than its own."""
-    wrapper = tmp_path / f"python-without-user-namespaces-{uid}"
-    wrapper.write_text(f"#!{sys.executable} -I\n" + textwrap.dedent(f"""
-        import ctypes, os, sys
-        ready, go = os.pipe()
-        mapper = os.fork()
-        if mapper == 0:  # stays outside and maps the ids of the namespace its parent makes
-            os.close(go)
-            os.read(ready, 1)
-            for name in ("uid_map", "gid_map"):
-                with open(f"/proc/{{os.getppid()}}/{{name}}", "w") as f:
-                    f.write("0 0 65536")
-            os._exit(0)
-        os.close(ready)
-        if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:  # CLONE_NEWUSER
-            sys.exit("cannot make a user namespace")
-        os.write(go, b"1")
-        os.waitpid(mapper, 0)
-        with open("/proc/sys/user/max_user_namespaces", "w") as f:
-            f.write("0")
-        if {uid}:
-            os.setgroups([])
-            os.setresgid({uid}, {uid}, {uid})
-            os.setresuid({uid}, {uid}, {uid})
-        os.execv({python!r}, [{python!r}, *sys.argv[1:]])
-        """))
-    wrapper.chmod(0o755)
-    return str(wrapper)
+class _NoUserNamespaces:
+    """A system where user namespaces are turned off, simulated (needs root): a user namespace
+    mapping ids 0-65535 to themselves (nobody among them) whose limit of further user namespaces
+    is 0, held by a process for the test's length, so every interpreter started in it shares it
+    (and the mount namespaces root makes there), as on such a system."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.holder = subprocess.Popen([sys.executable, "-I", "-c", textwrap.dedent("""
+            import ctypes, os, sys
+            ready, go = os.pipe()
+            mapper = os.fork()
+            if mapper == 0:  # stays outside and maps the ids of the namespace its parent makes
+                os.close(go)
+                os.read(ready, 1)
+                for name in ("uid_map", "gid_map"):
+                    with open(f"/proc/{os.getppid()}/{name}", "w") as f:
+                        f.write("0 0 65536")
+                os._exit(0)
+            os.close(ready)
+            if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:  # CLONE_NEWUSER
+                sys.exit("cannot make a user namespace")
+            os.write(go, b"1")
+            os.waitpid(mapper, 0)
+            with open("/proc/sys/user/max_user_namespaces", "w") as f:
+                f.write("0")
+            print("ready", flush=True)
+            sys.stdin.read()
+            """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.holder.stdout.readline() == "ready\n"
+
+    def python(self, python: str = sys.executable, uid: int = 0) -> str:
+        """``python`` run in that namespace as ``uid`` (root keeps root's capabilities there)."""
+        wrapper = self.folder / f"python-without-user-namespaces-{uid}"
+        wrapper.write_text(f"#!{sys.executable} -I\n" + textwrap.dedent(f"""
+            import ctypes, os, sys
+            fd = os.open("/proc/{self.holder.pid}/ns/user", os.O_RDONLY)
+            if ctypes.CDLL(None, use_errno=True).setns(fd, 0x10000000) != 0:  # CLONE_NEWUSER
+                sys.exit("cannot enter the user namespace")
+            os.close(fd)
+            if {uid}:
+                os.setgroups([])
+                os.setresgid({uid}, {uid}, {uid})
+                os.setresuid({uid}, {uid}, {uid})
+            os.execv({python!r}, [{python!r}, *sys.argv[1:]])
+            """))
+        wrapper.chmod(0o755)
+        return str(wrapper)
+
+    def close(self) -> None:
+        self.holder.stdin.close()
+        self.holder.wait()
+
+
+@pytest.fixture
+def without_user_namespaces(tmp_path):
+    system = _NoUserNamespaces(tmp_path)
+    yield system
+    system.close()
 
 
 BECOME_ORDINARY = ["setpriv", f"--reuid={ORDINARY_UID}", f"--regid={ORDINARY_UID}", "--clear-groups", "--"]
+JAIL_MODULES = ("sandbox_child.py", "sandbox_jail.py", "sandbox_mounts.py", "sandbox_bounds.py", "sandbox_seccomp.py")
 
 
-def python_an_ordinary_user_runs() -> Optional[str]:
-    """As root: this interpreter, or the system's where this one is out of reach of uid
-    ``ORDINARY_UID``, if that user can run it and read ossrun's tools; else None."""
-    for python in (sys.executable, shutil.which("python3", path="/usr/bin:/bin")):
-        check = [*BECOME_ORDINARY, "/bin/sh", "-c", 'exec "$0" "$@"', python, "-I", "-c", f"open({str(CHILD)!r}).close()"]
-        if python and subprocess.run(check, capture_output=True).returncode == 0:  # a plain execve, as the wrappers do
+@dataclass
+class OrdinaryUser:
+    """Who runs the code in the tests of an ordinary user: as root, uid ``ORDINARY_UID`` through
+    ``setpriv`` (``python`` is then the interpreter that runs as them); as anyone else, themselves."""
+
+    uid: int
+    python: Optional[str] = None
+    interpreter: str = sys.executable  # what ``python`` runs
+    cgroups: Optional[Any] = None  # what ossrun.tools.cgroups.find() gives that user
+
+    def wrap(self, python: str) -> str:
+        """``python`` (which that user may run) as run by them."""
+        if self.python is None:
             return python
-    return None
+        wrapper = Path(self.python).with_name(f"as-an-ordinary-user-{uuid.uuid4().hex}")
+        wrapper.write_text(f"#!/bin/sh\nexec {' '.join(BECOME_ORDINARY)} {python} \"$@\"\n")
+        wrapper.chmod(0o755)
+        return str(wrapper)
+
+    def sandbox(self, limits: Optional[SandboxLimits] = None, **options: Any) -> PythonSandbox:
+        box = PythonSandbox(limits or SandboxLimits(), python=options.pop("python", self.python), **options)
+        if os.geteuid() == 0 and self.uid != 0:
+            for folder in (box.workdir.parent, box.workdir):  # where root made them for that user
+                os.chown(folder, self.uid, self.uid)
+        return box
 
 
-def python_as_an_ordinary_user(tmp_path: Path, python: str) -> str:
-    """As root: ``python`` run as uid ``ORDINARY_UID``, through ``setpriv``."""
-    wrapper = tmp_path / "python-as-an-ordinary-user"
-    wrapper.write_text(f"#!/bin/sh\nexec {' '.join(BECOME_ORDINARY)} {python} \"$@\"\n")
-    wrapper.chmod(0o755)
-    return str(wrapper)
+def cgroups_of(uid: int) -> Any:
+    """What ``cgroups.find()`` gives ``uid`` (root only: the real and effective ids, for a moment)."""
+    from ossrun.tools import cgroups
+
+    os.setresgid(uid, uid, 0)
+    os.setresuid(uid, uid, 0)
+    try:
+        return cgroups.find()
+    finally:
+        os.setresuid(0, 0, 0)
+        os.setresgid(0, 0, 0)
+
+
+@pytest.fixture
+def ordinary_user(monkeypatch) -> Iterator[OrdinaryUser]:
+    """As root: uid ``ORDINARY_UID`` runs the code, with this interpreter where they may run it,
+    else the system's, and a copy of the jail's modules they may read (ossrun's own folder may be
+    out of their reach); ossrun finds the cgroups that user would find."""
+    if os.geteuid() != 0:
+        yield OrdinaryUser(os.geteuid())
+        return
+    shared = Path(tempfile.mkdtemp(prefix="ossrun-test-jail-"))
+    shared.chmod(0o755)
+    try:
+        for name in JAIL_MODULES:
+            shutil.copy(CHILD.with_name(name), shared / name)
+            (shared / name).chmod(0o644)
+        monkeypatch.setattr(sandbox_module, "CHILD", shared / CHILD.name)
+        python = next((p for p in (sys.executable, shutil.which("python3", path="/usr/bin:/bin")) if p and subprocess.run(
+            [*BECOME_ORDINARY, "/bin/sh", "-c", 'exec "$0" "$@"', p, "-I", "-c", "import ctypes"],  # a plain execve
+            capture_output=True).returncode == 0), None)
+        if python is None:
+            pytest.fail(f"no Python here that uid {ORDINARY_UID} may run")
+        wrapper = shared / "python-as-an-ordinary-user"
+        wrapper.write_text(f"#!/bin/sh\nexec {' '.join(BECOME_ORDINARY)} {python} \"$@\"\n")
+        wrapper.chmod(0o755)
+        found = cgroups_of(ORDINARY_UID)
+        monkeypatch.setattr(sandbox_module.cgroups, "find", lambda: found)
+        yield OrdinaryUser(ORDINARY_UID, str(wrapper), python, found)
+    finally:
+        shutil.rmtree(shared)
+
+
+@pytest.fixture
+def shared_folder() -> Iterator[Path]:
+    """A folder anyone may read (pytest's own are root's alone), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="ossrun-test-shared-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def names_on_the_way(folder: str, paths: list[str]) -> set[str]:

@@ -13,13 +13,27 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
 
 import pytest
-from sandboxes import (ATTEMPT, CONNECT, ORDINARY_UID, expected_root, host_processes, local_server,  # noqa: F401
-                       UNSHARE_SYSCALL, marker, names_on_the_way, python_an_ordinary_user_runs,
-                       python_as_an_ordinary_user, python_under_seccomp, python_without_namespaces,
-                       python_without_user_namespaces, report, util_linux)
+from sandboxes import (  # noqa: F401
+    ATTEMPT,
+    CONNECT,
+    ORDINARY_UID,
+    UNSHARE_SYSCALL,
+    expected_root,
+    files_in,
+    host_processes,
+    local_server,
+    marker,
+    names_on_the_way,
+    ordinary_user,
+    owner_in,
+    python_under_seccomp,
+    python_without_namespaces,
+    report,
+    util_linux,
+    without_user_namespaces,
+)
 
 from ossrun.tools import PythonSandbox, SandboxLimits
 
@@ -43,11 +57,12 @@ def test_the_code_sees_only_python_the_system_and_its_working_directory(sandbox,
     seen = report(sandbox, port)
     assert seen["root"] == expected_root(seen["python"], str(sandbox.workdir))
     assert "home" not in seen["root"] and "run" not in seen["root"] and "var" not in seen["root"]
-    in_tmp = sorted({sandbox.workdir.name} | names_on_the_way("/tmp", seen["python"]))  # a venv in /tmp is seen too
+    in_tmp = sorted({sandbox.workdir.parent.name} | names_on_the_way("/tmp", seen["python"]))  # a venv in /tmp is seen too
     assert seen["dev"] == DEVICES and seen["tmp"] == in_tmp
     # The pipes to ossrun, sys.stdin (/dev/null) and the one listing them: no descriptor of the jail's.
     assert seen["fds"] == ["0", "1", "2", "3", "4"]
-    assert seen["cwd"] == str(sandbox.workdir) and (sandbox.workdir / "written").exists()
+    assert seen["cwd"] == str(sandbox.workdir) and files_in(sandbox) == {"written": "regular file", "tmp-file": "regular file"}
+    assert list(sandbox.workdir.iterdir()) == []  # on the host: the session's tmpfs is not there
     # Writable: the working directory, /tmp and /dev/shm; the rest is read-only.
     assert seen["write"] == {"tmp-file": "ok", "/tmp/file": "ok", "/dev/shm/file": "ok",
                              "/file": "EROFS", "/etc/file": "EROFS", seen["python"][0] + "/file": "EROFS"}
@@ -142,7 +157,7 @@ def test_the_code_cannot_make_its_view_writable(sandbox):
         target = sys.prefix.encode()
         attempt("remount", libc.mount(None, target, None, MS_REMOUNT | MS_BIND, None))
         attempt("unmount", libc.umount2(b"/usr", 2))
-        attempt("unshare", libc.unshare(0x10000000 | 0x00020000))  # a user and mount namespace of its own
+        attempt("unshare", libc.unshare(0x10000000 | 0x00020000))  # a user and mount namespace of its own: refused
         attempt("private", libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None))
         attempt("remount", libc.mount(None, target, None, MS_REMOUNT | MS_BIND, None))
         try:
@@ -151,8 +166,9 @@ def test_the_code_cannot_make_its_view_writable(sandbox):
             print("write", errno.errorcode[exc.errno])
         """)
     result = sandbox.run(code)
-    # In a namespace of its own it may remount nothing read-only as writable: those mounts are locked.
-    assert result.stdout == "remount EPERM\nunmount EPERM\nunshare ok\nprivate ok\nremount EPERM\nwrite EROFS\n", result.text()
+    # No namespace of its own (the seccomp filter), and no mount call at all.
+    assert result.stdout == "remount EPERM\nunmount EPERM\nunshare EPERM\nprivate EPERM\nremount EPERM\nwrite EROFS\n", \
+        result.text()
 
 
 def test_the_code_sees_only_its_own_processes(sandbox, local_server):
@@ -191,7 +207,7 @@ def test_no_process_outlives_its_run(marker, ending):
             box.run("pass")  # the probe, before the clock starts
             threading.Timer(1.5, cancel.set).start()
         result = box.run(code, cancel=cancel)
-        assert all((box.workdir / name).exists() for name in ("child", "session", "daemon")), result.text()
+        assert {"child", "session", "daemon"} <= set(files_in(box)), result.text()
     assert result.stdout.startswith("started\n"), result.text()
     assert result.status == {"end": "exit status 0", "timeout": "killed: timed out after 3 seconds",
                              "cancel": "killed: interrupted by the user",
@@ -222,30 +238,18 @@ def test_roots_code_runs_as_nobody_without_capabilities(sandbox, local_server):
     seen = report(sandbox, port)
     assert (seen["uid"], seen["gid"], seen["groups"]) == (NOBODY, NOBODY, [])
     assert seen["capabilities"] == "0000000000000000" and seen["no_new_privs"] == "1"
-    assert (sandbox.workdir / "written").stat().st_uid == NOBODY  # not root's files
+    assert owner_in(sandbox, "written") == NOBODY  # not root's files
     assert seen["forks"] == [63, "EAGAIN"]  # RLIMIT_NPROC, which root is exempt from, applies
     assert seen["network"] == "ENETUNREACH" and accepted == []
 
 
-def ordinary_user(tmp_path) -> tuple[Optional[str], int]:
-    """An interpreter that runs as an ordinary user, and their uid: as root, uid 1000 (through
-    setpriv); as anyone else, themselves."""
-    if os.geteuid() != 0:
-        return None, os.geteuid()
-    python = python_an_ordinary_user_runs()
-    if python is None:
-        pytest.skip(f"no Python here that uid {ORDINARY_UID} may run with ossrun's tools")
-    return python_as_an_ordinary_user(tmp_path, python), ORDINARY_UID
-
-
-def test_an_ordinary_user_gets_the_same_jail(tmp_path, local_server):
-    python, uid = ordinary_user(tmp_path)
+def test_an_ordinary_user_gets_the_same_jail(ordinary_user, local_server):
     port, accepted = local_server
-    with PythonSandbox(SandboxLimits(processes=12), python=python) as box:
-        os.chown(box.workdir, uid, uid)  # where root made it for that user
-        assert box.isolation == "user namespaces" and box.notices() == []
+    uid = ordinary_user.uid
+    with ordinary_user.sandbox(SandboxLimits(processes=12)) as box:
+        assert box.isolation == "user namespaces"
         seen = report(box, port)
-        assert (box.workdir / "written").stat().st_uid == uid
+        assert owner_in(box, "written") == uid
         # What the user's Python needs, less what the user may not reach (as root runs it: /root).
         assert {"dev", "etc", "proc", "tmp", "usr"} <= set(seen["root"]) <= set(expected_root(seen["python"], str(box.workdir)))
     assert seen["uid"] == uid and seen["capabilities"] == "0000000000000000" and seen["no_new_privs"] == "1"
@@ -256,9 +260,9 @@ def test_an_ordinary_user_gets_the_same_jail(tmp_path, local_server):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mapping nobody in the simulated system takes root")
-def test_without_user_namespaces_root_still_jails_the_code(tmp_path, local_server):
+def test_without_user_namespaces_root_still_jails_the_code(without_user_namespaces, local_server):
     port, accepted = local_server
-    with PythonSandbox(SandboxLimits(processes=12), python=python_without_user_namespaces(tmp_path)) as box:
+    with PythonSandbox(SandboxLimits(processes=12), python=without_user_namespaces.python()) as box:
         assert box.isolation == "namespaces made by root"
         assert box.notices() == []
         assert "Internet access for this session is disabled." in box.description()
@@ -293,12 +297,9 @@ def assert_not_isolated(box, reason, port, accepted, visible):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mapping an ordinary user in the simulated system takes root")
-def test_an_ordinary_user_without_user_namespaces_is_told(tmp_path, local_server):
-    python = python_an_ordinary_user_runs()
-    if python is None:
-        pytest.skip(f"no Python here that uid {ORDINARY_UID} may run with ossrun's tools")
-    with PythonSandbox(python=python_without_user_namespaces(tmp_path, python, uid=ORDINARY_UID)) as box:
-        os.chown(box.workdir, ORDINARY_UID, ORDINARY_UID)
+def test_an_ordinary_user_without_user_namespaces_is_told(ordinary_user, without_user_namespaces, local_server):
+    python = without_user_namespaces.python(ordinary_user.interpreter, uid=ORDINARY_UID)
+    with ordinary_user.sandbox(python=python) as box:
         reason = "user namespaces are not allowed here (the sysctl user.max_user_namespaces is 0)"
         assert_not_isolated(box, reason, *local_server, visible="/work" if Path("/work").exists() else "/usr")
 

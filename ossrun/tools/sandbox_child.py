@@ -1,9 +1,16 @@
 """The first code a python-tool process runs, before the model's: isolation, then limits, then the code.
 
-Run as a script (``python -I sandbox_child.py CONFIG``), never imported by ossrun:
-``unshare`` needs a process with no threads yet. The jail (``sandbox_jail.py``) returns
-in the process that runs the code, which then sets its limits. The code comes on stdin;
-like a notebook cell, the value of a final expression is printed.
+Run as a script (``python -I sandbox_child.py CONFIG``) from ``/``, never imported by ossrun:
+``unshare`` needs a process with no threads yet. Two kinds of process:
+
+- a session's holder (``"hold": true``): makes the session's namespaces (``sandbox_jail.hold``),
+  says so on stdout as one JSON line, waits until ossrun has taken them ("go" on stdin), then,
+  as a probe, makes a run without code to show that the whole jail can be made here;
+- a run: joins the session (its descriptors are named in CONFIG), enters the jail, sets its
+  limits and the seccomp filter (``sandbox_seccomp.py``) and runs the code that came on stdin;
+  like a notebook cell, the value of a final expression is printed.
+
+Where ossrun found no jail possible, a run only sets the limits, in the working directory.
 """
 
 import ast
@@ -26,22 +33,64 @@ def set_limits(config):
             resource.setrlimit(getattr(resource, name), (value, value))
     cpu = config["cpu_seconds"]
     if cpu is not None:
-        # The soft limit sends SIGXCPU; the hard one, a second later, SIGKILL.
+        # The soft limit sends SIGXCPU; the hard one, a second later, SIGKILL. In the jail, init
+        # ends the run at the bound for all its processes together: each one's is a second later.
+        cpu += 1 if config["isolate"] else 0
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 
 
-def isolate(config):
-    """Enter the jail; return how the code is isolated, in the code's process only."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the jail's modules, beside this one
+def jail_modules():
+    """The jail's modules, beside this one; the code's imports do not see them (nor ossrun's tools)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
+        import sandbox_bounds
         import sandbox_jail
+        import sandbox_seccomp
     finally:
-        del sys.path[0]  # not the code's: its imports do not see ossrun's tools
+        del sys.path[0]
+    return sandbox_bounds, sandbox_jail, sandbox_seccomp
+
+
+def refuse(message):
+    sys.stderr.write(f"cannot isolate the code: {message}\n")
+    sys.exit(ISOLATION_UNAVAILABLE_EXIT)
+
+
+def isolate(config):
+    """Enter the jail; return (how the code is isolated, its totals), in the code's process only."""
+    bounds, jail, _ = jail_modules()
     try:
-        return sandbox_jail.enter(config["workdir"], network=config["network"], tmp_bytes=config["file_bytes"])
-    except sandbox_jail.Refused as exc:
-        sys.stderr.write(f"cannot isolate the code: {exc}\n")
-        sys.exit(ISOLATION_UNAVAILABLE_EXIT)
+        jail.new_session_keyring()
+        try:
+            totals = bounds.Totals(config)  # the run's cgroup files, opened while the host's are in view
+        except OSError as exc:
+            raise jail.Refused(f"cannot open the run's cgroup ({jail.reason(exc)})") from None
+        if config.get("hold"):
+            how = jail.hold(config["workdir"], disk_bytes=config["disk_bytes"], disk_files=config["disk_files"])
+            print(json.dumps({"held": how}), flush=True)
+            if sys.stdin.readline().strip() != "go" or not config["probe"]:
+                sys.exit(0)
+        else:
+            how = config["isolation"]
+            jail.join(config.get("user_fd"), config["mount_fd"])
+        how = jail.enter(config["workdir"], totals, network=config["network"], how=how,
+                         report_fd=config.get("report_fd"), tmp_bytes=config["disk_bytes"],
+                         tmp_files=config["disk_files"])
+    except jail.Refused as exc:
+        refuse(exc)
+    return how, totals
+
+
+def filter_system_calls(totals):
+    """Install the seccomp filter; say why not where it cannot be."""
+    _, _, seccomp = jail_modules()
+    if not seccomp.supported():
+        return f"system calls are not filtered on {os.uname().machine}"
+    try:
+        seccomp.install(refuse_memfd=not totals.memory_enforced, keep_sigchld=not totals.cpu_counted)
+    except OSError as exc:
+        return f"system calls are not filtered ({exc.strerror})"
+    return None
 
 
 def run_cell(source):
@@ -61,12 +110,19 @@ def run_cell(source):
 
 def main():
     config = json.loads(sys.argv[1])
-    source = sys.stdin.read()  # before the jail: each process it forks has the code in memory
-    how = isolate(config) if config["isolate"] else "none"
-    if config["probe"]:
-        sys.stdout.write(how)
-        return
-    set_limits(config)
+    source = "" if config.get("hold") else sys.stdin.read()  # before the jail: each process it forks has it
+    if config["isolate"]:
+        how, totals = isolate(config)
+        if config["probe"]:
+            sys.stdout.write(json.dumps({"isolation": how, "unfiltered": filter_system_calls(totals)}))
+            return
+        set_limits(config)
+        unfiltered = filter_system_calls(totals) if config["seccomp"] else None
+        if unfiltered:
+            refuse(unfiltered)
+    else:
+        os.chdir(config["workdir"])
+        set_limits(config)
     sys.stdin = open(os.devnull)
     sys.argv = [""]
     sys.path.insert(0, os.getcwd())  # modules written by earlier runs can be imported

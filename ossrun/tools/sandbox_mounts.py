@@ -1,10 +1,19 @@
 """The file system the python tool's code sees, built in the run's own mount namespace.
 
-Read-only: the system's programs, libraries and configuration (``SYSTEM_PATHS``) and the Python
-that runs the code (its prefixes and each entry of its ``sys.path``, wherever they are, a home
-directory included). Read-write: the working directory. Fresh and empty for each run: ``/tmp``
-and ``/dev/shm``; ``/dev`` holds only ``DEVICES``; ``/proc`` shows the run's own processes.
-Nothing else of the machine: home directories, ``/run`` and its sockets, ``/var``, ``/sys``.
+Read-only: the system's programs, libraries and configuration (``SYSTEM_PATHS``) and what the
+Python that runs the code needs to start and import (:func:`python_paths`): its prefixes' ``lib``
+folders and executables, the folders of ``sys.path`` that are an installation's (the standard
+library, site-packages), of any other folder on ``sys.path`` (a project root an editable install
+adds) only the packages, modules and distribution metadata in it, never the rest (a ``.env``, a
+``.git``, a key), and the shared libraries it has loaded. Read-write: the working directory (the
+session's tmpfs, see sandbox_jail.py). Fresh and empty for each run, bounded in bytes and files:
+``/tmp`` and ``/dev/shm``; ``/dev`` holds only ``DEVICES``; ``/proc`` shows the run's own
+processes. Nothing else of the machine: home directories, ``/run`` and its sockets, ``/var``, ``/sys``.
+
+Every path is taken from this process, which runs in ``/`` (never in a folder the code can
+write): relative entries of ``sys.path`` are dropped, and nothing that resolves into the
+session's own folder is bound but the working directory itself, so no file the code made in
+one run can choose what the next one binds.
 
 The new root is a tmpfs mounted over ``/tmp``: each path is bound into it from a descriptor
 opened beforehand (so paths under the old ``/tmp`` stay reachable), then ``pivot_root`` makes
@@ -14,6 +23,7 @@ outside. Run by sandbox_child.py, never imported by ossrun: the standard library
 """
 
 import ctypes
+import importlib.machinery
 import os
 import re
 import stat
@@ -34,41 +44,119 @@ FRESH = {
     "/tmp": ("tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
 }
 STAGE = "/tmp"  # where the new root is put together before it becomes /
+# Files of /proc about the host rather than the run: the keys of every user (their descriptions
+# readable by anyone of the same uid), timers and scheduling of every process, kernel memory.
+MASKED_PROC = ("keys", "key-users", "timer_list", "sched_debug", "kcore", "latency_stats", "kallsyms")
 
 libc = ctypes.CDLL(None, use_errno=True)
 
 
 def python_paths():
-    """Where the interpreter that runs the code lives, the modules it imports and the shared
-    libraries it has loaded (libpython, libffi... wherever they are)."""
-    executable_dir = os.path.dirname(os.path.realpath(sys.executable))
+    """What the interpreter that runs the code needs to start and to import what is installed."""
+    prefixes = dict.fromkeys((sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix))
+    paths = [os.path.join(prefix, name) for prefix in prefixes for name in ("lib", "lib64", "pyvenv.cfg")]
+    paths += [os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))]
+    for entry in sys.path:
+        if not os.path.isabs(entry):
+            continue  # resolved against the current folder: not the installation's to say
+        if os.path.isfile(entry) or _installed(entry, prefixes):
+            paths.append(entry)  # a zip of the standard library, site-packages
+        else:
+            paths += importable(entry)  # a project folder: only what import finds in it
+    paths += editable_packages()
+    return paths + loaded_libraries()
+
+
+def _installed(folder, prefixes):
+    """Whether ``folder`` is an installation's own: under a prefix's lib folder, or a site-packages."""
+    libraries = [os.path.join(prefix, name) + "/" for prefix in prefixes for name in ("lib", "lib64")]
+    return os.path.basename(folder.rstrip("/")) in ("site-packages", "dist-packages") or \
+        any((folder.rstrip("/") + "/").startswith(lib) for lib in libraries)
+
+
+MODULE_SUFFIXES = tuple(importlib.machinery.all_suffixes())  # .py, .pyc, extension modules
+
+
+def importable(folder):
+    """The parts of ``folder`` (a folder on ``sys.path``) that import can use: packages and
+    namespace packages, modules, extension modules and distributions' metadata."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        name = entry.name
+        if name.startswith("."):
+            continue
+        if entry.is_dir():
+            if name.endswith((".dist-info", ".egg-info")) or (name.isidentifier() and _holds_modules(entry.path, 2)):
+                found.append(entry.path)
+        elif entry.is_file() and name.endswith(MODULE_SUFFIXES) and name.split(".")[0].isidentifier():
+            found.append(entry.path)
+    return found
+
+
+def _holds_modules(folder, depth):
+    """Whether ``folder`` holds a module, or (``depth`` levels down) a package that does."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    if any(entry.name.endswith(MODULE_SUFFIXES) and entry.is_file() for entry in entries):
+        return True
+    return depth > 1 and any(entry.name.isidentifier() and entry.is_dir() and _holds_modules(entry.path, depth - 1)
+                             for entry in entries)
+
+
+def editable_packages():
+    """The folders of packages installed in development mode through a finder (setuptools' editable
+    installs map each package to its own folder, not to its project's)."""
+    paths = []
+    for finder in sys.meta_path:
+        mapping = getattr(sys.modules.get(getattr(finder, "__module__", "")), "MAPPING", None)
+        if isinstance(mapping, dict):
+            paths += [path for path in mapping.values() if isinstance(path, str) and os.path.isabs(path)]
+    return paths
+
+
+def loaded_libraries():
+    """The shared libraries this interpreter has loaded (libpython, libffi... wherever they are)."""
     with open("/proc/self/maps") as f:
         mapped = [line.split(None, 5) for line in f]
-    library_dirs = sorted({os.path.dirname(fields[5].strip()) for fields in mapped
-                           if len(fields) == 6 and fields[5].startswith("/") and ".so" in fields[5]})
-    return (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, executable_dir, *sys.path, *library_dirs)
+    return sorted({fields[5].strip() for fields in mapped if len(fields) == 6 and fields[5].startswith("/")
+                   and ".so" in fields[5] and not fields[5].strip().endswith(" (deleted)")})
 
 
 class View:
     """What the code will see: host paths to bind (read-only or writable) and the links leading to them."""
 
-    def __init__(self, workdir, tmp_bytes=None, network=False):
-        self.tmp_bytes = tmp_bytes
+    def __init__(self, workdir, *, private=None, tmp_bytes=None, tmp_files=None, network=False):
+        self.tmp_options = "".join((f",size={tmp_bytes}" if tmp_bytes else "", f",nr_inodes={tmp_files}" if tmp_files else ""))
+        self.private = os.path.realpath(private) if private else None  # the session's folder: the code's alone
         self.binds = {}  # real path -> writable
         self.links = {}  # path of a symbolic link -> its target, as on the host
-        for path in SYSTEM_PATHS + python_paths():
+        for path in SYSTEM_PATHS + tuple(python_paths()):
             self.add(path, writable=False)
         if network:  # name resolution, where /etc/resolv.conf leads elsewhere (systemd-resolved's /run/...)
             self.add("/etc/resolv.conf", writable=False)
-        self.workdir = self.add(workdir, writable=True)  # its real path, the one to enter
+        self.workdir = self.add(workdir, writable=True, private_ok=True)  # its real path, the one to enter
 
-    def add(self, path, writable):
-        """Bind ``path`` (if it exists) and the links on the way to it; return its real path."""
-        if not path or not os.path.exists(path):
+    def add(self, path, writable, private_ok=False):
+        """Bind ``path`` (if it exists) and the links on the way to it; return its real path.
+
+        Nothing is bound from the session's own folder (but the working directory), nor the whole
+        host, nor over what is made anew."""
+        if not path or not os.path.isabs(path) or not os.path.exists(path):
             return None
-        real = resolve(os.path.abspath(path), self.links)
-        if real != "/" and real not in FRESH and not real.startswith("/proc/"):  # never the whole host, nor over what is made anew
-            self.binds[real] = self.binds.get(real, False) or writable
+        links = {}
+        real = resolve(os.path.abspath(path), links)
+        if real == "/" or real in FRESH or real.startswith("/proc/"):
+            return real
+        if self.private and not private_ok and any(_within(p, self.private) for p in (real, *links)):
+            return None
+        self.links.update(links)
+        self.binds[real] = self.binds.get(real, False) or writable
         return real
 
     def mounts(self):
@@ -98,6 +186,7 @@ class View:
                 self._make(STAGE + path, kind, detail, sources.get(path))
             _lock_binds(kept, host_mounts)
             mount(None, STAGE + "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            _mask_proc()
         finally:
             for fd in sources.values():
                 os.close(fd)
@@ -120,10 +209,19 @@ class View:
             mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
         else:
             fstype, flags, options = FRESH[target[len(STAGE):]]
-            if options and "size=" not in options and self.tmp_bytes:
-                options += f",size={self.tmp_bytes}"
+            if fstype == "tmpfs" and "size=" not in options:
+                options += self.tmp_options
             os.makedirs(target, mode=0o755, exist_ok=True)
             mount(fstype, target, fstype, flags, options)
+
+
+def _mask_proc():
+    """/dev/null over the files of /proc that show the host's, not the run's (as Docker does)."""
+    for name in MASKED_PROC:
+        target = f"{STAGE}/proc/{name}"
+        if os.path.isfile(target):
+            mount(STAGE + "/dev/null", target, None, MS_BIND)
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)  # a device: not nodev
 
 
 def resolve(path, links, depth=0):
@@ -145,6 +243,10 @@ def resolve(path, links, depth=0):
         else:
             real = candidate
     return real
+
+
+def _within(path, folder):
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _holder(path, paths):

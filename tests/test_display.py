@@ -9,9 +9,21 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 
-from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, Prefill, ReasoningDelta, Reply, Timings, ToolCall, Usage
+from ossrun.events import (
+    CommentaryDelta,
+    Done,
+    FinalDelta,
+    Notice,
+    Prefill,
+    ReasoningDelta,
+    Reply,
+    Timings,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
 from ossrun.terminal import markdown_stream
-from ossrun.terminal.display import Screen, TurnView, stats_line
+from ossrun.terminal.display import Screen, TurnView, stats_line, visible
 from ossrun.terminal.markdown_stream import AlignedMarkdown, MarkdownStream
 
 WIDTH, HEIGHT = 72, 24
@@ -204,3 +216,47 @@ def test_no_color_keeps_colour_codes_off(monkeypatch):
 def test_stats_line_when_everything_was_cached():
     line = stats_line(reply(usage=Usage(50, 50, 3), timings=Timings(0.0, 0.1, 0, 3), context_used=53, context_size=4096))
     assert line == "prompt 50 tokens (0 new) · prefill cached · decode 3 tokens at 30.0 tok/s · context 53/4096 (1%)"
+
+
+OSC52 = "\x1b]52;c;aGFja2Vk\x07"  # writes the clipboard
+REWRITE = "\r\x1b[2K\x1b[1A\x1b[2K"  # carriage return, erase the line, up one, erase it
+STYLING = re.compile(r"\x1b\[[0-9;]*m")  # rich's own colours and dimming
+
+
+def test_control_characters_from_the_model_and_its_code_are_shown_not_obeyed_on_a_terminal():
+    code = f"print('safe')\nprint({OSC52!r}){REWRITE}import os; os.system('rm -rf ~')  # \u202e hidden\x0cpage"
+    events = [ReasoningDelta(f"plan{OSC52}"), CommentaryDelta(f"note{REWRITE}"), ToolCall("python", code),
+              ToolResult(ToolCall("python", code), f"out{OSC52}\x1b[31mred\x08\x7f"), Notice(f"odd{REWRITE}"),
+              FinalDelta(f"The answer{OSC52} is{REWRITE} here.")]
+    for color in (None, "truecolor"):
+        out, err = io.StringIO(), io.StringIO()
+        with TurnView(Screen(terminal(out, color), terminal(err, color)), stats=False) as view:
+            for event in events:
+                view.handle(event)
+        live = re.compile(r"\x1b\[(\?25[lh]|2K|1A)|\r")  # the live answer's own: cursor hidden and shown, lines redrawn
+        for bare in (STYLING.sub("", live.sub("", out.getvalue())), STYLING.sub("", err.getvalue())):
+            assert "\x1b" not in bare and "\x07" not in bare and "\r" not in bare and "\x08" not in bare
+            assert "\u202e" not in bare and "\x0c" not in bare
+        shown = STYLING.sub("", err.getvalue())
+        # The code is shown whole, each of its lines under "→ python", its controls written out.
+        assert ("→ python\n  print('safe')\n  print('\\x1b]52;c;aGFja2Vk\\x07')\\x0d\\x1b[2K\\x1b[1A\\x1b[2Kimport os; "
+                "os.system('rm -rf ~')  # \\u202e hidden\\x0cpage\n") in shown
+        assert "plan\\x1b]52;c;aGFja2Vk\\x07" in shown and "← python: out\\x1b]52;c;aGFja2Vk\\x07\\x1b[31mred\\x08\\x7f" in shown
+        assert "note: odd\\x0d\\x1b[2K\\x1b[1A\\x1b[2K" in shown
+        answer = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+        assert "The answer\\x1b]52;c;aGFja2Vk\\x07 is\\x0d\\x1b[2K\\x1b[1A\\x1b[2K here." in answer
+
+
+def test_control_characters_stay_as_they_are_off_a_terminal():
+    out, err = io.StringIO(), io.StringIO()
+    with TurnView(Screen.create(out, err), stats=False) as view:
+        for event in [ReasoningDelta(f"plan{OSC52}"), ToolCall("python", f"print(1){REWRITE}"), FinalDelta(f"answer{OSC52}")]:
+            view.handle(event)
+    assert out.getvalue() == f"answer{OSC52}\n"
+    assert f"plan{OSC52}" in err.getvalue() and f"→ python\n  print(1){REWRITE}\n" in err.getvalue()
+
+
+def test_visible_writes_out_what_a_terminal_would_obey():
+    assert visible("a\tb\nc") == "a\tb\nc"
+    assert visible("\x1b[2J\r\x00\x9b\u2028\u2066x") == "\\x1b[2J\\x0d\\x00\\x9b\\u2028\\u2066x"
+    assert visible("café ☕ 中文 👍🏽") == "café ☕ 中文 👍🏽"

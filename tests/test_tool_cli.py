@@ -245,3 +245,38 @@ def test_repl_counts_the_tool_declarations_in_what_a_change_costs(encoding, func
     (announced,) = [int(n) for n in re.findall(r"re-processes (\d+) tokens", transcript)]
     prompt = repl.model.render(repl.conversation.messages, reasoning_effort="high", tools=toolbox)
     assert announced == len(prompt) - common_prefix_length(engine.evaluated, prompt)
+
+
+# Code that hides a line from the person who approves it (cursor up, erase line: raw in a
+# comment), then prints an escape sequence that writes the clipboard (OSC 52).
+HIDING_CODE = "import os  # \x1b[1A\x1b[2K\r\nprint('\\x1b]52;c;aGk=\\x07done')"
+HIDING_CALL = ("<|channel|>analysis<|message|>Run it.<|end|><|start|>assistant<|channel|>analysis to=python code"
+               f"<|message|>{HIDING_CODE}<|call|>")
+
+
+def test_repl_on_a_terminal_shows_the_codes_escape_sequences_and_its_outputs_instead_of_obeying_them(encoding):
+    from rich.console import Console
+
+    engine = ScriptedEngine(encoding, [HIDING_CALL, reply("It ran.", "Done\x1b]52;c;aGk=\x07.")])
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, force_terminal=True, color_system=None)
+    with PythonSandbox() as sandbox:
+        repl = Repl(Model(engine, encoding, name="scripted"), Screen(console, console),
+                    StreamReader(io.StringIO("Run it\ny\n"), echo=buffer), tools=Toolbox(python=sandbox))
+        assert repl.run() == 0
+    live = re.compile(r"\x1b\[(\?25[lh]|2K|1A)|\r")  # the live answer's own redrawing
+    shown = live.sub("", buffer.getvalue())
+    assert "\x1b" not in shown and "\x07" not in shown
+    # The code as it will run, every line of it, before the question; then its output, written out.
+    assert ("→ python\n  import os  # \\x1b[1A\\x1b[2K\\x0d\n  print('\\x1b]52;c;aGk=\\x07done')\n"
+            "run this code? [y/N] y\n← python: \\x1b]52;c;aGk=\\x07done\n") in shown
+    assert "Done\\x1b]52;c;aGk=\\x07." in shown
+
+
+def test_run_keeps_the_text_as_it_is_in_a_pipe_and_in_json(scripted, capsys):
+    scripted(reply("Think.", "Done\x1b]52;c;aGk=\x07."))
+    code, out, _ = invoke(capsys, "run", "What?")
+    assert code == 0 and out == "Done\x1b]52;c;aGk=\x07.\n"
+    scripted(reply("Think.", "Done\x1b]52;c;aGk=\x07."))
+    code, out, _ = invoke(capsys, "run", "--json", "What?")
+    assert code == 0 and json.loads(out)["final"] == "Done\x1b]52;c;aGk=\x07."

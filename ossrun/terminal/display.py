@@ -5,10 +5,16 @@ go to stderr, so ``ossrun run ... > answer.txt`` holds the answer alone. On a
 terminal the answer streams as markdown (see ``ossrun.terminal.markdown_stream``) and the
 reasoning is dimmed; elsewhere everything is plain text written as it arrives.
 Colour follows rich, which honours ``NO_COLOR``.
+
+What the model wrote or its code printed reaches a terminal with its control characters made
+visible (:func:`visible`: ESC as ``\\x1b``), never obeyed: an escape sequence cannot write the
+clipboard, move the cursor, or erase the code shown before the user confirms a run. Elsewhere
+(a pipe, a file) text stays as it is.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +30,20 @@ ReasoningMode = Literal["show", "hide", "off"]
 DEFAULT_STATUS_SECONDS = 0.25  # how often "thinking… N tokens" is updated when reasoning is hidden
 TOOL_OUTPUT_PREVIEW = 200
 THINKING_HEADING = "thinking"
+# What a terminal obeys rather than shows: C0 controls but newline and tab, DEL, C1 controls;
+# and what reorders the text it shows (bidirectional marks and overrides, line separators).
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+ESCAPE_STYLE = "reverse"
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters written out as escapes (ESC as ``\\x1b``)."""
+    return CONTROL.sub(lambda match: _escape(match.group()), text)
 
 
 @dataclass
@@ -55,9 +75,27 @@ class Screen:
             console.file.write(text)
             console.file.flush()
 
+    def show(self, console: Console, text: str, style: Optional[str] = None) -> None:
+        """Text the model wrote or its code printed: on a terminal its control characters are
+        shown as escapes (highlighted where there is colour), elsewhere it is written as it is."""
+        if not text:
+            return
+        if not console.is_terminal:
+            self.write(console, text, style)
+            return
+        shown = Text(style=style or "")
+        start = 0
+        for match in CONTROL.finditer(text):
+            shown.append(text[start:match.start()])
+            shown.append(_escape(match.group()), ESCAPE_STYLE)
+            start = match.end()
+        shown.append(text[start:])
+        console.print(shown, end="", soft_wrap=True)
+        console.file.flush()
+
     def info(self, text: str, style: Optional[str] = "dim") -> None:
-        """One line on stderr."""
-        self.write(self.err, text + "\n", style)
+        """One line on stderr (control characters shown: it may quote the model)."""
+        self.show(self.err, text + "\n", style)
 
     def notice(self, text: str) -> None:
         self.info(f"note: {text}", "yellow")
@@ -79,7 +117,9 @@ def stats_line(reply: Reply) -> str:
 
 
 def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.rstrip("\n").splitlines())
+    """Each line indented; only newlines end lines (splitlines() would also cut at form feeds,
+    vertical tabs and separators, which are shown as escapes)."""
+    return "\n".join("  " + line for line in text.rstrip("\n").split("\n"))
 
 
 class TurnView:
@@ -118,14 +158,15 @@ class TurnView:
             self._err(event.text, "italic")
         elif isinstance(event, ToolCall):
             self._enter(None)
-            if event.recipient == "python":  # code reads better as a block than as one call
+            if event.recipient == "python":  # code reads better as a block than as one call: the whole code, exactly
                 self._err_line("→ python\n" + _indent(event.arguments), "dim")
             else:
                 self._err_line(f"→ {event.name}({event.arguments})", "dim")
         elif isinstance(event, ToolResult):
             self._enter(None)
             output = event.output if len(event.output) <= TOOL_OUTPUT_PREVIEW else event.output[:TOOL_OUTPUT_PREVIEW] + "…"
-            self._err_line(f"← {event.call.name}{' failed' if event.error else ''}: {_indent(output).lstrip()}", "dim")
+            failed = " failed" if event.error else ""
+            self._err_line(f"← {event.call.name}{failed}: {_indent(output).lstrip()}", "dim")
         elif isinstance(event, Notice):
             self._interject(lambda: self.screen.notice(event.text))
         elif isinstance(event, Done):
@@ -182,9 +223,9 @@ class TurnView:
         if self.screen.rich_answer:
             if self._markdown is None:
                 self._markdown = MarkdownStream(self.screen.out)
-            self._markdown.feed(text)
+            self._markdown.feed(visible(text))
         else:
-            self.screen.write(self.screen.out, text)
+            self.screen.show(self.screen.out, text)
             self._out_at_line_start = text.endswith("\n")
 
     def _end_final(self) -> None:
@@ -209,8 +250,9 @@ class TurnView:
     # -- stderr helpers ---------------------------------------------------
 
     def _err(self, text: str, style: Optional[str] = None) -> None:
+        """Text from the model (reasoning, commentary, tool lines) on stderr."""
         if text:
-            self.screen.write(self.screen.err, text, style)
+            self.screen.show(self.screen.err, text, style)
             self._err_at_line_start = text.endswith("\n")
 
     def _err_newline(self) -> None:

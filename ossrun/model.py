@@ -188,8 +188,9 @@ class Model:
           an ``ossrun.tools.Toolbox``. Calls to functions run here and their results go
           back to the model; a schema alone ends the reply with finish_reason "tool_calls"
           and ``reply.pending_calls`` for the caller to run (see ``Reply.message``).
-        - ``python_tool``: True (a sandbox for this reply) or an ``ossrun.tools.PythonSandbox``
-          (its working directory lasts until you close it).
+        - ``python_tool``: True (a sandbox for this reply), a function that makes one (likewise
+          closed when the reply ends: ``PythonSandbox.new_session`` makes sandboxes like one of
+          yours) or an ``ossrun.tools.PythonSandbox`` (its working directory lasts until you close it).
         - ``max_tool_rounds`` (default 8) and ``confirm(call) -> bool``, asked before each python run.
         - ``tool_choice``: ``"auto"`` (default), ``"none"``, ``"required"`` or one function
           (``{"type": "function", "function": {"name": ...}}``), for the first turn.

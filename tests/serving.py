@@ -102,6 +102,7 @@ class ServerThread:
         self.uvicorn.should_exit = True
         self.thread.join(10)
         self.server.runner.close()
+        self.server.served.close()
         self.sock.close()
 
 

@@ -4,6 +4,7 @@ markup into responses and never becomes a 500."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from scripted import ScriptedEngine, reply
@@ -105,3 +106,49 @@ def test_the_servers_python_tool_runs_and_its_call_and_result_are_shown(encoding
             assert response.output_text == "The answer is 42."
         finally:
             server.stop()
+
+
+LIST_FILES = "import json, os\nprint(json.dumps([os.getcwd(), sorted(os.listdir('.'))]))\nopen('mine.txt', 'w').write('x')"
+
+
+def test_each_request_and_each_named_conversation_has_its_own_python_files(encoding):
+    """--tool python: a client never sees another's files; a conversation it names keeps its own."""
+    import openai
+
+    from ossrun.tools import PythonSandbox
+
+    call = f"<|channel|>analysis to=python code<|message|>{LIST_FILES}<|call|>"
+    scripts = [call, reply("Listed.", "Done.")] * 6
+    model = Model(ScriptedEngine(encoding, scripts), encoding, name="scripted")
+    with PythonSandbox() as sandbox:
+        server = ServerThread(model, python_tool=sandbox)
+        try:
+            client = client_for(server)
+
+            def listing(conversation=None):
+                extra = {"extra_body": {"conversation": conversation}} if conversation is not None else {}
+                response = client.responses.create(model="scripted", input="List the files.", **extra)
+                run = next(item for item in response.output if item.type == "code_interpreter_call")
+                return json.loads(run.outputs[0].logs.splitlines()[0])
+
+            first_dir, first = listing()
+            second_dir, second = listing()
+            assert first == [] and second == []  # the first request's mine.txt is not the second's
+            assert first_dir != second_dir
+            # Each request's working directory went with its reply: nothing of it is left on the host.
+            assert not os.path.exists(os.path.dirname(first_dir)) and not os.path.exists(os.path.dirname(second_dir))
+            kept_dir, kept = listing("project-a")
+            again_dir, again = listing({"id": "project-a"})
+            other_dir, other = listing("project-b")
+            assert kept == [] and again == ["mine.txt"] and kept_dir == again_dir
+            assert other == [] and other_dir != kept_dir
+            chat = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "List."}],
+                                                  extra_body={"conversation": "project-a"})
+            assert '"mine.txt"' in chat.choices[0].message.reasoning_content
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.responses.create(model="scripted", input="Hi", extra_body={"conversation": 7})
+            assert refused.value.status_code == 400 and refused.value.body["param"] == "conversation"
+            assert server.server.served.python_sessions.open_conversations() == 2
+        finally:
+            server.stop()
+    assert not os.path.exists(os.path.dirname(kept_dir))  # the conversations' directories went with the server

@@ -121,6 +121,7 @@ def register(app: typer.Typer) -> None:
             runner.run(sockets=[sock])
         finally:
             server.runner.close()
+            served.close()
             loaded.close()
             tools.close()
             sock.close()

@@ -68,7 +68,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> C
         include_usage=bool(get(stream_options, "include_usage", (bool,), "stream_options.", default=False)),
         parallel_tool_calls=bool(get(body, "parallel_tool_calls", (bool,), default=True)),
     )
-    served.add_server_tools(call.options)
+    served.add_server_tools(call.options, body)
     call.server_tools = served.server_tools
     return call
 

@@ -83,7 +83,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
         store=bool(get(body, "store", (bool,), default=True)),
         include_encrypted=ENCRYPTED_REASONING in include,
     )
-    served.add_server_tools(call.options)
+    served.add_server_tools(call.options, body)
     call.server_tools = served.server_tools
     return call
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Optional
 
 from ossrun.harmony.messages import REASONING_EFFORTS
 from ossrun.server.fields import ApiError, bad_request, get
+from ossrun.server.python_sessions import PythonSessions, conversation_of
 
 # OpenAI's other efforts, as the nearest one gpt-oss was trained with.
 EFFORT_ALIASES = {"minimal": "low", "none": "low", "xhigh": "high"}
@@ -17,13 +18,16 @@ class ServedModel:
     name: str
     aliases: tuple[str, ...] = ()
     default_effort: str = "medium"
-    python_tool: Any = None  # an ossrun.tools.PythonSandbox when --tool python was given
+    python_tool: Any = None  # an ossrun.tools.PythonSandbox when --tool python was given: the model of each request's
     created: int = 0
     server_tools: frozenset[str] = field(default_factory=frozenset)
     any_model: bool = False  # a batch: the loaded model serves every line, whatever it names
+    python_sessions: Optional[PythonSessions] = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.server_tools = frozenset({"python"}) if self.python_tool is not None else frozenset()
+        if self.python_tool is not None:
+            self.python_sessions = PythonSessions(self.python_tool)
 
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
@@ -38,9 +42,16 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "ossrun"}
 
-    def add_server_tools(self, options: dict[str, Any]) -> None:
-        if self.python_tool is not None:
-            options["python_tool"] = self.python_tool
+    def add_server_tools(self, options: dict[str, Any], body: Mapping[str, Any]) -> None:
+        """The server's own tools for one request: python in a working directory of the request's
+        tool chain, or of the conversation the body names (``python_sessions.py``)."""
+        if self.python_sessions is not None:
+            options["python_tool"] = self.python_sessions.for_request(conversation_of(body))
+
+    def close(self) -> None:
+        """Close the python sessions of the conversations still open."""
+        if self.python_sessions is not None:
+            self.python_sessions.close()
 
 
 def effort_of(body: Mapping[str, Any], default: str) -> str:

@@ -34,8 +34,9 @@ class Toolbox:
 
     @classmethod
     def build(cls, tools: Union["Toolbox", Iterable[ToolSpec], None] = None,
-              python_tool: Union[bool, PythonSandbox] = False) -> "Toolbox":
-        """A toolbox from what the API takes: callables, JSON schemas and namespaces of them, and ``python_tool``."""
+              python_tool: Union[bool, PythonSandbox, Callable[[], PythonSandbox]] = False) -> "Toolbox":
+        """A toolbox from what the API takes: callables, JSON schemas and namespaces of them, and ``python_tool``
+        (True or a maker of sandboxes: a sandbox this toolbox owns; a sandbox: the caller's)."""
         if isinstance(tools, Toolbox):
             if python_tool:
                 raise ToolError("give python_tool to Toolbox(...) itself when passing a Toolbox as tools")
@@ -45,8 +46,8 @@ class Toolbox:
                       if isinstance(spec, dict) and spec.get("type") == "namespace"}
         if isinstance(python_tool, PythonSandbox):
             return cls(function_tools(specs), python_tool, namespaces=namespaces)
-        return cls(function_tools(specs), PythonSandbox() if python_tool else None, owns_python=bool(python_tool),
-                   namespaces=namespaces)
+        made = python_tool() if callable(python_tool) else PythonSandbox() if python_tool else None
+        return cls(function_tools(specs), made, owns_python=made is not None, namespaces=namespaces)
 
     @classmethod
     def from_options(cls, functions: Sequence[Union[str, Path]] = (), tools: Sequence[str] = ()) -> "Toolbox":

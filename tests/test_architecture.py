@@ -184,3 +184,18 @@ def test_the_map_names_every_wing_and_module_that_exists():
     for path in (ROOT / "ossrun").iterdir():
         if (path / "__init__.py").exists():
             assert f"`ossrun/{path.name}/`" in text, path.name
+
+
+def test_the_python_tools_jail_uses_the_standard_library_alone_and_ossrun_never_imports_it():
+    """sandbox_child.py runs as a script in a fresh interpreter before the model's code: its modules
+    import the standard library and each other (by their bare names), and nothing of ossrun."""
+    jail = {module for module in module_files() if module.startswith("ossrun.tools.sandbox_")}
+    assert {m.rsplit(".", 1)[1] for m in jail} == {"sandbox_child", "sandbox_jail", "sandbox_mounts", "sandbox_bounds",
+                                                   "sandbox_seccomp"}
+    bare = {m.rsplit(".", 1)[1] for m in jail}
+    for module in jail:
+        for name in imports()[module]:
+            top = name.split(".")[0]
+            assert name in bare or (top in sys.stdlib_module_names and top != "ossrun"), (module, name)
+    for module, names in imports().items():
+        assert not names & jail, (module, names & jail)

@@ -80,7 +80,7 @@ Tool = Annotated[
     Optional[list[str]],
     typer.Option("--tool", metavar="python", show_default=False,
                  help="Give the model the python tool: its code runs in a fresh process with no network, "
-                      "a 120 s timeout and 1 GiB of memory, after you confirm each run."),
+                      "a 120 s timeout and 1 GiB of memory for all its processes, after you confirm each run."),
 ]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Run the model's python code without asking first.")]
 MaxToolRounds = Annotated[

@@ -1,7 +1,8 @@
 """Cgroups for the python tool's runs: where this process may make them, and one per run.
 
-Each run's init is placed in a cgroup made for the run (sandbox_bounds.py), so every process
-the code starts is counted there: the kernel bounds their memory together (shared memory and
+Each run's first process (the jail's keeper) is placed in a cgroup made for the run as soon as it
+is started, before it reads the code (sandbox_bounds.py), so every process the code starts is
+counted there: the kernel bounds their memory together (shared memory and
 tmpfs pages included) and their number, and counts their CPU time. Cgroup v2 first: the
 nearest cgroup, from this process's own upwards, that this user may write and whose children
 get the memory controller (a delegated subtree: systemd gives each user's session one, and
@@ -36,10 +37,19 @@ class Hierarchy:
 
 @dataclass(frozen=True)
 class RunCgroup:
-    """The cgroups of one run, as sandbox_bounds.py reads them."""
+    """The cgroups of one run, and what sandbox_bounds.py reads of them."""
 
     folders: tuple[str, ...]
-    spec: dict = field(default_factory=dict)  # procs, cpu, oom, memory: the child's Totals config
+    spec: dict = field(default_factory=dict)  # cpu, oom, memory: the child's Totals config
+
+    def place(self, pid: int) -> None:
+        """Move ``pid`` (the run's first process, before it starts anything) into these cgroups.
+
+        Moving a process costs the kernel an RCU grace period (milliseconds): done while the
+        child's interpreter starts, it costs a run nothing."""
+        for folder in self.folders:
+            with open(os.path.join(folder, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
 
 
 @dataclass(frozen=True)
@@ -54,13 +64,12 @@ class Cgroups:
         """A cgroup in each hierarchy for one run, with its bounds; ``processes`` counts init too."""
         name = f"ossrun-{os.getpid()}-{next(_names)}"
         folders: list[str] = []
-        spec: dict = {"procs": [], "memory": False}
+        spec: dict = {"memory": False}
         try:
             for hierarchy in self.hierarchies:
                 folder = os.path.join(hierarchy.parent, name)
                 os.mkdir(folder)
                 folders.append(folder)
-                spec["procs"].append(os.path.join(folder, "cgroup.procs"))
                 _bound(hierarchy, folder, spec, memory_bytes, processes)
         except OSError:
             remove(RunCgroup(tuple(folders)))

@@ -286,14 +286,20 @@ class PythonSandbox:
                 if held.isolation is None:
                     return SandboxResult("", "", None, f"not run: {REFUSED}{held.error}")
             if jail.isolation is not None and jail.cgroups is not None:
-                group = jail.cgroups.make(self.limits.memory_bytes, _with_init(self.limits.processes))
+                group = jail.cgroups.make(self.limits.memory_bytes, _with_jail(self.limits.processes))
             report_r, report_w = os.pipe() if jail.isolation is not None else (None, None)
             config = self._config(report_fd=report_w, cgroup=group)
             try:
-                process = self._spawn(config, pass_fds=(*([report_w] if report_w else []), *self._held.descriptors.values()))
+                process = self._spawn(config, pass_fds=(*([report_w] if report_w else []), *self._held.descriptors.values()),
+                                      group=group)
             finally:
                 if report_w is not None:
                     os.close(report_w)
+            if process is None:
+                _read_report(report_r)
+                if group is not None:
+                    cgroups.remove(group)
+                return SandboxResult("", "", None, f"not run: {REFUSED}cannot place the run in its cgroup")
         try:
             try:
                 process.stdin.write(code.encode("utf-8", "surrogateescape"))
@@ -356,8 +362,11 @@ class PythonSandbox:
             env.update(dict.fromkeys(NUM_THREADS_VARIABLES, str(threads)))
         return env
 
-    def _spawn(self, config: dict[str, Any], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
-        return subprocess.Popen(
+    def _spawn(self, config: dict[str, Any], pass_fds: tuple[int, ...] = (),
+               group: Optional[cgroups.RunCgroup] = None) -> Optional[subprocess.Popen]:
+        """Start sandbox_child.py; with ``group``, put it in the run's cgroups before it reads its
+        stdin (None if that fails: then it is killed)."""
+        process = subprocess.Popen(
             [self.python, "-I", str(CHILD), json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -367,6 +376,14 @@ class PythonSandbox:
             pass_fds=pass_fds,
             start_new_session=True,  # its own process group, killed as a whole
         )
+        if group is not None:
+            try:
+                group.place(process.pid)
+            except OSError:
+                _kill_group(process)
+                process.communicate()
+                return None
+        return process
 
     def _probed(self) -> _Jail:
         """Find out once whether the jail can be made here, and how; the probe holds this session's namespaces."""
@@ -387,8 +404,12 @@ class PythonSandbox:
 
     def _hold(self, *, probe: bool, places: Optional[cgroups.Cgroups] = None) -> _Jail:
         """Start a session: its namespaces, held by descriptors; with ``probe``, try a whole run too."""
-        group = places.make(self.limits.memory_bytes, _with_init(self.limits.processes)) if probe and places else None
-        process = self._spawn(self._config(hold=True, probe=probe, cgroup=group))
+        group = places.make(self.limits.memory_bytes, _with_jail(self.limits.processes)) if probe and places else None
+        process = self._spawn(self._config(hold=True, probe=probe, cgroup=group), group=group)
+        if process is None:
+            if group is not None:
+                cgroups.remove(group)
+            return _Jail(None, "cannot place the run in its cgroup")
         timer = threading.Timer(SESSION_TIMEOUT, _kill_group, (process,))
         timer.start()
         assert process.stdout is not None
@@ -495,9 +516,9 @@ class _Capture:
         return data[:head].decode("utf-8", "replace") + marker + (data[-tail:] if tail else b"").decode("utf-8", "replace")
 
 
-def _with_init(processes: Optional[int]) -> Optional[int]:
-    """A run's cgroup holds init beside the code's processes."""
-    return processes + 1 if processes else None
+def _with_jail(processes: Optional[int]) -> Optional[int]:
+    """A run's cgroup holds the keeper and init beside the code's processes."""
+    return processes + 2 if processes else None
 
 
 def _read_report(fd: Optional[int]) -> list[str]:

@@ -1,7 +1,7 @@
 """The totals of one python-tool run: the memory and the CPU time of all its processes together.
 
-Where ossrun could make a cgroup for the run (ossrun/tools/cgroups.py), the keeper places init
-in it before init starts anything, so every process of the run is counted there: the kernel
+Where ossrun could make a cgroup for the run (ossrun/tools/cgroups.py), it places the keeper in
+it before the keeper reads the code, so every process of the run is counted there: the kernel
 bounds their memory together (shared memory, memfds and tmpfs pages included) and counts their
 CPU time, dead processes' too. init reads that count and the cgroup's OOM kills every
 interval and ends the run at a bound.
@@ -39,19 +39,11 @@ class Totals:
         self.cpu_seconds = config.get("cpu_seconds")
         self.memory_enforced = bool(cgroup.get("memory"))  # by the kernel, over the whole run
         self.cpu_counted = bool(cgroup.get("cpu"))  # by a cgroup (else from the processes' own accounts)
-        flags = os.O_CLOEXEC
-        self.procs = [os.open(path, os.O_WRONLY | flags) for path in cgroup.get("procs", ())]
-        self.cpu = (os.open(cgroup["cpu"][0], os.O_RDONLY | flags), cgroup["cpu"][1]) if cgroup.get("cpu") else None
-        self.oom = (os.open(cgroup["oom"][0], os.O_RDONLY | flags), cgroup["oom"][1]) if cgroup.get("oom") else None
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        self.cpu = (os.open(cgroup["cpu"][0], flags), cgroup["cpu"][1]) if cgroup.get("cpu") else None
+        self.oom = (os.open(cgroup["oom"][0], flags), cgroup["oom"][1]) if cgroup.get("oom") else None
         self.start_cpu = self.start_oom = self.start_workdir = 0
         self.over = {}  # bound -> samples in a row past it
-
-    def place(self, pid):
-        """Put ``pid`` (init, before it starts anything) in the run's cgroups."""
-        for fd in self.procs:
-            os.write(fd, str(pid).encode())
-            os.close(fd)
-        self.procs = []
 
     def start(self, workdir):
         """In init, once its /proc is the namespace's: what the run starts from."""
@@ -62,9 +54,9 @@ class Totals:
 
     def close(self):
         """In the code's process: none of this is the code's."""
-        for fd in [*self.procs, *(pair[0] for pair in (self.cpu, self.oom) if pair)]:
+        for fd in [pair[0] for pair in (self.cpu, self.oom) if pair]:
             os.close(fd)
-        self.procs, self.cpu, self.oom = [], None, None
+        self.cpu, self.oom = None, None
 
     def exceeded(self):
         """The bound the run has passed, as "memory BYTES" or "cpu SECONDS", or None."""

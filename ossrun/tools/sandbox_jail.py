@@ -9,8 +9,8 @@ The processes of one run:
 
 - the keeper (``sandbox_child.py`` as ossrun starts it) takes a new, empty session keyring,
   joins the session and makes, owned by its user namespace, mount, IPC, PID and (unless the
-  network is allowed) network namespaces; it places init in the run's cgroups, waits, then ends
-  the way the code ended, so ossrun reads the code's exit status or signal, and, on the report
+  network is allowed) network namespaces (ossrun has put it in the run's cgroups, where all it
+  starts stays); it waits, then ends the way the code ended, so ossrun reads the code's exit status or signal, and, on the report
   descriptor, the bound that ended the run if one did;
 - init, PID 1 of the new PID namespace, builds the file system view (``sandbox_mounts.py``),
   starts the code, reaps orphans and watches the run's totals (``sandbox_bounds.py``). It exits
@@ -117,28 +117,17 @@ def enter(workdir, totals, *, network, how, report_fd=None, tmp_bytes=None, tmp_
         unshare(flags)
     except OSError as exc:
         raise Refused(f"cannot make the run's namespaces ({why_refused(exc, root, False)})") from None
-    go_r, go_w = os.pipe()
     report_r, report_w = os.pipe()
     init = os.fork()
     if init:
-        os.close(go_r)
         os.close(report_w)
-        try:
-            totals.place(init)
-        except OSError as exc:
-            os.kill(init, signal.SIGKILL)
-            raise Refused(f"cannot place the run in its cgroup ({reason(exc)})") from None
-        os.write(go_w, b"1")
-        os.close(go_w)
         keep(init, report_r, report_fd)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the keeper killed, the whole namespace goes
-    os.close(go_w)
+    if os.getppid() == 1:
+        os._exit(1)  # the keeper was gone already
     os.close(report_r)
     if report_fd is not None:
         os.close(report_fd)  # the keeper's alone: the code cannot write ossrun a report
-    if os.read(go_r, 1) != b"1":
-        os._exit(1)  # the keeper is gone
-    os.close(go_r)
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # as PID 1, init then ignores the code's SIGINT (no KeyboardInterrupt)
     try:
         view.build()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from sandboxes import ATTEMPT, host_processes, marker, ordinary_user, shared_folder  # noqa: F401
+from sandboxes import ATTEMPT, ORDINARY_UID, host_processes, marker, ordinary_user, shared_folder  # noqa: F401
 
 from ossrun.tools import PythonSandbox, SandboxLimits
 from ossrun.tools.workdir import private_folder, remove_tree
@@ -483,3 +483,63 @@ def test_ordinary_code_keeps_working(jailer):
         result = box.run(work)
     numpy_line = "no numpy" if jailer.ordinary is not None and jailer.ordinary.interpreter != sys.executable else "90000"
     assert result.stdout == f"55\n1\n{numpy_line}\n", result.text()
+
+
+@pytest.fixture
+def delegated_cgroup():
+    """As root: this process moved into a cgroup v2 subtree delegated to ``ORDINARY_UID``, as systemd
+    delegates one to each user's session (the folder and its cgroup.procs, cgroup.threads and
+    cgroup.subtree_control are theirs); moved back afterwards."""
+    from ossrun.tools import cgroups
+
+    mount = next((m for m in cgroups._cgroup_mounts() if m[2] == "cgroup2"), None)
+    own = cgroups._memberships().get("")
+    if os.geteuid() != 0 or mount is None or own is None:
+        pytest.skip("delegating a cgroup takes root and a cgroup v2 hierarchy")
+    home = cgroups._folder(mount, own)
+    folder = Path(home) / f"ossrun-test-{os.getpid()}"
+    folder.mkdir()
+    for path in (folder, folder / "cgroup.procs", folder / "cgroup.threads", folder / "cgroup.subtree_control"):
+        os.chown(path, ORDINARY_UID, ORDINARY_UID)
+    (folder / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        yield folder
+    finally:
+        (Path(home) / "cgroup.procs").write_text(str(os.getpid()))
+        for child in folder.iterdir():
+            if child.is_dir():
+                child.rmdir()
+        folder.rmdir()
+
+
+def test_a_user_with_a_delegated_cgroup_has_the_cpu_time_counted_there(delegated_cgroup, ordinary_user, marker):
+    from ossrun.tools import cgroups
+
+    assert ordinary_user.cgroups == cgroups.Cgroups((cgroups.Hierarchy(2, str(delegated_cgroup), frozenset({"cpu"})),))
+    with ordinary_user.sandbox(SandboxLimits(timeout=60, cpu_seconds=2)) as box:
+        assert box.totals() == {"memory": "sampled", "cpu": "counted", "processes": "kernel"}
+        result = box.run(SPIN + f"# {marker}")
+        ignored = box.run("import signal\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nprint('ignored')")
+    assert result.status == "killed: its processes together used more than 2 seconds of CPU time", result.text()
+    assert ignored.stdout == "ignored\n"  # the cgroup counts what the kernel reaps: SIGCHLD is the code's
+    assert host_processes(marker) == [] and [p for p in delegated_cgroup.iterdir() if p.is_dir()] == []
+
+
+def test_a_runs_cgroups_go_whatever_is_left_in_them_and_those_of_a_killed_ossrun_with_the_next():
+    from ossrun.tools import cgroups
+
+    found = cgroups.find()
+    if found is None:
+        pytest.skip("this user may make no cgroup here")
+    group = found.make(64 * MiB, 8)
+    straggler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    group.place(straggler.pid)
+    cgroups.remove(group)  # a process that would not go: killed, then the cgroups removed
+    assert straggler.wait(10) == -9 and not any(os.path.exists(folder) for folder in group.folders)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [os.path.join(h.parent, f"ossrun-{dead.pid}-0") for h in found.hierarchies]  # as an ossrun killed midway leaves them
+    for folder in left:
+        os.mkdir(folder)
+    cgroups.find()
+    assert not any(os.path.exists(folder) for folder in left)

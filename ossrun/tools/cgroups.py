@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from itertools import count
@@ -104,7 +105,8 @@ def _write(folder: str, name: str, value: int, optional: bool = False) -> None:
 
 
 def remove(group: RunCgroup) -> None:
-    """Remove a run's cgroups once its processes are gone (they die with init, soon after it)."""
+    """Remove a run's cgroups once its processes are gone: they die with init, soon after it;
+    any still there after a moment are killed (nothing else is ever in a run's cgroup)."""
     deadline = time.monotonic() + EMPTY_WAIT
     for folder in reversed(group.folders):
         while True:
@@ -115,8 +117,44 @@ def remove(group: RunCgroup) -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    break  # left behind, empty of anything but a process that would not die
+                    break  # left behind; removed by the next ossrun that finds it (sweep)
+                if time.monotonic() > deadline - EMPTY_WAIT / 2:
+                    _kill_all(folder)
                 time.sleep(0.01)
+
+
+def _kill_all(folder: str) -> None:
+    for pid in _read(os.path.join(folder, "cgroup.procs")).split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def sweep(cgroups: Cgroups) -> None:
+    """Remove the empty cgroups of runs whose ossrun is gone (killed before it could)."""
+    for hierarchy in cgroups.hierarchies:
+        try:
+            names = os.listdir(hierarchy.parent)
+        except OSError:
+            continue
+        for name in names:
+            match = re.fullmatch(r"ossrun-(\d+)-\d+", name)
+            if match and not _alive(int(match.group(1))):
+                try:
+                    os.rmdir(os.path.join(hierarchy.parent, name))
+                except OSError:
+                    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def find() -> Optional[Cgroups]:
@@ -134,7 +172,11 @@ def find() -> Optional[Cgroups]:
         place = _v1_place(mounts, memberships, names[0])
         if place is not None:
             hierarchies.append(Hierarchy(1, place, frozenset({controller})))
-    return Cgroups(tuple(_merge(hierarchies))) if hierarchies else None
+    if not hierarchies:
+        return None
+    found = Cgroups(tuple(_merge(hierarchies)))
+    sweep(found)
+    return found
 
 
 def _merge(hierarchies: list[Hierarchy]) -> list[Hierarchy]:

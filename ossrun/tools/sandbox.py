@@ -286,12 +286,20 @@ class PythonSandbox:
                 if held.isolation is None:
                     return SandboxResult("", "", None, f"not run: {REFUSED}{held.error}")
             if jail.isolation is not None and jail.cgroups is not None:
-                group = jail.cgroups.make(self.limits.memory_bytes, _with_jail(self.limits.processes))
+                try:
+                    group = jail.cgroups.make(self.limits.memory_bytes, _with_jail(self.limits.processes))
+                except OSError as exc:
+                    return SandboxResult("", "", None, f"not run: {REFUSED}cannot make the run's cgroup ({exc.strerror})")
             report_r, report_w = os.pipe() if jail.isolation is not None else (None, None)
             config = self._config(report_fd=report_w, cgroup=group)
             try:
                 process = self._spawn(config, pass_fds=(*([report_w] if report_w else []), *self._held.descriptors.values()),
                                       group=group)
+            except BaseException:
+                _read_report(report_r)
+                if group is not None:
+                    cgroups.remove(group)
+                raise
             finally:
                 if report_w is not None:
                     os.close(report_w)
@@ -404,8 +412,16 @@ class PythonSandbox:
 
     def _hold(self, *, probe: bool, places: Optional[cgroups.Cgroups] = None) -> _Jail:
         """Start a session: its namespaces, held by descriptors; with ``probe``, try a whole run too."""
-        group = places.make(self.limits.memory_bytes, _with_jail(self.limits.processes)) if probe and places else None
-        process = self._spawn(self._config(hold=True, probe=probe, cgroup=group), group=group)
+        try:
+            group = places.make(self.limits.memory_bytes, _with_jail(self.limits.processes)) if probe and places else None
+        except OSError as exc:
+            return _Jail(None, f"cannot make the run's cgroup ({exc.strerror})")
+        try:
+            process = self._spawn(self._config(hold=True, probe=probe, cgroup=group), group=group)
+        except BaseException:
+            if group is not None:
+                cgroups.remove(group)
+            raise
         if process is None:
             if group is not None:
                 cgroups.remove(group)

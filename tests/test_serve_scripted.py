@@ -152,3 +152,23 @@ def test_each_request_and_each_named_conversation_has_its_own_python_files(encod
         finally:
             server.stop()
     assert not os.path.exists(os.path.dirname(kept_dir))  # the conversations' directories went with the server
+
+
+def test_conversations_python_sessions_close_when_idle_or_least_recently_used():
+    from ossrun.server.python_sessions import PythonSessions
+    from ossrun.tools import PythonSandbox
+
+    now = [0.0]
+    with PythonSandbox() as prototype:
+        sessions = PythonSessions(prototype, max_conversations=2, idle_seconds=60, clock=lambda: now[0])
+        a, b = sessions.for_request("a"), sessions.for_request("b")
+        assert sessions.for_request("a") is a and a is not b and a is not prototype
+        sessions.for_request("c")  # three open: b, the least recently used, goes
+        assert sessions.open_conversations() == 2 and sessions.for_request("b") is not b
+        now[0] = 61.0
+        d = sessions.for_request("d")  # the others were idle for more than a minute
+        assert sessions.open_conversations() == 1 and sessions.for_request("a") is not a
+        maker = sessions.for_request(None)  # a request of its own: a fresh sandbox per reply
+        assert callable(maker) and maker() is not maker() and d is sessions.for_request("d")
+        sessions.close()
+        assert sessions.open_conversations() == 0

@@ -7,8 +7,8 @@ of its own, made when its code first runs and removed when its reply ends: no cl
 files. A request that names a conversation (``"conversation": "ID"`` or ``{"id": "ID"}``, the
 Responses API's field, taken by Chat Completions too) shares that conversation's session with its
 other requests; a conversation's session is closed once it has been idle for ``IDLE_SECONDS``, or
-when more than ``MAX_CONVERSATIONS`` are open (the least recently used first), and all of them when
-the server stops.
+when more than ``MAX_CONVERSATIONS`` are open (the least recently used first: each one's files are in
+memory), and all of them when the server stops.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 from ossrun.server.fields import bad_request
 from ossrun.tools import PythonSandbox
 
-MAX_CONVERSATIONS = 64
+MAX_CONVERSATIONS = 16  # each may hold up to SandboxLimits.disk_bytes of files in memory (its tmpfs)
 IDLE_SECONDS = 3600.0
 MAX_ID_LENGTH = 256
 

@@ -196,16 +196,30 @@ LEAVE_PROCESSES = textwrap.dedent("""
     """)
 
 
+def cancel_when_seen(words: str, cancel: threading.Event) -> None:
+    """Set ``cancel`` once a host process's command line holds ``words`` (within 30 seconds)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not cancel.is_set():
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and words.encode() in (entry / "cmdline").read_bytes():
+                    cancel.set()
+                    return
+            except OSError:
+                pass
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("ending", ["end", "timeout", "cancel", "output limit"])
 def test_no_process_outlives_its_run(marker, ending):
     code = LEAVE_PROCESSES.format(marker=marker) + {
-        "end": "", "timeout": "time.sleep(60)", "cancel": "time.sleep(60)", "output limit": "while True:\n    print('x' * 1000)",
+        "end": "", "timeout": "time.sleep(60)", "output limit": "while True:\n    print('x' * 1000)",
+        "cancel": "subprocess.Popen(sleeper('printed'))\ntime.sleep(60)",  # says it printed "started", then waits
     }[ending]
     cancel = threading.Event()
     with PythonSandbox(SandboxLimits(timeout=3 if ending == "timeout" else 30)) as box:
         if ending == "cancel":
-            box.run("pass")  # the probe, before the clock starts
-            threading.Timer(1.5, cancel.set).start()
+            threading.Thread(target=cancel_when_seen, args=(f"printed\0{marker}", cancel), daemon=True).start()
         result = box.run(code, cancel=cancel)
         assert {"child", "session", "daemon"} <= set(files_in(box)), result.text()
     assert result.stdout.startswith("started\n"), result.text()

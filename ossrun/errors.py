@@ -46,3 +46,7 @@ class ToolError(OssrunError):
 
 class WorkerError(OssrunError):
     """A worker (``--rpc``) that cannot be used: unreachable, busy, of another version; a bad --rpc value."""
+
+
+class McpError(ToolError):
+    """An MCP server that cannot be used: a bad configuration, a server that does not start or does not speak MCP."""

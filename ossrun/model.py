@@ -142,6 +142,10 @@ class _Request:
     max_tool_rounds: int
     confirm: Optional[Callable[[ToolCall], bool]]
 
+    def close(self) -> None:
+        if self.owns_toolbox:
+            self.toolbox.close()
+
 
 @dataclass(frozen=True)
 class _Prompt:
@@ -191,7 +195,11 @@ class Model:
         - ``python_tool``: True (a sandbox for this reply), a function that makes one (likewise
           closed when the reply ends: ``PythonSandbox.new_session`` makes sandboxes like one of
           yours) or an ``ossrun.tools.PythonSandbox`` (its working directory lasts until you close it).
-        - ``max_tool_rounds`` (default 8) and ``confirm(call) -> bool``, asked before each python run.
+        - ``mcp``: MCP servers whose tools the model may call: an ``ossrun.tools.McpServers`` (they
+          run until you close them), or a configuration file (or dict, or a list) to start them from
+          for this reply.
+        - ``max_tool_rounds`` (default 8) and ``confirm(call) -> bool``, asked before each python run
+          and MCP call (a server with ``"trust": true`` is not asked about).
         - ``tool_choice``: ``"auto"`` (default), ``"none"``, ``"required"`` or one function
           (``{"type": "function", "function": {"name": ...}}``), for the first turn.
 
@@ -206,8 +214,7 @@ class Model:
                                      request.toolbox, max_rounds=request.max_tool_rounds, confirm=request.confirm,
                                      cancel=request.cancel)
         finally:
-            if request.owns_toolbox:
-                request.toolbox.close()
+            request.close()
 
     def chat(self, messages: Messages, **options: Any) -> Reply:
         """The whole reply to ``messages`` (same options as :meth:`stream`)."""
@@ -219,12 +226,18 @@ class Model:
     def render(self, messages: Messages, **options: Any) -> list[int]:
         """The prompt ids a call with these arguments would feed the model (oldest turns dropped if needed)."""
         request = self._request(messages, options)
-        return self._fit(request.history, request).ids
+        try:
+            return self._fit(request.history, request).ids
+        finally:
+            request.close()
 
     def pending_tokens(self, messages: Messages, **options: Any) -> int:
         """How many prompt tokens a call would evaluate now (the rest is in the KV cache or on disk)."""
         request = self._request(messages, options)
-        return self._pending(self._fit(request.history, request))
+        try:
+            return self._pending(self._fit(request.history, request))
+        finally:
+            request.close()
 
     def _pending(self, prompt: _Prompt) -> int:
         reused = self.engine.cached_prefix(prompt.ids, prompt.prefix_length)
@@ -246,9 +259,17 @@ class Model:
 
     def _request(self, messages: Messages, options: Mapping[str, Any]) -> _Request:
         options = dict(options)
+        tools = options.pop("tools", None)
+        toolbox = Toolbox.build(tools, options.pop("python_tool", False), options.pop("mcp", None))
+        try:
+            return self._settle(messages, options, toolbox, owns_toolbox=toolbox is not tools)
+        except BaseException:
+            if toolbox is not tools:  # a sandbox or MCP servers made for this call
+                toolbox.close()
+            raise
+
+    def _settle(self, messages: Messages, options: dict[str, Any], toolbox: Toolbox, *, owns_toolbox: bool) -> _Request:
         system = options.pop("system", None)
-        tools, python_tool = options.pop("tools", None), options.pop("python_tool", False)
-        toolbox = Toolbox.build(tools, python_tool)
         rules = output_rules(self.encoding, toolbox, options.pop("response_format", None), options.pop("tool_choice", None))
         settings = PromptSettings(
             reasoning_effort=check_reasoning_effort(options.pop("reasoning_effort", DEFAULT_REASONING_EFFORT)),
@@ -275,7 +296,7 @@ class Model:
         history = tuple(m for m in messages if m.get("role") not in ("system", "developer"))
         return _Request(settings, history, dataclasses.replace(sampling, constraint=rules.first_turn),
                         dataclasses.replace(sampling, constraint=rules.later_turns), stop, truncate, max_tokens, cancel,
-                        toolbox, toolbox is not tools, max_tool_rounds, confirm)
+                        toolbox, owns_toolbox, max_tool_rounds, confirm)
 
     def _reply_reserve(self, max_tokens: Optional[int]) -> int:
         return min(max_tokens or DEFAULT_REPLY_RESERVE, self.n_ctx // 4)

@@ -75,12 +75,9 @@ class FunctionTool:
         """Run the function on the model's JSON arguments: (result text, whether it is an error)."""
         if self.function is None:
             raise ToolError(f"tool {self.name!r} has no Python function: the caller runs it")
-        try:
-            kwargs = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as exc:
-            return error_result(f"the arguments are not valid JSON ({exc}): send one JSON object"), True
-        if not isinstance(kwargs, dict):
-            return error_result(f"the arguments must be a JSON object, not {type(kwargs).__name__}"), True
+        kwargs, problem = parse_arguments(arguments)
+        if kwargs is None:
+            return error_result(problem), True
         try:
             inspect.signature(self.function).bind(**kwargs)
         except TypeError as exc:
@@ -92,6 +89,17 @@ class FunctionTool:
         except Exception as exc:  # the model reads the error and may try again
             return error_result(f"{self.name} raised {type(exc).__name__}: {exc}"), True
         return result_text(result), False
+
+
+def parse_arguments(arguments: str) -> tuple[Optional[dict[str, Any]], str]:
+    """The model's JSON arguments as a dict, or None and what is wrong with them."""
+    try:
+        kwargs = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError as exc:
+        return None, f"the arguments are not valid JSON ({exc}): send one JSON object"
+    if not isinstance(kwargs, dict):
+        return None, f"the arguments must be a JSON object, not {type(kwargs).__name__}"
+    return kwargs, ""
 
 
 def error_result(message: str) -> str:

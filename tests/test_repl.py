@@ -236,6 +236,7 @@ def test_help_lists_every_command(encoding):
         "  /save FILE               save the conversation as JSON\n"
         "  /load FILE               load a conversation saved with /save\n"
         "  /stats                   speed and context use\n"
+        "  /tools                   the tools the model may call\n"
         "  /help                    this list\n"
         "  /quit                    leave (also Ctrl-D)\n"
         'Start and end multi-line input with """ on a line.\n'

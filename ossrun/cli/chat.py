@@ -17,8 +17,10 @@ then a line of stats. Type /help in the chat for the commands (/effort, /system,
 
 --functions FILE.py lets the model call the file's public functions (their type
 hints and docstrings describe them to it); --tool python lets it run Python code
-in a sandbox. Each call and its result are shown dimmed, and each python run
-waits for your "y" unless --yes is given.
+in a sandbox; --mcp FILE gives it the tools of the MCP servers configured there
+(they start first and stop with the chat; /tools lists what is offered). Each
+call and its result are shown dimmed, and each python run and MCP call waits for
+your "y" unless --yes is given (or the server's "trust" is true).
 
 Examples:
 
@@ -28,6 +30,7 @@ Examples:
   ossrun chat gpt-oss-120b -r high
   ossrun chat -m ./my-model.gguf --system "Answer in French." --hide-reasoning
   ossrun chat --functions my_tools.py --tool python
+  ossrun chat --mcp mcp.json
   ossrun chat gpt-oss-120b --rpc 127.0.0.1:50052=20GiB,127.0.0.1:50053=20GiB
 """
 
@@ -54,6 +57,8 @@ def register(app: typer.Typer) -> None:
         rpc: opt.Rpc = None,
         functions: opt.Functions = None,
         tool: opt.Tool = None,
+        mcp: opt.Mcp = None,
+        mcp_timeout: opt.McpTimeout = None,
         yes: opt.Yes = False,
         max_tool_rounds: opt.MaxToolRounds = opt.DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
@@ -62,15 +67,19 @@ def register(app: typer.Typer) -> None:
         from ossrun.terminal.repl import Repl, StreamReader, TerminalReader
 
         name = opt.pick_model(model_argument, model, demo)
-        tools = opt.toolbox(functions, tool)  # a bad --functions file fails before the model loads
-        screen = Screen.create()
-        if system is not None:
-            system = opt.utf8_text(system, "--system", screen.notice)
-        if name is None and not pull:  # the default model, or the demo until it is downloaded
-            name, notice = opt.default_model_or_demo()
-            if notice:
-                screen.notice(notice)
-        loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, rpc=rpc)
+        tools = opt.toolbox(functions, tool, mcp, mcp_timeout)  # a bad --functions file or MCP server fails first
+        try:
+            screen = Screen.create()
+            if system is not None:
+                system = opt.utf8_text(system, "--system", screen.notice)
+            if name is None and not pull:  # the default model, or the demo until it is downloaded
+                name, notice = opt.default_model_or_demo()
+                if notice:
+                    screen.notice(notice)
+            loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, rpc=rpc)
+        except BaseException:
+            tools.close()
+            raise
         try:
             reader = TerminalReader() if sys.stdin.isatty() else StreamReader(sys.stdin)
             repl = Repl(

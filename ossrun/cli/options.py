@@ -17,6 +17,7 @@ DEFAULT_MODEL_HELP = "the registry's default, gpt-oss-20b"
 DEFAULT_CTX = 8192
 DEFAULT_EFFORT = DEFAULT_REASONING_EFFORT
 DEFAULT_MAX_TOOL_ROUNDS = 8  # ossrun.tools.DEFAULT_MAX_TOOL_ROUNDS, not imported: it loads openai_harmony
+DEFAULT_MCP_TIMEOUT = 60.0  # ossrun.tools.mcp_config.DEFAULT_TIMEOUT
 
 
 def _check_effort(value: str) -> str:
@@ -82,7 +83,20 @@ Tool = Annotated[
                  help="Give the model the python tool: its code runs in a fresh process with no network, "
                       "a 120 s timeout and 1 GiB of memory for all its processes, after you confirm each run."),
 ]
-Yes = Annotated[bool, typer.Option("--yes", "-y", help="Run the model's python code without asking first.")]
+Mcp = Annotated[
+    Optional[list[Path]],
+    typer.Option("--mcp", metavar="FILE", show_default=False,
+                 help='Let the model call the tools of the MCP servers in this configuration (JSON: '
+                      '{"mcpServers": {"NAME": {"command", "args", "env", "cwd"} or {"url", "headers"}}}; repeatable). '
+                      "They start before the model loads and stop with ossrun."),
+]
+McpTimeout = Annotated[
+    Optional[float],
+    typer.Option("--mcp-timeout", min=0.001, metavar="SECONDS", show_default=False,
+                 help=f"How long an MCP server may take to answer a call [default: {DEFAULT_MCP_TIMEOUT:g}; "
+                      "a server's own \"timeout\" wins]."),
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Run the model's python code and MCP tool calls without asking first.")]
 MaxToolRounds = Annotated[
     int, typer.Option("--max-tool-rounds", min=0, help="Stop an answer after this many rounds of tool calls."),
 ]
@@ -126,11 +140,13 @@ def load_model(name: Optional[str], *, ctx: Any, threads: Optional[int], verbose
     return model
 
 
-def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]]) -> Any:
-    """The tools ``--functions`` and ``--tool`` give the model (checked before the model loads)."""
+def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]], mcp: Optional[list[Path]] = None,
+            mcp_timeout: Optional[float] = None) -> Any:
+    """The tools ``--functions``, ``--tool`` and ``--mcp`` give the model, checked (and the MCP servers
+    started) before the model loads."""
     from ossrun.tools import Toolbox
 
-    return Toolbox.from_options(functions or (), tools or ())
+    return Toolbox.from_options(functions or (), tools or (), mcp or (), mcp_timeout)
 
 
 def sampling(temperature: float, top_p: float, seed: Optional[int], max_tokens: Optional[int]) -> dict[str, Any]:

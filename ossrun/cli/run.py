@@ -19,12 +19,12 @@ PROMPT "-" reads the prompt from stdin. --json prints one object instead:
 model, reasoning_effort, reasoning, final, finish_reason (stop, length,
 interrupted, or tool_calls when --max-tool-rounds stopped it), usage
 {prompt_tokens, cached_tokens, completion_tokens}, timings {prefill_tps,
-decode_tps} and tool_calls [{name, arguments, result, error}]. Ctrl-C stops
-the answer and exits with 130.
+decode_tps} and tool_calls [{name, arguments, result, error, and server for
+an MCP server's tool}]. Ctrl-C stops the answer and exits with 130.
 
---functions FILE.py and --tool python give the model tools (see ossrun chat
---help). Each python run is confirmed on the terminal; without a terminal,
---tool python needs --yes.
+--functions FILE.py, --tool python and --mcp FILE give the model tools (see
+ossrun chat --help). Each python run and MCP call is confirmed on the terminal;
+without a terminal, --tool python and MCP servers not trusted need --yes.
 
 Examples:
 
@@ -35,6 +35,7 @@ Examples:
   ossrun run -m ./my-model.gguf --json --seed 1 "Name three primes" | jq .final
   ossrun run --show-prompt "Hello"
   ossrun run --tool python --yes "What is the 50th Fibonacci number?"
+  ossrun run --mcp mcp.json --yes --json "Weather in Oslo?" | jq .tool_calls
 """
 
 
@@ -52,8 +53,13 @@ def read_prompt(prompt: str, notice: Any = None) -> str:
     return text
 
 
-def reply_json(model_name: str, effort: str, reply: Any) -> dict[str, Any]:
-    """The one object ``--json`` prints."""
+def reply_json(model_name: str, effort: str, reply: Any, tools: Any = None) -> dict[str, Any]:
+    """The one object ``--json`` prints (a call to an MCP server's tool names the server)."""
+    def call(result: Any) -> dict[str, Any]:
+        entry = {"name": result.call.name, "arguments": result.call.arguments, "result": result.output, "error": result.error}
+        server = tools.server_of(result.call.recipient) if tools is not None else None
+        return {**entry, "server": server} if server is not None else entry
+
     return {
         "model": model_name,
         "reasoning_effort": effort,
@@ -62,23 +68,34 @@ def reply_json(model_name: str, effort: str, reply: Any) -> dict[str, Any]:
         "finish_reason": reply.finish_reason,
         "usage": reply.usage.to_dict(),
         "timings": reply.timings.to_dict(),
-        "tool_calls": [
-            {"name": r.call.name, "arguments": r.call.arguments, "result": r.output, "error": r.error}
-            for r in reply.tool_calls
-        ],
+        "tool_calls": [call(result) for result in reply.tool_calls],
     }
 
 
-def confirm_on_terminal(call: Any) -> bool:
-    """Ask on the terminal before the model's code (just shown on stderr) runs; Ctrl-C ends the command."""
+def confirm_on_terminal(call: Any, tools: Any = None) -> bool:
+    """Ask on the terminal before the model's code runs or an MCP tool is called (the call was just shown
+    on stderr); Ctrl-C ends the command."""
     from ossrun.terminal.interrupt import sigint_raises
-    from ossrun.terminal.repl import CONFIRM_PROMPT
+    from ossrun.terminal.repl import confirm_prompt
 
     with sigint_raises():
-        sys.stderr.write(CONFIRM_PROMPT)
+        sys.stderr.write(confirm_prompt(tools, call))
         sys.stderr.flush()
         answer = sys.stdin.readline()
     return answer.strip().lower() in ("y", "yes")
+
+
+def refuse_to_ask(tools: list[str], mcp: list[Any]) -> None:
+    """Without a terminal nobody can say yes: the python tool and MCP servers not trusted need --yes."""
+    from ossrun.tools.mcp_config import read_configs
+
+    if "python" in tools:
+        raise OssrunError("--tool python asks before each run of the model's code and there is no terminal "
+                          "to ask on: add --yes to let it run without asking")
+    asking = [server.name for server in read_configs(mcp) if not server.trust] if mcp else []
+    if asking:
+        raise OssrunError(f"MCP server {asking[0]!r} asks before each call and there is no terminal to ask on: "
+                          "add --yes, or \"trust\": true to the server's configuration, to let its tools run without asking")
 
 
 def register(app: typer.Typer) -> None:
@@ -105,6 +122,8 @@ def register(app: typer.Typer) -> None:
         rpc: opt.Rpc = None,
         functions: opt.Functions = None,
         tool: opt.Tool = None,
+        mcp: opt.Mcp = None,
+        mcp_timeout: opt.McpTimeout = None,
         yes: opt.Yes = False,
         max_tool_rounds: opt.MaxToolRounds = opt.DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
@@ -116,20 +135,23 @@ def register(app: typer.Typer) -> None:
         messages = [{"role": "user", "content": read_prompt(prompt, screen.notice)}]
         if system is not None:
             system = opt.utf8_text(system, "--system", screen.notice)
-        tools = opt.toolbox(functions, tool)
-        if tools.python is not None and not (yes or show_prompt or sys.stdin.isatty()):
-            raise OssrunError("--tool python asks before each run of the model's code and there is no terminal "
-                              "to ask on: add --yes to let it run without asking")
+        if not (yes or show_prompt or sys.stdin.isatty()):
+            refuse_to_ask(tool or [], mcp or [])
+        tools = opt.toolbox(functions, tool, mcp, mcp_timeout)
         settings = {"reasoning_effort": reasoning_effort, "system": system, "tools": tools}
-        loaded = opt.load_model(opt.pick_model(None, model, demo), ctx=ctx, threads=threads, verbose=verbose, pull=pull,
-                                rpc=rpc)
+        try:
+            loaded = opt.load_model(opt.pick_model(None, model, demo), ctx=ctx, threads=threads, verbose=verbose,
+                                    pull=pull, rpc=rpc)
+        except BaseException:
+            tools.close()
+            raise
         try:
             if show_prompt:
                 typer.echo(loaded.decode(loaded.render(messages, **settings)))
                 return
             for text in tools.notices():
                 screen.notice(text)
-            confirm = confirm_on_terminal if tools.python is not None and not yes else None
+            confirm = (lambda call: confirm_on_terminal(call, tools)) if tools.asks() and not yes else None
             reasoning = "show" if show_reasoning and not as_json else "off"
             with TurnView(screen, reasoning=reasoning, answer=not as_json, stats=False) as view, \
                     cancel_on_sigint() as cancel:
@@ -143,7 +165,7 @@ def register(app: typer.Typer) -> None:
             loaded.close()
             tools.close()
         if as_json:
-            typer.echo(json.dumps(reply_json(loaded.name, reasoning_effort, reply), ensure_ascii=False))
+            typer.echo(json.dumps(reply_json(loaded.name, reasoning_effort, reply, tools), ensure_ascii=False))
         if reply.finish_reason == "interrupted":
             screen.info("interrupted", None)
             raise typer.Exit(INTERRUPTED_EXIT_CODE)

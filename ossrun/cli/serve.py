@@ -30,7 +30,11 @@ loads once; up to --parallel replies are decoded together and --max-queue more w
 --api-key (or OSSRUN_API_KEY) makes every request need "Authorization: Bearer KEY".
 --ctx is the pool of KV cells all requests share [default: 32768, or less where
 memory is short]; a prompt that does not fit is refused with the --ctx it needs.
-Ctrl-C stops it: replies in flight end with an error event.
+--tool python and --mcp FILE give the model tools the server runs itself (the flag
+is the consent: nobody is asked), shown to clients with the reasoning (Chat
+Completions) or as code_interpreter_call and mcp_call items (Responses); tools a
+request declares are returned to the client. Ctrl-C stops it: replies in flight
+end with an error event.
 
 Examples:
 
@@ -38,6 +42,7 @@ Examples:
   ossrun serve
   ossrun serve --demo --port 8081
   ossrun serve 20b --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"
+  ossrun serve --mcp mcp.json
 """
 
 
@@ -84,6 +89,8 @@ def register(app: typer.Typer) -> None:
         pull: opt.Pull = False,
         rpc: opt.Rpc = None,
         tool: opt.Tool = None,
+        mcp: opt.Mcp = None,
+        mcp_timeout: opt.McpTimeout = None,
     ) -> None:
         import uvicorn
 
@@ -91,8 +98,12 @@ def register(app: typer.Typer) -> None:
         from ossrun.server.served import ServedModel
 
         name = opt.pick_model(model_argument, model, demo)
-        tools = opt.toolbox(None, tool)
-        sock = bind(host, port)
+        tools = opt.toolbox(None, tool, mcp, mcp_timeout)
+        try:
+            sock = bind(host, port)
+        except BaseException:
+            tools.close()
+            raise
         try:
             loaded = opt.load_model(name, ctx=ctx or SERVE_CONTEXTS, threads=threads, verbose=verbose, pull=pull,
                                     parallel=parallel, rpc=rpc)
@@ -101,10 +112,14 @@ def register(app: typer.Typer) -> None:
             tools.close()
             raise
         served = ServedModel(name=loaded.name, aliases=registry_aliases(loaded.name), default_effort=reasoning_effort,
-                             python_tool=tools.python, created=int(time.time()))
+                             python_tool=tools.python, created=int(time.time()), mcp=tools.mcp)
         server = Server(loaded, served, api_key=api_key, max_waiting=max_queue)
         for text in tools.notices():
             server.write_log(f"note: {text}")
+        for config in tools.mcp.configs if tools.mcp is not None else ():
+            offered = [tool.name for tool in tools.mcp.tools() if tool.server == config.name]
+            server.write_log(f"MCP server {config.name} ({config.describe()}): {len(offered)} "
+                             f"tool{'' if len(offered) == 1 else 's'}: {', '.join(offered) or 'none'}")
         address = sock.getsockname()
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
         base = f"http://{shown}:{address[1]}/v1"

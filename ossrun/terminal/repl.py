@@ -16,7 +16,7 @@ from ossrun.events import Done, Reply, ToolCall
 from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import ReasoningMode, Screen, TurnView, stats_line
 from ossrun.terminal.interrupt import cancel_on_sigint, sigint_raises
-from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox
+from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, FunctionTool, Toolbox
 
 PROMPT = ">>> "
 CONTINUATION_PROMPT = "... "
@@ -24,6 +24,7 @@ MULTILINE_QUOTE = '"""'
 HISTORY_FILE_NAME = "chat_history"
 HISTORY_LENGTH = 1000
 CONFIRM_PROMPT = "run this code? [y/N] "
+MCP_CONFIRM_PROMPT = "call {tool} on MCP server {server}? [y/N] "
 
 # (command, argument, what it does): /help prints this table.
 COMMANDS = (
@@ -34,6 +35,7 @@ COMMANDS = (
     ("/save", "FILE", "save the conversation as JSON"),
     ("/load", "FILE", "load a conversation saved with /save"),
     ("/stats", "", "speed and context use"),
+    ("/tools", "", "the tools the model may call"),
     ("/help", "", "this list"),
     ("/quit", "", "leave (also Ctrl-D)"),
 )
@@ -114,7 +116,7 @@ class Repl:
         banner: bool = True,
         tools: Optional[Toolbox] = None,
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
-        confirm_python: bool = True,  # ask before each python run (``--yes`` turns it off)
+        confirm_python: bool = True,  # ask before each python run and MCP call (``--yes`` turns it off)
     ):
         self.model = model
         self.screen = screen
@@ -130,7 +132,7 @@ class Repl:
         self.generated_tokens = 0
         self._commands: dict[str, Callable[[str], Optional[bool]]] = {
             "/effort": self._effort, "/system": self._system, "/reset": self._reset,
-            "/retry": self._retry, "/save": self._save, "/load": self._load, "/stats": self._stats,
+            "/retry": self._retry, "/save": self._save, "/load": self._load, "/stats": self._stats, "/tools": self._tools,
             "/help": self._help, "/quit": self._quit, "/exit": self._quit,
         }
 
@@ -146,6 +148,8 @@ class Repl:
             self.screen.notice(text)
         try:
             while True:
+                for text in self.tools.news() if self.tools else ():  # an MCP server that stopped, said once
+                    self.screen.notice(text)
                 try:
                     text = self._read_input()
                 except (EOFError, KeyboardInterrupt):
@@ -229,15 +233,16 @@ class Repl:
         if not self.tools:
             return {}
         options: dict[str, Any] = {"tools": self.tools, "max_tool_rounds": self.max_tool_rounds}
-        if self.tools.python is not None and self.confirm_python:
+        if self.tools.asks() and self.confirm_python:
             options["confirm"] = self._confirm_run
         return options
 
     def _confirm_run(self, call: ToolCall) -> bool:
-        """Ask before the model's code runs (it was just shown). Ctrl-C stops the answer; end of input declines."""
+        """Ask before the model's code runs or an MCP tool is called (the call was just shown). Ctrl-C
+        stops the answer; end of input declines."""
         with sigint_raises():
             try:
-                answer = self.reader.read(CONFIRM_PROMPT)
+                answer = self.reader.read(confirm_prompt(self.tools, call))
             except EOFError:
                 self.screen.write(self.screen.err, "\n")
                 return False
@@ -301,6 +306,13 @@ class Repl:
         if self.last_reply is not None:
             self.screen.info(f"last answer: {stats_line(self.last_reply)}")
 
+    def _tools(self, argument: str) -> None:
+        if not self.tools:
+            self.screen.info("no tools: give chat --functions FILE.py, --tool python or --mcp FILE")
+            return
+        for line in tool_lines(self.tools, asks=self.confirm_python):
+            self.screen.info(line, None)
+
     def _help(self, argument: str) -> None:
         width = max(len(f"{name} {arg}".strip()) for name, arg, _ in COMMANDS)
         for name, arg, text in COMMANDS:
@@ -310,3 +322,35 @@ class Repl:
 
     def _quit(self, argument: str) -> bool:
         return False
+
+
+def confirm_prompt(tools: Optional[Toolbox], call: ToolCall) -> str:
+    """What the user is asked before a call runs: the python tool's code, or an MCP server's tool."""
+    server = tools.server_of(call.recipient) if tools is not None else None
+    return CONFIRM_PROMPT if server is None else MCP_CONFIRM_PROMPT.format(tool=call.name, server=server)
+
+
+def tool_lines(tools: Toolbox, asks: bool = True) -> list[str]:
+    """``/tools``: each tool the model may call with its arguments and the first line of its
+    description, the MCP ones under their server (where it runs, whether it asks, whether it stopped)."""
+    def line(tool: FunctionTool) -> str:
+        arguments = ", ".join((tool.parameters or {}).get("properties", {}))
+        summary = tool.description.strip().partition("\n")[0]
+        return f"  {tool.name}({arguments})" + (f": {summary}" if summary else "")
+
+    lines = []
+    if tools.python is not None:
+        lines.append("python: runs the model's code in a sandbox")
+    own = [tool for tool in tools.functions.values() if tools.server_of(tool.recipient) is None]
+    if own:
+        lines += ["functions:", *(line(tool) for tool in own)]
+    servers = tools.mcp
+    for config in servers.configs if servers is not None else ():
+        down = servers.down(config.name) if servers is not None else None
+        if down:
+            lines.append(f"{down} ({config.describe()}); its tools answer with an error:")
+        else:
+            state = "asks before each call" if asks and not config.trust else "calls run without asking"
+            lines.append(f"MCP server {config.name} ({config.describe()}), {state}:")
+        lines += [line(tool) for tool in tools.functions.values() if tools.server_of(tool.recipient) == config.name]
+    return lines

@@ -34,7 +34,7 @@ class ChatCall:
     stream: bool = False
     include_usage: bool = False
     parallel_tool_calls: bool = True
-    server_tools: frozenset[str] = field(default_factory=frozenset)
+    server_tools: Mapping[str, str] = field(default_factory=dict)  # recipients the server runs -> their label
 
 
 def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> ChatCall:
@@ -68,8 +68,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> C
         include_usage=bool(get(stream_options, "include_usage", (bool,), "stream_options.", default=False)),
         parallel_tool_calls=bool(get(body, "parallel_tool_calls", (bool,), default=True)),
     )
-    served.add_server_tools(call.options, body)
-    call.server_tools = served.server_tools
+    call.server_tools = served.add_server_tools(call.options, body)
     return call
 
 
@@ -225,8 +224,10 @@ class Completion:
         if step.kind == "text":
             self.content.append(step.text)
             return [{"content": step.text}]
-        if step.kind in ("run", "result"):  # the server's own python tool: shown with the reasoning
-            text = f"\n[python]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{step.result.output}\n"
+        if step.kind in ("run", "result"):  # the server's own tools (python, MCP servers'): shown with the reasoning
+            server = self.call.server_tools.get(step.call.recipient)
+            label = "python" if step.call.recipient == "python" else f"MCP {server}: {step.call.name}"
+            text = f"\n[{label}]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{step.result.output}\n"
             self.reasoning.append(text)
             return [{"reasoning_content": text, "reasoning": text}]
         if not self.call.parallel_tool_calls and self.tool_calls:

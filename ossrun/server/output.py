@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Collection, Literal, Optional, Union
 
 from ossrun.events import CommentaryDelta, Done, Event, FinalDelta, ReasoningDelta, Reply, ToolCall, ToolResult
 
@@ -80,7 +80,7 @@ class Step:
 class Transcript:
     """Events in, steps out; counts the reasoning tokens on the way."""
 
-    def __init__(self, server_tools: frozenset[str] = frozenset()):
+    def __init__(self, server_tools: Collection[str] = frozenset()):
         self.server_tools = server_tools  # recipients the server runs itself
         self._markup = {"reasoning": MarkupFilter(), "text": MarkupFilter()}
         self.reasoning_tokens = 0

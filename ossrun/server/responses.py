@@ -8,9 +8,9 @@ left out of the prompt), ``previous_response_id`` (kept in memory, bounded) and
 and back in an opaque, versioned form that needs no server state.
 
 Output: reasoning, message, function_call (and, for the server's python tool,
-code_interpreter_call) items, streamed with the event order the SDK's ``responses.stream()``
-requires: created, in_progress, then per item added / content_part.added / deltas / done,
-and ``response.completed`` with the whole response.
+code_interpreter_call; for its MCP servers' tools, mcp_call) items, streamed with the event
+order the SDK's ``responses.stream()`` requires: created, in_progress, then per item added /
+content_part.added / deltas / done, and ``response.completed`` with the whole response.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ResponsesCall:
     store: bool = True
     include_encrypted: bool = False
     previous: list[dict[str, Any]] = field(default_factory=list)
-    server_tools: frozenset[str] = field(default_factory=frozenset)
+    server_tools: Mapping[str, str] = field(default_factory=dict)  # recipients the server runs -> their label
 
 
 def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> ResponsesCall:
@@ -83,8 +83,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
         store=bool(get(body, "store", (bool,), default=True)),
         include_encrypted=ENCRYPTED_REASONING in include,
     )
-    served.add_server_tools(call.options, body)
-    call.server_tools = served.server_tools
+    call.server_tools = served.add_server_tools(call.options, body)
     return call
 
 
@@ -267,6 +266,8 @@ class Response:
                 self._event("response.function_call_arguments.done", item_id=data["id"], output_index=item.index, arguments=arguments),
                 self._event("response.output_item.done", output_index=item.index, item=item.data),
             ]
+        if step.call.recipient != "python":  # an MCP server's tool, run here
+            return self._mcp_step(step)
         if step.kind == "run":  # the server's own python tool
             data = {"id": new_id("ci"), "type": "code_interpreter_call", "status": "in_progress", "code": step.call.arguments,
                     "container_id": "ossrun-python", "outputs": []}
@@ -279,6 +280,30 @@ class Response:
             return []
         item.data.update(status="completed", outputs=[{"type": "logs", "logs": step.result.output}])
         return [self._event("response.output_item.done", output_index=item.index, item=item.data)]
+
+    def _mcp_step(self, step: Step) -> list[dict[str, Any]]:
+        """An ``mcp_call`` item: added with its arguments when the call starts, done with its output."""
+        if step.kind == "run":
+            arguments = arguments_json(step.call)
+            data = {"id": new_id("mcp"), "type": "mcp_call", "status": "in_progress",
+                    "server_label": self.call.server_tools.get(step.call.recipient, ""), "name": step.call.name,
+                    "arguments": arguments, "output": None, "error": None}
+            out = self._close() + self._add(data)
+            self._open = None
+            ids = {"item_id": data["id"], "output_index": self.items[-1].index}
+            return out + [self._event("response.mcp_call_arguments.delta", **ids, delta=arguments),
+                          self._event("response.mcp_call_arguments.done", **ids, arguments=arguments),
+                          self._event("response.mcp_call.in_progress", **ids)]
+        item = next((i for i in reversed(self.items) if i.data["type"] == "mcp_call" and i.data["status"] == "in_progress"), None)
+        if item is None:
+            return []
+        failed = step.result.error
+        item.data.update(status="failed" if failed else "completed", output=step.result.output)
+        if failed:
+            item.data["error"] = {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": step.result.output}]}
+        ids = {"item_id": item.data["id"], "output_index": item.index}
+        return [self._event("response.mcp_call.failed" if failed else "response.mcp_call.completed", **ids),
+                self._event("response.output_item.done", output_index=item.index, item=item.data)]
 
     def _add(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         item = _Item(len(self.items), data)

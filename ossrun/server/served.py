@@ -23,6 +23,7 @@ class ServedModel:
     server_tools: frozenset[str] = field(default_factory=frozenset)
     any_model: bool = False  # a batch: the loaded model serves every line, whatever it names
     python_sessions: Optional[PythonSessions] = field(default=None, init=False)
+    mcp: Any = None  # ossrun.tools.McpServers when --mcp was given: their tools run here too
 
     def __post_init__(self) -> None:
         self.server_tools = frozenset({"python"}) if self.python_tool is not None else frozenset()
@@ -42,11 +43,27 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "ossrun"}
 
-    def add_server_tools(self, options: dict[str, Any], body: Mapping[str, Any]) -> None:
+    def add_server_tools(self, options: dict[str, Any], body: Mapping[str, Any]) -> dict[str, str]:
         """The server's own tools for one request: python in a working directory of the request's
-        tool chain, or of the conversation the body names (``python_sessions.py``)."""
+        tool chain, or of the conversation the body names (``python_sessions.py``), and the MCP
+        servers' tools. Returns the recipients the server runs for this request, each with the label
+        its calls are shown with (``python``, an MCP server's name). The request's own tools keep
+        their names: an MCP tool of the same name is prefixed by its server."""
         if self.python_sessions is not None:
             options["python_tool"] = self.python_sessions.for_request(conversation_of(body))
+        runs = {recipient: "python" for recipient in self.server_tools}
+        if self.mcp is not None:
+            from ossrun.errors import ToolError
+            from ossrun.tools.functions import FUNCTIONS, function_tools
+            from ossrun.tools.mcp_tools import mcp_function_tools, served_by
+
+            options["mcp"] = self.mcp
+            try:
+                taken = {t.name for t in function_tools(options.get("tools") or ()) if t.namespace == FUNCTIONS}
+            except ToolError:
+                taken = set()  # the request's tools are refused when its prompt is rendered
+            runs.update((tool.recipient, str(served_by(tool))) for tool in mcp_function_tools(self.mcp, taken))
+        return runs
 
     def close(self) -> None:
         """Close the python sessions of the conversations still open."""

@@ -162,18 +162,41 @@ def test_no_sibling_modules_differ_by_one_letter():
                 assert not one_apart(a, b), f"{package}: {a} and {b}"
 
 
-def test_help_loads_neither_llama_cpp_nor_openai_harmony():
+def test_help_loads_neither_llama_cpp_nor_openai_harmony_nor_the_mcp_sdk():
     probe = (
         "import json, sys\n"
         "from ossrun.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "sys.stderr.write(json.dumps(sorted(sys.modules)))\n"
     )
-    for command in ([], ["chat"], ["run"], ["convert"], ["models"], ["worker"]):
+    for command in ([], ["chat"], ["run"], ["serve"], ["convert"], ["models"], ["worker"]):
         code = probe.replace("['--help']", repr([*command, "--help"]))
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         loaded = set(json.loads(result.stderr))
         assert "llama_cpp" not in loaded and "openai_harmony" not in loaded, command
+        assert not {"mcp", "mcp_types", "httpx2"} & loaded, command
+
+
+def test_the_mcp_sdk_is_imported_only_where_servers_start():
+    """``ossrun.tools`` is loaded with every model; the SDK only when MCP servers start (inside functions)."""
+    assert {m for m in importers_of("mcp") if not m.startswith("ossrun.tools.mcp_")} == set()
+    for module in ("ossrun.tools.mcp_servers", "ossrun.tools.mcp_tools", "ossrun.tools.mcp_config"):
+        tree = ast.parse(module_files()[module].read_text())
+        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                     for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        assert not {"mcp", "httpx2", "anyio"} & top_level, module
+    probe = "import json, sys\nimport ossrun.tools\nsys.stderr.write(json.dumps(sorted(sys.modules)))\n"
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stderr))
+    assert not {"mcp", "httpx2"} & loaded
+
+
+def test_the_mcp_keeper_uses_the_standard_library_only():
+    """mcp_child.py runs as a script with ``python -I -S``: no site-packages, no ossrun."""
+    tree = ast.parse(module_files()["ossrun.tools.mcp_child"].read_text())
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert names <= set(sys.stdlib_module_names), names - set(sys.stdlib_module_names)
+    assert not any("ossrun.tools.mcp_child" in names for names in imports().values())
 
 
 def test_the_map_names_every_wing_and_module_that_exists():

@@ -32,6 +32,7 @@ WEATHER_CALL = ('<|channel|>analysis<|message|>Need the weather.<|end|><|start|>
                 'to=functions.get_weather <|constrain|>json<|message|>{"city": "Oslo"}<|call|>')
 LINUX = sys.platform.startswith("linux")
 STOPPED = "MCP server 'weather' stopped (was killed by signal 9)"
+WEATHER = '{"city": "Oslo", "temperature_c": 14, "condition": "rainy"}'  # the server's indented JSON, on one line
 
 
 def tag(tmp_path: Path) -> str:
@@ -323,7 +324,7 @@ def test_chat_asks_before_each_call_and_lists_the_tools(encoding, tmp_path):
         "thinking\nNeed the weather.\n\n"
         '→ get_weather({"city": "Oslo"})\n'
         "call get_weather on MCP server weather? [y/N] y\n"
-        '← get_weather: {\n    "city": "Oslo",\n    "temperature_c": 14,\n    "condition": "rainy"\n  }\n'
+        f"← get_weather: {WEATHER}\n"
         "thinking\nIt rains.\n\n14 °C and rainy.\nSTATS\n"
         ">>> /tools\n"
         f"MCP server weather ({command}), asks before each call:\n"
@@ -399,7 +400,7 @@ def test_chat_transcript_with_the_demo_model(demo, tmp_path):
         assert session.run() == 0
     transcript = buffer.getvalue()
     lines = ['→ get_weather({"city": "Oslo"})\n', "call get_weather on MCP server weather? [y/N] y\n",
-             '← get_weather: {\n    "city": "Oslo",\n    "temperature_c": 14,\n    "condition": "rainy"\n  }\n',
+             f"← get_weather: {WEATHER}\n",
              "It is 14°C and rainy in Oslo right now.\n"]
     assert all(line in transcript for line in lines), transcript
     assert [transcript.index(line) for line in lines] == sorted(transcript.index(line) for line in lines)
@@ -416,7 +417,7 @@ def test_run_json_shows_the_call_and_nothing_is_left_running(demo_build, tmp_pat
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["tool_calls"] == [{"name": "get_weather", "arguments": '{"city": "Oslo"}', "server": "weather", "error": False,
-                                   "result": '{\n  "city": "Oslo",\n  "temperature_c": 14,\n  "condition": "rainy"\n}'}]
+                                   "result": WEATHER}]
     assert data["final"] == "It is 14°C and rainy in Oslo right now." and data["finish_reason"] == "stop"
     assert processes(tag(tmp_path)) == []  # stopped before ossrun exited
 
@@ -427,7 +428,7 @@ def test_the_python_api_over_streamable_http_and_for_one_reply(demo, tmp_path, h
         answer = demo.chat(QUESTION, mcp=servers, temperature=0)
         assert servers.down("weather") is None  # the caller's servers outlive the reply
     (result,) = answer.tool_calls
-    assert (result.call.recipient, result.error) == ("functions.get_weather", False) and '"temperature_c": 14' in result.output
+    assert (result.call.recipient, result.error, result.output) == ("functions.get_weather", False, WEATHER)
     assert answer.final == "It is 14°C and rainy in Oslo right now."
     # A configuration instead: servers started for this reply and stopped after it.
     answer = demo.chat(QUESTION, mcp=config_file(tmp_path, {"weather": server(tmp_path)}), temperature=0)
@@ -502,8 +503,7 @@ def test_serve_runs_mcp_tools_and_shows_their_calls_in_both_apis(demo_build, tmp
         choice = completion.choices[0]
         assert choice.finish_reason == "stop" and not choice.message.tool_calls
         assert choice.message.content == "It is 14°C and rainy in Oslo right now."
-        assert '[MCP weather: get_weather]\n{"city": "Oslo"}\n[output]\n{\n  "city": "Oslo",\n  "temperature_c": 14' \
-            in choice.message.reasoning_content
+        assert f'[MCP weather: get_weather]\n{{"city": "Oslo"}}\n[output]\n{WEATHER}\n' in choice.message.reasoning_content
         # A tool the request declares is the client's: returned, not run; the server's is renamed beside it.
         own = {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather for a city.",
                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -576,5 +576,5 @@ def test_the_readme_python_example_runs(demo_build, tmp_path, monkeypatch):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(example, {"__name__": "__main__"})
-    assert out.getvalue().startswith('get_weather {\n  "city": "Oslo",\n  "temperature_c": 14,\n  "condition": "rainy"\n}\n')
+    assert out.getvalue().startswith(f"get_weather {WEATHER}\n")
     assert_no_process_left(tmp_path)

@@ -165,9 +165,9 @@ def _union(node: dict[str, Any], key: str, variants: list[Any]) -> dict[str, Any
 
 
 def result_text(result: Any) -> tuple[str, bool]:
-    """A ``CallToolResult`` as the tool message's text: text as it is, structured content as JSON
-    (when no text says it already), resources as their text, images and audio as a note (the model
-    reads text only)."""
+    """A ``CallToolResult`` as the tool message's text: text as it is (JSON on one line), structured
+    content as JSON (when no text says it already), resources as their text, images and audio as a
+    note (the model reads text only)."""
     parts = [_block_text(block) for block in result.content or ()]
     structured = getattr(result, "structured_content", None)
     if structured is not None and not any(getattr(block, "type", "") == "text" for block in result.content or ()):
@@ -181,7 +181,7 @@ def result_text(result: Any) -> tuple[str, bool]:
 def _block_text(block: Any) -> str:
     kind = getattr(block, "type", "")
     if kind == "text":
-        return block.text
+        return _compact_json(block.text)
     if kind in ("image", "audio"):
         return f"[{kind} ({block.mime_type}, {_decoded_size(block.data)} bytes): not shown, the model reads text only]"
     if kind == "resource_link":
@@ -195,6 +195,17 @@ def _block_text(block: Any) -> str:
         size = _decoded_size(getattr(resource, "blob", ""))
         return f"[resource {resource.uri} ({resource.mime_type or 'binary'}, {size} bytes): not shown, the model reads text only]"
     return f"[{kind or 'content'}: not shown]"
+
+
+def _compact_json(text: str) -> str:
+    """A JSON object or array on one line, as function tools' results are: servers often indent
+    theirs, which costs tokens and, for the demo model, the answer (it was trained on one line)."""
+    if not text.lstrip().startswith(("{", "[")):
+        return text
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False)
+    except ValueError:
+        return text
 
 
 def _decoded_size(data: Optional[str]) -> int:

@@ -129,6 +129,7 @@ def web_server():
     ('{"mcpServers": {"w": {"command": "x", "env": {"KEY": "${OSSRUN_TEST_UNSET}"}}}}',
      "{path}: MCP server 'w': env KEY names ${{OSSRUN_TEST_UNSET}}, which is not set: set it or write the value"),
     ('{"mcpServers": {"w": {"command": "x", "timeout": 0}}}', "{path}: MCP server 'w': timeout must be a number of seconds above 0"),
+    ('{"mcpServers": {"w": {"command": "x", "cwd": "no-such-folder"}}}', "{path}: MCP server 'w': cwd 'no-such-folder' is not a folder"),
     ('{"mcpServers": {"w": {"command": "ossrun-no-such-server"}}}',
      "MCP server 'w' cannot start: ossrun-no-such-server is not on its PATH: install it, or give its full path or a "
      "PATH in the server's env"),
@@ -230,6 +231,22 @@ def test_killing_ossrun_ends_its_servers_and_what_they_started(tmp_path):
     finally:
         process.kill()
         process.wait()
+    assert_no_process_left(tmp_path)
+
+
+def test_a_call_waits_within_its_timeout_and_stops_at_once_when_cancelled(tmp_path):
+    """Ctrl-C in chat (or a client that goes away from serve) sets the reply's cancel event: the
+    call ends at once and the server, told to cancel it, goes on serving."""
+    from ossrun.tools.mcp_tools import McpTool
+
+    with McpServers({"mcpServers": {"weather": server(tmp_path, "hang", timeout=30)}}) as servers:
+        cancel = threading.Event()
+        threading.Timer(0.5, cancel.set).start()
+        started = time.monotonic()
+        output, failed = McpTool(servers, "weather", "get_weather").run('{"city": "Oslo"}', cancel)
+        assert (output, failed) == ('{"error": "the call to get_weather was interrupted"}', True)
+        assert time.monotonic() - started < 5
+        assert servers.down("weather") is None and servers.news() == []
     assert_no_process_left(tmp_path)
 
 

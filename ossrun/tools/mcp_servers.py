@@ -196,6 +196,8 @@ class McpServers:
         while True:
             try:
                 return future.result(timeout=CANCEL_POLL_SECONDS)
+            except _ConnectionClosed as closed:  # named here: knowing how the server ended may take a moment
+                raise McpCallFailed(self._went_down(state, str(closed))) from None
             except concurrent.futures.TimeoutError:
                 if cancel is not None and cancel.is_set():
                     future.cancel()  # the SDK tells the server the request is cancelled
@@ -255,10 +257,11 @@ class McpServers:
                 server.ready.set_result(None)
                 await server.stopping.wait()
         except BaseException as exc:  # noqa: B036 - a start that fails is an answer for the caller, whatever it was
+            # Off the loop: saying how a stdio server ended waits for its stderr to close.
             if not server.ready.done():
-                server.ready.set_result(_start_failure(server, exc))
-            elif not self._closing and not server.down:
-                server.down = f"{server.where()} stopped{server.ending()}"
+                server.ready.set_result(await asyncio.to_thread(_start_failure, server, exc))
+            elif not self._closing:
+                await asyncio.to_thread(self._went_down, server)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
         finally:
@@ -299,11 +302,11 @@ class McpServers:
             if exc.code == REQUEST_TIMEOUT:
                 raise McpCallFailed(f"{tool} on {server.where()} did not answer within {server.config.timeout:g} s") from None
             if exc.code == CONNECTION_CLOSED:
-                raise McpCallFailed(self._went_down(server)) from None
+                raise _ConnectionClosed() from None
             raise McpCallFailed(f"{server.where()} refused the call: {_shorten(exc.message)}") from None
         except Exception as exc:
             if _is_connection_error(exc):
-                raise McpCallFailed(self._went_down(server, _describe(exc))) from None
+                raise _ConnectionClosed(_describe(exc)) from None
             raise McpCallFailed(f"{server.where()} answered something ossrun cannot read: {_describe(exc)}") from None
 
     def _ended(self, server: _Server) -> None:
@@ -323,6 +326,10 @@ class McpServers:
 
 class McpCallFailed(Exception):
     """A call that did not give a result; its message is what the model reads."""
+
+
+class _ConnectionClosed(Exception):
+    """The server's connection ended during a call; the message, if any, says how."""
 
 
 class _BadOutput(Exception):

@@ -116,9 +116,9 @@ def register(app: typer.Typer) -> None:
         server = Server(loaded, served, api_key=api_key, max_waiting=max_queue)
         for text in tools.notices():
             server.write_log(f"note: {text}")
-        for config in tools.mcp.configs if tools.mcp is not None else ():
-            offered = [tool.name for tool in tools.mcp.tools() if tool.server == config.name]
-            server.write_log(f"MCP server {config.name} ({config.describe()}): {len(offered)} "
+        for mcp_server in tools.mcp.configs if tools.mcp is not None else ():
+            offered = [tool.name for tool in tools.mcp.tools() if tool.server == mcp_server.name]
+            server.write_log(f"MCP server {mcp_server.name} ({mcp_server.describe()}): {len(offered)} "
                              f"tool{'' if len(offered) == 1 else 's'}: {', '.join(offered) or 'none'}")
         address = sock.getsockname()
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]

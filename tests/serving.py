@@ -90,7 +90,7 @@ class ServerThread:
         self.sock.listen(64)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.base_url = self.url + "/v1"
-        self.uvicorn = uvicorn.Server(uvicorn.Config(self.server.app(), log_level="warning", access_log=False, lifespan="off"))
+        self.uvicorn = uvicorn.Server(self.server.uvicorn_config())
         self.thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10

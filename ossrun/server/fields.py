@@ -65,7 +65,7 @@ def parse_json(data: bytes | str, what: str = "the body") -> dict[str, Any]:
     except RecursionError:
         raise bad_request(f"{what} nests objects and arrays more than {MAX_JSON_DEPTH} deep", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"{what} is not valid JSON: {exc}", code="invalid_json") from None
+        raise bad_request(f"{what} is not JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request(f"{what} must be a JSON object", code="invalid_json")
     if json_depth(body) > MAX_JSON_DEPTH:

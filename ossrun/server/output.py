@@ -49,7 +49,7 @@ class MarkupFilter:
             position = match.end()
         rest = text[position:]
         partial = rest.rfind("<")
-        if partial >= 0 and len(rest) - partial < _MAX_SPECIAL and re.fullmatch(r"<(\|[a-z_]*)?", rest[partial:]):
+        if partial >= 0 and len(rest) - partial < _MAX_SPECIAL and re.fullmatch(r"<(\|[a-z_]*\|?)?", rest[partial:]):
             self._held, rest = rest[partial:], rest[:partial]  # maybe the start of a special token
         if not self._in_header:
             out.append(rest)

@@ -145,6 +145,46 @@ def test_json_schema_output_parses_and_validates(client):
         json.loads(plain.choices[0].message.content)
 
 
+def pydantic_answer():
+    """A Pydantic model holding an enum and a nested model: the SDK sends it with $defs and $refs."""
+    import enum
+
+    from pydantic import BaseModel
+
+    class Capital(str, enum.Enum):
+        paris, rome, oslo = "Paris", "Rome", "Oslo"
+
+    class Kind(str, enum.Enum):
+        capital, city = "capital", "city"
+
+    class Place(BaseModel):
+        capital: Capital
+
+    class Answer(BaseModel):
+        kind: Kind
+        place: Place
+
+    assert "$defs" in Answer.model_json_schema()
+    return Answer
+
+
+def test_the_sdks_parse_helpers_get_a_defs_schema_answered(client):
+    answer = pydantic_answer()
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    for seed in (1, 2):  # twice: the schema is the same object both times
+        parsed = client.chat.completions.parse(model="demo", messages=question, response_format=answer, seed=seed,
+                                               max_tokens=300).choices[0].message.parsed
+        assert isinstance(parsed, answer) and parsed.place.capital.value in ("Paris", "Rome", "Oslo")
+    with client.chat.completions.stream(model="demo", messages=question, response_format=answer, max_tokens=300) as stream:
+        assert isinstance(stream.get_final_completion().choices[0].message.parsed, answer)
+    response = client.responses.parse(model="demo", input="What is the capital of Italy?", text_format=answer,
+                                      max_output_tokens=300)
+    assert isinstance(response.output_parsed, answer)
+    with client.responses.stream(model="demo", input="What is the capital of Italy?", text_format=answer,
+                                 max_output_tokens=300) as stream:
+        assert isinstance(stream.get_final_response().output_parsed, answer)
+
+
 def test_a_follow_up_turn_reports_its_cached_tokens(client):
     messages = [{"role": "user", "content": "Hello!"}]
     first = client.chat.completions.create(model="demo", messages=messages, temperature=0)

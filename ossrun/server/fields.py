@@ -204,10 +204,11 @@ def response_format(value: Any, where: str) -> None:
                           "invalid_value")
     if kind != "json_schema":
         return
-    spec, at = (value, where) if "json_schema" not in value else (get(value, "json_schema", (dict,), f"{where}."),
-                                                                   f"{where}.json_schema")
-    get(spec, "name", (str,), f"{at}.")
+    nested = "json_schema" in value  # Chat Completions; the Responses API's is flat, and needs both
+    spec, at = (get(value, "json_schema", (dict,), f"{where}."), f"{where}.json_schema") if nested else (value, where)
+    get(spec, "name", (str,), f"{at}.", required=not nested)
     get(spec, "description", (str,), f"{at}.")
+    get(spec, "schema", (dict,), f"{at}.", required=not nested)
     if spec.get("schema") is not None:
         schema(spec["schema"], f"{at}.schema", grammar=True)
 
@@ -224,7 +225,11 @@ def tool_choice(value: Any, names: Sequence[str]) -> tuple[str, ...]:
         return tuple(names)
     if isinstance(value, Mapping):
         kind = value.get("type")
-        if kind in ("auto", "none", "allowed_tools"):
+        if kind == "allowed_tools":  # a subset of the tools for this turn: ossrun offers them all (auto)
+            spec, at = (value["allowed_tools"], "tool_choice.allowed_tools") if "allowed_tools" in value else (value, "tool_choice")
+            if not isinstance(spec, Mapping) or spec.get("mode") not in ("auto", "required"):
+                raise bad_request(f"{at}.mode must be auto or required", f"{at}.mode", "invalid_value")
+            get(spec, "tools", (list,), f"{at}.", required=True)
             return ()
         if kind == "function":
             spec, at = (value["function"], "tool_choice.function") if "function" in value else (value, "tool_choice")

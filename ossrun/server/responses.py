@@ -109,7 +109,8 @@ def served_tool(tool: Any, where: str) -> Optional[dict[str, Any]]:
         return dict(tool)
     if kind == "namespace":
         fields.tool_name(tool, where)
-        inner = get(tool, "tools", (list,), f"{where}.", default=[])
+        get(tool, "description", (str,), f"{where}.")
+        inner = get(tool, "tools", (list,), f"{where}.", required=True)
         functions = []
         for number, function in enumerate(inner):
             if isinstance(function, Mapping) and function.get("type", "function") == "function":
@@ -140,10 +141,13 @@ def check_tool_schemas(tools: list[Any], declared: list[tuple[int, Optional[dict
 
 
 def echoed_tool(tool: Any) -> Any:
-    """A tool as the response object repeats it: a function tool with its ``parameters`` and ``strict`` (null
-    when not given)."""
+    """A tool as the response object repeats it, with the fields OpenAI's reference requires: a function's
+    ``parameters`` and ``strict`` (null when not given), a namespace's ``description``. Tool types ossrun
+    does not serve are repeated as sent."""
     if isinstance(tool, Mapping) and tool.get("type") == "function":
         return {**tool, "parameters": tool.get("parameters"), "strict": tool.get("strict")}
+    if isinstance(tool, Mapping) and tool.get("type") == "namespace":
+        return {**tool, "description": tool.get("description") or ""}
     return tool
 
 

@@ -335,7 +335,8 @@ def test_an_open_webui_shaped_stream_yields_reasoning_content_deltas(server):
     ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "extreme"}, 400, "reasoning_effort"),
     ({"model": "demo", "messages": [{"role": "tool", "tool_call_id": "call_x", "content": "1"}]}, 400, "messages[0].tool_call_id"),
     ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools[0].function"),
-    ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}}, 400, "response_format.type"),
+    ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}}, 400,
+     "response_format.type"),
 ])
 def test_bad_chat_requests_are_answered_and_the_server_goes_on(server, body, status, param):
     got, _, answer = post(server, "/v1/chat/completions", body)

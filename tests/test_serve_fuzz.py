@@ -33,88 +33,83 @@ keys = st.text(max_size=6).filter(lambda key: key != "type")
 junk = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=8)
 
 
-def either(good, bad=junk, odds: int = 12):
+def either(good, bad=junk, odds: int = 20):
     """Mostly a value the API takes, one time in ``odds`` anything at all (so that many bodies get past
     every check and reach the model)."""
     return st.integers(1, odds).flatmap(lambda draw: bad if draw == 1 else good)
 
 
+def record(fields: dict, /, **optional):
+    """Objects with ``fields`` always and any of ``optional``."""
+    return st.fixed_dictionaries(fields, optional=optional)
+
+
+short = st.text(max_size=8)
 counts = st.integers(-3, 1500) | st.sampled_from([10**7, 10**9, 2**40]) | junk
-patterns = st.sampled_from(["^[a-z]+$", "[0-9]{2}", "a{2,3000}", "(", "^(a|b)*$", "x{5}", "[^\"]*", "\\d+$"]) | st.text(max_size=8)
+patterns = st.sampled_from(["^[a-z]+$", "[0-9]{2}", "a{2,3000}", "(", "^(a|b)*$", "x{5}", '[^"]*', "\\d+$"]) | short
+refs = st.sampled_from(["#/$defs/A", "#/$defs/missing", "https://example.com/s.json", "#"])
 keywords = {"minItems": counts, "maxItems": counts, "minLength": counts, "maxLength": counts, "pattern": patterns,
             "enum": st.lists(scalars, max_size=4), "format": st.sampled_from(["date", "uuid", "email"]), "const": scalars,
-            "$ref": st.sampled_from(["#/$defs/A", "#/$defs/missing", "https://example.com/s.json", "#"])}
+            "$ref": refs}
+TYPES = ["string", "integer", "number", "boolean", "null", "array", "object"]
 
 
 def schemas(depth: int = 3):
-    leaf = st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "number", "boolean", "null", "array", "object"])},
-                                 optional=keywords)
+    leaf = record({"type": st.sampled_from(TYPES)}, **keywords)
     if depth == 0:
         return leaf
     inner = schemas(depth - 1)
-    node = st.fixed_dictionaries({"type": st.sampled_from(["object", "array"]) | st.lists(st.sampled_from(["string", "null"]))},
-                                 optional={"properties": st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True), inner,
-                                                                         max_size=4),
-                                           "required": st.lists(st.text(max_size=6), max_size=3), "items": inner,
-                                           "anyOf": st.lists(inner, max_size=3), "$defs": st.fixed_dictionaries({"A": inner}),
-                                           "additionalProperties": st.booleans() | inner, **keywords})
-    return either(st.one_of(leaf, node), junk)
+    node = record({"type": st.sampled_from(["object", "array"]) | st.lists(st.sampled_from(["string", "null"]))},
+                  properties=st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True), inner, max_size=4),
+                  required=st.lists(short, max_size=3), items=inner, anyOf=st.lists(inner, max_size=3),
+                  additionalProperties=st.booleans() | inner, **{"$defs": record({"A": inner})}, **keywords)
+    return either(leaf | node)
 
 
 names = either(st.sampled_from(["get_weather", "f", "spawn_agent"]), st.text(max_size=70))
-chat_tool = either(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
-    {"name": names}, optional={"description": either(st.text(max_size=20)), "parameters": schemas(), "strict": st.booleans()})}))
-flat_tool = either(st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search", "custom", "namespace"]),
-                                          "name": names}, optional={"parameters": schemas(), "description": st.text(max_size=10),
-                                                                    "strict": st.booleans(), "tools": st.lists(
-                                                                        st.fixed_dictionaries({"type": st.just("function"),
-                                                                                               "name": names,
-                                                                                               "parameters": schemas()}),
-                                                                        max_size=2)}))
+function = record({"name": names}, description=either(short), parameters=schemas(), strict=st.booleans())
+chat_tool = either(record({"type": st.just("function"), "function": function}))
+inner_tool = record({"type": st.just("function"), "name": names, "parameters": schemas()})
+flat_tool = either(record({"type": st.sampled_from(["function", "web_search", "custom", "namespace"]), "name": names},
+                          parameters=schemas(), description=short, strict=st.booleans(),
+                          tools=st.lists(inner_tool, max_size=2)))
 tool_choices = either(st.sampled_from(["auto", "none", "required"])
-                      | st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries({"name": names})})
-                      | st.fixed_dictionaries({"type": st.sampled_from(["function", "allowed_tools", "auto"]), "name": names}))
-formats = either(st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema", "yaml"])},
-                                       optional={"json_schema": either(st.fixed_dictionaries(
-                                           {"name": st.text(max_size=8), "schema": schemas()}, optional={"strict": st.booleans()})),
-                                           "name": st.text(max_size=8), "schema": schemas()}))
-texts = either(st.text(max_size=40) | st.lists(st.fixed_dictionaries({"type": either(st.sampled_from(["text", "input_text"]),
-                                                                                   st.just("image_url")),
-                                                                      "text": either(st.text(max_size=20))}), max_size=2))
-message = either(st.fixed_dictionaries({"role": either(st.sampled_from(["system", "developer", "user", "user", "assistant"]),
-                                                       st.sampled_from(["tool", "wizard"])),
-                                        "content": texts},
-                                       optional={"tool_calls": st.lists(st.fixed_dictionaries({
-                                           "id": st.text(max_size=8), "type": st.just("function"),
-                                           "function": st.fixed_dictionaries({"name": names, "arguments": either(st.text(max_size=20))})}),
-                                           max_size=2),
-                                           "tool_call_id": st.text(max_size=8), "reasoning_content": st.text(max_size=20)}))
-sampling = {"temperature": either(st.floats(0, 2)), "top_p": either(st.floats(0.01, 1)), "seed": either(st.integers(0, 2**32 - 1)),
-            "stream": either(st.booleans()), "parallel_tool_calls": either(st.booleans())}
-chat_bodies = st.fixed_dictionaries(
+                      | record({"type": st.just("function"), "function": record({"name": names})})
+                      | record({"type": st.sampled_from(["function", "allowed_tools", "auto"]), "name": names}))
+json_schema = record({"name": short, "schema": schemas()}, strict=st.booleans())
+formats = either(record({"type": st.sampled_from(["text", "json_object", "json_schema", "yaml"])},
+                        json_schema=either(json_schema), name=short, schema=schemas()))
+part = record({"type": either(st.sampled_from(["text", "input_text"]), st.just("image_url")), "text": either(short)})
+texts = either(st.text(max_size=40) | st.lists(part, max_size=2))
+roles = either(st.sampled_from(["system", "developer", "user", "user", "assistant"]), st.sampled_from(["tool", "wizard"]))
+call = record({"id": short, "type": st.just("function"), "function": record({"name": names, "arguments": either(short)})})
+message = either(record({"role": roles, "content": texts}, tool_calls=st.lists(call, max_size=2), tool_call_id=short,
+                        reasoning_content=short))
+string_map = st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)
+limits = either(st.integers(1, 50))
+sampling = {"temperature": either(st.floats(0, 2)), "top_p": either(st.floats(0.01, 1)),
+            "seed": either(st.integers(0, 2**32 - 1)), "stream": either(st.booleans()),
+            "parallel_tool_calls": either(st.booleans()), "metadata": either(string_map)}
+chat_bodies = record(
     {"model": either(st.just("demo"), odds=40), "messages": either(st.lists(message, min_size=1, max_size=4))},
-    optional={**sampling, "max_tokens": either(st.integers(1, 50)), "max_completion_tokens": either(st.integers(1, 50)),
-              "n": either(st.just(1)), "stop": either(st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=20)),
-              "tools": either(st.lists(chat_tool, max_size=3)), "tool_choice": tool_choices, "response_format": formats,
-              "reasoning_effort": either(st.sampled_from(["low", "medium", "high", "minimal", "xhigh"])),
-              "stream_options": either(st.fixed_dictionaries({"include_usage": st.booleans()})),
-              "metadata": either(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)), "user": st.text(max_size=5)})
-item = either(st.fixed_dictionaries({"type": st.sampled_from(["message", "reasoning", "function_call", "function_call_output",
-                                                              "web_search_call"])},
-                                    optional={"role": st.sampled_from(["user", "assistant", "developer", "system", "tool"]),
-                                              "content": texts, "name": names, "call_id": st.text(max_size=6),
-                                              "arguments": st.text(max_size=10), "output": texts,
-                                              "encrypted_content": st.text(max_size=20)}))
-responses_bodies = st.fixed_dictionaries(
+    **sampling, max_tokens=limits, max_completion_tokens=limits, n=either(st.just(1)),
+    stop=either(st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=20)),
+    tools=either(st.lists(chat_tool, max_size=3)), tool_choice=tool_choices, response_format=formats,
+    reasoning_effort=either(st.sampled_from(["low", "medium", "high", "minimal", "xhigh"])),
+    stream_options=either(record({"include_usage": st.booleans()})), user=short)
+ITEM_TYPES = ["message", "reasoning", "function_call", "function_call_output", "web_search_call"]
+item = either(record({"type": st.sampled_from(ITEM_TYPES)},
+                     role=st.sampled_from(["user", "assistant", "developer", "system", "tool"]), content=texts, name=names,
+                     call_id=short, arguments=short, output=texts, encrypted_content=st.text(max_size=20)))
+responses_bodies = record(
     {"model": either(st.just("demo"), odds=40), "input": either(st.text(max_size=40) | st.lists(item, max_size=4))},
-    optional={**sampling, "max_output_tokens": either(st.integers(1, 50)), "instructions": either(st.text(max_size=20)),
-              "tools": either(st.lists(flat_tool, max_size=3)), "tool_choice": tool_choices,
-              "text": either(st.fixed_dictionaries({}, optional={"format": formats, "verbosity": st.sampled_from(["low", "high"])})),
-              "reasoning": either(st.fixed_dictionaries({}, optional={"effort": st.sampled_from(["low", "high", "none"]),
-                                                                      "summary": st.sampled_from(["auto", "detailed", "all"])})),
-              "metadata": either(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)),
-              "store": either(st.booleans()), "include": either(st.lists(st.sampled_from(["reasoning.encrypted_content"]))),
-              "previous_response_id": either(st.none(), st.text(max_size=10), odds=6)})
+    **sampling, max_output_tokens=limits, instructions=either(st.text(max_size=20)),
+    tools=either(st.lists(flat_tool, max_size=3)), tool_choice=tool_choices,
+    text=either(record({}, format=formats, verbosity=st.sampled_from(["low", "high"]))),
+    reasoning=either(record({}, effort=st.sampled_from(["low", "high", "none"]),
+                            summary=st.sampled_from(["auto", "detailed", "all"]))),
+    store=either(st.booleans()), include=either(st.lists(st.just("reasoning.encrypted_content"))),
+    previous_response_id=either(st.none(), st.text(max_size=10), odds=6))
 
 
 @pytest.fixture(scope="module")

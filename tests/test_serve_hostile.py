@@ -138,20 +138,23 @@ def test_bodies_json_cannot_carry_are_400s(server, raw):
     refused(server.port, 400, None, "invalid_json", "POST", path, raw)
 
 
-@pytest.mark.parametrize("fields, param", [
-    ({"max_tokens": "abc", "max_completion_tokens": 5}, "max_tokens"),  # once: accepted
-    ({"seed": -1}, "seed"),
-    ({"seed": 2**32}, "seed"),
-    ({"stop": [str(n) for n in range(17)]}, "stop"),
-    ({"tools": [{"type": "function", "function": {"name": "no spaces!"}}]}, "tools[0].function.name"),
+@pytest.mark.parametrize("fields, param, code", [
+    ({"max_tokens": "abc", "max_completion_tokens": 5}, "max_tokens", "invalid_type"),  # once: accepted
+    ({"seed": -1}, "seed", "invalid_value"),
+    ({"seed": 2**32}, "seed", "invalid_value"),
+    ({"stop": [str(n) for n in range(17)]}, "stop", "invalid_value"),
+    ({"tools": [{"type": "function", "function": {"name": "no spaces!"}}]}, "tools[0].function.name", "invalid_value"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {
-        "name": "g"}}}, "tool_choice.function.name"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"response_format": {"type": "json_schema", "json_schema": "x"}}, "response_format.json_schema"),
+        "name": "g"}}}, "tool_choice.function.name", "invalid_value"),
+    ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
+    ({"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "all"}}}, "tool_choice.allowed_tools.mode",
+     "invalid_value"),
+    ({"response_format": {"type": "json_schema", "json_schema": "x"}}, "response_format.json_schema", "invalid_type"),
+    ({"response_format": {"type": "json_schema", "json_schema": None}}, "response_format.json_schema",
+     "missing_required_parameter"),  # once: a 500
 ])
-def test_every_bad_chat_field_is_named(server, fields, param):
-    refused(server.port, 400, param, "invalid_type" if param in ("max_tokens", "response_format.json_schema") else
-            "invalid_value", "POST", CHAT, {"model": "demo", "messages": HI, **fields})
+def test_every_bad_chat_field_is_named(server, fields, param, code):
+    refused(server.port, 400, param, code, "POST", CHAT, {"model": "demo", "messages": HI, **fields})
 
 
 @pytest.mark.parametrize("fields, param", [

@@ -45,12 +45,12 @@ class Server:
     def __init__(self, model: Any, served: ServedModel, *, api_key: Optional[str] = None,
                  max_waiting: int = 16, max_body: int = DEFAULT_MAX_BODY_BYTES,
                  keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS, log: Optional[TextIO] = None,
-                 limits: Limits = Limits()):
+                 limits: Optional[Limits] = None):
         self.model = model
         self.served = served
         self.api_key = api_key
         self.max_body = max_body
-        self.limits = limits
+        self.limits = limits or Limits()
         self.keepalive_seconds = keepalive_seconds
         self.log = log if log is not None else sys.stderr
         self.state = ServerState()

@@ -185,7 +185,7 @@ class Edge:
             return
         started = time.perf_counter()
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        method, path = scope["method"], scope["path"]
+        method = scope["method"]
         refusal = self.refusal(scope, headers)
         if refusal is not None:
             await self.answer(scope, receive, send, refusal, started)

@@ -205,7 +205,8 @@ def response_format(value: Any, where: str) -> None:
     if kind != "json_schema":
         return
     nested = "json_schema" in value  # Chat Completions; the Responses API's is flat, and needs both
-    spec, at = (get(value, "json_schema", (dict,), f"{where}."), f"{where}.json_schema") if nested else (value, where)
+    spec, at = (get(value, "json_schema", (dict,), f"{where}.", required=True), f"{where}.json_schema") if nested \
+        else (value, where)
     get(spec, "name", (str,), f"{at}.", required=not nested)
     get(spec, "description", (str,), f"{at}.")
     get(spec, "schema", (dict,), f"{at}.", required=not nested)
@@ -226,7 +227,8 @@ def tool_choice(value: Any, names: Sequence[str]) -> tuple[str, ...]:
     if isinstance(value, Mapping):
         kind = value.get("type")
         if kind == "allowed_tools":  # a subset of the tools for this turn: ossrun offers them all (auto)
-            spec, at = (value["allowed_tools"], "tool_choice.allowed_tools") if "allowed_tools" in value else (value, "tool_choice")
+            nested = "allowed_tools" in value  # Chat Completions nests it
+            spec, at = (value["allowed_tools"], "tool_choice.allowed_tools") if nested else (value, "tool_choice")
             if not isinstance(spec, Mapping) or spec.get("mode") not in ("auto", "required"):
                 raise bad_request(f"{at}.mode must be auto or required", f"{at}.mode", "invalid_value")
             get(spec, "tools", (list,), f"{at}.", required=True)
@@ -237,7 +239,8 @@ def tool_choice(value: Any, names: Sequence[str]) -> tuple[str, ...]:
                 raise bad_request(f"{at} must be an object with a name", at, "invalid_type")
             name = get(spec, "name", (str,), f"{at}.", required=True)
             namespace = get(value, "namespace", (str,), "tool_choice.")
-            chosen = [n for n in names if n == name or n == f"{namespace}.{name}" or (namespace is None and n.endswith(f".{name}"))]
+            chosen = [n for n in names if n == name or n == f"{namespace}.{name}"
+                      or (namespace is None and n.endswith(f".{name}"))]
             if not chosen:
                 raise bad_request(f"{at}.name {name!r} is not among the request's function tools", f"{at}.name",
                                   "invalid_value")

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 from ossrun.events import Event, Reply
-from ossrun.server.chat import sampling_options
 from ossrun.server import fields
+from ossrun.server.chat import sampling_options
 from ossrun.server.fields import ApiError, bad_request, get, text_of
 from ossrun.server.output import Step, Transcript, arguments_json, new_id, split_recipient
 from ossrun.server.served import ServedModel, effort_of
@@ -398,6 +398,6 @@ class Response:
             history[-1]["content"] = "".join(i.text and "".join(i.text) or "" for i in self.items if i.data["type"] == "message")
         ids = [i.data for i in self.items if i.data["type"] == "function_call"]
         for message in history[len(self.call.messages):]:
-            for call, item in zip(message.get("tool_calls", []), ids):
+            for call, item in zip(message.get("tool_calls", []), ids, strict=False):
                 call["id"] = item["call_id"]  # the ids the client will answer with
         self.state.responses.put(self.id, {"messages": history})

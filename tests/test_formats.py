@@ -167,10 +167,11 @@ def test_a_defs_schema_holds_the_answer_every_time_and_is_never_changed(demo_mod
         check_defs_answer(reply.final)
     assert DEFS_FORMAT == original
     tool = {"type": "function", "function": {"name": "answer", "description": "Give the answer.", "parameters": DEFS_SCHEMA}}
-    reply = demo_model.chat(CAPITAL, tools=[tool], tool_choice="required", seed=3, max_tokens=200)
-    (call,) = reply.pending_calls
-    check_defs_answer(call.arguments)
-    assert tool["function"]["parameters"] == DEFS_SCHEMA
+    for choice in ("required", {"type": "function", "function": {"name": "answer"}}):
+        reply = demo_model.chat(CAPITAL, tools=[tool], tool_choice=choice, seed=3, max_tokens=200)
+        (call,) = reply.pending_calls
+        check_defs_answer(call.arguments)
+    assert tool["function"]["parameters"] == DEFS_SCHEMA == original["json_schema"]["schema"]
 
 
 def test_each_schema_is_converted_once(encoding):

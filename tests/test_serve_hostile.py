@@ -178,7 +178,10 @@ def test_web_pages_cannot_use_it_and_the_servers_own_origin_can(server):
             {"Origin": "http://evil.example.com", "Access-Control-Request-Method": "POST"})
     for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
         refused(port, 415, None, "unsupported_media_type", "POST", CHAT, json.dumps(body).encode(), content_type=kind)
-    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"LOCALHOST:{port}"):
+    refused(port, 403, None, "host_not_allowed", "GET", "/health", None, {"Host": "[::1"})
+    # Names no page can rebind; any port, as an SSH tunnel or a port forward changes it.
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"LOCALHOST:{port}", "localhost:9000",
+                 "app.localhost", f"{socket.gethostname()}:{port}", "10.1.2.3:8080"):
         assert send(port, "POST", CHAT, body, {"Host": host})[0] == 200, host
     # The page the server itself serves (the chat page to come) fetches from its own origin.
     own = f"http://127.0.0.1:{port}"
@@ -281,6 +284,8 @@ def test_a_page_given_with_cors_may_call_it_and_others_may_not(small_server):
     assert headers["access-control-allow-headers"] == "authorization,content-type"
     status, headers, _ = send(port, "POST", CHAT, body, {"Origin": page})
     assert status == 200 and headers["access-control-allow-origin"] == page and headers["vary"] == "Origin"
+    status, headers, _ = send(port, "POST", CHAT, json.dumps(body).encode(), {"Origin": page}, content_type="text/plain")
+    assert status == 415 and headers["access-control-allow-origin"] == page  # the page may read why
     refused(port, 403, None, "origin_not_allowed", "POST", CHAT, body, {"Origin": "http://localhost:3001"})
 
 

@@ -12,8 +12,8 @@ Around uvicorn's HTTP/1.1 protocol (:class:`EdgeProtocol`):
 
 Around the application (:class:`Edge`, ASGI), for every route, those to come included:
 
-- on a loopback address, the ``Host`` must be that address, ``localhost``, ``127.0.0.1`` or
-  ``[::1]`` with the port, else 403: a DNS-rebinding web page sends its own name;
+- on a loopback address, the ``Host`` must be ``localhost``, an IP address or the machine's name,
+  else 403: a DNS-rebinding web page sends its own name (as Ollama checks it);
 - a request with an ``Origin`` (browsers send one) is served only from the server's own origin
   or one given with ``--cors``; a CORS preflight is answered for those and refused for others;
 - a body must be ``application/json`` (or have no type): a page's form, ``text/plain`` or
@@ -28,6 +28,7 @@ import asyncio
 import ipaddress
 import json
 import resource
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, MutableMapping, Optional, Sequence
@@ -43,7 +44,6 @@ DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_HEADER_SECONDS = 30.0
 DEFAULT_BODY_SECONDS = 60.0
 FD_RESERVE = 256  # open files kept for the model, the caches, tool sandboxes and the log
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 JSON_TYPES = ("application/json",)
 CORS_METHODS = "GET, POST, OPTIONS"
 CORS_MAX_AGE = "600"
@@ -186,11 +186,14 @@ class Edge:
         started = time.perf_counter()
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         method = scope["method"]
+        origin = headers.get("origin")
+        cross = origin is not None and not self.same_origin(origin, headers)  # past the checks: one given with --cors
         refusal = self.refusal(scope, headers)
         if refusal is not None:
+            if cross and origin is not None and self.origin_allowed(origin, headers):  # that page may read why
+                refusal.headers.update({"Access-Control-Allow-Origin": origin, "Vary": "Origin"})
             await self.answer(scope, receive, send, refusal, started)
             return
-        origin = headers.get("origin")
         if method == "OPTIONS" and origin is not None and "access-control-request-method" in headers:
             await self.preflight(scope, receive, send, origin, headers, started)
             return
@@ -200,7 +203,7 @@ class Edge:
             nonlocal response_started
             if message["type"] == "http.response.start":
                 response_started = True
-                if origin is not None and not self.same_origin(origin, headers):
+                if cross and origin is not None:
                     message["headers"] = [*message.get("headers", []), (b"access-control-allow-origin", origin.encode()),
                                           (b"vary", b"Origin")]
             await send(message)
@@ -217,9 +220,9 @@ class Edge:
         """Why this request is refused before any route sees it (None: it is not)."""
         host = headers.get("host")
         if host is not None and not self.host_allowed(scope, host):
-            return ApiError(403, f"the Host {host[:100]!r} is not this server's address: a server on a loopback address "
-                                 f"answers only to {', '.join(self.own_hosts(scope)[:4])} (no other name can reach it but "
-                                 f"a web page's DNS rebinding); serve with --host to use another", code="host_not_allowed")
+            return ApiError(403, f"the Host {host[:100]!r} is refused: a server on a loopback address answers only to "
+                                 f"localhost, an IP address or this machine's name (another name reaching it is a web "
+                                 f"page's DNS rebinding); serve with --host to use it otherwise", code="host_not_allowed")
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, headers):
             return ApiError(403, f"requests from the web page at {origin[:100]!r} are refused: this server serves its "
@@ -239,13 +242,10 @@ class Edge:
         server = scope.get("server")
         if not server or not _is_loopback(server[0]):
             return True  # listening beyond loopback: names cannot be known (--api-key protects it)
-        return host.lower() in self.own_hosts(scope)
-
-    def own_hosts(self, scope: Scope) -> list[str]:
-        address, port = scope["server"]
-        own = f"[{address}]" if ":" in address else address
-        names = list(dict.fromkeys([*LOOPBACK_NAMES, own]))
-        return [f"{name}:{port}" for name in names] + (names if port == 80 else [])
+        try:
+            return _local_name(urlsplit(f"//{host}").hostname or "")
+        except ValueError:  # "[::1" and the like
+            return False
 
     def same_origin(self, origin: str, headers: dict[str, str]) -> bool:
         host = headers.get("host")
@@ -293,6 +293,18 @@ class Edge:
         self.log(scope["method"], scope["path"], error.status, started)
 
 
+def _local_name(name: str) -> bool:
+    """A Host name no web page can rebind: an IP address, localhost (and its subdomains, which browsers
+    resolve themselves) or this machine's own name. Any port: tunnels and port forwards change it."""
+    name = name.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return name == "localhost" or name.endswith(".localhost") or name == socket.gethostname().lower()
+
+
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
@@ -318,5 +330,6 @@ def cors_origins(values: Sequence[str]) -> tuple[str, ...]:
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
                 raise ValueError(f"--cors {value!r} is not an origin: give scheme://host[:port], like "
                                  f"http://localhost:3000, or *")
+            value = f"{parts.scheme}://{parts.netloc}".lower()  # as browsers send it
         origins.append(value)
     return tuple(origins)

@@ -22,6 +22,9 @@ MAX_SCHEMA_DEPTH = 64  # the same inside one schema (harmony renders tool parame
 MAX_SCHEMA_NODES = 10_000  # objects and arrays in one schema
 MAX_REPEAT = 1000  # minItems, maxItems, minLength, maxLength, a pattern's {m,n}: llama.cpp's own limit
 MAX_REPEAT_TOTAL = 8000  # their sum over one schema
+# A pattern's {m,n} inside a group repeated {m,n} times: llama.cpp's grammar sampler follows every way
+# the text may match at once, and past about a hundred ways each token takes seconds to check.
+MAX_NESTED_REPEAT = 100
 MAX_PROPERTIES = 256  # of one object: the converter's work grows with their square
 MAX_GRAMMAR_BYTES = 256 << 10  # the grammar of one request, all its schemas together
 
@@ -142,13 +145,56 @@ def _count(node: Mapping[str, Any], key: str, path: str) -> int:
 def _pattern_repeats(pattern: str, path: str) -> int:
     total = 0
     for match in _QUANTIFIER.finditer(pattern):
-        low = int(match.group(1))
-        high = low if match.group(2) is None else int(match.group(3)) if match.group(3) else low
-        if max(low, high) > MAX_REPEAT:
+        count = _quantifier_count(match)
+        if count > MAX_REPEAT:
             raise SchemaError(f"{path} repeats something {match.group(0)} times, more than the {MAX_REPEAT} a grammar "
                               f"can hold: lower it", path)
-        total += max(low, high)
+        total += count
+    nested = _nested_repeats(pattern)
+    if nested > MAX_NESTED_REPEAT:
+        raise SchemaError(f"{path} nests repetitions {nested} times deep in all (a group repeated {{m,n}} times holding "
+                          f"one repeated {{m,n}} times multiplies them): more than the {MAX_NESTED_REPEAT} a grammar can "
+                          f"follow at speed; flatten it", path)
     return total
+
+
+def _quantifier_count(match: re.Match) -> int:
+    low = int(match.group(1))
+    return low if match.group(2) is None else int(match.group(3)) if match.group(3) else low
+
+
+def _nested_repeats(pattern: str) -> int:
+    """The largest product of {m,n} counts along a chain of repeated groups holding repetitions (1: none)."""
+    frames = [1]  # per open group: the largest product inside it so far
+    nested = 1
+    index, atom = 0, 1  # atom: the product the last element carries (a group's inside, or 1)
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            index, atom = index + 2, 1
+            continue
+        if char == "[":  # a class: skipped whole
+            end = index + 1
+            while end < len(pattern) and pattern[end] != "]":
+                end += 2 if pattern[end] == "\\" else 1
+            index, atom = end + 1, 1
+            continue
+        match = _QUANTIFIER.match(pattern, index) if char == "{" else None
+        if match:
+            frames[-1] = max(frames[-1], atom * _quantifier_count(match))
+            if atom > 1:
+                nested = max(nested, atom * _quantifier_count(match))
+            index, atom = match.end(), 1
+            continue
+        if char == "(":
+            frames.append(1)
+        elif char == ")" and len(frames) > 1:
+            atom = frames.pop()
+            frames[-1] = max(frames[-1], atom)
+            index += 1
+            continue
+        index, atom = index + 1, 1
+    return nested
 
 
 def check_grammar_size(grammar: str, what: str) -> None:

@@ -202,6 +202,7 @@ def schema_with(**keywords):
     ({"type": "string", "pattern": "^a{2,5000}$"}, "properties.x.pattern", r"repeats something \{2,5000\} times"),
     ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(257)}}, "properties.x.properties",
      "257 properties"),
+    ({"type": "string", "pattern": "^(a{0,30}){0,30}$"}, "properties.x.pattern", "nests repetitions 900 times"),
 ])
 def test_a_schema_past_a_bound_is_refused_before_any_grammar(encoding, keywords, param, message):
     from ossrun.limits import SchemaError

@@ -118,11 +118,21 @@ def test_schemas_past_the_bounds_are_400s_and_cost_no_memory(server):
     assert server.process.poll() is None
 
 
-def test_an_unanchored_pattern_is_a_schema_like_any_other(server):
-    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "[A-Z]{2}"}}, "required": ["code"]}
-    status, _, body = send(server.port, "POST", CHAT, {"model": "demo", "messages": HI, "max_tokens": 8, "response_format": {
-        "type": "json_schema", "json_schema": {"name": "c", "schema": schema}}})
-    assert status == 200 and body["choices"][0]["finish_reason"] == "length"
+def test_patterns_are_json_schemas_and_what_a_grammar_cannot_hold_is_a_400(server):
+    def pattern_format(pattern):
+        schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}}, "required": ["code"]}
+        return {"model": "demo", "messages": HI, "max_tokens": 8, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "c", "schema": schema}}}
+
+    # Unanchored (once refused: "Pattern must start with ^"), and with the escapes llama.cpp's parser refused.
+    for pattern in ("[A-Z]{2}", r"^(\d{1,3}\.){3}\d{1,3}$", r"[\w.-]+@[\w-]+\.com", r"\s+\S"):
+        status, _, body = send(server.port, "POST", CHAT, pattern_format(pattern))
+        assert status == 200 and body["choices"][0]["finish_reason"] == "length", (pattern, body)
+    answer = refused(server.port, 400, None, None, "POST", CHAT, {**pattern_format(r"\bword\b"), "stream": True})
+    assert "\\b, which a grammar cannot hold" in answer["error"]["message"]
+    refused(server.port, 400, "response_format.json_schema.schema.properties.code.pattern", "invalid_schema", "POST", CHAT,
+            pattern_format("^(a{0,30}){0,30}$"))
+    assert not any("error parsing grammar" in line for line in server.lines)
 
 
 @pytest.mark.parametrize("raw", [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Any, Mapping, Optional
 
 from llama_cpp.llama_grammar import SchemaConverter
@@ -24,6 +25,10 @@ CONVERTED_SCHEMAS = 64  # the last ones kept, with their grammars (MAX_GRAMMAR_B
 # takes anchored ones only. This stands for "any text" around an unanchored one: any character
 # of a JSON string but a quote, an escape or the "<" that could open a special token.
 _ANY_TEXT = '[^"\\\\<]*'
+_CLASSES = {"d": ("0-9", False), "D": ("0-9", True), "w": ("0-9A-Za-z_", False), "W": ("0-9A-Za-z_", True),
+            "s": (" \\t\\n\\r\\x0B\\x0C", False), "S": (" \\t\\n\\r\\x0B\\x0C", True)}
+# What llama.cpp's grammar parser takes after a backslash; the converter passes others on unchanged.
+_GRAMMAR_ESCAPES = 'xuUtrn\\"[]'
 
 
 def json_rules(schema: Optional[Mapping[str, Any]], rule: str, where: str = "schema") -> tuple[str, str]:
@@ -45,15 +50,46 @@ def _converted(text: str, rule: str, where: str) -> tuple[str, str]:
     schema = json.loads(text)  # the converter's own copy
     for node, _ in walk_schema(schema, ""):
         if isinstance(node.get("pattern"), str):
-            node["pattern"] = anchored(node["pattern"])  # type: ignore[index]
+            node["pattern"] = anchored(translated(node["pattern"]))  # type: ignore[index]
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     try:
         resolved = converter.resolve_refs(schema, "request")
         name = converter.visit(resolved, rule)
-        return converter.format_grammar(), name
+        grammar = converter.format_grammar()
     except Exception as exc:  # the converter's own errors: unsupported keywords, bad references
         raise OssrunError(f"{where} cannot be turned into a grammar ({type(exc).__name__}: {exc}): "
                           f"simplify it") from None
+    unknown = next((m.group(1) for m in re.finditer(r"\\(.)", grammar) if m.group(1) not in _GRAMMAR_ESCAPES), None)
+    if unknown is not None:  # refused here rather than by llama.cpp, which would print the whole grammar on its way out
+        raise OssrunError(f"{where} holds a pattern with \\{unknown}, which a grammar cannot hold: "
+                          f"write it with a character class")
+    return grammar, name
+
+
+def translated(pattern: str) -> str:
+    """``pattern`` with the escapes the converter passes on as they are, which llama.cpp's grammar parser
+    refuses, written as character classes: ``\\d``, ``\\w``, ``\\s`` and an escaped punctuation mark."""
+    out, index, in_class = [], 0, False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\" and index + 1 < len(pattern):
+            escaped = pattern[index + 1]
+            index += 2
+            if escaped in _CLASSES:
+                inner, negated = _CLASSES[escaped]
+                out.append(inner if in_class and not negated else f"[{'^' if negated else ''}{inner}]")
+            elif not escaped.isalnum() and escaped.isascii():
+                out.append(f"\\x{ord(escaped):02X}" if in_class else f"[\\x{ord(escaped):02X}]")
+            else:
+                out.append(char + escaped)  # \\n, \\t, \\uXXXX...: the grammar's own escapes, or refused below
+            continue
+        if char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class:
+            in_class = False
+        out.append(char)
+        index += 1
+    return "".join(out)
 
 
 def anchored(pattern: str) -> str:

@@ -21,9 +21,11 @@ class ReasoningDelta:
 
 @dataclass(frozen=True)
 class FinalDelta:
-    """A piece of the answer (harmony's final channel, or raw text of malformed output)."""
+    """A piece of the answer (harmony's final channel), or with ``raw`` the decoded text of output
+    that was not valid harmony, special tokens included."""
 
     text: str
+    raw: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ossrun.engine.protocol import Constraint
 from ossrun.errors import OssrunError
 from ossrun.harmony.grammar import declared_schema, final_answer_grammar, json_rule_name, tool_call_grammar
 from ossrun.harmony.prompt import ResponseFormat
+from ossrun.limits import check_grammar_size, check_schema
 from ossrun.tools import Toolbox
 
 TOOL_CHOICES = ("auto", "none", "required")
@@ -86,13 +87,19 @@ def output_rules(encoding: Any, toolbox: Toolbox, response_format: Any = None, t
     # The schema converter comes with llama-cpp-python: loaded only when a format asks for it.
     from ossrun.engine.grammar import json_rules
 
+    for tool in toolbox.functions.values():  # read by harmony's renderer, which refuses JSON nested too deep
+        if tool.parameters is not None:
+            check_schema(tool.parameters, f"{tool.name}.parameters", grammar=False)
     declared = response_format_of(response_format)
     answer = None
     if declared is not None:
-        rules, rule = json_rules(declared.schema, ANSWER_RULE)
+        nested = isinstance(response_format, Mapping) and "json_schema" in response_format
+        where = "response_format.json_schema.schema" if nested else "response_format.schema"
+        rules, rule = json_rules(declared.schema, ANSWER_RULE, where)
         grammar, triggers, banned = final_answer_grammar(encoding, rules, rule)
         if toolbox.functions and tool_choice != "none":
             banned = frozenset(b for b in banned if b != _id(encoding, "<|call|>"))  # calls may still come first
+        check_grammar_size(grammar, "the response_format")
         answer = Constraint(grammar, triggers, banned)
     if tool_choice == "none":
         no_call = frozenset({_id(encoding, "<|call|>")})
@@ -104,9 +111,10 @@ def output_rules(encoding: Any, toolbox: Toolbox, response_format: Any = None, t
     calls = []
     for recipient in recipients:
         tool = toolbox.functions[recipient]
-        rules, rule = json_rules(declared_schema(tool.parameters), json_rule_name(recipient))
+        rules, rule = json_rules(declared_schema(tool.parameters), json_rule_name(recipient), f"{tool.name}.parameters")
         calls.append((recipient, rules, rule))
     grammar, banned = tool_call_grammar(encoding, calls)
+    check_grammar_size(grammar + ((answer.grammar or "") if answer else ""), "the tool_choice and response_format")
     return OutputRules(declared, False, Constraint(grammar, (), banned), answer)
 
 

@@ -378,12 +378,12 @@ class Model:
             before = len(parser.turn.final)
             parser.finish()  # flush raw text held back while waiting for a complete character
             if len(parser.turn.final) > before:
-                rest = stop.filter(FinalDelta(parser.turn.final[before:]))
+                rest = stop.filter(FinalDelta(parser.turn.final[before:], raw=True))
                 if rest.text:
                     yield rest
         held = stop.flush()
         if held and not stop.found:
-            yield FinalDelta(held)
+            yield FinalDelta(held, raw=parser.malformed)
         if request.stop:
             parser.turn.final = stop.text
         return _TurnResult(parser.turn, finish, stats)
@@ -426,7 +426,7 @@ class _StopTexts:
         if not self.stops or self.found:
             if not self.found:
                 self.text += delta.text
-            return delta if not self.found else FinalDelta("")
+            return delta if not self.found else FinalDelta("", delta.raw)
         pending = self._held + delta.text
         hits = [i for i in (pending.find(s) for s in self.stops) if i >= 0]
         if hits:
@@ -436,7 +436,7 @@ class _StopTexts:
             keep = max((n for s in self.stops for n in range(1, len(s)) if pending.endswith(s[:n])), default=0)
             shown, self._held = pending[: len(pending) - keep], pending[len(pending) - keep:]
         self.text += shown
-        return FinalDelta(shown)
+        return FinalDelta(shown, delta.raw)
 
     def flush(self) -> str:
         held, self._held = self._held, ""

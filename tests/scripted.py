@@ -20,6 +20,24 @@ from ossrun.engine.protocol import GenerationRequest, GenerationStats, Sampling,
 DEFAULT_N_CTX = 4096
 
 
+PLAIN = ("\x02", "\x03")  # text between these is ordinary text, even "<|start|>": the tokens a model writes it with
+
+
+def plain(text: str) -> str:
+    """``text`` for a script, encoded as ordinary tokens (special-token text included)."""
+    return f"{PLAIN[0]}{text}{PLAIN[1]}"
+
+
+def encode_script(encoding, text: str) -> list[int]:
+    tokens: list[int] = []
+    for number, part in enumerate(text.replace(PLAIN[1], PLAIN[0]).split(PLAIN[0])):
+        if number % 2:
+            tokens += encoding.encode(part, disallowed_special=())
+        elif part:
+            tokens += encoding.encode(part, allowed_special="all")
+    return tokens
+
+
 def reply(reasoning: str, final: str) -> str:
     """The harmony text of a normal turn: analysis, then the final answer."""
     return (f"<|channel|>analysis<|message|>{reasoning}<|end|>"
@@ -138,7 +156,7 @@ class ScriptedGeneration:
         if engine.turns_started >= len(engine.scripts):
             raise AssertionError("the scripted engine ran out of scripts")
         script = engine.scripts[engine.turns_started]
-        turn = engine.encoding.encode(script.text, allowed_special="all")
+        turn = encode_script(engine.encoding, script.text)
         engine.turns_started += 1
         engine.samplings.append(request.sampling)
         for sampled, token in enumerate(turn, start=1):

@@ -21,11 +21,18 @@ START_SECONDS = 120
 class ServerProcess:
     """``ossrun serve ARGS --port 0`` in a subprocess; its stderr lines are collected."""
 
-    def __init__(self, *args: str, home: Path, env: Optional[dict] = None):
+    def __init__(self, *args: str, home: Path, env: Optional[dict] = None, open_files: Optional[int] = None):
         environment = {**os.environ, "OSSRUN_HOME": str(home), "OSSRUN_DATE": "2025-08-05", **(env or {})}
+
+        def lower_open_files() -> None:  # a soft limit as low as many systems have, for the server to raise
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ossrun", "serve", *args, "--port", "0", "--threads", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+            preexec_fn=lower_open_files if open_files else None,
         )
         self.lines: list[str] = []
         self._listening: Optional[re.Match] = None
@@ -90,7 +97,7 @@ class ServerThread:
         self.sock.listen(64)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.base_url = self.url + "/v1"
-        self.uvicorn = uvicorn.Server(uvicorn.Config(self.server.app(), log_level="warning", access_log=False, lifespan="off"))
+        self.uvicorn = uvicorn.Server(self.server.uvicorn_config())
         self.thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10

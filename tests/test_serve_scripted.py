@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from scripted import ScriptedEngine, reply
+from scripted import ScriptedEngine, plain, reply
 from serving import ServerThread
 
 from ossrun.model import Model
@@ -172,3 +172,31 @@ def test_conversations_python_sessions_close_when_idle_or_least_recently_used():
         assert callable(maker) and maker() is not maker() and d is sessions.for_request("d")
         sessions.close()
         assert sessions.open_conversations() == 0
+
+
+HARMONY_EXPLAINED = "A turn starts with <|start|>user<|message|>, then the text, then <|end|>; <|return|> ends the answer."
+
+
+def test_a_well_formed_answer_about_harmony_reaches_the_client_exactly(serve):
+    """Only malformed output is cleaned: an answer that writes harmony's markup as text keeps it."""
+    script = reply(plain("Explain <|channel|> and <|start|>."), plain(HARMONY_EXPLAINED))
+    client = client_for(serve(*[script] * 4))
+    question = [{"role": "user", "content": "How does harmony mark a turn?"}]
+    message = client.chat.completions.create(model="scripted", messages=question).choices[0].message
+    assert message.content == HARMONY_EXPLAINED and message.reasoning_content == "Explain <|channel|> and <|start|>."
+    chunks = list(client.chat.completions.create(model="scripted", messages=question, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == HARMONY_EXPLAINED
+    assert client.responses.create(model="scripted", input="How?").output_text == HARMONY_EXPLAINED
+    with client.responses.stream(model="scripted", input="How?") as stream:
+        deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+    assert deltas == HARMONY_EXPLAINED
+
+
+def test_the_filter_takes_out_markup_split_anywhere():
+    from ossrun.server.output import MarkupFilter, clean
+
+    raw = "Hi<|end|><|start|>assistant<|channel|>commentary to=functions.x <|constrain|>json<|message|>{\"a\": 1}<|call|> end"
+    assert clean(raw) == 'Hi{"a": 1} end'
+    for cut in range(1, len(raw)):  # the stream may split a token's text anywhere
+        markup = MarkupFilter()
+        assert markup.feed(raw[:cut]) + markup.feed(raw[cut:]) + markup.flush() == 'Hi{"a": 1} end', cut

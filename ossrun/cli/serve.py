@@ -19,6 +19,7 @@ DEFAULT_PARALLEL = 4
 # other requests; smaller where memory is short.
 SERVE_CONTEXTS = (32768, 16384, 8192)
 DEFAULT_MAX_QUEUE = 16
+DEFAULT_MAX_CONNECTIONS = 512
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
 HELP = """Serve a model over OpenAI's HTTP API: /v1/chat/completions, /v1/responses, /v1/models.
@@ -28,6 +29,7 @@ model provider with wire_api = "responses", an Open WebUI connection). The model
 loads once; up to --parallel replies are decoded together and --max-queue more wait
 (past that: 429). The server listens on 127.0.0.1 only unless --host says otherwise;
 --api-key (or OSSRUN_API_KEY) makes every request need "Authorization: Bearer KEY".
+Web pages other than the server's own cannot use it unless --cors names them.
 --ctx is the pool of KV cells all requests share [default: 32768, or less where
 memory is short]; a prompt that does not fit is refused with the --ctx it needs.
 --tool python and --mcp FILE give the model tools the server runs itself (the flag
@@ -79,6 +81,12 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
         api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OSSRUN_API_KEY", show_default=False,
                                                        help="Require this key (Authorization: Bearer KEY).")] = None,
+        cors: Annotated[Optional[list[str]], typer.Option(
+            "--cors", metavar="ORIGIN", show_default=False,
+            help="Let the web page at ORIGIN (http://localhost:3000; * for any) call the API (repeatable).")] = None,
+        max_connections: Annotated[int, typer.Option(
+            "--max-connections", min=1, help="Open connections at most (idle ones are closed first past it).")]
+        = DEFAULT_MAX_CONNECTIONS,
         reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
         ctx: Annotated[Optional[int], typer.Option("--ctx", min=256, show_default=False,
                                                    help="KV cells shared by all requests [default: 32768 memory permitting].")] = None,
@@ -92,12 +100,19 @@ def register(app: typer.Typer) -> None:
         mcp: opt.Mcp = None,
         mcp_timeout: opt.McpTimeout = None,
     ) -> None:
-        import uvicorn
-
         from ossrun.server.app import Server
+        from ossrun.server.edge import Limits, connection_limit, cors_origins, raise_open_files_limit
         from ossrun.server.served import ServedModel
 
         name = opt.pick_model(model_argument, model, demo)
+        if api_key is not None and not api_key.strip():
+            raise typer.BadParameter("the key is empty (an unset variable?): give a key, or leave --api-key out to "
+                                     "serve without one", param_hint="--api-key")
+        try:
+            origins = cors_origins(cors or ())
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--cors") from None
+        limits = Limits(max_connections=connection_limit(max_connections, raise_open_files_limit()), cors=origins)
         tools = opt.toolbox(None, tool, mcp, mcp_timeout)
         try:
             sock = bind(host, port)
@@ -113,7 +128,7 @@ def register(app: typer.Typer) -> None:
             raise
         served = ServedModel(name=loaded.name, aliases=registry_aliases(loaded.name), default_effort=reasoning_effort,
                              python_tool=tools.python, created=int(time.time()), mcp=tools.mcp)
-        server = Server(loaded, served, api_key=api_key, max_waiting=max_queue)
+        server = Server(loaded, served, api_key=api_key, max_waiting=max_queue, limits=limits)
         for text in tools.notices():
             server.write_log(f"note: {text}")
         for mcp_server in tools.mcp.configs if tools.mcp is not None else ():
@@ -129,8 +144,9 @@ def register(app: typer.Typer) -> None:
         key = "the --api-key" if api_key else "any API key"
         server.write_log(f"ossrun serve · {loaded.name} · ctx {loaded.n_ctx} · {parallel} in parallel · "
                          f"listening on {base} (OpenAI base_url, {key})")
-        config = uvicorn.Config(server.app(), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+        if limits.max_connections < max_connections:
+            server.write_log(f"note: at most {limits.max_connections} connections: the limit of open files is low")
+        config = server.uvicorn_config(timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
         runner = _Uvicorn(config, on_exit=server.runner.cancel_all)
         try:
             runner.run(sockets=[sock])

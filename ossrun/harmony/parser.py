@@ -181,4 +181,4 @@ class TurnParser:
             text = self._encoding.decode(pending)
         self._raw_pending = []
         self.turn.final += text
-        return [FinalDelta(text)] if text else []
+        return [FinalDelta(text, raw=True)] if text else []

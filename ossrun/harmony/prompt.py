@@ -6,11 +6,12 @@ string templates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import openai_harmony as oh
 
@@ -123,14 +124,26 @@ def render_prompt(encoding: oh.HarmonyEncoding, history: Sequence[Mapping[str, A
     for index, entry in enumerate(history):
         check_strings(entry, f"message {index + 1}")
     messages = settings.header_messages() + history_messages(history)
-    conversation = oh.Conversation.from_messages(messages)
-    return encoding.render_conversation_for_completion(conversation, oh.Role.ASSISTANT, _NO_AUTO_DROP)
+    with _render_errors():
+        conversation = oh.Conversation.from_messages(messages)
+        return encoding.render_conversation_for_completion(conversation, oh.Role.ASSISTANT, _NO_AUTO_DROP)
 
 
 def render_prefix(encoding: oh.HarmonyEncoding, settings: PromptSettings) -> list[int]:
     """Token ids of the system and developer messages alone: the prefix every prompt shares."""
-    conversation = oh.Conversation.from_messages(settings.header_messages())
-    return encoding.render_conversation(conversation, _NO_AUTO_DROP)
+    with _render_errors():
+        conversation = oh.Conversation.from_messages(settings.header_messages())
+        return encoding.render_conversation(conversation, _NO_AUTO_DROP)
+
+
+@contextlib.contextmanager
+def _render_errors() -> Iterator[None]:
+    """openai-harmony's refusals (JSON nested past its parser's limit, say) as one clear error."""
+    try:
+        yield
+    except (ValueError, oh.HarmonyError) as exc:
+        raise ConversationError(f"harmony cannot render this conversation ({exc}): simplify the tools or "
+                                f"messages") from None
 
 
 def history_messages(history: Sequence[Mapping[str, Any]]) -> list[oh.Message]:

@@ -6,6 +6,7 @@
 - :mod:`ossrun.server.state` — what the server remembers: reasoning of tool chains, stored responses
 - :mod:`ossrun.server.runner` — replies generated in threads, admitted into a bounded queue, cancelled
 - :mod:`ossrun.server.app` — the HTTP layer (Starlette): routes, auth, streaming, the request log
+- :mod:`ossrun.server.edge` — before any route: connection bounds and timeouts, Host, Origin and body type
 - :mod:`ossrun.server.batch` — ``ossrun batch``: a Batch API file answered offline, resumable
 - :mod:`ossrun.server.output` — a reply as the APIs show it, harmony markup taken out
 - :mod:`ossrun.server.served` — the model served: the names it answers to, its defaults

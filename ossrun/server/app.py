@@ -19,14 +19,16 @@ from typing import Any, AsyncIterator, Callable, Optional, TextIO
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ossrun.errors import ContextError, OssrunError
+from ossrun.errors import ContextError, OssrunError, ToolError
 from ossrun.events import Done
+from ossrun.limits import SchemaError
 from ossrun.server import chat, responses
-from ossrun.server.fields import ApiError, bad_request, check_unicode
+from ossrun.server.edge import Edge, Limits, uvicorn_config
+from ossrun.server.fields import ApiError, bad_request, check_unicode, parse_json
 from ossrun.server.runner import KEEPALIVE, Busy, Runner
 from ossrun.server.served import ServedModel
 from ossrun.server.state import ServerState
@@ -42,17 +44,20 @@ class Server:
 
     def __init__(self, model: Any, served: ServedModel, *, api_key: Optional[str] = None,
                  max_waiting: int = 16, max_body: int = DEFAULT_MAX_BODY_BYTES,
-                 keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS, log: Optional[TextIO] = None):
+                 keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS, log: Optional[TextIO] = None,
+                 limits: Optional[Limits] = None):
         self.model = model
         self.served = served
         self.api_key = api_key
         self.max_body = max_body
+        self.limits = limits or Limits()
         self.keepalive_seconds = keepalive_seconds
         self.log = log if log is not None else sys.stderr
         self.state = ServerState()
         self.runner = Runner(model.stream, model.engine.parallel, max_waiting=max_waiting)
 
-    def app(self) -> Starlette:
+    def app(self) -> Edge:
+        """The routes behind the checks of :class:`ossrun.server.edge.Edge`, which every route gets."""
         routes = [
             Route("/health", self.guarded(self.health), methods=["GET"]),
             Route("/v1/models", self.guarded(self.list_models), methods=["GET"]),
@@ -60,7 +65,12 @@ class Server:
             Route("/v1/chat/completions", self.guarded(self.chat_completions), methods=["POST"]),
             Route("/v1/responses", self.guarded(self.responses), methods=["POST"]),
         ]
-        return Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.not_allowed})
+        routed = Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.not_allowed})
+        return Edge(routed, self.limits, self.log_refused)
+
+    def uvicorn_config(self, **options: Any) -> Any:
+        """uvicorn's configuration for this server, with the connection bounds of ``limits``."""
+        return uvicorn_config(self.app(), self.limits, self.write_log, **options)
 
     # -- around every route -------------------------------------------------
 
@@ -97,6 +107,9 @@ class Server:
         tokens = getattr(request.state, "tokens", "")
         self.write_log(f"{request.method} {request.url.path} {status}{tokens} {time.perf_counter() - started:.2f}s")
 
+    def log_refused(self, method: str, path: str, status: int, started: float) -> None:
+        self.write_log(f"{method} {path} {status} {time.perf_counter() - started:.2f}s")
+
     def write_log(self, line: str) -> None:
         self.log.write(line + "\n")
         self.log.flush()
@@ -121,18 +134,16 @@ class Server:
             raise ApiError(413, f"the body is {int(length)} bytes, more than the {self.max_body} this server takes",
                            code="request_too_large")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise ApiError(413, f"the body is more than the {self.max_body} bytes this server takes",
-                               code="request_too_large")
-            chunks.append(chunk)
         try:
-            body = json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad_request(f"the body is not valid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise bad_request("the body must be a JSON object", code="invalid_json")
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise ApiError(413, f"the body is more than the {self.max_body} bytes this server takes",
+                                   code="request_too_large")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise bad_request("the client went away before its body was read", code="client_disconnected") from None
+        body = parse_json(b"".join(chunks))
         check_unicode(body)
         return body
 
@@ -193,7 +204,7 @@ class Server:
         except ContextError as exc:
             raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
         except OssrunError as exc:
-            raise bad_request(str(exc)) from None
+            raise bad_request(str(exc), _param_of(exc)) from None
         try:
             return self.runner.admit()
         except Busy:
@@ -278,11 +289,11 @@ class Server:
         except ContextError as exc:
             failed = ("context_length_exceeded", str(exc))
         except OssrunError as exc:
-            failed = ("invalid_request", str(exc))
+            failed = ("invalid_prompt", str(exc))
         finally:
             await events.aclose()
         if failed is None and self.runner.stopping and _interrupted(gathered):
-            failed = ("server_shutting_down", "the server stopped before the reply was complete")
+            failed = ("server_error", "the server stopped before the reply was complete")
         for event in response.failed(*failed) if failed else response.finish():
             yield _named(event)
         if response.reply is not None:
@@ -291,11 +302,20 @@ class Server:
 
 
 def _data(chunk: dict[str, Any]) -> str:
-    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(chunk, ensure_ascii=False, allow_nan=False)}\n\n"
 
 
 def _named(event: dict[str, Any]) -> str:
-    return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+    return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, allow_nan=False)}\n\n"
+
+
+def _param_of(exc: OssrunError) -> Optional[str]:
+    """The request field a library error is about, where its type says (the fields are checked before)."""
+    if isinstance(exc, SchemaError):
+        return exc.param
+    if isinstance(exc, ToolError):
+        return "tools"
+    return None
 
 
 def _tokens(prompt: int, completion: int) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from ossrun.errors import ContextError, OssrunError
 from ossrun.events import Done
 from ossrun.server import chat, responses
-from ossrun.server.fields import ApiError, check_unicode
+from ossrun.server.fields import ApiError, check_unicode, parse_json
 from ossrun.server.output import new_id
 from ossrun.server.served import ServedModel
 from ossrun.server.state import ServerState
@@ -89,12 +89,9 @@ def read_input(path: Path) -> list[BatchLine]:
 def parse_line(number: int, raw: str) -> BatchLine:
     line = BatchLine(number)
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        line.problem = f"line {number} is not JSON: {exc}"
-        return line
-    if not isinstance(data, dict):
-        line.problem = f"line {number} is not a JSON object"
+        data = parse_json(raw, f"line {number}")  # the server's own rules: no NaN, bounded nesting
+    except ApiError as exc:
+        line.problem = exc.message
         return line
     custom_id = data.get("custom_id")
     if isinstance(custom_id, str) and custom_id:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 from ossrun.events import Event, Reply
+from ossrun.server import fields
 from ossrun.server.fields import bad_request, get, number, positive_int, text_of
 from ossrun.server.output import Step, Transcript, arguments_json, finish_reason, new_id
 from ossrun.server.served import ServedModel, effort_of
@@ -22,6 +23,8 @@ from ossrun.server.state import ServerState
 TEXT_PARTS = ("text", "input_text", "output_text")
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_SEED = 2**32 - 1  # llama.cpp's sampler takes a 32-bit seed
+MAX_STOPS, MAX_STOP_CHARS = 16, 256  # every generated piece is compared with each stop text's prefixes
 
 
 @dataclass
@@ -49,15 +52,24 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> C
     options.update(sampling_options(body, max_keys=("max_completion_tokens", "max_tokens")))
     stop = body.get("stop")
     if stop is not None:
-        if isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-            options["stop"] = stop
-        else:
-            raise bad_request("stop must be a string or an array of strings", "stop")
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise bad_request("stop must be a string or an array of strings", "stop", "invalid_type")
+        if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise bad_request(f"stop holds {len(stops)} texts: at most {MAX_STOPS} are taken, each at most "
+                              f"{MAX_STOP_CHARS} characters", "stop", "invalid_value")
+        options["stop"] = stop
     tools = get(body, "tools", (list,), default=[])
     options["tools"] = [function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
+    chosen = fields.tool_choice(body.get("tool_choice"), [t["function"]["name"] for t in options["tools"]])
+    for index, tool in enumerate(options["tools"]):
+        if tool["function"].get("parameters") is not None:
+            fields.schema(tool["function"]["parameters"], f"tools[{index}].function.parameters",
+                          grammar=tool["function"]["name"] in chosen)
     if "tool_choice" in body and body["tool_choice"] is not None:
         options["tool_choice"] = body["tool_choice"]
     if "response_format" in body and body["response_format"] is not None:
+        fields.response_format(body["response_format"], "response_format")
         options["response_format"] = body["response_format"]
     stream_options = get(body, "stream_options", (dict,), default={})
     call = ChatCall(
@@ -80,14 +92,12 @@ def sampling_options(body: Mapping[str, Any], *, max_keys: tuple[str, ...]) -> d
     top_p = number(body, "top_p", 0.0, 1.0, low_open=True)
     if top_p is not None:
         options["top_p"] = top_p
-    seed = get(body, "seed", (int,))
+    seed = fields.integer(body, "seed", 0, MAX_SEED)
     if seed is not None:
         options["seed"] = seed
-    for key in max_keys:
-        limit = positive_int(body, key)
-        if limit is not None:
-            options["max_tokens"] = limit
-            break
+    limits = [limit for limit in (positive_int(body, key) for key in max_keys) if limit is not None]
+    if limits:
+        options["max_tokens"] = limits[0]
     return options
 
 
@@ -99,7 +109,7 @@ def function_tool(tool: Any, where: str) -> dict[str, Any]:
     if kind != "function":
         raise bad_request(f"{where}.type {kind!r} is not supported here: Chat Completions tools are functions", f"{where}.type")
     function = get(tool, "function", (dict,), f"{where}.", required=True)
-    get(function, "name", (str,), f"{where}.function.", required=True)
+    fields.tool_name(function, f"{where}.function")
     get(function, "description", (str,), f"{where}.function.")
     get(function, "parameters", (dict,), f"{where}.function.")
     return {"type": "function", "function": dict(function)}
@@ -207,7 +217,8 @@ class Completion:
         for event in events:
             self.feed(event)
         reply = self._finish()
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or (None if self.tool_calls else "")}
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or (None if self.tool_calls else ""),
+                                   "refusal": None}
         if self.reasoning:
             message["reasoning_content"] = message["reasoning"] = "".join(self.reasoning)
         if self.tool_calls:

@@ -1,9 +1,19 @@
-"""Request bodies read field by field: every bad value is a 400 in OpenAI's error shape naming it."""
+"""Request bodies read field by field: every bad value is a 400 in OpenAI's error shape naming it.
+
+A body is parsed as strict JSON: no ``NaN`` or ``Infinity`` (nor numbers past a double, like
+``1e309``), which responses would echo and clients cannot parse, and no nesting deeper than
+:data:`ossrun.limits.MAX_JSON_DEPTH`. The fields both APIs share (``response_format``, tools,
+``tool_choice``) are checked here, their schemas against the grammar bounds of :mod:`ossrun.limits`.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Any, Mapping, Optional, Sequence
+
+from ossrun.limits import MAX_JSON_DEPTH, SchemaError, check_schema, json_depth
 
 JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
               float: "a number", type(None): "null"}
@@ -28,6 +38,39 @@ class ApiError(Exception):
 
 def bad_request(message: str, param: Optional[str] = None, code: Optional[str] = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def parse_json(data: bytes | str, what: str = "the body") -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 saying what is wrong with it."""
+    try:
+        body = json.loads(data, parse_constant=_constant, parse_float=_finite)
+    except _NotFinite as exc:
+        raise bad_request(f"{what} holds the number {exc}: JSON numbers are finite (no NaN, Infinity or values past "
+                          f"1.8e308)", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request(f"{what} nests objects and arrays more than {MAX_JSON_DEPTH} deep", code="invalid_json") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"{what} is not JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"{what} must be a JSON object", code="invalid_json")
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise bad_request(f"{what} nests objects and arrays more than {MAX_JSON_DEPTH} deep", code="invalid_json")
+    return body
 
 
 def describe(value: Any) -> str:
@@ -65,6 +108,22 @@ def positive_int(body: Mapping[str, Any], key: str) -> Optional[int]:
     value = get(body, key, (int,))
     if value is not None and value < 1:
         raise bad_request(f"{key} is {value}: it must be at least 1", key, "invalid_value")
+    return value
+
+
+def integer(body: Mapping[str, Any], key: str, low: int, high: int) -> Optional[int]:
+    value = get(body, key, (int,))
+    if value is not None and not low <= value <= high:
+        raise bad_request(f"{key} is {value}: it must be from {low} to {high}", key, "invalid_value")
+    return value
+
+
+def string_map(body: Mapping[str, Any], key: str) -> dict[str, str]:
+    """An object of strings (``metadata``), empty when absent."""
+    value = get(body, key, (dict,), default={})
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise bad_request(f"{key}.{name} must be a string, not {describe(item)}", f"{key}.{name}", "invalid_type")
     return value
 
 
@@ -109,3 +168,82 @@ def text_of(content: Any, where: str, part_types: Sequence[str]) -> str:
                               f"(parts of type {', '.join(part_types)})", f"{param}.type", "unsupported_content")
         texts.append(get(part, "text", (str,), f"{param}.", default=""))
     return "".join(texts)
+
+
+# -- what the reply must look like --------------------------------------------
+
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+def tool_name(value: Mapping[str, Any], where: str) -> str:
+    """A tool's ``name``: 1-64 letters, digits, ``_`` or ``-``, as OpenAI takes them."""
+    name = get(value, "name", (str,), f"{where}.", required=True)
+    if not TOOL_NAME.match(name):
+        raise bad_request(f"{where}.name {name[:80]!r} is not a tool name: use 1-64 letters, digits, '_' or '-'",
+                          f"{where}.name", "invalid_value")
+    return name
+
+
+def schema(value: Any, where: str, *, grammar: bool) -> None:
+    """A JSON Schema within the bounds of :mod:`ossrun.limits` (``grammar``: it holds the output)."""
+    try:
+        check_schema(value, where, grammar=grammar)
+    except SchemaError as exc:
+        raise bad_request(str(exc), exc.param, "invalid_schema") from None
+
+
+def response_format(value: Any, where: str) -> None:
+    """Chat's ``response_format`` or the Responses API's ``text.format`` (``json_schema`` flat there)."""
+    if not isinstance(value, Mapping):
+        raise bad_request(f"{where} must be an object like {{\"type\": \"json_schema\", ...}}, not {describe(value)}",
+                          where, "invalid_type")
+    kind = value.get("type")
+    if kind not in FORMAT_TYPES:
+        raise bad_request(f"{where}.type {kind!r} is not one of {', '.join(FORMAT_TYPES)}", f"{where}.type",
+                          "invalid_value")
+    if kind != "json_schema":
+        return
+    nested = "json_schema" in value  # Chat Completions; the Responses API's is flat, and needs both
+    spec, at = (get(value, "json_schema", (dict,), f"{where}.", required=True), f"{where}.json_schema") if nested \
+        else (value, where)
+    get(spec, "name", (str,), f"{at}.", required=not nested)
+    get(spec, "description", (str,), f"{at}.")
+    get(spec, "schema", (dict,), f"{at}.", required=not nested)
+    if spec.get("schema") is not None:
+        schema(spec["schema"], f"{at}.schema", grammar=True)
+
+
+def tool_choice(value: Any, names: Sequence[str]) -> tuple[str, ...]:
+    """The tools ``tool_choice`` holds the first turn to (their schemas become grammars); ``names`` are
+    the request's function tools (``name``, or ``namespace.name`` for a namespace's)."""
+    if value is None or value in ("auto", "none"):
+        return ()
+    if value == "required":
+        if not names:
+            raise bad_request('tool_choice is "required" but the request has no function tools: add tools or use "auto"',
+                              "tool_choice", "invalid_value")
+        return tuple(names)
+    if isinstance(value, Mapping):
+        kind = value.get("type")
+        if kind == "allowed_tools":  # a subset of the tools for this turn: ossrun offers them all (auto)
+            nested = "allowed_tools" in value  # Chat Completions nests it
+            spec, at = (value["allowed_tools"], "tool_choice.allowed_tools") if nested else (value, "tool_choice")
+            if not isinstance(spec, Mapping) or spec.get("mode") not in ("auto", "required"):
+                raise bad_request(f"{at}.mode must be auto or required", f"{at}.mode", "invalid_value")
+            get(spec, "tools", (list,), f"{at}.", required=True)
+            return ()
+        if kind == "function":
+            spec, at = (value["function"], "tool_choice.function") if "function" in value else (value, "tool_choice")
+            if not isinstance(spec, Mapping):
+                raise bad_request(f"{at} must be an object with a name", at, "invalid_type")
+            name = get(spec, "name", (str,), f"{at}.", required=True)
+            namespace = get(value, "namespace", (str,), "tool_choice.")
+            chosen = [n for n in names if n == name or n == f"{namespace}.{name}"
+                      or (namespace is None and n.endswith(f".{name}"))]
+            if not chosen:
+                raise bad_request(f"{at}.name {name!r} is not among the request's function tools", f"{at}.name",
+                                  "invalid_value")
+            return tuple(chosen[:1])
+    raise bad_request(f"tool_choice {json.dumps(value)[:80]} is not supported: use auto, none, required or "
+                      f"{{\"type\": \"function\", \"name\": ...}}", "tool_choice", "invalid_value")

@@ -1,9 +1,11 @@
 """A reply as both APIs show it: reasoning, text and tool calls in order, never harmony markup.
 
 ``Model.stream`` events become :class:`Step` s. When the model's output was not valid harmony,
-its raw text reaches the final channel as it came, special tokens included; here the headers
-(``<|channel|>commentary to=functions.x <|constrain|>json``) and every ``<|...|>`` token text
-are taken out, so a client only ever sees what the messages said.
+its raw text reaches the final channel as it came, special tokens included (``FinalDelta.raw``);
+from that text the headers (``<|channel|>commentary to=functions.x <|constrain|>json``) and every
+``<|...|>`` token text are taken out, so a client only ever sees what the messages said. A
+well-formed answer is never touched: one that explains harmony (``a turn starts with
+<|start|>``) reaches the client exactly.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class MarkupFilter:
             position = match.end()
         rest = text[position:]
         partial = rest.rfind("<")
-        if partial >= 0 and len(rest) - partial < _MAX_SPECIAL and re.fullmatch(r"<(\|[a-z_]*)?", rest[partial:]):
+        if partial >= 0 and len(rest) - partial < _MAX_SPECIAL and re.fullmatch(r"<(\|[a-z_]*\|?)?", rest[partial:]):
             self._held, rest = rest[partial:], rest[:partial]  # maybe the start of a special token
         if not self._in_header:
             out.append(rest)
@@ -82,16 +84,19 @@ class Transcript:
 
     def __init__(self, server_tools: Collection[str] = frozenset()):
         self.server_tools = server_tools  # recipients the server runs itself
-        self._markup = {"reasoning": MarkupFilter(), "text": MarkupFilter()}
+        self._markup = MarkupFilter()  # for the raw text of malformed output only
         self.reasoning_tokens = 0
         self.reply: Optional[Reply] = None
 
     def feed(self, event: Event) -> list[Step]:
         if isinstance(event, ReasoningDelta):
             self.reasoning_tokens += 1
-            return self._text("reasoning", event.text)
+            return [Step("reasoning", event.text)] if event.text else []
+        if isinstance(event, FinalDelta) and event.raw:
+            cleaned = self._markup.feed(event.text)
+            return [Step("text", cleaned)] if cleaned else []
         if isinstance(event, (FinalDelta, CommentaryDelta)):
-            return self._text("text", event.text)
+            return self._flush() + ([Step("text", event.text)] if event.text else [])
         if isinstance(event, ToolCall):
             kind: StepKind = "run" if event.recipient in self.server_tools else "call"
             return self._flush() + [Step(kind, call=event)]
@@ -102,17 +107,9 @@ class Transcript:
             return self._flush()
         return []  # Prefill, Notice
 
-    def _text(self, kind: StepKind, text: str) -> list[Step]:
-        cleaned = self._markup[kind].feed(text)
-        return [Step(kind, cleaned)] if cleaned else []
-
     def _flush(self) -> list[Step]:
-        steps = []
-        for kind, markup in self._markup.items():
-            rest = markup.flush()
-            if rest:
-                steps.append(Step(kind, rest))  # type: ignore[arg-type]
-        return steps
+        rest = self._markup.flush()
+        return [Step("text", rest)] if rest else []
 
 
 def arguments_json(call: ToolCall) -> str:

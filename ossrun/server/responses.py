@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 from ossrun.events import Event, Reply
+from ossrun.server import fields
 from ossrun.server.chat import sampling_options
 from ossrun.server.fields import ApiError, bad_request, get, text_of
 from ossrun.server.output import Step, Transcript, arguments_json, new_id, split_recipient
@@ -28,6 +29,7 @@ from ossrun.server.state import ServerState, decode_reasoning, encode_reasoning
 
 TEXT_PARTS = ("input_text", "output_text", "text")
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
+SUMMARIES = ("auto", "concise", "detailed")
 
 
 @dataclass
@@ -48,11 +50,14 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
     options: dict[str, Any] = {"reasoning_effort": effort_of(body, served.default_effort)}
     options.update(sampling_options(body, max_keys=("max_output_tokens",)))
     tools = get(body, "tools", (list,), default=[])
-    options["tools"] = [tool for tool in (served_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)) if tool]
+    declared = [(index, served_tool(tool, f"tools[{index}]")) for index, tool in enumerate(tools)]
+    options["tools"] = [tool for _, tool in declared if tool]
+    check_tool_schemas(tools, declared, body.get("tool_choice"))
     if body.get("tool_choice") is not None:
         options["tool_choice"] = body["tool_choice"]
     text = get(body, "text", (dict,), default={})
     if text.get("format") is not None:
+        fields.response_format(text["format"], "text.format")
         options["response_format"] = text["format"]
     include = get(body, "include", (list,), default=[])
     previous_id = get(body, "previous_response_id", (str,))
@@ -68,16 +73,21 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + previous
     messages += convert_input(body.get("input"), previous)
     reasoning = get(body, "reasoning", (dict,), default={})
+    summary = get(reasoning, "summary", (str,), "reasoning.")
+    if summary not in (None, *SUMMARIES):
+        raise bad_request(f"reasoning.summary {summary!r} is not one of {', '.join(SUMMARIES)}", "reasoning.summary",
+                          "invalid_value")
     call = ResponsesCall(
         messages=messages,
         options=options,
         model=model,
-        echo={"instructions": instructions, "tools": tools, "tool_choice": body.get("tool_choice", "auto"),
+        echo={"instructions": instructions, "tools": [echoed_tool(tool) for tool in tools],
+              "tool_choice": body.get("tool_choice") or "auto",
               "parallel_tool_calls": get(body, "parallel_tool_calls", (bool,), default=True),
               "temperature": body.get("temperature"), "top_p": body.get("top_p"),
               "max_output_tokens": body.get("max_output_tokens"), "previous_response_id": previous_id,
-              "reasoning": {"effort": options["reasoning_effort"], "summary": reasoning.get("summary")},
-              "text": {"format": text.get("format") or {"type": "text"}}, "metadata": body.get("metadata") or {},
+              "reasoning": {"effort": options["reasoning_effort"], "summary": summary},
+              "text": {"format": text.get("format") or {"type": "text"}}, "metadata": fields.string_map(body, "metadata"),
               "truncation": "disabled", "store": get(body, "store", (bool,), default=True)},
         stream=bool(get(body, "stream", (bool,), default=False)),
         store=bool(get(body, "store", (bool,), default=True)),
@@ -90,20 +100,54 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
 def served_tool(tool: Any, where: str) -> Optional[dict[str, Any]]:
     """A function or namespace tool as ossrun declares it; None for tool types it cannot serve."""
     if not isinstance(tool, Mapping):
-        raise bad_request(f"{where} must be an object", where)
-    kind = tool.get("type")
+        raise bad_request(f"{where} must be an object", where, "invalid_type")
+    kind = get(tool, "type", (str,), f"{where}.", required=True)
     if kind == "function":
-        get(tool, "name", (str,), f"{where}.", required=True)
+        fields.tool_name(tool, where)
         get(tool, "parameters", (dict,), f"{where}.")
         return dict(tool)
     if kind == "namespace":
-        get(tool, "name", (str,), f"{where}.", required=True)
-        inner = get(tool, "tools", (list,), f"{where}.", default=[])
-        functions = [dict(t) for t in inner if isinstance(t, Mapping) and t.get("type", "function") == "function"]
-        for number, function in enumerate(functions):
-            get(function, "name", (str,), f"{where}.tools[{number}].", required=True)
+        fields.tool_name(tool, where)
+        get(tool, "description", (str,), f"{where}.")
+        inner = get(tool, "tools", (list,), f"{where}.", required=True)
+        functions = []
+        for number, function in enumerate(inner):
+            if isinstance(function, Mapping) and function.get("type", "function") == "function":
+                fields.tool_name(function, f"{where}.tools[{number}]")
+                get(function, "parameters", (dict,), f"{where}.tools[{number}].")
+                functions.append(dict(function))
         return {**tool, "tools": functions}
     return None  # web_search, file_search, custom tools...: not served, left out of the prompt
+
+
+def check_tool_schemas(tools: list[Any], declared: list[tuple[int, Optional[dict[str, Any]]]], choice: Any) -> None:
+    """The parameters of every served function within bounds; those ``choice`` holds the turn to become grammars."""
+    functions = []  # (name as tool_choice names it, its parameters, where they are)
+    for index, tool in declared:
+        if tool is None:
+            continue
+        if tool["type"] == "function":
+            functions.append((tool["name"], tool.get("parameters"), f"tools[{index}].parameters"))
+            continue
+        for number, function in enumerate(tools[index].get("tools") or []):
+            if isinstance(function, Mapping) and function.get("type", "function") == "function":
+                functions.append((f"{tool['name']}.{function['name']}", function.get("parameters"),
+                                  f"tools[{index}].tools[{number}].parameters"))
+    chosen = fields.tool_choice(choice, [name for name, _, _ in functions])
+    for name, parameters, where in functions:
+        if parameters is not None:
+            fields.schema(parameters, where, grammar=name in chosen)
+
+
+def echoed_tool(tool: Any) -> Any:
+    """A tool as the response object repeats it, with the fields OpenAI's reference requires: a function's
+    ``parameters`` and ``strict`` (null when not given), a namespace's ``description``. Tool types ossrun
+    does not serve are repeated as sent."""
+    if isinstance(tool, Mapping) and tool.get("type") == "function":
+        return {**tool, "parameters": tool.get("parameters"), "strict": tool.get("strict")}
+    if isinstance(tool, Mapping) and tool.get("type") == "namespace":
+        return {**tool, "description": tool.get("description") or ""}
+    return tool
 
 
 def convert_input(value: Any, previous: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -263,7 +307,8 @@ class Response:
             self._open = None
             return out + [
                 self._event("response.function_call_arguments.delta", item_id=data["id"], output_index=item.index, delta=arguments),
-                self._event("response.function_call_arguments.done", item_id=data["id"], output_index=item.index, arguments=arguments),
+                self._event("response.function_call_arguments.done", item_id=data["id"], output_index=item.index, name=name,
+                            arguments=arguments),
                 self._event("response.output_item.done", output_index=item.index, item=item.data),
             ]
         if step.call.recipient != "python":  # an MCP server's tool, run here
@@ -357,13 +402,14 @@ class Response:
         body: dict[str, Any] = {
             "id": self.id, "object": "response", "created_at": self.created, "status": self.status,
             "model": self.call.model, "output": [i.data for i in self.items] if self.status != "in_progress" else [],
-            "error": self.error, "incomplete_details": None, "usage": None, **self.call.echo,
+            "error": self.error, "incomplete_details": None, **self.call.echo,
         }
         if self.status == "incomplete":
             body["incomplete_details"] = {"reason": "max_output_tokens"}
         if self.reply is not None:
             usage = self.reply.usage
-            body["usage"] = {"input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+            body["usage"] = {"input_tokens": usage.prompt_tokens,  # no billed cache writes here
+                             "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
                              "output_tokens": usage.completion_tokens,
                              "output_tokens_details": {"reasoning_tokens": self.transcript.reasoning_tokens},
                              "total_tokens": usage.prompt_tokens + usage.completion_tokens}
@@ -377,6 +423,6 @@ class Response:
             history[-1]["content"] = "".join(i.text and "".join(i.text) or "" for i in self.items if i.data["type"] == "message")
         ids = [i.data for i in self.items if i.data["type"] == "function_call"]
         for message in history[len(self.call.messages):]:
-            for call, item in zip(message.get("tool_calls", []), ids):
+            for call, item in zip(message.get("tool_calls", []), ids, strict=False):
                 call["id"] = item["call_id"]  # the ids the client will answer with
         self.state.responses.put(self.id, {"messages": history})

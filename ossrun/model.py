@@ -114,7 +114,7 @@ def load(
         sizes = [ctx] if isinstance(ctx, int) else sorted(ctx, reverse=True)
     for size in sizes:  # the largest context that fits; the last one's error if none does
         try:
-            llama.check_context_size(header, size)
+            memory.check_context_size(header, size)
             if infos is None:
                 needs = memory.plan_shape(shape, size, parallel=parallel, cache=cache, model=name)
                 memory.check(needs, available_memory(), shape)
@@ -151,6 +151,35 @@ def _auto_context(shape: Any, available: Optional[int], parallel: int, cache: An
                          f"({smallest.describe()}) but only {format_memory(available)} is available: "
                          f"use a smaller model, or close other programs")
     return size
+
+
+def plan(model: Union[str, os.PathLike, None] = None, *, parallel: int = 1,
+         kv_types: Sequence[Union[str, Sequence[str]]] = ("f16", "q8_0"), swa_full: bool = False,
+         contexts: Optional[Sequence[int]] = None) -> Any:
+    """What loading ``model`` takes at each context size (default: 4096 up to the model's limit,
+    doubling), per KV cache type, against this machine's available memory; and what
+    ``ctx="auto"`` would choose. Returns an ``ossrun.engine.memory.MemoryReport``; reads only the
+    GGUF header (the model file must be on disk)."""
+    from ossrun.engine import memory
+    from ossrun.engine.gguf_header import check_gpt_oss
+    from ossrun.machine import available_memory, cgroup_available
+    from ossrun.store.resolve import resolve
+
+    caches = [memory.CacheSettings.parse(kind, swa_full=swa_full) for kind in kv_types]
+    resolved = resolve(model)
+    header = check_gpt_oss(resolved.path)
+    tensors = None
+    if len(resolved.files) > 1:
+        from ossrun.engine.rpc import model_tensors
+
+        tensors = model_tensors(header, resolved.files)
+    limit = header.context_length or 131072
+    if contexts is None:
+        contexts = [n for n in (4096, 8192, 16384, 32768, 65536, 131072) if n < limit] + [limit]
+    for n in contexts:
+        memory.check_context_size(header, n)
+    return memory.report(header, model=resolved.name, contexts=contexts, caches=caches, parallel=parallel,
+                         available=available_memory(), container=cgroup_available(), tensors=tensors)
 
 
 @contextlib.contextmanager

@@ -72,13 +72,6 @@ def llama_cpp_version() -> str:
     return f"{llama_cpp.__version__}/{llama_cpp.llama_version().decode()}"
 
 
-def check_context_size(header: GgufHeader, n_ctx: int) -> int:
-    limit = header.context_length
-    if n_ctx < 1 or (limit and n_ctx > limit):
-        raise ModelError(f"context size {n_ctx} is out of range: use a --ctx between 1 and {limit or 'the model limit'}")
-    return n_ctx
-
-
 def read_token_bytes(path: Path, count: int) -> list[bytes]:
     """The bytes of tokens ``0..count-1`` from a vocabulary-only load (no weights, ~2 s)."""
     params = llama_cpp.llama_model_default_params()

@@ -36,12 +36,14 @@ KV_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationT
 DEFAULT_MAX_CHECKPOINTS = 32
 # Contexts --ctx auto chooses between are multiples of this.
 CONTEXT_STEP = 1024
-# --ctx auto leaves this share of the available memory to the page cache and other programs.
-AUTO_HEADROOM = 0.10
+# --ctx auto leaves this much of the available memory to the page cache and other programs.
+AUTO_HEADROOM = 512 * 2**20
 # The process itself besides llama.cpp's buffers: Python, numpy, openai-harmony, the libraries.
 RUNTIME_BYTES = 160 * 2**20
-# llama.cpp's compute buffer, measured: a ubatch's logits (n_vocab float32 per token) and, per
-# token, a few float32 rows of the hidden size (activations of attention and the experts).
+# What llama.cpp's compute buffer holds once a whole batch is evaluated: per token, a few float32
+# rows of the hidden size (activations of attention and the experts). It reserves more (logits for
+# every token of a batch) but ossrun asks for one row of logits per sequence, so the rest is never
+# touched; measured on gpt-oss-20b, 0.29 GiB for this and the process after a 1200-token prompt.
 COMPUTE_ROWS_PER_TOKEN = 24
 LOGIT_BYTES = 4  # float32: each sequence decoded together keeps a row of n_vocab logits
 EXPERT_TENSORS = re.compile(r"_exps\.weight$")
@@ -194,7 +196,7 @@ def plan_shape(shape: ModelShape, n_ctx: int, *, parallel: int = 1, cache: Cache
     kv = (_pad(n_ctx) * full_layers + shape.swa_cells(n_ctx, parallel, cache, n_batch) * shape.n_swa_layers) * cell
     checkpoints = parallel * cache.max_checkpoints * shape.checkpoint_bytes(cache) if cache.checkpointed else 0
     ubatch = min(max(n_batch, parallel), n_ctx)
-    compute = ubatch * (shape.n_vocab * LOGIT_BYTES + COMPUTE_ROWS_PER_TOKEN * shape.n_embd * 4)
+    compute = ubatch * COMPUTE_ROWS_PER_TOKEN * shape.n_embd * 4
     return MemoryPlan(
         model=model, n_ctx=n_ctx, parallel=parallel, cache=cache, experts=shape.experts, weights=shape.other,
         kv_cache=kv, checkpoints=checkpoints, compute=compute, outputs=parallel * shape.n_vocab * LOGIT_BYTES,
@@ -212,10 +214,10 @@ def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, *, parallel: int = 1, cach
 
 
 def largest_context(shape: ModelShape, available: int, *, parallel: int = 1, cache: CacheSettings = DEFAULT_CACHE,
-                    n_batch: int = DEFAULT_BATCH, headroom: float = AUTO_HEADROOM) -> Optional[int]:
+                    n_batch: int = DEFAULT_BATCH, headroom: int = AUTO_HEADROOM) -> Optional[int]:
     """The largest context (a multiple of CONTEXT_STEP, up to the model's limit) whose plan fits in
     ``available`` bytes less the headroom; None when not even CONTEXT_STEP does."""
-    budget = int(available * (1 - headroom))
+    budget = available - headroom
     limit = shape.context_length or 131072
     best = None
     low, high = 1, limit // CONTEXT_STEP  # the plan grows with the context: bisect on steps
@@ -228,6 +230,14 @@ def largest_context(shape: ModelShape, available: int, *, parallel: int = 1, cac
     return best
 
 
+def check_context_size(header: GgufHeader, n_ctx: int) -> int:
+    """``n_ctx`` if the model takes it; ModelError with the range otherwise."""
+    limit = header.context_length
+    if n_ctx < 1 or (limit and n_ctx > limit):
+        raise ModelError(f"context size {n_ctx} is out of range: use a --ctx between 1 and {limit or 'the model limit'}")
+    return n_ctx
+
+
 def check(plan_: MemoryPlan, available: Optional[int], shape: Optional[ModelShape] = None) -> None:
     """ModelError with the numbers when ``plan_`` does not fit in ``available`` bytes (None: unknown, passes)."""
     if available is None or plan_.total <= available:
@@ -236,11 +246,38 @@ def check(plan_: MemoryPlan, available: Optional[int], shape: Optional[ModelShap
              f"but only {format_memory(available)} is available")
     largest = None
     if shape is not None:
-        largest = largest_context(shape, available, parallel=plan_.parallel, cache=plan_.cache, headroom=0.0)
+        largest = largest_context(shape, available, parallel=plan_.parallel, cache=plan_.cache, headroom=0)
     if largest:
         raise ModelError(f"{needs}: the largest context that fits is {largest} (--ctx {largest}, or --ctx auto), "
                          f"or close other programs")
     raise ModelError(f"{needs}: not even --ctx {CONTEXT_STEP} fits; use a smaller model, or close other programs")
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """What each context size needs on this machine, per cache setting (``ossrun plan``)."""
+
+    model: str
+    available: Optional[int]  # what a load may use now (MemAvailable, or the container's room if less)
+    container: Optional[int]  # the memory cgroup's room alone, where it has a limit
+    parallel: int
+    caches: tuple[CacheSettings, ...]
+    rows: tuple[tuple[int, tuple[MemoryPlan, ...]], ...]  # (n_ctx, one plan per cache setting)
+    auto: tuple[Optional[int], ...]  # what --ctx auto chooses, per cache setting
+    headroom: int = AUTO_HEADROOM  # what --ctx auto leaves free
+
+    def fits(self, plan_: MemoryPlan) -> Optional[bool]:
+        return None if self.available is None else plan_.total <= self.available
+
+
+def report(header: GgufHeader, *, model: str, contexts: Sequence[int], caches: Sequence[CacheSettings], parallel: int = 1,
+           available: Optional[int], container: Optional[int] = None,
+           tensors: Optional[Iterable[TensorInfo]] = None) -> MemoryReport:
+    shape = ModelShape.of(header, tensors)
+    rows = tuple((n, tuple(plan_shape(shape, n, parallel=parallel, cache=c, model=model) for c in caches)) for n in contexts)
+    auto = tuple(largest_context(shape, available, parallel=parallel, cache=c) if available is not None else None
+                 for c in caches)
+    return MemoryReport(model, available, container, parallel, tuple(caches), rows, auto)
 
 
 def _row_bytes(type_name: str, n_values: int) -> int:

@@ -319,6 +319,10 @@ def test_a_cut_far_back_restores_the_nearest_checkpoint_and_a_recent_one_needs_n
     stats = finish(scheduler.submit(marked(c)))[1]
     assert (stats.cached, stats.evaluated, stats.restored) == (88, 4, 0)
     assert scheduler.cached_prefix(c[:60] + [1]) == 42
+    # The same prompt again (a retry): its last token alone, from the checkpoint at its end.
+    finish(scheduler.submit(request(c + list(range(300, 340)), seed=1)))  # the window moves on past c
+    stats = finish(scheduler.submit(marked(c)))[1]
+    assert (stats.cached, stats.evaluated, stats.restored) == (91, 1, 92)
     # No checkpoint at or before the part: read again from the start, never from a wrong state.
     d = c[:30] + [4] * 3
     stats = finish(scheduler.submit(marked(d)))[1]

@@ -99,15 +99,19 @@ def reusable(n: int, held_from: int, window: int, checkpoints: Checkpoints) -> t
 
     ``held_from`` is the first position the sequence's sliding-window cells still hold (-1:
     none), ``window`` the sliding window (0: every layer keeps every position). Returns ``(n,
-    None)`` when the cells before ``n`` are all there, else the nearest checkpoint at or before
-    ``n`` and its length (the state to restore), else ``(0, None)``: evaluate from the start.
+    None)`` when the cells before ``n`` are all there, else the nearest checkpoint that serves
+    and the length to keep after restoring it, else ``(0, None)``: evaluate from the start.
+
+    A checkpoint saved at ``L`` holds the last ``window`` positions before ``L``; evaluating
+    position ``p`` needs the ``window - 1`` before it, so it serves a cut at ``L`` and at ``L - 1``
+    (a prompt sent again, as a retry does, evaluates its last token from the checkpoint at its end).
     """
     if n <= 0:
         return 0, None
     if window <= 0 or 0 <= held_from <= max(0, n - window + 1):
         return n, None
-    checkpoint = checkpoints.at_or_before(n)
-    return (checkpoint.length, checkpoint) if checkpoint is not None else (0, None)
+    checkpoint = checkpoints.at_or_before(n + 1)
+    return (min(checkpoint.length, n), checkpoint) if checkpoint is not None else (0, None)
 
 
 def prompt_positions(prompt: Sequence[int], start: int, *, marks: Iterable[Sequence[int]] = (), prefix_length: int = 0,

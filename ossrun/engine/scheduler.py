@@ -245,6 +245,11 @@ class Scheduler:
                 held = prefix_length
         return held
 
+    def held_tokens(self) -> list[list[int]]:
+        """What each sequence's cache holds now, by sequence."""
+        with self._cond:
+            return [list(slot.tokens) for slot in self.slots]
+
     def checkpoint_bytes(self) -> int:
         """Memory the sequences' checkpoints take now (shared ones counted once)."""
         with self._cond:
@@ -346,26 +351,34 @@ class Scheduler:
         return reusable(n, slot.held_from, self.backend.window, slot.checkpoints)
 
     def _cut(self, slot: _Slot, keep: int, checkpoint: Optional[Checkpoint]) -> int:
-        """Cut ``slot`` back to ``keep`` positions (and restore the checkpoint saved there): what it now holds."""
-        self.backend.seq_keep(slot.seq, keep)
-        del slot.tokens[keep:]
-        slot.checkpoints.cut(keep)
-        if checkpoint is not None and not self.backend.load_checkpoint(slot.seq, checkpoint.data):
-            return self._cut(slot, 0, None)
+        """Cut ``slot`` back to ``keep`` positions, restoring ``checkpoint`` (saved at ``keep`` or one
+        position later) on the way: what it now holds."""
+        at = keep if checkpoint is None else checkpoint.length
+        self.backend.seq_keep(slot.seq, at)
+        del slot.tokens[at:]
+        slot.checkpoints.cut(at)
+        if checkpoint is not None:
+            if not self.backend.load_checkpoint(slot.seq, checkpoint.data):
+                return self._cut(slot, 0, None)
+            if keep < at:
+                return self._cut(slot, keep, None)
         self._held(slot)
         return keep
 
     def _take(self, slot: _Slot, donor: _Slot, keep: int, checkpoint: Optional[Checkpoint]) -> int:
         """Let ``slot`` hold ``donor``'s first ``keep`` positions (the unified cache stores them once)."""
         backend = self.backend
+        at = keep if checkpoint is None else checkpoint.length
         backend.seq_keep(slot.seq, 0)
-        backend.seq_copy(donor.seq, slot.seq, keep)
-        slot.tokens = donor.tokens[:keep]
+        backend.seq_copy(donor.seq, slot.seq, at)
+        slot.tokens = donor.tokens[:at]
         slot.checkpoints.clear()
-        slot.checkpoints.adopt(donor.checkpoints, keep)
+        slot.checkpoints.adopt(donor.checkpoints, at)
         if checkpoint is not None:
             if not backend.load_checkpoint(slot.seq, checkpoint.data):
                 return self._cut(slot, 0, None)
+            if keep < at:
+                return self._cut(slot, keep, None)
         elif backend.window:
             # The sliding-window cells the copy shares with the donor: give the sequence its own
             # (a cell held by several sequences is freed only once all have moved on), and keep

@@ -6,7 +6,7 @@ reports ``RssAnon`` (anonymous memory), ``VmRSS`` and ``VmHWM`` (peak resident) 
 ``/proc/PID/status``; the planner's figure for the same load is printed beside it.
 llama-server (``benchmarks/llama_tools.py``) runs with the same settings: one model in
 memory at a time, ``-np 1``, the same threads, context, cache type and mode; its weights
-are read into memory too (``--no-mmap``), as ossrun reads them (``LlamaEngine``), unless
+are read into memory too (``--load-mode none``), as ossrun reads them (``LlamaEngine``), unless
 ``--llama-mmap`` asks for its default memory map.
 
     python benchmarks/memory_benchmark.py --model ~/ossrun-bench/gpt-oss-20b-random.gguf \\
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 GiB = 2**30
 FIELDS = ("RssAnon", "RssFile", "VmRSS", "VmHWM")
-PROMPT = "Explain in one paragraph why the sky is blue."
+PROMPT = "Why is the sky blue?"
 LONG_PROMPT_WORDS = 600  # about 1200 tokens: more than a 512-token batch
 
 
@@ -56,10 +56,11 @@ def child(args) -> None:
         after_load = status()
         reply = model.chat([{"role": "user", "content": PROMPT}], max_tokens=16, temperature=0, reasoning_effort="low")
         after = status()
-        # A prompt as long as a batch: what llama.cpp's compute buffer takes once it is used in full.
-        long_prompt = " ".join(f"w{i}" for i in range(LONG_PROMPT_WORDS))
-        model.chat([{"role": "user", "content": long_prompt}], max_tokens=1, temperature=0, reasoning_effort="low")
-        after_long = status()
+        after_long = None
+        if args.long_prompt:  # a prompt longer than a batch: llama.cpp's compute buffer used in full
+            long_prompt = " ".join(f"w{i}" for i in range(LONG_PROMPT_WORDS))
+            model.chat([{"role": "user", "content": long_prompt}], max_tokens=1, temperature=0, reasoning_effort="low")
+            after_long = status()
     print(json.dumps({"load_seconds": round(loaded, 1), "after_load": after_load, "after_16_tokens": after,
                       "after_long_prompt": after_long,
                       "generated": reply.usage.completion_tokens, "planned": planned.total,
@@ -69,7 +70,7 @@ def child(args) -> None:
 
 def ossrun_run(args, ctx: int, kv_type: str, mode: str) -> dict:
     command = [sys.executable, __file__, "--child", "--model", str(args.model), "--ctx", str(ctx), "--kv-type", kv_type,
-               "--mode", mode, "--threads", str(args.threads)]
+               "--mode", mode, "--threads", str(args.threads), *(["--long-prompt"] if args.long_prompt else [])]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if result.returncode:
         return {"error": result.stderr.strip().splitlines()[-1:] }
@@ -85,7 +86,7 @@ def llama_server_run(args, binary: Path, ctx: int, kv_type: str, mode: str) -> d
     if mode == "full":
         command.append("--swa-full")
     if not args.llama_mmap:
-        command.append("--no-mmap")
+        command += ["--load-mode", "none"]  # read into memory, as ossrun does
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 900
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--llama-server", type=Path, help="default: build it (benchmarks/llama_tools.py)")
     parser.add_argument("--llama-mmap", action="store_true", help="llama-server maps the file (its default) instead of --no-mmap")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ossrun", "llama-server"])
+    parser.add_argument("--long-prompt", action="store_true", help="also measure after a 1200-token prompt")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()

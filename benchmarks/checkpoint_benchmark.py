@@ -168,8 +168,8 @@ def speed(path: Path, threads: int, runs: int, prompt_tokens: int = 1024) -> dic
         prefill, decode = [], []
         with ossrun.load(path, ctx=8192, threads=threads, swa_full=mode == "full") as model:
             for run in range(runs):
-                generation = model.engine.generate(GenerationRequest(tuple(random_tokens(prompt_tokens, 10 + run)), Sampling(seed=run),
-                                                                     max_tokens=32))
+                prompt = tuple(random_tokens(prompt_tokens, 10 + run))
+                generation = model.engine.generate(GenerationRequest(prompt, Sampling(seed=run), max_tokens=32))
                 list(generation)
                 stats = generation.stats
                 prefill.append(stats.evaluated / stats.prefill_seconds)

@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--llama-server", type=Path, help="default: build it (benchmarks/llama_tools.py)")
     parser.add_argument("--llama-mmap", action="store_true", help="llama-server maps the file (its default) instead of --no-mmap")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ossrun", "llama-server"])
+    parser.add_argument("--configs", nargs="*", help="CTX:TYPE:MODE items, in this order, instead of every combination")
     parser.add_argument("--long-prompt", action="store_true", help="also measure after a 1200-token prompt")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -141,26 +142,30 @@ def main() -> None:
         binary = llama_server()
     results = []
     print("ctx     type  mode   runner        anon  file  rss   peak  planned  plan/rss")
-    for ctx in args.ctx:
-        for mode in args.mode:
-            for kv_type in args.kv_type:
-                row = {"ctx": ctx, "kv_type": kv_type, "mode": mode}
-                if "ossrun" not in args.skip:
-                    row["ossrun"] = ossrun_run(args, ctx, kv_type, mode)
-                if "llama-server" not in args.skip:
-                    row["llama_server"] = llama_server_run(args, binary, ctx, kv_type, mode)
-                results.append(row)
-                for runner in ("ossrun", "llama_server"):
-                    figures = row.get(runner)
-                    if figures is None:
-                        continue
-                    if "error" in figures:
-                        print(f"{ctx:<7} {kv_type:<5} {mode:<6} {runner:<12} {figures['error']}")
-                        continue
-                    after, planned = figures["after_16_tokens"], figures.get("planned")
-                    ratio = f"{planned / after['VmRSS']:.3f}" if planned else "-"
-                    print(f"{ctx:<7} {kv_type:<5} {mode:<6} {runner:<12} {gib(after['RssAnon']):>5} {gib(after['RssFile']):>5} "
-                          f"{gib(after['VmRSS']):>5} {gib(after['VmHWM']):>5} {gib(planned):>8} {ratio:>8}", flush=True)
+    if args.configs:
+        configs = [(int(c), t, m) for c, t, m in (item.split(":") for item in args.configs)]
+    else:
+        configs = [(ctx, kv_type, mode) for ctx in args.ctx for mode in args.mode for kv_type in args.kv_type]
+    for ctx, kv_type, mode in configs:
+        row = {"ctx": ctx, "kv_type": kv_type, "mode": mode}
+        if "ossrun" not in args.skip:
+            row["ossrun"] = ossrun_run(args, ctx, kv_type, mode)
+        if "llama-server" not in args.skip:
+            row["llama_server"] = llama_server_run(args, binary, ctx, kv_type, mode)
+        results.append(row)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        for runner in ("ossrun", "llama_server"):
+            figures = row.get(runner)
+            if figures is None:
+                continue
+            if "error" in figures:
+                print(f"{ctx:<7} {kv_type:<5} {mode:<6} {runner:<12} {figures['error']}")
+                continue
+            after, planned = figures["after_16_tokens"], figures.get("planned")
+            ratio = f"{planned / after['VmRSS']:.3f}" if planned else "-"
+            print(f"{ctx:<7} {kv_type:<5} {mode:<6} {runner:<12} {gib(after['RssAnon']):>5} {gib(after['RssFile']):>5} "
+                  f"{gib(after['VmRSS']):>5} {gib(after['VmHWM']):>5} {gib(planned):>8} {ratio:>8}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

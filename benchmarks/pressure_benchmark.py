@@ -255,7 +255,8 @@ def main() -> None:
             alone = bare_run(args.model, mapped, args.tokens, args.threads, ranges)
             with Hog(args.hog):
                 beside = bare_run(args.model, mapped, args.tokens, args.threads, ranges)
-            ratio = beside["tokens_per_second"] / alone["tokens_per_second"] if "error" not in alone and "error" not in beside else None
+            measured = "error" not in alone and "error" not in beside
+            ratio = beside["tokens_per_second"] / alone["tokens_per_second"] if measured else None
             report["pages"][label] = {"alone": alone, "beside_hog": beside, "ratio": ratio}
             print("pages", label, json.dumps(report["pages"][label]), flush=True)
     if args.json:

@@ -16,6 +16,7 @@ import pytest
 
 import ossrun
 from ossrun import machine
+from ossrun.cli.plan import size
 from ossrun.engine import memory
 from ossrun.engine.gguf_header import check_gpt_oss
 from ossrun.errors import ModelError
@@ -222,8 +223,8 @@ def test_a_context_that_does_not_fit_names_the_largest_that_does(header_20b):
         memory.check(plan, available, shape)
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith(f"gpt-oss-20b needs about 3.4 GiB at --ctx 131072 (experts 8.0 MiB + other weights 2.0 MiB + "
-                              f"KV cache (f16) 3.0 GiB + checkpoints 96 MiB + buffers")
+    assert message.startswith("gpt-oss-20b needs about 3.4 GiB at --ctx 131072 (experts 8.0 MiB + other weights 2.0 MiB + "
+                              "KV cache (f16) 3.0 GiB + checkpoints 96 MiB + buffers")
     assert "the largest context that fits is 16384 (--ctx 16384, or --ctx auto)" in message
     memory.check(plan, plan.total, shape)  # exactly enough
     memory.check(plan, None, shape)  # unknown memory: not refused
@@ -316,10 +317,8 @@ def test_plan_prints_each_context_per_cache_type(tiny_gguf, tmp_path):
     header = check_gpt_oss(tiny_gguf)
     for line, n in zip(lines[2:8], (4096, 8192, 16384, 32768, 65536, 131072), strict=True):
         f16, q8 = memory.plan(header, n, parallel=2), memory.plan(header, n, parallel=2, cache=Q8)
-        from ossrun.units import format_memory
-
         assert line.split()[0] == str(n)
-        assert f"{format_memory(f16.total)} fits" in line and f"{format_memory(q8.total)} fits" in line
+        assert f"{size(f16.total)} fits" in line and f"{size(q8.total)} fits" in line
     assert lines[-1] == "--ctx auto: 131072 with f16, 131072 with q8_0 (keeps 512 MiB of the available memory free)"
     one = ossrun_cli("plan", str(tiny_gguf), "--kv-type", "q8_0", "--ctx", "8192", "--swa-full", home=tmp_path / "home")
     assert one.returncode == 0 and one.stdout.splitlines()[1].split() == ["context", "q8_0", "swa-full"]

@@ -42,21 +42,19 @@ def register(app: typer.Typer) -> None:
                                                    help="One context size [default: 4096 up to the model's limit].")] = None,
     ) -> None:
         import ossrun
-        from ossrun.units import format_memory
-
         kinds = [opt.parse_kv_type(kv_type)] if kv_type else list(opt.KV_TYPES)
         contexts = None
         if ctx is not None:
-            size = opt.parse_ctx(ctx)
-            if size == "auto":
+            tokens = opt.parse_ctx(ctx)
+            if tokens == "auto":
                 raise typer.BadParameter("give a number of tokens: the last line says what auto chooses", param_hint="--ctx")
-            contexts = [size]
+            contexts = [tokens]
         report = ossrun.plan(opt.pick_model(model_argument, model, demo), parallel=parallel, kv_types=kinds,
                              swa_full=swa_full, contexts=contexts)
-        typer.echo(_available_line(report, format_memory))
+        typer.echo(_available_line(report))
         names = [c.name for c in report.caches]
         header = ["context", *names]
-        rows = [[str(n), *(_cell(report, p, format_memory) for p in plans)] for n, plans in report.rows]
+        rows = [[str(n), *(_cell(report, p) for p in plans)] for n, plans in report.rows]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
             typer.echo("  ".join(cell.rjust(width) if i == 0 else cell.ljust(width)
@@ -65,18 +63,25 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"at {report.rows[-1][0]} tokens, {first[0].cache.name}: {first[0].describe()}")
         if report.available is not None:
             chosen = ", ".join(f"{n if n else 'nothing fits'} with {name}" for n, name in zip(report.auto, names, strict=True))
-            typer.echo(f"--ctx auto: {chosen} (keeps {format_memory(report.headroom)} of the available memory free)")
+            typer.echo(f"--ctx auto: {chosen} (keeps {size(report.headroom)} of the available memory free)")
 
 
-def _available_line(report: Any, format_memory: Any) -> str:
+def size(n_bytes: int) -> str:
+    """Memory with one decimal from 1 GiB up (12 GiB and 12.4 GiB differ here)."""
+    from ossrun.units import format_memory
+
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else format_memory(n_bytes)
+
+
+def _available_line(report: Any) -> str:
     sequences = f", {report.parallel} sequences" if report.parallel > 1 else ""
     if report.available is None:
         return f"{report.model}{sequences}: this machine does not say how much memory is available"
-    container = f", the container's limit leaves {format_memory(report.container)}" if report.container is not None else ""
-    return f"{report.model}{sequences} on this machine: {format_memory(report.available)} available{container}"
+    container = f", the container's limit leaves {size(report.container)}" if report.container is not None else ""
+    return f"{report.model}{sequences} on this machine: {size(report.available)} available{container}"
 
 
-def _cell(report: Any, plan: Any, format_memory: Any) -> str:
+def _cell(report: Any, plan: Any) -> str:
     fits = report.fits(plan)
     verdict = "" if fits is None else (" fits" if fits else " does not fit")
-    return f"{format_memory(plan.total)}{verdict}"
+    return f"{size(plan.total)}{verdict}"

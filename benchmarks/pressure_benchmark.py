@@ -1,7 +1,8 @@
 """A 16 GiB machine simulated on a larger one: decode speed beside another process's memory.
 
 Another process (the *hog*) allocates and touches ``--hog`` GiB of anonymous memory (8 GiB on
-a 24 GiB host leaves what a 16 GiB laptop has) and holds it until the benchmark ends (it
+a 24 GiB host leaves what a 16 GiB laptop has; on a host that other work shares, ``--leave
+14.5`` holds all but 14.5 GiB of what is available instead) and holds it until the benchmark ends (it
 reads its stdin, which closes when the benchmark exits, and the kernel kills it if the
 benchmark dies). Then:
 
@@ -230,12 +231,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--hog", type=float, default=8.0, help="GiB the other process holds")
+    parser.add_argument("--leave", type=float, help="instead of --hog: hold all but this many GiB of what is available "
+                                                     "(on a host other work shares, what a 16 GiB machine leaves: 14.5)")
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=["chat", "serve", "pages"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    report: dict = {"model": str(args.model), "hog_gib": args.hog, "tokens": args.tokens}
+    if args.leave is not None:
+        args.hog = max(0.0, (mem_available() - args.leave * GiB) / GiB)
+    report: dict = {"model": str(args.model), "hog_gib": round(args.hog, 2), "tokens": args.tokens}
     runners = {"chat": chat_run, "serve": serve_run}
     for name, runner in runners.items():
         if name in args.skip:

@@ -78,6 +78,7 @@ def restore(path: Path, threads: int) -> dict:
     cosine = (x * y).sum(axis=1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
     return {"restored_from": restored.restored, "cached": restored.cached, "evaluated": restored.evaluated,
             "whole_evaluated": whole.evaluated, "steps": len(x), "cosine_min": float(cosine.min()),
+            "cosine_median": float(np.median(cosine)), "cosines": [round(float(c), 6) for c in cosine],
             "top1_agreement": float((x.argmax(axis=1) == y.argmax(axis=1)).mean()),
             "max_abs_diff": float(np.abs(x - y).max())}
 

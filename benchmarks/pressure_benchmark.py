@@ -90,7 +90,7 @@ def chat_run(model: Path, tokens: int, threads: int) -> dict:
     banner = re.search(r"ctx (\d+) \(auto\)", result.stderr)
     speed = re.search(r"decode (\d+) tokens at ([\d.]+) tok/s", result.stderr)
     if result.returncode or not banner or not speed:
-        return {"error": result.stderr.strip()[-500:]}
+        return {"error": f"exit {result.returncode}: {result.stderr.strip()[-500:]}"}
     return {"ctx": int(banner.group(1)), "tokens": int(speed.group(1)), "tokens_per_second": float(speed.group(2))}
 
 
@@ -117,7 +117,9 @@ def serve_run(model: Path, tokens: int, threads: int) -> dict:
         if not listening.wait(900):
             return {"error": "".join(lines)[-500:]}
         chosen = re.search(r"ctx (\d+) \(auto\)", "".join(lines))
-        body = {"model": "x", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": tokens,
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=60) as response:
+            name = json.loads(response.read())["data"][0]["id"]
+        body = {"model": name, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": tokens,
                 "temperature": 0, "stream": True, "reasoning_effort": "low", "stream_options": {"include_usage": True}}
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
                                          {"Content-Type": "application/json"})

@@ -138,9 +138,12 @@ def test_the_small_swa_cache_cut_back_without_a_checkpoint_would_give_wrong_logi
     assert np.abs(wrong - fresh_logits(header, b, tmp_path)).max() > 0.01
 
 
-def test_a_restored_checkpoint_gives_the_logits_of_the_whole_evaluation(header, tmp_path):
+@pytest.mark.parametrize("model", ["tiny_gguf", "demo_build"])
+def test_a_restored_checkpoint_gives_the_logits_of_the_whole_evaluation(model, request, tmp_path):
     """The small cache: a prompt that parts from the cached one 1000 positions back restores the
-    checkpoint kept there and gives, at every step of the reply, the logits of evaluating it whole."""
+    checkpoint kept there and gives, at every step of the reply, the logits of evaluating it whole
+    (the tiny test model and the trained demo model)."""
+    header = check_gpt_oss(request.getfixturevalue(model))
     mark = (11, 12)
     a = random_tokens(998, seed=4) + list(mark) + random_tokens(1000, seed=6)
     b = a[:1000] + random_tokens(200, seed=5)

@@ -332,6 +332,12 @@ def test_prefix_state_saved_and_restored_by_a_new_engine(header, tmp_path):
         assert other_ctx.cached_prefix(prompt, prefix_length=150) == 0  # a state is only valid for its context size
     finally:
         other_ctx.close()
+    for cache in (SWA_FULL, CacheSettings("q8_0", "q8_0")):  # ... and its cache type and mode
+        other_cache = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path, cache=cache)
+        try:
+            assert other_cache.cached_prefix(prompt, prefix_length=150) == 0
+        finally:
+            other_cache.close()
 
 
 def test_token_bytes_from_a_vocabulary_only_load(tiny_gguf):

@@ -2,13 +2,13 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["load"]
+__all__ = ["load", "plan"]
 
 
 def __getattr__(name: str):
     # ``import ossrun`` stays cheap: the model API (and llama.cpp) load on first use.
-    if name == "load":
-        from ossrun.model import load
+    if name in ("load", "plan"):
+        from ossrun import model
 
-        return load
+        return getattr(model, name)
     raise AttributeError(f"module 'ossrun' has no attribute {name!r}")

@@ -22,13 +22,17 @@ from ossrun.engine.protocol import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, G
 from ossrun.errors import ContextError, ModelError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
 from ossrun.formats import output_rules
-from ossrun.harmony.encoding import load_encoding, stop_tokens
+from ossrun.harmony.encoding import checkpoint_marks, load_encoding, stop_tokens
 from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort, instructions_from
 from ossrun.harmony.parser import Turn, TurnParser
 from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox, run_tool_loop
+from ossrun.units import format_memory
 
-DEFAULT_CTX = 8192
+DEFAULT_CTX = "auto"  # the largest context the model and the memory allow
+# Contexts tried, largest first, when --ctx auto loads over RPC workers (each machine's share is checked).
+RPC_AUTO_CONTEXTS = (131072, 65536, 32768, 16384, 8192, 4096)
+UNKNOWN_MEMORY_CONTEXT = 8192  # --ctx auto where the platform does not say how much memory is free
 # Tokens kept free for the reply when deciding whether the history fits (at most a
 # quarter of the context): a reasoning model needs room to think before it answers.
 DEFAULT_REPLY_RESERVE = 1024
@@ -39,9 +43,11 @@ Messages = Sequence[Mapping[str, Any]]
 def load(
     model: Union[str, os.PathLike, None] = None,
     *,
-    ctx: Union[int, Sequence[int]] = DEFAULT_CTX,
+    ctx: Union[int, str, Sequence[int]] = DEFAULT_CTX,
     threads: Optional[int] = None,
     parallel: int = 1,
+    kv_type: Union[str, Sequence[str]] = "f16",
+    swa_full: bool = False,
     verbose: bool = False,
     show_progress: Optional[bool] = None,
     pull: bool = False,
@@ -51,41 +57,70 @@ def load(
 
     ``None`` is the registry's default model (gpt-oss-20b unless a user models.toml
     says otherwise); ``pull`` downloads a registry model that is not on disk first.
-    The file is checked (a GGUF of architecture gpt-oss, complete) and compared with
-    the available memory before llama.cpp maps it. ``threads`` defaults to the
-    physical cores; ``verbose`` shows llama.cpp's own log; ``show_progress`` (default:
-    stderr is a terminal) shows a loading indicator on stderr.
+    The file is checked (a GGUF of architecture gpt-oss, complete) and its memory plan
+    compared with the available memory (the container's limit included) before
+    llama.cpp reads it. ``threads`` defaults to the physical cores; ``verbose`` shows
+    llama.cpp's own log; ``show_progress`` (default: stderr is a terminal) shows a
+    loading indicator on stderr.
 
     ``parallel`` is how many replies are decoded together: ``stream`` and ``chat`` may
     then be called from that many threads at once (more wait their turn). ``ctx`` is
     the pool of KV cells they share; a prefix common to several prompts is held once,
-    and any one reply may use the whole pool. Several sizes (largest first) take the
-    largest that the model and the available memory allow (``Model.n_ctx`` says which).
+    and any one reply may use the whole pool. ``"auto"`` (the default) is the largest
+    context up to the model's limit that fits in memory with room for ``parallel``
+    sequences; several sizes (largest first) take the largest of them that fits.
+    ``Model.n_ctx`` says which.
+
+    ``kv_type`` is the KV cache's type, ``"f16"`` or ``"q8_0"`` (half the memory), or a
+    (key, value) pair. ``swa_full`` keeps every position in the sliding-window layers too
+    (twice the cache); by default they keep their window, and prefixes stay reusable
+    through checkpoints of their state.
 
     ``rpc`` lists workers (``"HOST:PORT[=MEMORY]"``, see ``ossrun worker``) that hold the
     model's last layers; ``Model.placement`` then says which machine holds what.
     """
     from ossrun.engine import llama
+    from ossrun.engine import memory
     from ossrun.engine.gguf_header import check_gpt_oss
     from ossrun.harmony.tiktoken_file import O200K_BASE_TOKENS, ensure_o200k
+    from ossrun.machine import available_memory
     from ossrun.store.resolve import resolve
 
+    cache = memory.CacheSettings.parse(kv_type, swa_full=swa_full)
+    if parallel < 1:
+        raise ModelError(f"parallel {parallel} is less than 1: decode at least one sequence")
     resolved = resolve(model, pull=pull)
     path, name = resolved.path, resolved.name
     header = check_gpt_oss(path)
-    sizes = [ctx] if isinstance(ctx, int) else sorted(ctx, reverse=True)
+    tensors = None
+    if len(resolved.files) > 1:  # a split GGUF: every file's tensors
+        from ossrun.engine.rpc import model_tensors
+
+        tensors = model_tensors(header, resolved.files)
+    shape = memory.ModelShape.of(header, tensors)
+    auto = isinstance(ctx, str)
+    if auto and ctx != "auto":
+        raise ModelError(f"context size {ctx!r} is not a number of tokens or auto: use --ctx auto or e.g. --ctx 32768")
     infos = workers = None
     if rpc:
         from ossrun.engine import rpc as rpc_engine
 
         infos = rpc_engine.probe_workers(rpc)
+    if auto and infos is None:
+        sizes = [_auto_context(shape, available_memory(), parallel, cache, name)]
+    elif auto:
+        sizes = [size for size in RPC_AUTO_CONTEXTS if size <= (shape.context_length or size)]
+    else:
+        sizes = [ctx] if isinstance(ctx, int) else sorted(ctx, reverse=True)
     for size in sizes:  # the largest context that fits; the last one's error if none does
         try:
-            llama.check_context_size(header, size)
+            memory.check_context_size(header, size)
             if infos is None:
-                llama.check_memory(header, size, weights=resolved.size_bytes, parallel=parallel)
+                needs = memory.plan_shape(shape, size, parallel=parallel, cache=cache, model=name)
+                memory.check(needs, available_memory(), shape)
             else:  # the machines together: each one's share against its memory
-                workers = rpc_engine.place(header, size, infos, model=name, files=resolved.files)
+                workers = rpc_engine.place(header, size, infos, model=name, files=resolved.files, parallel=parallel,
+                                           cache=cache)
             ctx = size
             break
         except ModelError:
@@ -98,8 +133,53 @@ def load(
         vocab_dir = ensure_o200k(header.identity, lambda: llama.read_token_bytes(path, O200K_BASE_TOKENS), name)
         encoding = load_encoding(vocab_dir)
         engine = llama.LlamaEngine(header, n_ctx=ctx, parallel=parallel, threads=threads, on_progress=on_progress,
-                                   rpc=workers)
-    return Model(engine, encoding, name=name, path=path, placement=workers.describe() if workers else None)
+                                   cache=cache, rpc=workers)
+    return Model(engine, encoding, name=name, path=path, placement=workers.describe() if workers else None,
+                 auto_ctx=auto)
+
+
+def _auto_context(shape: Any, available: Optional[int], parallel: int, cache: Any, name: str) -> int:
+    """``--ctx auto``: the largest context that fits (a modest one where the memory is unknown)."""
+    from ossrun.engine import memory
+
+    if available is None:
+        return min(shape.context_length or UNKNOWN_MEMORY_CONTEXT, UNKNOWN_MEMORY_CONTEXT)
+    size = memory.largest_context(shape, available, parallel=parallel, cache=cache)
+    if size is None:
+        smallest = memory.plan_shape(shape, memory.CONTEXT_STEP, parallel=parallel, cache=cache, model=name)
+        raise ModelError(f"{name} needs about {format_memory(smallest.total)} even at --ctx {memory.CONTEXT_STEP} "
+                         f"({smallest.describe()}) but only {format_memory(available)} is available: "
+                         f"use a smaller model, or close other programs")
+    return size
+
+
+def plan(model: Union[str, os.PathLike, None] = None, *, parallel: int = 1,
+         kv_types: Sequence[Union[str, Sequence[str]]] = ("f16", "q8_0"), swa_full: bool = False,
+         contexts: Optional[Sequence[int]] = None) -> Any:
+    """What loading ``model`` takes at each context size (default: 4096 up to the model's limit,
+    doubling), per KV cache type, against this machine's available memory; and what
+    ``ctx="auto"`` would choose. Returns an ``ossrun.engine.memory.MemoryReport``; reads only the
+    GGUF header (the model file must be on disk)."""
+    from ossrun.engine import memory
+    from ossrun.engine.gguf_header import check_gpt_oss
+    from ossrun.machine import available_memory, cgroup_available
+    from ossrun.store.resolve import resolve
+
+    caches = [memory.CacheSettings.parse(kind, swa_full=swa_full) for kind in kv_types]
+    resolved = resolve(model)
+    header = check_gpt_oss(resolved.path)
+    tensors = None
+    if len(resolved.files) > 1:
+        from ossrun.engine.rpc import model_tensors
+
+        tensors = model_tensors(header, resolved.files)
+    limit = header.context_length or 131072
+    if contexts is None:
+        contexts = [n for n in (4096, 8192, 16384, 32768, 65536, 131072) if n < limit] + [limit]
+    for n in contexts:
+        memory.check_context_size(header, n)
+    return memory.report(header, model=resolved.name, contexts=contexts, caches=caches, parallel=parallel,
+                         available=available_memory(), container=cgroup_available(), tensors=tensors)
 
 
 @contextlib.contextmanager
@@ -165,13 +245,15 @@ class Model:
     """A loaded gpt-oss model. Works with any :class:`ossrun.engine.protocol.Engine`."""
 
     def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Optional[Path] = None,
-                 placement: Optional[str] = None):
+                 placement: Optional[str] = None, auto_ctx: bool = False):
         self.engine = engine
         self.encoding = encoding
         self.name = name
         self.path = path
         self.placement = placement  # which machine holds which layers, for a model loaded over workers
+        self.auto_ctx = auto_ctx  # n_ctx was chosen to fit the memory (ctx="auto")
         self._stops = stop_tokens(encoding)
+        self._checkpoint_after = checkpoint_marks(encoding)
 
     @property
     def n_ctx(self) -> int:
@@ -359,6 +441,7 @@ class Model:
             max_tokens=request.max_tokens,
             prefix_length=prompt.prefix_length,
             cancel=request.cancel,
+            checkpoint_after=self._checkpoint_after,
         ))
         try:
             yield Prefill(generation.pending())

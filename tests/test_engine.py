@@ -15,6 +15,7 @@ import pytest
 
 from ossrun.engine.gguf_header import check_gpt_oss
 from ossrun.engine.llama import LlamaEngine, build_sampler_chain, read_token_bytes
+from ossrun.engine.memory import CacheSettings
 from ossrun.engine.protocol import GenerationRequest, Sampling
 from ossrun.errors import ContextError
 
@@ -97,28 +98,90 @@ def test_generation_goes_on_until_the_context_is_full(header, tmp_path):
         small.close()
 
 
-def test_reused_prefix_gives_the_logits_of_a_fresh_evaluation(engine, header, tmp_path):
+SWA_FULL = CacheSettings(swa_full=True)
+
+
+def test_reused_prefix_gives_the_logits_of_a_fresh_evaluation(header, tmp_path):
     """1000 tokens kept of 2000, far past the 128-token window: exact with the full-size SWA cache."""
     a = random_tokens(2000, seed=4)
     b = a[:1000] + random_tokens(200, seed=5)
-    run(engine, a)
-    stats = run(engine, b, record_logits=True)[1]
+    full = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path, cache=SWA_FULL)
+    try:
+        run(full, a)
+        stats = run(full, b, record_logits=True)[1]
+    finally:
+        full.close()
     assert (stats.cached, stats.evaluated) == (1000, 200)
     np.testing.assert_allclose(stats.logits[0], fresh_logits(header, b, tmp_path), rtol=0, atol=1e-4)
 
 
-def test_the_small_swa_cache_would_give_wrong_logits(header, tmp_path):
-    """Why swa_full is on: the same reuse with llama.cpp's small sliding-window cache is wrong."""
+def test_the_small_swa_cache_cut_back_without_a_checkpoint_would_give_wrong_logits(header, tmp_path):
+    """Why checkpoints exist: llama.cpp's small sliding-window cache, cut back 1000 positions and
+    evaluated on from there, is wrong (the scheduler never does that: see the next test)."""
+    from ossrun.engine.scheduler import Entry
+
     a = random_tokens(2000, seed=4)
     b = a[:1000] + random_tokens(200, seed=5)
-    small_swa = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path, swa_full=False)
+    small = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path)
     try:
-        run(small_swa, a)
-        stats = run(small_swa, b, record_logits=True)[1]
-        assert stats.cached == 1000
+        backend = small.scheduler.backend
+        run(small, a)
+        assert backend.seq_min(0) > 1000 - backend.window  # the window before position 1000 is gone
+        backend.seq_keep(0, 1000)
+        entries = [Entry(0, token, 1000 + i, i == 199) for i, token in enumerate(b[1000:])]
+        assert backend.decode(entries, None) == 0
+        wrong = backend.logits(199)
+        backend.seq_keep(0, 0)
+        small.scheduler.slots[0].tokens = []
     finally:
-        small_swa.close()
-    assert np.abs(stats.logits[0] - fresh_logits(header, b, tmp_path, swa_full=False)).max() > 0.01
+        small.close()
+    assert np.abs(wrong - fresh_logits(header, b, tmp_path)).max() > 0.01
+
+
+@pytest.mark.parametrize("model", ["tiny_gguf", "demo_build"])
+def test_a_restored_checkpoint_gives_the_logits_of_the_whole_evaluation(model, request, tmp_path):
+    """The small cache: a prompt that parts from the cached one 1000 positions back restores the
+    checkpoint kept there and gives, at every step of the reply, the logits of evaluating it whole
+    (the tiny test model and the trained demo model)."""
+    header = check_gpt_oss(request.getfixturevalue(model))
+    mark = (11, 12)
+    a = random_tokens(998, seed=4) + list(mark) + random_tokens(1000, seed=6)
+    b = a[:1000] + random_tokens(200, seed=5)
+    small = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path)
+    try:
+        run(small, a, checkpoint_after=(mark,))
+        assert small.scheduler.slots[0].checkpoints.lengths == [1000, 2000]
+        assert small.cached_prefix(b) == 1000
+        path, stats = run(small, b, max_tokens=8, record_logits=True, checkpoint_after=(mark,))
+        assert (stats.cached, stats.evaluated, stats.restored) == (1000, 200, 1000)
+        # b sent again once the window has moved on (a retry): its last token from the checkpoint at its end.
+        run(small, b + random_tokens(900, seed=7))
+        again = run(small, b, record_logits=True)[1]
+        assert (again.cached, again.evaluated, again.restored) == (1199, 1, 1200)
+        # Another sequence of the same prefix shares it too: a second engine evaluates b whole.
+        fresh = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path)
+        try:
+            whole = run(fresh, b, max_tokens=8, record_logits=True, forced=tuple(path))[1]
+            assert (whole.cached, whole.evaluated) == (0, 1200)
+        finally:
+            fresh.close()
+    finally:
+        small.close()
+    restored, expected = np.array(stats.logits), np.array(whole.logits)
+    cosine = (restored * expected).sum(axis=1) / np.linalg.norm(restored, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() > 0.999
+    assert (restored.argmax(axis=1) == expected.argmax(axis=1)).all()
+    np.testing.assert_allclose(restored[0], expected[0], rtol=0, atol=1e-4)
+    retry = again.logits[0]  # one token alone: llama.cpp's one-token kernels round a little differently
+    assert retry @ expected[0] / np.linalg.norm(retry) / np.linalg.norm(expected[0]) > 0.999
+    assert retry.argmax() == expected[0].argmax()
+
+
+def test_the_small_cache_with_swa_full_beside_it_gives_the_same_logits(header, tmp_path):
+    a = random_tokens(700, seed=14)
+    small = fresh_logits(header, a, tmp_path)
+    full = fresh_logits(header, a, tmp_path, cache=SWA_FULL)
+    np.testing.assert_allclose(small, full, rtol=0, atol=1e-4)
 
 
 def chain_stages(chain) -> list[str]:
@@ -269,6 +332,12 @@ def test_prefix_state_saved_and_restored_by_a_new_engine(header, tmp_path):
         assert other_ctx.cached_prefix(prompt, prefix_length=150) == 0  # a state is only valid for its context size
     finally:
         other_ctx.close()
+    for cache in (SWA_FULL, CacheSettings("q8_0", "q8_0")):  # ... and its cache type and mode
+        other_cache = LlamaEngine(header, n_ctx=4096, threads=THREADS, cache_dir=tmp_path, cache=cache)
+        try:
+            assert other_cache.cached_prefix(prompt, prefix_length=150) == 0
+        finally:
+            other_cache.close()
 
 
 def test_token_bytes_from_a_vocabulary_only_load(tiny_gguf):

@@ -269,17 +269,20 @@ def test_another_architecture_is_refused(tmp_path):
 
 
 def test_a_model_that_does_not_fit_in_memory_is_refused_with_the_numbers(tiny_gguf, monkeypatch):
-    from ossrun.engine import llama as engine
+    from ossrun import machine
+    from ossrun.engine import memory
     from ossrun.units import format_memory
 
-    monkeypatch.setattr(engine, "available_memory", lambda: 32 * 2**20)
+    monkeypatch.setattr(machine, "available_memory", lambda: 32 * 2**20)
     header = read_header(tiny_gguf)
+    plan = memory.plan(header, 65536)
     with pytest.raises(ModelError) as error:
         ossrun.load(tiny_gguf, ctx=65536)
     message = str(error.value)
-    assert f"weights {format_memory(header.file_size)}" in message
-    assert f"KV cache for 65536 tokens {format_memory(header.kv_cache_bytes(65536))}" in message
-    assert message.endswith("but only 32 MiB is available: use a smaller --ctx or a smaller model, or close other programs")
+    assert f"needs about {format_memory(plan.total)} at --ctx 65536" in message
+    assert f"other weights {format_memory(plan.weights)}" in message
+    assert f"KV cache (f16) {format_memory(plan.kv_cache)}" in message
+    assert message.endswith("but only 32 MiB is available: not even --ctx 1024 fits; use a smaller model, or close other programs")
     with pytest.raises(ModelError, match="context size 200000 is out of range: use a --ctx between 1 and 131072"):
         ossrun.load(tiny_gguf, ctx=200000)
 

@@ -6,7 +6,7 @@ import os
 
 from ossrun.engine.prefix_cache import PrefixCache
 
-IDENTITY = {"path": "/models/m.gguf", "size": 123, "mtime_ns": 1, "n_ctx": 8192, "llama_cpp": "x"}
+IDENTITY = {"path": "/models/m.gguf", "size": 123, "mtime_ns": 1, "n_ctx": 8192, "kv_cache": "f16", "llama_cpp": "x"}
 TOKENS = [200006, 17360, 200008, 3575, 553]
 STATE = bytes(range(256)) * 40
 
@@ -26,7 +26,8 @@ def test_key_covers_identity_and_every_token(tmp_path):
     assert cache.load(TOKENS[:-1]) is None
     assert cache.load(TOKENS + [1]) is None
     assert cache.load(TOKENS[:-1] + [554]) is None
-    for field, value in [("n_ctx", 4096), ("mtime_ns", 2), ("llama_cpp", "y"), ("size", 124)]:
+    for field, value in [("n_ctx", 4096), ("mtime_ns", 2), ("llama_cpp", "y"), ("size", 124), ("kv_cache", "q8_0"),
+                         ("kv_cache", "f16 swa-full")]:
         assert PrefixCache(tmp_path, {**IDENTITY, field: value}).load(TOKENS) is None
     assert PrefixCache(tmp_path, dict(IDENTITY)).load(TOKENS) == STATE
 

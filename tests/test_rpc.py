@@ -162,7 +162,7 @@ def local_answers(demo_build):
 def test_greedy_answers_over_two_workers_equal_the_local_ones(workers, demo_build, local_answers):
     a, b = workers(2)
     with ossrun.load(demo_build, ctx=2048, threads=1, rpc=[f"{a.endpoint},{b.endpoint}"]) as model:
-        assert model.placement == (f"{demo_build.stem} over 3 machines: this machine 564 MiB (no layers, embeddings and output), "
+        assert model.placement == (f"{demo_build.stem} over 3 machines: this machine 221 MiB (no layers, embeddings and output), "
                                    f"{a.endpoint} 257 MiB (layer 0), {b.endpoint} 257 MiB (layer 1)")
         for prompt, local in zip(PROMPTS, local_answers):
             reply = model.chat([{"role": "user", "content": prompt}], temperature=0)

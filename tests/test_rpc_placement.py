@@ -41,7 +41,8 @@ def gpt_oss_header(layers: int, experts: int) -> GgufHeader:
                         TensorInfo(p + f"ffn_{kind}_exps.bias", (H, experts), F32, 0)]
     tensors += [TensorInfo("output_norm.weight", (H,), F32, 0), TensorInfo("output.weight", (H, VOCAB), Q8, 0)]
     metadata = {"general.architecture": "gpt-oss", "gpt-oss.block_count": layers, "gpt-oss.attention.head_count_kv": KV_HEADS,
-                "gpt-oss.attention.key_length": HEAD, "gpt-oss.attention.value_length": HEAD}
+                "gpt-oss.attention.key_length": HEAD, "gpt-oss.attention.value_length": HEAD,
+                "gpt-oss.attention.sliding_window": 128, "gpt-oss.context_length": 131072, "gpt-oss.embedding_length": H}
     size = sum(t.n_bytes for t in tensors)
     return GgufHeader(Path(f"gpt-oss-{layers}.gguf"), size, 0, metadata, tuple(tensors), 0)
 
@@ -49,7 +50,8 @@ def gpt_oss_header(layers: int, experts: int) -> GgufHeader:
 def placement_of(header: GgufHeader, workers, *, n_ctx: int = 8192, available: int = 22 * GiB):
     layers = int(header.metadata["gpt-oss.block_count"])
     per_layer, other = layer_sizes(header.tensors, layers)
-    return plan("gpt-oss-120b" if layers == 36 else "gpt-oss-20b", per_layer, other, header.kv_cache_bytes(n_ctx) // layers,
+    kv_per_layer = n_ctx * KV_HEADS * (HEAD + HEAD) * 2  # every position in every layer, f16 (swa_full)
+    return plan("gpt-oss-120b" if layers == 36 else "gpt-oss-20b", per_layer, other, kv_per_layer,
                 workers, n_ctx=n_ctx, local_available=available)
 
 
@@ -127,6 +129,22 @@ def test_a_worker_left_with_no_layer_or_too_little_memory_for_one(small):
         placement_of(small, [WorkerAsk("a:1", 20 * GiB), WorkerAsk("b:2", 20 * GiB)])
     with pytest.raises(ModelError, match=r"a:1=512 MiB cannot hold one layer of gpt-oss-20b"):
         placement_of(small, [WorkerAsk("a:1", 512 * 2**20)])
+
+
+def test_each_machine_holds_the_kv_cache_of_its_own_layers_as_the_memory_plan_counts_it(big):
+    """The small sliding-window cache: the even layers hold 768 cells, the odd ones the whole context."""
+    from ossrun.engine import memory
+
+    shape = memory.ModelShape.of(big)
+    kv = memory.kv_bytes_per_layer(shape, 131072)
+    assert kv[0] == 768 * KV_HEADS * 2 * HEAD * 2 and kv[1] == 131072 * KV_HEADS * 2 * HEAD * 2
+    assert sum(kv) == memory.plan(big, 131072).kv_cache
+    layers = int(big.metadata["gpt-oss.block_count"])
+    per_layer, other = layer_sizes(big.tensors, layers)
+    workers = [WorkerAsk("10.0.0.2:50052", 22 * GiB, 24 * GiB), WorkerAsk("10.0.0.3:50052", 22 * GiB, 24 * GiB)]
+    placement = plan("gpt-oss-120b", per_layer, other, kv, workers, n_ctx=131072, local_available=40 * GiB)
+    for share in (placement.local, *placement.workers):
+        assert share.kv == sum(kv[share.first : share.first + share.count])
 
 
 def test_parse_workers():

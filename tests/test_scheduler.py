@@ -2,11 +2,15 @@
 
 The backend keeps a pool of KV cells like llama.cpp's unified cache (sequences that share a
 prefix share its cells), answers ROOM when a batch does not fit, and "samples" each request's
-scripted tokens (the script is chosen by the request's seed).
+scripted tokens (the script is chosen by the request's seed). With a ``window``, it also plays
+llama.cpp's small sliding-window cache: each sequence's sliding-window layers hold only its
+last ``window + SWA_SLACK`` positions, checkpoints put them back, and a decode that would start
+without the window before it fails the test (that is the wrong state that gives wrong logits).
 """
 
 from __future__ import annotations
 
+import ast
 import itertools
 import threading
 import time
@@ -19,6 +23,7 @@ from ossrun.engine.scheduler import ABORTED, ROOM, Entry, Scheduler
 from ossrun.errors import ContextError
 
 STOP = 9
+SWA_SLACK = 4  # positions the scripted sliding-window cache keeps beyond the window
 
 
 @dataclass
@@ -42,6 +47,10 @@ class ScriptedBackend:
     fail_code: int = 0  # returned once by the next decode
     batches: list = field(default_factory=list)  # the entries of every successful decode
     cells: dict = field(default_factory=dict)  # seq -> list of cell ids, one per position
+    window: int = 0
+    held: dict = field(default_factory=dict)  # seq -> the tokens it holds, one per position
+    swa_from: dict = field(default_factory=dict)  # seq -> first position its sliding-window cells hold (-1: none)
+    restores: list = field(default_factory=list)  # (seq, length) of every checkpoint put back
     _ids = itertools.count()
     _last: list = field(default_factory=list)
 
@@ -52,6 +61,12 @@ class ScriptedBackend:
         for entry in entries:
             assert entry.pos == len(self.cells.get(entry.seq, [])) + sum(
                 1 for e in entries[: entries.index(entry)] if e.seq == entry.seq), "positions must follow the cache"
+        if self.window:
+            for seq in {e.seq for e in entries}:
+                start = len(self.cells.get(seq, []))
+                held_from = self.swa_from.get(seq, -1)
+                assert start == 0 or 0 <= held_from <= max(0, start - self.window + 1), \
+                    f"sequence {seq} goes on at {start} without its window (held from {held_from})"
         if self.fail_code:
             code, self.fail_code = self.fail_code, 0
             return code
@@ -64,6 +79,9 @@ class ScriptedBackend:
                 return ABORTED
         for entry in entries:
             self.cells.setdefault(entry.seq, []).append(next(self._ids))
+            self.held.setdefault(entry.seq, []).append(entry.token)
+        for seq in {e.seq for e in entries}:
+            self.swa_from[seq] = max(0, len(self.cells[seq]) - self.window - SWA_SLACK)
         self.batches.append(list(entries))
         self._last = list(entries)
         return 0
@@ -83,19 +101,40 @@ class ScriptedBackend:
 
     def seq_keep(self, seq, n):
         del self.cells.setdefault(seq, [])[n:]
+        del self.held.setdefault(seq, [])[n:]
+        if self.swa_from.get(seq, -1) >= n:
+            self.swa_from[seq] = -1  # the window's cells were all past the cut
 
     def seq_copy(self, src, dst, n):
         assert not self.cells.get(dst)
         self.cells[dst] = list(self.cells.get(src, [])[:n])
+        self.held[dst] = list(self.held.get(src, [])[:n])
+        first = self.swa_from.get(src, -1)
+        self.swa_from[dst] = first if 0 <= first < n else -1
 
     def seq_length(self, seq):
         return len(self.cells.get(seq, []))
+
+    def seq_min(self, seq):
+        return self.swa_from.get(seq, -1) if self.cells.get(seq) else -1
 
     def save_state(self, seq):
         return None
 
     def load_state(self, seq, data):
         return False
+
+    def save_checkpoint(self, seq):
+        held = self.held.get(seq, [])
+        assert self.window and held and 0 <= self.swa_from[seq] <= max(0, len(held) - self.window)
+        return repr(held).encode()
+
+    def load_checkpoint(self, seq, data):
+        saved = ast.literal_eval(data.decode())
+        assert self.held.get(seq, []) == saved, "a checkpoint restored onto other tokens"
+        self.swa_from[seq] = max(0, len(saved) - self.window)
+        self.restores.append((seq, len(saved)))
+        return True
 
 
 def request(prompt, seed=0, **options):
@@ -111,9 +150,9 @@ def finish(generation):
 def make():
     schedulers = []
 
-    def build(**kwargs):
+    def build(max_checkpoints: int = 32, **kwargs):
         backend = ScriptedBackend(**kwargs)
-        scheduler = Scheduler(backend)
+        scheduler = Scheduler(backend, max_checkpoints=max_checkpoints)
         schedulers.append(scheduler)
         return backend, scheduler
 
@@ -252,3 +291,122 @@ def test_a_failed_decode_fails_its_requests_and_the_engine_goes_on(make):
     assert finish(scheduler.submit(request([2] * 4, seed=2)))[0] == [STOP]
     assert all(len(batch) > 0 for batch in backend.batches)
     assert [e for batch in backend.batches for e in batch][0] == Entry(0, 2, 0, False)
+
+
+# -- the small sliding-window cache: checkpoints ------------------------------------------------------
+
+WINDOW = 16
+MARK = (7, 8)  # where a later prompt may part from this one (harmony: <|start|>assistant)
+
+
+def marked(prompt, seed=1, **options):
+    return request(prompt, seed=seed, checkpoint_after=(MARK,), **options)
+
+
+def test_a_cut_far_back_restores_the_nearest_checkpoint_and_a_recent_one_needs_none(make):
+    backend, scheduler = make(n_ctx=1024, window=WINDOW, scripts={1: [STOP]})
+    a = list(range(100, 140)) + list(MARK) + list(range(200, 260))  # the mark ends at 42
+    assert finish(scheduler.submit(marked(a)))[1].evaluated == 102
+    assert scheduler.slots[0].checkpoints.lengths == [42, 102]  # after the mark, the end of the prompt
+    # Parting at 80: the sliding-window cells hold 82 on, not the window before 80.
+    b = a[:80] + [5] * 10
+    stats = finish(scheduler.submit(marked(b)))[1]
+    assert (stats.cached, stats.evaluated, stats.restored) == (42, 48, 42)
+    assert backend.restores == [(0, 42)]
+    assert scheduler.slots[0].checkpoints.lengths == [42, 90]  # the one at 102 described other tokens
+    # Parting two tokens before the end: the window is still held, nothing to restore.
+    c = b[:88] + [6] * 4
+    stats = finish(scheduler.submit(marked(c)))[1]
+    assert (stats.cached, stats.evaluated, stats.restored) == (88, 4, 0)
+    assert scheduler.cached_prefix(c[:60] + [1]) == 42
+    # The same prompt again (a retry): its last token alone, from the checkpoint at its end.
+    finish(scheduler.submit(request(c + list(range(300, 340)), seed=1)))  # the window moves on past c
+    stats = finish(scheduler.submit(marked(c)))[1]
+    assert (stats.cached, stats.evaluated, stats.restored) == (91, 1, 92)
+    # No checkpoint at or before the part: read again from the start, never from a wrong state.
+    d = c[:30] + [4] * 3
+    stats = finish(scheduler.submit(marked(d)))[1]
+    assert (stats.cached, stats.evaluated) == (0, 33)
+
+
+def test_without_a_window_any_prefix_is_kept(make):
+    backend, scheduler = make(n_ctx=1024, scripts={1: [STOP]})
+    a = list(range(100, 200))
+    finish(scheduler.submit(marked(a)))
+    stats = finish(scheduler.submit(marked(a[:30] + [5])))[1]
+    assert (stats.cached, stats.evaluated) == (30, 1)
+    assert not scheduler.slots[0].checkpoints and scheduler.checkpoint_bytes() == 0
+
+
+def test_a_checkpoint_is_kept_where_a_mark_is_generated(make):
+    reply = [50, *MARK] + list(range(300, 340)) + [STOP]
+    backend, scheduler = make(n_ctx=1024, window=WINDOW, scripts={1: reply})
+    prompt = list(range(100, 130))
+    tokens, stats = finish(scheduler.submit(marked(prompt)))
+    assert scheduler.slots[0].checkpoints.lengths == [30, 33]
+    # The history re-rendered differently after the generated mark: evaluated from there.
+    follow = prompt + reply[:3] + [60] * 40
+    stats = finish(scheduler.submit(marked(follow, seed=2)))[1]
+    assert (stats.cached, stats.evaluated, stats.restored) == (33, 40, 33)
+
+
+def test_an_agent_loop_evaluates_only_what_changed_in_every_turn(make):
+    """Each turn re-sends the whole history: the previous prompt, the reply written again (its
+    reasoning as generated, its tool call's header written another way after the mark), a tool
+    result. Only the tokens past the common prefix with what the sequence held are evaluated,
+    however far the sliding window moved on."""
+    scripts = {turn: [1000 + 100 * turn + i for i in range(10)] + [*MARK] + [3000 + i for i in range(20)] + [STOP]
+               for turn in range(1, 9)}
+    backend, scheduler = make(n_ctx=4096, window=WINDOW, scripts=scripts)
+    history = list(range(100, 160)) + list(MARK)
+    for turn in range(1, 9):
+        held_before = list(scheduler.slots[0].tokens)
+        stats = finish(scheduler.submit(marked(history, seed=turn)))[1]
+        changed = len(history) - min(common_prefix(held_before, history), len(history) - 1)
+        assert stats.evaluated == changed, turn
+        assert turn == 1 or changed == 5 + 25 + 2  # the rewritten call, the tool result, the mark
+        assert turn == 1 or stats.restored == len(history) - changed  # the window had moved on: a checkpoint served
+        history = history + scripts[turn][:12] + [4000 + turn] * 5 + [2000 + turn] * 25 + list(MARK)
+    assert len(scheduler.slots[0].checkpoints) <= 32
+
+
+def common_prefix(a, b):
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_checkpoints_per_sequence_are_bounded_and_spread(make):
+    backend, scheduler = make(n_ctx=4096, window=WINDOW, max_checkpoints=4, scripts={1: [STOP]})
+    prompt = []
+    for i in range(10):
+        prompt += list(range(100 + 20 * i, 118 + 20 * i)) + list(MARK)
+    finish(scheduler.submit(marked(prompt)))
+    lengths = scheduler.slots[0].checkpoints.lengths
+    assert len(lengths) == 4 and lengths[0] == 20 and lengths[-1] == 200
+    assert scheduler.checkpoint_bytes() == sum(len(c.data) for c in scheduler.slots[0].checkpoints)
+
+
+def test_a_follower_takes_the_leaders_cells_where_their_prompts_part(make):
+    backend, scheduler = make(n_seq=2, n_ctx=1024, n_batch=16, window=WINDOW, scripts={1: [STOP], 2: [STOP]})
+    backend.seconds_per_token = 0.002  # the leader is still reading when the follower arrives
+    instructions = list(range(200, 260))
+    leader = scheduler.submit(marked(instructions + [1] * 60, seed=1))
+    follower = scheduler.submit(marked(instructions + [2] * 5, seed=2))
+    finish(leader)
+    tokens, stats = finish(follower)
+    assert (stats.cached, stats.evaluated) == (60, 5)
+    assert 60 in scheduler.slots[0].checkpoints.lengths  # the leader kept one where they part
+    assert backend.cells[0][:60] == backend.cells[1][:60]  # the same cells, held once
+
+
+def test_the_small_window_survives_a_full_pool_and_preemption(make):
+    backend, scheduler = make(n_seq=2, n_ctx=64, n_batch=16, window=WINDOW,
+                              scripts={1: list(range(20, 30)) + [STOP], 2: [STOP]})
+    first = scheduler.submit(marked([1] * 30, seed=1))
+    second = scheduler.submit(marked([2] * 30, seed=2))
+    assert finish(first)[0] == list(range(20, 30)) + [STOP]
+    assert finish(second)[0] == [STOP]
+    again = finish(scheduler.submit(marked([2] * 30 + [3], seed=2)))[1]
+    assert again.evaluated + again.cached == 31

@@ -44,9 +44,9 @@ def _root(
 
 def _register_commands() -> None:
     # One module per command, each with a register(app) function.
-    from ossrun.cli import batch, chat, convert, models, run, serve, worker
+    from ossrun.cli import batch, chat, convert, models, plan, run, serve, worker
 
-    for module in (chat, run, serve, batch, convert, models, worker):
+    for module in (chat, run, serve, batch, plan, convert, models, worker):
         module.register(app)
 
 

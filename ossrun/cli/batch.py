@@ -42,7 +42,10 @@ def register(app: typer.Typer) -> None:
         demo: opt.Demo = False,
         parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Lines decoded together.")] = DEFAULT_PARALLEL,
         reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
-        ctx: Annotated[int, typer.Option("--ctx", min=256, help="KV cells the lines in flight share.")] = 16384,
+        ctx: Annotated[str, typer.Option("--ctx", metavar="auto|TOKENS", callback=opt.parse_ctx,
+                                         help="KV cells the lines in flight share; auto: the most that fit in memory.")] = "auto",
+        kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
+        swa_full: opt.SwaFull = False,
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
         if not output.parent.is_dir():
             raise typer.BadParameter(f"the folder {output.parent} does not exist", param_hint="--output")
         loaded = opt.load_model(opt.pick_model(model_argument, model, demo), ctx=ctx, threads=threads, verbose=verbose,
-                                pull=pull, parallel=parallel, rpc=rpc)
+                                pull=pull, parallel=parallel, rpc=rpc, kv_type=kv_type, swa_full=swa_full)
         try:
             served = ServedModel(name=loaded.name, default_effort=reasoning_effort, created=int(time.time()), any_model=True)
             for line in lines:

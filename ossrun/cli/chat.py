@@ -51,6 +51,8 @@ def register(app: typer.Typer) -> None:
         seed: opt.Seed = None,
         max_tokens: opt.MaxTokens = None,
         ctx: opt.Ctx = opt.DEFAULT_CTX,
+        kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
+        swa_full: opt.SwaFull = False,
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,
@@ -76,7 +78,8 @@ def register(app: typer.Typer) -> None:
                 name, notice = opt.default_model_or_demo()
                 if notice:
                     screen.notice(notice)
-            loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, rpc=rpc)
+            loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, rpc=rpc,
+                                    kv_type=kv_type, swa_full=swa_full)
         except BaseException:
             tools.close()
             raise

@@ -14,7 +14,9 @@ from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_ef
 
 # models.toml names the default; this is for help texts, which must not read files
 DEFAULT_MODEL_HELP = "the registry's default, gpt-oss-20b"
-DEFAULT_CTX = 8192
+DEFAULT_CTX = "auto"  # the largest context that fits in memory
+DEFAULT_KV_TYPE = "f16"
+KV_TYPES = ("f16", "q8_0")  # ossrun.engine.memory.KV_TYPES, not imported: it loads gguf
 DEFAULT_EFFORT = DEFAULT_REASONING_EFFORT
 DEFAULT_MAX_TOOL_ROUNDS = 8  # ossrun.tools.DEFAULT_MAX_TOOL_ROUNDS, not imported: it loads openai_harmony
 DEFAULT_MCP_TIMEOUT = 60.0  # ossrun.tools.mcp_config.DEFAULT_TIMEOUT
@@ -23,6 +25,30 @@ DEFAULT_MCP_TIMEOUT = 60.0  # ossrun.tools.mcp_config.DEFAULT_TIMEOUT
 def _check_effort(value: str) -> str:
     # Raises an OssrunError, not a usage error: one line "error: ..." from main(), exit code 1.
     return check_reasoning_effort(value)
+
+
+def parse_ctx(value: Any) -> Any:
+    """``--ctx``: ``auto`` or a number of tokens (at least 1; the model's limit is checked once it is read)."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        tokens = int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number of tokens: give one (e.g. 32768) or auto") from None
+    if tokens < 1:
+        raise typer.BadParameter(f"{tokens} is less than 1: give a number of tokens (e.g. 32768) or auto")
+    return tokens
+
+
+def parse_kv_type(value: str) -> str:
+    """``--kv-type``: one type for keys and values, or KEY,VALUE."""
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) > 2 or any(p not in KV_TYPES for p in parts):
+        raise typer.BadParameter(f"{value!r} is not a KV cache type: use {'|'.join(KV_TYPES)}, or KEY,VALUE (e.g. q8_0,f16)")
+    return ",".join(parts)
 
 
 ModelArgument = Annotated[
@@ -53,7 +79,22 @@ MaxTokens = Annotated[
     typer.Option("--max-tokens", min=1, help="Stop after this many tokens [default: until the answer ends or the context is full].",
                  show_default=False),
 ]
-Ctx = Annotated[int, typer.Option("--ctx", min=256, help="Context size in tokens (up to the model's 131072).")]
+Ctx = Annotated[
+    str,
+    typer.Option("--ctx", metavar="auto|TOKENS", callback=parse_ctx,
+                 help="Context size in tokens, up to the model's 131072; auto: the largest that fits in memory "
+                      "(see `ossrun plan`)."),
+]
+KvType = Annotated[
+    str,
+    typer.Option("--kv-type", metavar="f16|q8_0", callback=parse_kv_type,
+                 help="KV cache type: q8_0 takes half the memory of f16 (KEY,VALUE for separate types)."),
+]
+SwaFull = Annotated[
+    bool,
+    typer.Option("--swa-full", help="Keep every position in the sliding-window layers too (twice the KV cache), "
+                                    "instead of their window and checkpoints; for comparison."),
+]
 Threads = Annotated[
     Optional[int],
     typer.Option("--threads", min=1, help="CPU threads [default: the physical cores].", show_default=False),
@@ -124,7 +165,8 @@ def default_model_or_demo() -> tuple[str, Optional[str]]:
 
 
 def load_model(name: Optional[str], *, ctx: Any, threads: Optional[int], verbose: bool, pull: bool = False,
-               parallel: int = 1, rpc: Optional[list[str]] = None) -> Any:
+               parallel: int = 1, rpc: Optional[list[str]] = None, kv_type: str = DEFAULT_KV_TYPE,
+               swa_full: bool = False) -> Any:
     """``ossrun.load`` with the command line's options (``name`` None: the registry's default model).
 
     With ``pull``, a registry model that is not on disk is downloaded first; with ``rpc``, the
@@ -134,7 +176,8 @@ def load_model(name: Optional[str], *, ctx: Any, threads: Optional[int], verbose
 
     import ossrun
 
-    model = ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel, rpc=rpc or None)
+    model = ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel, rpc=rpc or None,
+                        kv_type=kv_type, swa_full=swa_full)
     if model.placement is not None:
         sys.stderr.write(f"{model.placement}\n")
     return model

@@ -116,6 +116,8 @@ def register(app: typer.Typer) -> None:
         seed: opt.Seed = None,
         max_tokens: opt.MaxTokens = None,
         ctx: opt.Ctx = opt.DEFAULT_CTX,
+        kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
+        swa_full: opt.SwaFull = False,
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,
@@ -141,7 +143,7 @@ def register(app: typer.Typer) -> None:
         settings = {"reasoning_effort": reasoning_effort, "system": system, "tools": tools}
         try:
             loaded = opt.load_model(opt.pick_model(None, model, demo), ctx=ctx, threads=threads, verbose=verbose,
-                                    pull=pull, rpc=rpc)
+                                    pull=pull, rpc=rpc, kv_type=kv_type, swa_full=swa_full)
         except BaseException:
             tools.close()
             raise

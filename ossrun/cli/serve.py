@@ -15,9 +15,6 @@ from ossrun.errors import OssrunError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_PARALLEL = 4
-# A coding agent's first turn (Codex CLI's instructions and tools: 5k-8k tokens) beside
-# other requests; smaller where memory is short.
-SERVE_CONTEXTS = (32768, 16384, 8192)
 DEFAULT_MAX_QUEUE = 16
 DEFAULT_MAX_CONNECTIONS = 512
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -30,8 +27,9 @@ loads once; up to --parallel replies are decoded together and --max-queue more w
 (past that: 429). The server listens on 127.0.0.1 only unless --host says otherwise;
 --api-key (or OSSRUN_API_KEY) makes every request need "Authorization: Bearer KEY".
 Web pages other than the server's own cannot use it unless --cors names them.
---ctx is the pool of KV cells all requests share [default: 32768, or less where
-memory is short]; a prompt that does not fit is refused with the --ctx it needs.
+--ctx is the pool of KV cells all requests share [default: auto, the largest that
+fits in memory with room for --parallel sequences, said on the start line]; a prompt
+that does not fit is refused with the --ctx it needs.
 --tool python and --mcp FILE give the model tools the server runs itself (the flag
 is the consent: nobody is asked), shown to clients with the reasoning (Chat
 Completions) or as code_interpreter_call and mcp_call items (Responses); tools a
@@ -88,8 +86,10 @@ def register(app: typer.Typer) -> None:
             "--max-connections", min=1, help="Open connections at most (idle ones are closed first past it).")]
         = DEFAULT_MAX_CONNECTIONS,
         reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
-        ctx: Annotated[Optional[int], typer.Option("--ctx", min=256, show_default=False,
-                                                   help="KV cells shared by all requests [default: 32768 memory permitting].")] = None,
+        ctx: Annotated[str, typer.Option("--ctx", metavar="auto|TOKENS", callback=opt.parse_ctx,
+                                         help="KV cells shared by all requests; auto: the most that fit in memory.")] = "auto",
+        kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
+        swa_full: opt.SwaFull = False,
         parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Replies decoded together.")] = DEFAULT_PARALLEL,
         max_queue: Annotated[int, typer.Option("--max-queue", min=0, help="Requests that may wait for a free sequence.")] = DEFAULT_MAX_QUEUE,
         threads: opt.Threads = None,
@@ -120,8 +120,8 @@ def register(app: typer.Typer) -> None:
             tools.close()
             raise
         try:
-            loaded = opt.load_model(name, ctx=ctx or SERVE_CONTEXTS, threads=threads, verbose=verbose, pull=pull,
-                                    parallel=parallel, rpc=rpc)
+            loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel,
+                                    rpc=rpc, kv_type=kv_type, swa_full=swa_full)
         except BaseException:
             sock.close()
             tools.close()
@@ -142,7 +142,8 @@ def register(app: typer.Typer) -> None:
             server.write_log(f"warning: listening on {host}: anyone who can reach it can use the model"
                              + ("" if api_key else "; add --api-key KEY (or set OSSRUN_API_KEY) to require a key"))
         key = "the --api-key" if api_key else "any API key"
-        server.write_log(f"ossrun serve · {loaded.name} · ctx {loaded.n_ctx} · {parallel} in parallel · "
+        chosen = " (auto)" if loaded.auto_ctx else ""
+        server.write_log(f"ossrun serve · {loaded.name} · ctx {loaded.n_ctx}{chosen} · {parallel} in parallel · "
                          f"listening on {base} (OpenAI base_url, {key})")
         if limits.max_connections < max_connections:
             server.write_log(f"note: at most {limits.max_connections} connections: the limit of open files is low")

@@ -23,7 +23,6 @@ from ossrun.errors import ModelError
 from ossrun.units import format_size
 
 ARCHITECTURE = "gpt-oss"
-KV_BYTES_PER_VALUE = 2  # llama.cpp's default KV cache type is F16
 
 _VT = gguf.GGUFValueType
 _SCALAR_FORMATS = {vt: "<" + np.dtype(t).char for vt, t in gguf.GGUFReader.gguf_scalar_to_np.items()}
@@ -69,14 +68,6 @@ class GgufHeader:
         """The file size the tensor table asks for."""
         ends = [self.data_offset + t.offset + t.n_bytes for t in self.tensors]
         return max(ends, default=self.data_offset)
-
-    def kv_cache_bytes(self, n_ctx: int) -> int:
-        """Keys and values for ``n_ctx`` positions in every layer (full-size SWA cache, F16)."""
-        layers = int(self.arch_value(gguf.Keys.LLM.BLOCK_COUNT) or 0)
-        kv_heads = int(self.arch_value(gguf.Keys.Attention.HEAD_COUNT_KV) or 0)
-        key_dim = int(self.arch_value(gguf.Keys.Attention.KEY_LENGTH) or 0)
-        value_dim = int(self.arch_value(gguf.Keys.Attention.VALUE_LENGTH) or key_dim)
-        return n_ctx * layers * kv_heads * (key_dim + value_dim) * KV_BYTES_PER_VALUE
 
     @property
     def vocab_size(self) -> int:

@@ -5,7 +5,13 @@ GGUF: one llama.cpp context with ``parallel`` sequences over a unified KV cache,
 :class:`ossrun.engine.scheduler.Scheduler`; :class:`LlamaBackend` is the context as the
 scheduler sees it. The C API is used directly rather than ``llama_cpp.Llama``: it gives
 the abort callback, the sliding-window cache setting, sequences that share cells,
-per-sequence state for the disk prefix cache, and a decode step with no per-token copies.
+per-sequence state for the disk prefix cache and the sliding-window layers' state alone
+for context checkpoints, and a decode step with no per-token copies.
+
+The weights are read into memory, not mapped: the repacked MXFP4 experts are copied into
+anonymous memory anyway, and the other tensors, which every token reads, would otherwise
+be clean file pages that the kernel drops first when memory runs short (each token then
+reads them from disk again). What a load takes is planned by :mod:`ossrun.engine.memory`.
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ import llama_cpp
 from ossrun import home
 from ossrun.engine.ggml import place_weights
 from ossrun.engine.gguf_header import GgufHeader
+from ossrun.engine.memory import DEFAULT_BATCH, DEFAULT_CACHE, KV_TYPES, CacheSettings
 from ossrun.engine.prefix_cache import PrefixCache
 from ossrun.engine.protocol import Constraint, Generation, GenerationRequest, Sampling
 from ossrun.engine.scheduler import Entry, Scheduler
 from ossrun.errors import ModelError
-from ossrun.machine import available_memory, physical_cores
-from ossrun.units import format_memory
+from ossrun.machine import physical_cores
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,11 +41,8 @@ if TYPE_CHECKING:
     from ossrun.engine.rpc import Workers
 
 DEFAULT_CTX = 8192
-DEFAULT_BATCH = 512  # tokens per llama_decode call: prompt chunks and every sequence's next token
-# Compute buffers, logits and allocator slack on top of weights and KV cache (llama.cpp
-# reserves 420 MiB of compute buffer for gpt-oss-20b at the default batch).
-DEFAULT_MEMORY_OVERHEAD = 512 * 2**20
-LOGIT_BYTES = 4  # float32: each sequence decoded together keeps a row of n_vocab logits
+# The sliding-window layers' state alone, for checkpoints (llama.h: LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY)
+_PARTIAL_STATE = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
 
 _NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL callback pointer
 _log_to_stderr = False
@@ -67,35 +70,6 @@ llama_cpp.llama_backend_init()
 def llama_cpp_version() -> str:
     """The bindings' version and llama.cpp's own: KV states are only valid within one build."""
     return f"{llama_cpp.__version__}/{llama_cpp.llama_version().decode()}"
-
-
-def check_memory(header: GgufHeader, n_ctx: int, *, weights: Optional[int] = None, available: Optional[int] = None,
-                 parallel: int = 1) -> int:
-    """Bytes the model needs at ``n_ctx``; ModelError with the numbers when memory is short.
-
-    ``weights`` is the size of all the model's files (several for a split GGUF). The KV
-    cache is one pool of ``n_ctx`` cells whatever ``parallel`` is; each sequence decoded
-    together adds its row of logits.
-    """
-    weights = header.file_size if weights is None else weights
-    kv_bytes = header.kv_cache_bytes(n_ctx)
-    outputs = parallel * header.vocab_size * LOGIT_BYTES
-    needed = weights + kv_bytes + outputs + DEFAULT_MEMORY_OVERHEAD
-    available = available_memory() if available is None else available
-    if available is not None and needed > available:
-        raise ModelError(
-            f"{header.path.name} needs about {format_memory(needed)} of memory "
-            f"(weights {format_memory(weights)} + KV cache for {n_ctx} tokens {format_memory(kv_bytes)}) "
-            f"but only {format_memory(available)} is available: use a smaller --ctx or a smaller model, or close other programs"
-        )
-    return needed
-
-
-def check_context_size(header: GgufHeader, n_ctx: int) -> int:
-    limit = header.context_length
-    if n_ctx < 1 or (limit and n_ctx > limit):
-        raise ModelError(f"context size {n_ctx} is out of range: use a --ctx between 1 and {limit or 'the model limit'}")
-    return n_ctx
 
 
 def read_token_bytes(path: Path, count: int) -> list[bytes]:
@@ -136,7 +110,7 @@ class LlamaEngine:
         batch_size: int = DEFAULT_BATCH,
         on_progress: Optional[Callable[[float], None]] = None,
         cache_dir: Optional[Path] = None,
-        swa_full: bool = True,
+        cache: CacheSettings = DEFAULT_CACHE,
         rpc: Optional["Workers"] = None,
     ):
         if parallel < 1:
@@ -149,7 +123,7 @@ class LlamaEngine:
         self._scheduler: Optional[Scheduler] = None
 
         params = llama_cpp.llama_model_default_params()
-        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # read into anonymous memory: see the module docstring
         place_weights(params)
         if rpc is not None:
             rpc.apply(params)  # the workers' devices and layers; this CPU keeps the rest
@@ -177,21 +151,24 @@ class LlamaEngine:
         ctx_params.n_seq_max = parallel
         ctx_params.kv_unified = True  # one pool of cells; sequences with a common prefix share its cells
         ctx_params.n_threads = ctx_params.n_threads_batch = self.threads
-        # With the small sliding-window cache, positions that slid out are gone, so
-        # keeping a prefix and re-evaluating after it gives wrong logits: keep them all
-        # (``swa_full=False`` exists only to show that).
-        ctx_params.swa_full = swa_full
+        # The small sliding-window cache by default: the scheduler keeps prefixes usable with
+        # checkpoints. A quantized V cache needs flash attention, which "auto" then turns on.
+        ctx_params.swa_full = cache.swa_full
+        ctx_params.type_k, ctx_params.type_v = int(KV_TYPES[cache.type_k]), int(KV_TYPES[cache.type_v])
+        ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         ctx_params.no_perf = True
         with self._watch("creating the context"):
             self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             self.close()
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path.name}: try a smaller --ctx")
-        self._backend = LlamaBackend(self._model, self._ctx, n_batch=n_batch, n_seq=parallel, watch=self._watch)
-        self._n_ctx, self._parallel = self._backend.n_ctx, parallel
-        identity = dict(header.identity, n_ctx=self._backend.n_ctx, swa_full=swa_full, llama_cpp=llama_cpp_version())
+        window = 0 if cache.swa_full else max(0, llama_cpp.llama_model_n_swa(self._model))
+        self._backend = LlamaBackend(self._model, self._ctx, n_batch=n_batch, n_seq=parallel, window=window,
+                                     watch=self._watch)
+        self._n_ctx, self._parallel, self.cache = self._backend.n_ctx, parallel, cache
+        identity = dict(header.identity, n_ctx=self._backend.n_ctx, kv_cache=cache.name, llama_cpp=llama_cpp_version())
         prefix_cache = PrefixCache(Path(cache_dir or home.cache_dir()) / "prefix", identity)
-        self._scheduler = Scheduler(self._backend, prefix_cache)
+        self._scheduler = Scheduler(self._backend, prefix_cache, max_checkpoints=cache.max_checkpoints)
         self.n_vocab = self._backend.n_vocab
 
     # -- the Engine protocol ------------------------------------------------
@@ -236,7 +213,7 @@ class LlamaEngine:
 class LlamaBackend:
     """A llama.cpp context as :class:`Scheduler` uses it: batches over sequences, samplers, state."""
 
-    def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_seq: int,
+    def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_seq: int, window: int = 0,
                  watch: Callable[..., ContextManager[Any]] = None):
         self._watch = watch or _unwatched
         self._ctx = ctx
@@ -244,6 +221,7 @@ class LlamaBackend:
         self.n_ctx = llama_cpp.llama_n_ctx(ctx)
         self.n_batch = n_batch
         self.n_seq = n_seq
+        self.window = window
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
@@ -303,17 +281,33 @@ class LlamaBackend:
     def seq_length(self, seq: int) -> int:
         return llama_cpp.llama_memory_seq_pos_max(self._memory, seq) + 1
 
+    def seq_min(self, seq: int) -> int:
+        # With the sliding-window cache, the smallest position its cells hold for this sequence.
+        return llama_cpp.llama_memory_seq_pos_min(self._memory, seq)
+
     def save_state(self, seq: int) -> Optional[bytes]:
-        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
-        buffer = (ctypes.c_uint8 * size)()
-        with self._watch("saving the prompt cache"):
-            written = llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, seq)
-        return bytes(buffer)[:written] if written else None
+        return self._get_state(seq, llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE, "saving the prompt cache")
 
     def load_state(self, seq: int, data: bytes) -> bool:
+        return self._set_state(seq, data, llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE, "restoring the prompt cache")
+
+    def save_checkpoint(self, seq: int) -> Optional[bytes]:
+        return self._get_state(seq, _PARTIAL_STATE, "saving a context checkpoint")
+
+    def load_checkpoint(self, seq: int, data: bytes) -> bool:
+        return self._set_state(seq, data, _PARTIAL_STATE, "restoring a context checkpoint")
+
+    def _get_state(self, seq: int, flags: int, what: str) -> Optional[bytes]:
+        size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq, flags)
+        buffer = (ctypes.c_uint8 * size)()
+        with self._watch(what):
+            written = llama_cpp.llama_state_seq_get_data_ext(self._ctx, buffer, size, seq, flags)
+        return bytes(buffer)[:written] if written else None
+
+    def _set_state(self, seq: int, data: bytes, flags: int, what: str) -> bool:
         buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        with self._watch("restoring the prompt cache"):
-            return bool(llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(data), seq))
+        with self._watch(what):
+            return bool(llama_cpp.llama_state_seq_set_data_ext(self._ctx, buffer, len(data), seq, flags))
 
     def close(self) -> None:
         if self._batch is not None:

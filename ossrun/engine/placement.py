@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 from ossrun.errors import ModelError, WorkerError
 from ossrun.units import format_memory
 
 HERE = "this machine"
-# Compute buffers, logits and allocator slack on this machine (as llama.check_memory counts them).
+# Compute buffers, logits and allocator slack on this machine when the caller has no memory plan
+# (ossrun.engine.memory plans it: rpc.place passes its figure).
 DEFAULT_LOCAL_OVERHEAD = 512 * 2**20
 # A worker's compute buffer: the activations of its layers for one batch, no logits.
 DEFAULT_WORKER_OVERHEAD = 256 * 2**20
@@ -103,11 +104,12 @@ def plan(
     model: str,
     per_layer: Sequence[int],
     other: int,
-    kv_per_layer: int,
+    kv_per_layer: Union[int, Sequence[int]],
     workers: Sequence[WorkerAsk],
     *,
     n_ctx: int,
     local_available: Optional[int],
+    local_overhead: int = DEFAULT_LOCAL_OVERHEAD,
 ) -> Placement:
     """Give each worker its layers and check that every machine can hold its share.
 
@@ -117,10 +119,12 @@ def plan(
     ModelError names each machine's share when one of them cannot hold it.
     """
     n_layers = len(per_layer)
+    # A layer's KV cache: the same for every layer, or per layer (sliding-window layers hold fewer cells).
+    kv = [kv_per_layer] * n_layers if isinstance(kv_per_layer, int) else list(kv_per_layer)
     given = [w.memory is not None for w in workers]
     if any(given) and not all(given):
         raise WorkerError("give a memory for every worker (--rpc HOST:PORT=MEMORY,...) or for none of them")
-    biggest = max(per_layer, default=0) + kv_per_layer
+    biggest = max((size + cells for size, cells in zip(per_layer, kv, strict=True)), default=0)
     counts: list[int] = []
     if all(given) and workers:
         left = n_layers
@@ -150,9 +154,10 @@ def plan(
     shares, first = [], local_count
     for worker, count in zip(workers, counts):
         layers = range(first, first + count)
-        shares.append(Share(worker.name, first, count, sum(per_layer[i] for i in layers), kv_per_layer * count, DEFAULT_WORKER_OVERHEAD))
+        shares.append(Share(worker.name, first, count, sum(per_layer[i] for i in layers), sum(kv[i] for i in layers),
+                            DEFAULT_WORKER_OVERHEAD))
         first += count
-    local = Share(HERE, 0, local_count, other + sum(per_layer[:local_count]), kv_per_layer * local_count, DEFAULT_LOCAL_OVERHEAD)
+    local = Share(HERE, 0, local_count, other + sum(per_layer[:local_count]), sum(kv[:local_count]), local_overhead)
     placement = Placement(model, n_ctx, n_layers, local, tuple(shares))
     _check(placement, workers, local_available)
     return placement

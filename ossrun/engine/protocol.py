@@ -61,6 +61,11 @@ class GenerationRequest:
     # step's logits then come from the same history as the run that chose them); sampling
     # takes over once they run out.
     forced: tuple[int, ...] = ()
+    # Token sequences after which the history may later change (for harmony, the start of an
+    # assistant message): with the small sliding-window cache, the engine keeps a checkpoint
+    # there, in the prompt and in the generated text, so a later prompt that differs from
+    # that point on is evaluated from there and not from the start.
+    checkpoint_after: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -72,6 +77,7 @@ class GenerationStats:
     decode_seconds: float = 0.0
     finish_reason: EngineFinish = "length"
     context_used: int = 0  # tokens the sequence's cache holds at the end (the last sample is not evaluated)
+    restored: int = 0  # the length of the checkpoint the reused prefix was restored from (0: none was needed)
     logits: list[Any] = field(default_factory=list)  # with record_logits: one numpy array per sampled token
 
 

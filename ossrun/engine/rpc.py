@@ -30,6 +30,7 @@ import llama_cpp
 
 from ossrun.engine.ggml import (GGML_BACKEND_DEVICE_TYPE_CPU, TensorBuftOverride, bind, cpu_extra_buffer_types, cpu_weight_placement,
                                 dev_by_type, reg_get_proc_address)
+from ossrun.engine import memory
 from ossrun.engine.gguf_header import GgufHeader, read_header
 from ossrun.engine.placement import Placement, WorkerAsk, layer_sizes, plan
 from ossrun.engine.watchdog import Watchdog
@@ -338,14 +339,20 @@ def place(
     model: str,
     files: Sequence = (),
     local_available: Optional[int] = None,
+    parallel: int = 1,
+    cache: memory.CacheSettings = memory.DEFAULT_CACHE,
 ) -> Workers:
     """Plan the layers over this machine and the workers at ``n_ctx`` and check every machine's
-    memory (ModelError naming each share, as ``llama.check_memory`` does for one machine): the
-    Workers to load over."""
+    memory (ModelError naming each share, as ``memory.check`` does for one machine): the
+    Workers to load over. Each layer's KV cache and this machine's buffers come from the memory plan."""
     n_layers = int(header.arch_value(gguf.Keys.LLM.BLOCK_COUNT) or 0)
-    per_layer, other = layer_sizes(model_tensors(header, files), n_layers)
-    kv_per_layer = header.kv_cache_bytes(n_ctx) // max(n_layers, 1)
+    tensors = model_tensors(header, files)
+    per_layer, other = layer_sizes(tensors, n_layers)
+    shape = memory.ModelShape.of(header, tensors)
+    kv = memory.kv_bytes_per_layer(shape, n_ctx, parallel=parallel, cache=cache)
+    whole = memory.plan_shape(shape, n_ctx, parallel=parallel, cache=cache, model=model)
+    overhead = whole.compute + whole.outputs + whole.checkpoints + whole.runtime
     asks = [WorkerAsk(i.spec.name, i.spec.memory, i.free_memory) for i in infos]
     available = available_memory() if local_available is None else local_available
-    placement = plan(model, per_layer, other, kv_per_layer, asks, n_ctx=n_ctx, local_available=available)
+    placement = plan(model, per_layer, other, kv, asks, n_ctx=n_ctx, local_available=available, local_overhead=overhead)
     return Workers(placement, infos)

@@ -10,6 +10,11 @@ Requests wait in arrival order for a free sequence (a *slot*).
   shared into the chosen slot (``seq_copy``: the unified KV cache stores them once).
   A prompt whose system/developer head is in no slot is restored from the disk prefix
   cache, or read up to that head first and saved for the next session.
+- **Checkpoints.** With llama.cpp's small sliding-window cache, a kept prefix is only
+  usable where the sliding-window layers still hold the window before the cut, or from a
+  checkpoint of their state (``checkpoints.py``): the longest usable prefix is kept and the
+  rest evaluated, never from a wrong state. Checkpoints are saved while reading a prompt
+  and generating, at the positions ``checkpoints.py`` chooses.
 - **Steady decoding.** While sequences generate, a prompt is read in chunks sized from
   measured step times so that a step carrying prompt tokens costs about
   ``DEFAULT_DECODE_SLOWDOWN`` decode steps: generating sequences keep going while a
@@ -26,6 +31,7 @@ scripted one in the tests).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import queue
@@ -34,6 +40,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
+from ossrun.engine.checkpoints import (DEFAULT_CHECKPOINT_INTERVAL, Checkpoint, Checkpoints, ends_with_mark, prompt_positions,
+                                       reusable, total_bytes)
+from ossrun.engine.memory import DEFAULT_MAX_CHECKPOINTS
 from ossrun.engine.protocol import EngineFinish, GenerationRequest, GenerationStats, Sampling, common_prefix_length
 from ossrun.errors import ContextError, ModelError
 
@@ -65,6 +74,9 @@ class Backend(Protocol):
     n_ctx: int
     n_batch: int  # most tokens one decode takes
     n_seq: int
+    # Positions a sequence must still hold before its end for its sliding-window layers to go on
+    # (the window); 0 when every layer keeps every position (no sliding window, or swa_full).
+    window: int
 
     def decode(self, entries: Sequence[Entry], abort: Optional[Callable[[], bool]]) -> int:
         """0, ROOM, ABORTED, or a negative error code (llama_decode's codes)."""
@@ -81,8 +93,16 @@ class Backend(Protocol):
         """Let ``dst`` (empty) hold ``src``'s first ``n`` positions."""
 
     def seq_length(self, seq: int) -> int: ...
+    def seq_min(self, seq: int) -> int:
+        """The first position the sequence's sliding-window cells hold (-1: none)."""
+
     def save_state(self, seq: int) -> Optional[bytes]: ...
     def load_state(self, seq: int, data: bytes) -> bool: ...
+    def save_checkpoint(self, seq: int) -> Optional[bytes]:
+        """The sliding-window layers' state of the sequence (its last ``window`` positions)."""
+
+    def load_checkpoint(self, seq: int, data: bytes) -> bool:
+        """Put a checkpoint back; the sequence must hold exactly the positions it was saved at."""
 
 
 class PrefixStore(Protocol):
@@ -95,7 +115,9 @@ class PrefixStore(Protocol):
 @dataclass
 class _Slot:
     seq: int
+    checkpoints: Checkpoints
     tokens: list[int] = field(default_factory=list)  # what the cache holds for this sequence, in order
+    held_from: int = 0  # the first position its sliding-window cells hold (-1: none)
     job: Optional["_Job"] = None
     last_used: float = 0.0
 
@@ -118,6 +140,7 @@ class _Job:
         self.slot: Optional[_Slot] = None
         self.sampler: Any = None
         self.save_prefix_at: Optional[int] = None
+        self.checkpoint_at: list[int] = []  # prompt lengths at which to save a checkpoint, in order
         self.next_token: Optional[int] = None  # sampled, evaluated by the next step
         self.blocked = False  # its prompt chunk found no room: waits for another request to end
         self.abandoned = False
@@ -174,12 +197,14 @@ class Scheduler:
     """Runs requests on ``backend``'s sequences (see the module docstring)."""
 
     def __init__(self, backend: Backend, prefix_store: Optional[PrefixStore] = None, *,
-                 decode_slowdown: float = DEFAULT_DECODE_SLOWDOWN, min_prompt_chunk: int = MIN_PROMPT_CHUNK):
+                 decode_slowdown: float = DEFAULT_DECODE_SLOWDOWN, min_prompt_chunk: int = MIN_PROMPT_CHUNK,
+                 max_checkpoints: int = DEFAULT_MAX_CHECKPOINTS, checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL):
         self.backend = backend
         self.prefix_store = prefix_store
         self.decode_slowdown = decode_slowdown
         self.min_prompt_chunk = min_prompt_chunk
-        self.slots = [_Slot(seq) for seq in range(backend.n_seq)]
+        self.checkpoint_interval = checkpoint_interval
+        self.slots = [_Slot(seq, Checkpoints(max_checkpoints)) for seq in range(backend.n_seq)]
         self._waiting: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
         self._orders = itertools.count()
@@ -214,11 +239,21 @@ class Scheduler:
     def cached_prefix(self, prompt: Sequence[int], prefix_length: int = 0) -> int:
         prompt = list(prompt)
         with self._cond:
-            held = max((common_prefix_length(slot.tokens, prompt) for slot in self.slots), default=0)
+            held = max((self._reusable(slot, prompt)[0] for slot in self.slots), default=0)
         if held < prefix_length <= len(prompt) and self.prefix_store is not None:
             if self.prefix_store.path_for(prompt[:prefix_length]).is_file():
                 held = prefix_length
         return held
+
+    def held_tokens(self) -> list[list[int]]:
+        """What each sequence's cache holds now, by sequence."""
+        with self._cond:
+            return [list(slot.tokens) for slot in self.slots]
+
+    def checkpoint_bytes(self) -> int:
+        """Memory the sequences' checkpoints take now (shared ones counted once)."""
+        with self._cond:
+            return total_bytes(slot.checkpoints for slot in self.slots)
 
     def close(self) -> None:
         with self._cond:
@@ -281,44 +316,102 @@ class Scheduler:
             self._place(self._waiting.popleft(), free)
 
     def _place(self, job: _Job, free: list[_Slot]) -> None:
-        prompt, backend = job.prompt, self.backend
-        shared = {slot.seq: common_prefix_length(slot.tokens, prompt) for slot in self.slots}
-        slot = max(free, key=lambda s: (shared[s.seq], -s.last_used))
-        donor = max(self.slots, key=lambda s: shared[s.seq])
-        keep = shared[slot.seq]
-        if shared[donor.seq] > keep:
-            keep = shared[donor.seq]
-            backend.seq_keep(slot.seq, 0)
-            backend.seq_copy(donor.seq, slot.seq, keep)
+        prompt = job.prompt
+        reuse = {slot.seq: self._reusable(slot, prompt) for slot in self.slots}
+        slot = max(free, key=lambda s: (reuse[s.seq][0], -s.last_used))
+        donor = max(self.slots, key=lambda s: reuse[s.seq][0])
+        own, lent = reuse[slot.seq], reuse[donor.seq]
+        if lent[0] > own[0]:
+            keep, checkpoint = self._take(slot, donor, *lent), lent[1]
         else:
-            backend.seq_keep(slot.seq, keep)
-        if keep == len(prompt):
-            keep -= 1  # all cached, but the logits of the last token are gone: evaluate it again
-            backend.seq_keep(slot.seq, keep)
-        slot.tokens = prompt[:keep]
+            keep, checkpoint = self._cut(slot, *own), own[1]
+        job.stats.restored = checkpoint.length if checkpoint is not None and keep else 0
         head = job.request.prefix_length
-        if keep < head <= len(prompt) and self.prefix_store is not None:
+        if keep < head < len(prompt) and self.prefix_store is not None:
             if self._restore(slot, prompt[:head]):
                 keep = head
+                job.stats.restored = 0
             else:
                 job.save_prefix_at = head
+        if self.backend.window:
+            job.checkpoint_at = prompt_positions(prompt, keep, marks=job.request.checkpoint_after, prefix_length=head,
+                                                 interval=self.checkpoint_interval)
         slot.job, job.slot = job, slot
         job.stats.cached = keep
         job.pending = len(prompt) - keep
         job.placed_at = time.perf_counter()
         job.placed.set()
 
+    def _reusable(self, slot: _Slot, prompt: Sequence[int]) -> tuple[int, Optional[Checkpoint]]:
+        """How much of ``prompt`` ``slot`` can serve, and the checkpoint that needs restoring for it.
+
+        At least the prompt's last token is evaluated: a reply starts from its logits.
+        """
+        n = min(common_prefix_length(slot.tokens, prompt), len(prompt) - 1)
+        return reusable(n, slot.held_from, self.backend.window, slot.checkpoints)
+
+    def _cut(self, slot: _Slot, keep: int, checkpoint: Optional[Checkpoint]) -> int:
+        """Cut ``slot`` back to ``keep`` positions, restoring ``checkpoint`` (saved at ``keep`` or one
+        position later) on the way: what it now holds."""
+        at = keep if checkpoint is None else checkpoint.length
+        self.backend.seq_keep(slot.seq, at)
+        del slot.tokens[at:]
+        slot.checkpoints.cut(at)
+        if checkpoint is not None:
+            if not self.backend.load_checkpoint(slot.seq, checkpoint.data):
+                return self._cut(slot, 0, None)
+            if keep < at:
+                return self._cut(slot, keep, None)
+        self._held(slot)
+        return keep
+
+    def _take(self, slot: _Slot, donor: _Slot, keep: int, checkpoint: Optional[Checkpoint]) -> int:
+        """Let ``slot`` hold ``donor``'s first ``keep`` positions (the unified cache stores them once)."""
+        backend = self.backend
+        at = keep if checkpoint is None else checkpoint.length
+        backend.seq_keep(slot.seq, 0)
+        backend.seq_copy(donor.seq, slot.seq, at)
+        slot.tokens = donor.tokens[:at]
+        slot.checkpoints.clear()
+        slot.checkpoints.adopt(donor.checkpoints, at)
+        if checkpoint is not None:
+            if not backend.load_checkpoint(slot.seq, checkpoint.data):
+                return self._cut(slot, 0, None)
+            if keep < at:
+                return self._cut(slot, keep, None)
+        elif backend.window:
+            # The sliding-window cells the copy shares with the donor: give the sequence its own
+            # (a cell held by several sequences is freed only once all have moved on), and keep
+            # them as a checkpoint of this prefix.
+            own = backend.save_checkpoint(slot.seq)
+            if own is not None and backend.load_checkpoint(slot.seq, own):
+                slot.checkpoints.add(Checkpoint(keep, own))
+            elif own is not None:
+                return self._cut(slot, 0, None)
+        self._held(slot)
+        return keep
+
+    def _held(self, slot: _Slot) -> None:
+        slot.held_from = self.backend.seq_min(slot.seq) if self.backend.window else 0
+
+    def _checkpoint(self, slot: _Slot) -> None:
+        data = self.backend.save_checkpoint(slot.seq)
+        if data is not None:
+            slot.checkpoints.add(Checkpoint(len(slot.tokens), data))
+
     def _restore(self, slot: _Slot, head: list[int]) -> bool:
         state = self.prefix_store.load(head)
         if state is None:
             return False
-        self.backend.seq_keep(slot.seq, 0)
+        self._cut(slot, 0, None)
         if not self.backend.load_state(slot.seq, state) or self.backend.seq_length(slot.seq) != len(head):
-            self.backend.seq_keep(slot.seq, 0)
+            self._cut(slot, 0, None)
             self.prefix_store.discard(head)
-            slot.tokens = []
             return False
         slot.tokens = list(head)
+        self._held(slot)
+        if self.backend.window:  # the state holds the window before the head: a checkpoint of it
+            self._checkpoint(slot)
         return True
 
     def _prompt_budget(self, decoders: int) -> int:
@@ -345,12 +438,16 @@ class Scheduler:
         budget = self._prompt_budget(len(decoders))
         chunks: dict[int, tuple[_Job, int]] = {}
         for job in sorted(self._active(), key=lambda j: j.order):
-            if not job.reading or job.blocked or budget <= 0 or self._follows(job):
+            if not job.reading or job.blocked or self._follows(job) or budget <= 0:
                 continue
             start = len(job.slot.tokens)
             end = len(job.prompt)
             if job.save_prefix_at is not None and start < job.save_prefix_at:
                 end = job.save_prefix_at
+            for position in job.checkpoint_at:  # a checkpoint needs the state after exactly that many
+                if position > start:
+                    end = min(end, position)
+                    break
             take = min(budget, end - start)
             chunks[len(entries)] = (job, take)
             for offset, token in enumerate(job.prompt[start : start + take]):
@@ -363,7 +460,8 @@ class Scheduler:
         that is reading them.
 
         Requests that arrive together with the same long instructions would each evaluate them;
-        the younger ones wait instead, and take the cells once the oldest holds them.
+        the younger ones wait instead, and take the cells once the oldest holds them (the older
+        one keeps a checkpoint where the prompts part, for the small sliding-window cache).
         """
         slot = job.slot
         best, shared, ready = None, len(slot.tokens) + MIN_SHARED_PREFIX, False
@@ -379,12 +477,21 @@ class Scheduler:
         if best is None:
             return False
         if not ready:
+            leader = best.job
+            part = min(shared, len(job.prompt) - 1)
+            if self.backend.window and part > len(best.tokens) and part not in leader.checkpoint_at:
+                bisect.insort(leader.checkpoint_at, part)
             return True  # the older request has not read that far yet
-        self.backend.seq_keep(slot.seq, 0)
-        self.backend.seq_copy(best.seq, slot.seq, shared)
-        job.stats.cached += shared - len(slot.tokens)
-        slot.tokens = job.prompt[:shared]
-        if job.save_prefix_at is not None and shared >= job.save_prefix_at:
+        keep, checkpoint = self._reusable(best, job.prompt)
+        before = len(slot.tokens)
+        if keep <= before:
+            return False
+        keep = self._take(slot, best, keep, checkpoint)
+        job.stats.cached += keep - before
+        if checkpoint is not None:
+            job.stats.restored = checkpoint.length
+        job.checkpoint_at = [p for p in job.checkpoint_at if p > keep]
+        if job.save_prefix_at is not None and keep >= job.save_prefix_at:
             job.save_prefix_at = None
         return False
 
@@ -421,14 +528,25 @@ class Scheduler:
 
     def _advance(self, entries: list[Entry], chunks: dict[int, tuple[_Job, int]], decoders: list[tuple[_Job, int]]) -> None:
         now = time.perf_counter()
+        window = self.backend.window
         for job, index in decoders:
-            job.slot.tokens.append(job.next_token)
+            slot = job.slot
+            slot.tokens.append(job.next_token)
             job.next_token = None
+            if window:
+                self._held(slot)
+                if ends_with_mark(slot.tokens, job.request.checkpoint_after):
+                    self._checkpoint(slot)
             self._sampled(job, index, now)
         for index, (job, take) in chunks.items():
             slot = job.slot
             slot.tokens.extend(job.prompt[len(slot.tokens) : len(slot.tokens) + take])
             job.stats.evaluated += take
+            if window:
+                self._held(slot)
+                while job.checkpoint_at and job.checkpoint_at[0] <= len(slot.tokens):
+                    if job.checkpoint_at.pop(0) == len(slot.tokens):
+                        self._checkpoint(slot)
             if job.save_prefix_at is not None and len(slot.tokens) == job.save_prefix_at:
                 self._save_prefix(job)
             if len(slot.tokens) == len(job.prompt):
@@ -465,9 +583,7 @@ class Scheduler:
         """After a decode that failed or was aborted: llama.cpp dropped the batch's positions."""
         for seq in {entry.seq for entry in entries}:
             slot = self.slots[seq]
-            kept = min(self.backend.seq_length(seq), len(slot.tokens))
-            self.backend.seq_keep(seq, kept)
-            del slot.tokens[kept:]
+            self._cut(slot, min(self.backend.seq_length(seq), len(slot.tokens)), None)
 
     def _make_room(self, chunks: dict[int, tuple[_Job, int]], decoders: list[tuple[_Job, int]]) -> None:
         """The batch found no KV cells: free some, or take the newest work out of the next step.
@@ -478,9 +594,7 @@ class Scheduler:
         """
         idle = [slot for slot in self.slots if slot.job is None and slot.tokens]
         if idle:
-            slot = min(idle, key=lambda s: s.last_used)
-            self.backend.seq_keep(slot.seq, 0)
-            slot.tokens = []
+            self._cut(min(idle, key=lambda s: s.last_used), 0, None)
             return
         readers = sorted((job for job, _ in chunks.values()), key=lambda j: j.order)
         if readers and len(readers) + len(decoders) > 1:
@@ -506,10 +620,12 @@ class Scheduler:
 
     def _preempt(self, job: _Job) -> None:
         """Take a prompt's cells back; it is read again from the start once another request ends."""
-        self.backend.seq_keep(job.slot.seq, 0)
-        job.slot.tokens = []
-        job.stats.cached = 0
+        self._cut(job.slot, 0, None)
+        job.stats.cached = job.stats.restored = 0
         job.blocked = True
+        job.checkpoint_at = prompt_positions(job.prompt, 0, marks=job.request.checkpoint_after,
+                                             prefix_length=job.request.prefix_length,
+                                             interval=self.checkpoint_interval) if self.backend.window else []
         head = job.request.prefix_length
         job.save_prefix_at = head if head and self.prefix_store is not None else None
 

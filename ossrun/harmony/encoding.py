@@ -50,6 +50,18 @@ def special_ids(encoding: oh.HarmonyEncoding) -> dict[str, Any]:
     }
 
 
+def checkpoint_marks(encoding: oh.HarmonyEncoding) -> tuple[tuple[int, ...], ...]:
+    """Where a history re-rendered later may part from what the model saw: right after
+    ``<|start|>assistant`` (every prompt ends there; a tool call's header may be written
+    another way) and after ``<|start|>assistant<|channel|>`` (the reasoning of an answered
+    turn is dropped: ``analysis`` becomes ``final`` or ``commentary``). The engine keeps a
+    checkpoint of the sliding-window cache at each."""
+    conversation = oh.Conversation.from_messages([])
+    start = tuple(encoding.render_conversation_for_completion(conversation, oh.Role.ASSISTANT))
+    (channel,) = encoding.encode("<|channel|>", allowed_special={"<|channel|>"})
+    return start, (*start, channel)
+
+
 def stop_tokens(encoding: oh.HarmonyEncoding) -> frozenset[int]:
     """Generation stops on ``<|return|>`` (answer done) and ``<|call|>`` (tool call)."""
     return frozenset(encoding.stop_tokens_for_assistant_actions())

@@ -140,8 +140,9 @@ class Repl:
         """The loop; returns the exit code (0: the user left)."""
         if self.banner:
             tools = f" · tools {', '.join(self.tools.names())}" if self.tools else ""
+            ctx = f" · ctx {self.model.n_ctx} (auto)" if self.model.auto_ctx else ""  # what --ctx auto chose
             self.screen.info(
-                f"ossrun chat · {self.model.name} · reasoning {self.conversation.reasoning_effort}{tools}"
+                f"ossrun chat · {self.model.name} · reasoning {self.conversation.reasoning_effort}{ctx}{tools}"
                 " · /help for commands, Ctrl-D to leave"
             )
         for text in self.tools.notices() if self.tools else ():

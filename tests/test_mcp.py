@@ -492,7 +492,7 @@ def test_chat_leaves_no_process_on_ctrl_c(demo_build, tmp_path):
                                env={**os.environ, "OSSRUN_HOME": str(demo_home(tmp_path, demo_build))})
     try:
         banner = process.stderr.readline()
-        assert banner.startswith("ossrun chat · demo · reasoning medium · tools functions.get_weather"), banner
+        assert re.match(r"ossrun chat · demo · reasoning medium · ctx \d+ \(auto\) · tools functions\.get_weather ", banner), banner
         assert wait_for(lambda: len(processes(tag(tmp_path))) == 3)
         process.send_signal(signal.SIGINT)  # Ctrl-C at the prompt leaves
         assert process.wait(60) == 0

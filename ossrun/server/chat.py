@@ -4,7 +4,9 @@ Messages: system and developer become harmony's developer instructions; user tex
 parts); assistant content, ``tool_calls`` and reasoning (``reasoning_content``, ``reasoning``
 or ``thinking``); tool results by ``tool_call_id``. Clients that drop the reasoning of a tool
 chain get it back from :class:`ossrun.server.state.ServerState`. The reply's content is the
-final channel only, the reasoning goes to ``reasoning_content`` and ``reasoning``.
+final channel only, the reasoning goes to ``reasoning_content`` and ``reasoning``. The server's
+own tools (``--tool python``) run inside the reply: each run is shown in the reasoning and, for
+clients that show runs apart, in ``tool_run`` deltas (``tool_runs`` of the message).
 """
 
 from __future__ import annotations
@@ -190,6 +192,7 @@ class Completion:
         self.reasoning: list[str] = []
         self.content: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
+        self.tool_runs: list[dict[str, Any]] = []  # the server's own tool runs: name, arguments, output, error
 
     def _chunk(self, delta: dict[str, Any], finish: Optional[str] = None) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.call.model,
@@ -223,6 +226,8 @@ class Completion:
             message["reasoning_content"] = message["reasoning"] = "".join(self.reasoning)
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
+        if self.tool_runs:
+            message["tool_runs"] = self.tool_runs
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.call.model,
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self._finish_reason(reply)}],
                 "usage": self.usage(reply)}
@@ -240,7 +245,7 @@ class Completion:
             label = "python" if step.call.recipient == "python" else f"MCP {server}: {step.call.name}"
             text = f"\n[{label}]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{step.result.output}\n"
             self.reasoning.append(text)
-            return [{"reasoning_content": text, "reasoning": text}]
+            return [{"reasoning_content": text, "reasoning": text, "tool_run": self._run(step)}]
         if not self.call.parallel_tool_calls and self.tool_calls:
             return []
         index, call_id, arguments = len(self.tool_calls), new_id("call"), arguments_json(step.call)
@@ -249,6 +254,16 @@ class Completion:
             {"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {"name": step.call.name, "arguments": ""}}]},
             {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
         ]
+
+    def _run(self, step: Step) -> dict[str, Any]:
+        """The ``tool_run`` delta of a run (its index, name and arguments) or of its result (index, output, error)."""
+        if step.kind == "run":
+            self.tool_runs.append({"name": step.call.name, "arguments": step.call.arguments})
+            return {"index": len(self.tool_runs) - 1, "name": step.call.name, "arguments": step.call.arguments}
+        index = next((i for i, run in enumerate(self.tool_runs) if "output" not in run), len(self.tool_runs) - 1)
+        if index >= 0:
+            self.tool_runs[index].update(output=step.result.output, error=step.result.error)
+        return {"index": index, "output": step.result.output, "error": step.result.error}
 
     def _finish(self) -> Reply:
         reply = self.transcript.reply

@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
-from ossrun.engine.protocol import (DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, GenerationRequest, GenerationStats, Occupancy,
-                                    Sampling)
+from ossrun.engine.protocol import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    Engine,
+    GenerationRequest,
+    GenerationStats,
+    Occupancy,
+    Sampling,
+)
 from ossrun.errors import ContextError, ModelError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
 from ossrun.formats import output_rules

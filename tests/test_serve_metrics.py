@@ -63,10 +63,12 @@ def test_metrics_count_a_known_sequence_of_requests_exactly(server):
     chat = {"model": "demo", "temperature": 0}
     assert request(server, "GET", "/v1/models")[0] == 200
     assert request(server, "GET", "/v1/models/demo")[0] == 200
-    status, _, plain = post(server, "/v1/chat/completions", {**chat, "messages": [{"role": "user", "content": "What is 38 + 47?"}]})
+    addition = [{"role": "user", "content": "What is 38 + 47?"}]
+    status, _, plain = post(server, "/v1/chat/completions", {**chat, "messages": addition})
     assert status == 200
-    status, _, text = request(server, "POST", "/v1/chat/completions", {**chat, "stream": True, "stream_options": {"include_usage": True},
-                                                                      "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    france = [{"role": "user", "content": "What is the capital of France?"}]
+    status, _, text = request(server, "POST", "/v1/chat/completions",
+                              {**chat, "stream": True, "stream_options": {"include_usage": True}, "messages": france})
     streamed = json.loads([line for line in text.splitlines() if line.startswith("data: {")][-1][6:])
     status, _, response = post(server, "/v1/responses", {"model": "demo", "input": "What is 38 + 47?", "temperature": 0})
     assert status == 200

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from browser import Screenshots, browser
+from playwright import sync_api
 from serving import ServerProcess, ServerThread
-from test_serve import demo_home
+from test_serve import demo_home, post
 
 pytestmark = pytest.mark.slow
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is a test dependency: pip install -e '.[test]'")
 
 ANSWERED = "#send:not([hidden])"  # the Send button is back: the reply ended
 CHAT_LOG = re.compile(r"^POST /v1/chat/completions 200 (?:(\d+)\+(\d+) tokens|cancelled in prefill (\d+)/(\d+)|cancelled) "
@@ -93,7 +93,9 @@ def open_page(context, server):
     page = context.pages[0] if context.pages else context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    # Chromium logs every answer of status 400 or more as an error: those the test asks for are not the page's.
+    page.on("console", lambda message: errors.append(message.text)
+            if message.type == "error" and not message.text.startswith("Failed to load resource") else None)
     page.goto(server.url + "/")
     page.wait_for_selector("#model-name:text-is('demo')")
     return page, errors
@@ -201,7 +203,8 @@ def test_a_person_chats_with_the_demo_model(server, playwright, shots, tmp_path)
         broken.write_text(json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}))
         page.set_input_files("#import-file", str(broken))
         page.wait_for_selector("#status:text-matches('^Cannot import')")
-        assert page.inner_text("#status") == 'Cannot import broken.json: message 1 has an unknown role "wizard": use system, user, assistant or tool'
+        assert page.inner_text("#status") == ('Cannot import broken.json: message 1 has an unknown role "wizard": '
+                                              "use system, user, assistant or tool")
         assert errors == []
 
 
@@ -229,11 +232,21 @@ def test_stop_cancels_a_reply_mid_prefill_on_the_server(server, playwright, shot
         assert metric(server, 'ossrun_requests_cancelled_total{endpoint="/v1/chat/completions"}') == 1
 
         # The story stays in its conversation (to regenerate or edit); a new chat is answered at once.
-        assert conversation(page)[0] == ("user", STORY.strip())
+        assert conversation(page)[0] == ["user", STORY.strip()]
         page.click("#new-chat")
         send(page, "What is 38 + 47?")
         page.wait_for_selector(ANSWERED)
         assert "85" in page.locator(".message.assistant .answer").last.inner_text()
+
+        # An error is shown as the server wrote it: here, a prompt longer than the context.
+        too_long = [{"role": "user", "content": (STORY * 2).strip()}]  # the page sends what it shows, trimmed
+        status, _, expected = post(server, "/v1/chat/completions", {"model": "demo", "messages": too_long})
+        assert status == 400 and expected["error"]["code"] == "context_length_exceeded"
+        page.click("#new-chat")
+        send(page, STORY * 2)
+        page.wait_for_selector(ANSWERED)
+        assert page.locator(".message.assistant .error").inner_text() == expected["error"]["message"]
+        shots.take(page, "error")
         assert errors == []
 
 
@@ -286,16 +299,19 @@ RICH_ANSWER = (
     "<|return|>"
 )
 
+WEATHER_CALL = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Oslo\"}<|call|>"
+
 
 def test_python_runs_and_markdown_are_shown_safely(encoding, playwright, shots, tmp_path):
     """--tool python over a scripted model: the run is shown in the reasoning; the answer's markdown is
     rendered (code, table, lists) and nothing the model wrote becomes HTML."""
-    from scripted import ScriptedEngine
+    from scripted import ScriptedEngine, reply
 
     from ossrun.model import Model
     from ossrun.tools import PythonSandbox
 
-    model = Model(ScriptedEngine(encoding, [PYTHON_CALL, RICH_ANSWER]), encoding, name="demo")
+    scripts = [PYTHON_CALL, RICH_ANSWER, WEATHER_CALL, reply("No such tool here.", "I cannot check the weather here.")]
+    model = Model(ScriptedEngine(encoding, scripts), encoding, name="demo")
     with PythonSandbox() as sandbox:
         server = ServerThread(model, name="demo", python_tool=sandbox)
         try:
@@ -320,14 +336,25 @@ def test_python_runs_and_markdown_are_shown_safely(encoding, playwright, shots, 
                 assert answer.locator("ol > li").count() == 2 and answer.locator("ol ul li em").inner_text() == "item"
                 assert answer.locator("blockquote del").inner_text() == "text"
                 links = answer.locator("a").evaluate_all("links => links.map(a => [a.textContent, a.href, a.rel, a.target])")
-                assert links == [["good", "https://example.org/docs", "noopener noreferrer nofollow", "_blank"]]
+                assert links == [["good", "https://example.org/docs", "noopener noreferrer nofollow", "_blank"]], answer.inner_html()
                 assert answer.locator("img, script, b, iframe").count() == 0
                 text = answer.inner_text()
                 assert '<img src=x onerror="window.pwned=1">' in text and "<script>window.pwned=2</script>" in text
                 assert "[bad](javascript:window.pwned=3)" in text and "<b>bold?</b>" in text
                 assert page.evaluate("window.pwned") is None
-                assert not page.evaluate("[...document.querySelectorAll('*')].some(e => [...e.attributes].some(a => a.name.startsWith('on')))")
+                handlers = "[...document.querySelectorAll('*')].some(e => [...e.attributes].some(a => a.name.startsWith('on')))"
+                assert not page.evaluate(handlers)  # no element carries an event handler attribute
                 shots.every_look(page, "python-run-and-markdown")
+
+                # A call to a function no one declared: shown; the server answers it with an error, the model goes on.
+                send(page, "Weather in Oslo?")
+                page.wait_for_selector(ANSWERED)
+                last = page.locator(".message.assistant").last
+                call = last.locator(".calls .tool")
+                assert call.locator(".tool-head").inner_text() == "→ get_weather"
+                assert json.loads(call.locator("pre").inner_text()) == {"city": "Oslo"}
+                assert last.locator(".answer").inner_text() == "I cannot check the weather here."
+                shots.take(page, "tool-call")
                 assert errors == []
         finally:
             server.stop()

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
-from ossrun.events import Event, Reply
+from ossrun.events import Event, Reply, ToolCall
 from ossrun.server import fields
 from ossrun.server.fields import bad_request, get, number, positive_int, text_of
 from ossrun.server.output import Step, Transcript, arguments_json, finish_reason, new_id
@@ -193,6 +193,7 @@ class Completion:
         self.content: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
         self.tool_runs: list[dict[str, Any]] = []  # the server's own tool runs: name, arguments, output, error
+        self._run_calls: list[Optional[ToolCall]] = []  # the call of each run, to find its result
 
     def _chunk(self, delta: dict[str, Any], finish: Optional[str] = None) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.call.model,
@@ -245,7 +246,11 @@ class Completion:
             label = "python" if step.call.recipient == "python" else f"MCP {server}: {step.call.name}"
             text = f"\n[{label}]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{step.result.output}\n"
             self.reasoning.append(text)
-            return [{"reasoning_content": text, "reasoning": text, "tool_run": self._run(step)}]
+            delta = {"reasoning_content": text, "reasoning": text}
+            run = self._run(step)
+            if run is not None:
+                delta["tool_run"] = run
+            return [delta]
         if not self.call.parallel_tool_calls and self.tool_calls:
             return []
         index, call_id, arguments = len(self.tool_calls), new_id("call"), arguments_json(step.call)
@@ -255,15 +260,21 @@ class Completion:
             {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
         ]
 
-    def _run(self, step: Step) -> dict[str, Any]:
-        """The ``tool_run`` delta of a run (its index, name and arguments) or of its result (index, output, error)."""
-        if step.kind == "run":
-            self.tool_runs.append({"name": step.call.name, "arguments": step.call.arguments})
-            return {"index": len(self.tool_runs) - 1, "name": step.call.name, "arguments": step.call.arguments}
-        index = next((i for i, run in enumerate(self.tool_runs) if "output" not in run), len(self.tool_runs) - 1)
-        if index >= 0:
-            self.tool_runs[index].update(output=step.result.output, error=step.result.error)
-        return {"index": index, "output": step.result.output, "error": step.result.error}
+    def _run(self, step: Step) -> Optional[dict[str, Any]]:
+        """The ``tool_run`` delta of a run (its index, name and arguments) or of its result (index, output,
+        error); None for the result of a call that was not a run (a function the server answered itself)."""
+        result, call = step.result, step.call
+        if result is None:
+            name, arguments = (call.name, call.arguments) if call is not None else ("", "")
+            self.tool_runs.append({"name": name, "arguments": arguments})
+            self._run_calls.append(call)
+            return {"index": len(self.tool_runs) - 1, "name": name, "arguments": arguments}
+        index = next((i for i, run in enumerate(self.tool_runs) if "output" not in run and self._run_calls[i] == result.call),
+                     None)
+        if index is None:
+            return None
+        self.tool_runs[index].update(output=result.output, error=result.error)
+        return {"index": index, "output": result.output, "error": result.error}
 
     def _finish(self) -> Reply:
         reply = self.transcript.reply

@@ -29,7 +29,7 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(entry.name for entry in folder.iterdir() if _type_of(entry.name)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def read(name: str) -> tuple[bytes, str]:
     """(content, media type) of one of :func:`names`; KeyError for anything else."""
     if name not in names():

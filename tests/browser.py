@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT_FOLDERS = pytest.StashKey[list]()  # shown at the end of the run (conftest's terminal summary)
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--no-first-run", "--disable-default-apps", "--disable-sync", "--no-default-browser-check"]
 DESKTOP = {"width": 1100, "height": 760}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import Screenshots, browser
+from browser import DESKTOP, PHONE, SCREENSHOT_FOLDERS, Screenshots, browser
 from playwright import sync_api
 from serving import ServerProcess, ServerThread
 from test_serve import demo_home, post
@@ -49,10 +49,8 @@ def playwright():
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory, request):
     folder = tmp_path_factory.mktemp("chat-page-screenshots")
-    yield Screenshots(folder)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"chat page screenshots: {folder}")
+    request.config.stash.setdefault(SCREENSHOT_FOLDERS, []).append(folder)  # named at the end of the run
+    return Screenshots(folder)
 
 
 def get(server, path, key=None):
@@ -197,6 +195,16 @@ def test_a_person_chats_with_the_demo_model(server, playwright, shots, tmp_path)
         assert conversation(page) == shown
         assert page.locator("#conversations li").count() == 2
         shots.take(page, "imported")
+
+        # At a phone's width the conversations are behind a button.
+        page.set_viewport_size(PHONE)
+        assert not page.locator("#sidebar").is_visible() or not page.locator("#conversations").is_visible()
+        page.click("#toggle-sidebar")
+        assert page.get_attribute("#toggle-sidebar", "aria-expanded") == "true" and page.locator("#conversations").is_visible()
+        shots.take(page, "phone-conversations")
+        page.locator("#conversations li .open").last.click()
+        assert page.get_attribute("#toggle-sidebar", "aria-expanded") == "false"
+        page.set_viewport_size(DESKTOP)
 
         # A bad file is one line saying what is wrong.
         broken = tmp_path / "broken.json"
@@ -358,6 +366,54 @@ def test_python_runs_and_markdown_are_shown_safely(encoding, playwright, shots, 
                 assert errors == []
         finally:
             server.stop()
+
+
+TRICKY_MARKDOWN = [
+    "Links: <https://a.example/x>, https://b.example/y., [https://c.example](https://d.example/(paren)) and "
+    "[*em* link](mailto:me@example.org) and [x](data:text/html,<script>1</script>) ![img](https://e.example/i.png)",
+    "**bold _and em_** ~~gone~~ `co`de` \\*not em\\* a_b_c __strong__ ***both*** line  \nbreak\\\nagain",
+    "```js\nconst a = `<b>${x}</b>`;\n~~~\nstill code\n```\n~~~\nunclosed fence <i>x</i>",
+    "| a | b |\n|---|:-:|\n| 1 |\n| 2 | 3 | 4 |\n\n|not|a table|\n\n> > nested\n> quote\nlazy",
+    "1) one\n2) two\n\n   still two\n3) three\n- [ ] todo\n- [x] done\n  * deeper\n    1. deepest\n\n* * *\n# H1\n###### H6 ##",
+    "<div onclick=alert(1)>&lt;&amp;</div> <svg/onload=alert(2)> javascript:alert(3) <a href=x>a</a>",
+]
+SAFE_TAGS = {"P", "H3", "H4", "H5", "H6", "STRONG", "EM", "DEL", "CODE", "PRE", "A", "UL", "OL", "LI", "BLOCKQUOTE", "HR",
+             "BR", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "DIV", "SPAN", "BUTTON", "INPUT"}
+
+
+def test_markdown_renders_every_prefix_of_a_streamed_answer_safely(server, playwright, tmp_path):
+    """What a stream shows at each step: no prefix breaks the renderer, the last render equals a whole one,
+    and only plain elements come out, links to http(s) and mailto alone."""
+    documents = [RICH_ANSWER.split("<|message|>")[-1].replace("<|return|>", ""), *TRICKY_MARKDOWN]
+    with browser(playwright, tmp_path / "profile") as context:
+        page, errors = open_page(context, server)
+        for document in documents:
+            result = page.evaluate("""(text) => {
+                const streamed = document.createElement('div'), failures = [];
+                for (let i = 1; i <= text.length; i++) {
+                    try { window.ossrunMarkdown.renderInto(streamed, text.slice(0, i)); }
+                    catch (e) { failures.push([i, String(e)]); }
+                }
+                const whole = document.createElement('div');
+                whole.append(window.ossrunMarkdown.render(text));
+                const elements = [...whole.querySelectorAll('*')];
+                return {failures: failures.slice(0, 3), same: streamed.innerHTML === whole.innerHTML,
+                        tags: [...new Set(elements.map(e => e.tagName))],
+                        attributes: [...new Set(elements.flatMap(e => [...e.attributes].map(a => a.name)))],
+                        links: [...whole.querySelectorAll('a')].map(a => a.getAttribute('href')),
+                        inputs: [...whole.querySelectorAll('input')].map(i => [i.type, i.disabled])};
+            }""", document)
+            assert result["failures"] == [] and result["same"], (document, result)
+            assert set(result["tags"]) <= SAFE_TAGS, (document, result["tags"])
+            assert set(result["attributes"]) <= {"class", "href", "rel", "target", "start", "type", "aria-label", "disabled"}
+            assert all(re.match(r"(https?://|mailto:)", href) for href in result["links"]), result["links"]
+            assert all(kind == "checkbox" and disabled for kind, disabled in result["inputs"])
+        rendered = page.evaluate("(t) => { const d = document.createElement('div'); d.append(window.ossrunMarkdown.render(t));"
+                                 " return [d.innerText, [...d.querySelectorAll('a')].map(a => a.href)]; }", TRICKY_MARKDOWN[0])
+        assert rendered[1] == ["https://a.example/x", "https://b.example/y", "https://d.example/(paren)", "mailto:me@example.org",
+                               "https://e.example/i.png"]
+        assert "[x](data:text/html,<script>1</script>)" in rendered[0]  # not a link: shown as written
+        assert errors == []
 
 
 def test_the_page_is_served_with_its_own_files_only(server):

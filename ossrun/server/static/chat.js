@@ -386,7 +386,7 @@
     const note = el("div", "note");
     const error = el("div", "error");
     error.setAttribute("role", "alert");
-    root.append(thought, progress, answer, calls, error, note, el("div", "actions"));
+    root.append(thought, progress, calls, answer, error, note, el("div", "actions"));
     let shownThoughts = -1;
     let shownRuns = "";
 
@@ -416,7 +416,13 @@
         progress.append(bar, `Reading the prompt: ${read.toLocaleString()} of ${total.toLocaleString()} tokens`);
       }
       progress.hidden = !progress.childNodes.length;
-      markdown.renderInto(answer, message.content || "");
+      try {
+        markdown.renderInto(answer, message.content || "");
+      } catch (failure) {  // never lose an answer to the renderer: show it as plain text
+        answer._markdownBlocks = null;
+        answer.replaceChildren(el("p", "", message.content || ""));
+        console.warn("markdown rendering failed:", failure);
+      }
       calls.replaceChildren(...(message.tool_calls || []).filter(Boolean).map((call) =>
         toolBlock(`→ ${call.function.name}`, call.function.arguments, null, false)));
       error.textContent = message.error || "";

@@ -302,8 +302,8 @@
     "( {2,}|\\\\)?\\n"                               // 13 line break
   ].join("|"), "g");
 
-  function appendInline(parent, text) {
-    INLINE.lastIndex = 0;
+  // `inLink`: the text of a link, where URLs stay text (a link holds no link).
+  function appendInline(parent, text, inLink) {
     var regex = new RegExp(INLINE.source, "g");
     var position = 0;
     var m;
@@ -315,23 +315,22 @@
         if (/^ .* $/.test(code)) code = code.slice(1, -1);
         parent.appendChild(el("code", "", code));
       } else if (m[4] !== undefined || m[3] !== undefined) {
-        parent.appendChild(link(m[3] || "", m[4] || "", m[0]));
+        parent.appendChild(inLink ? document.createTextNode(m[0]) : link(m[3] || "", m[4] || "", m[0]));
       } else if (m[5] !== undefined || m[6] !== undefined) {
         var strong = el("strong");
-        appendInline(strong, m[5] !== undefined ? m[5] : m[6]);
+        appendInline(strong, m[5] !== undefined ? m[5] : m[6], inLink);
         parent.appendChild(strong);
       } else if (m[7] !== undefined) {
         var del = el("del");
-        appendInline(del, m[7]);
+        appendInline(del, m[7], inLink);
         parent.appendChild(del);
       } else if (m[8] !== undefined || m[9] !== undefined) {
         var em = el("em");
-        appendInline(em, m[8] !== undefined ? m[8] : m[9]);
+        appendInline(em, m[8] !== undefined ? m[8] : m[9], inLink);
         parent.appendChild(em);
-      } else if (m[10] !== undefined) {
-        parent.appendChild(link(m[10], m[10], m[0]));
-      } else if (m[11] !== undefined) {
-        parent.appendChild(link(m[11], m[11], m[0]));
+      } else if (m[10] !== undefined || m[11] !== undefined) {
+        var url = m[10] !== undefined ? m[10] : m[11];
+        parent.appendChild(inLink ? document.createTextNode(m[0]) : link(url, url, m[0]));
       } else if (m[12] !== undefined) {
         parent.appendChild(document.createTextNode(m[12]));
       } else {
@@ -348,7 +347,7 @@
     a.href = url;
     a.rel = "noopener noreferrer nofollow";
     a.target = "_blank";
-    appendInline(a, text || url);
+    appendInline(a, text || url, true);
     return a;
   }
 

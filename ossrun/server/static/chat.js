@@ -740,10 +740,19 @@
   ui.input.addEventListener("input", fitInput);
 
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && state.busy && !ui.keyDialog.open) {
+    if (event.key !== "Escape" || ui.keyDialog.open) return;
+    if (state.busy) {
       event.preventDefault();
       stop();
+    } else if (ui.sidebar.classList.contains("open")) {
+      closeSidebar();
+      ui.toggle.focus();
     }
+  });
+
+  // On a phone the conversations cover the page: a tap beside them closes them.
+  document.querySelector(".main").addEventListener("click", (event) => {
+    if (ui.sidebar.classList.contains("open") && !ui.toggle.contains(event.target)) closeSidebar();
   });
 
   ui.stop.addEventListener("click", stop);

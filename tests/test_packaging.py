@@ -102,7 +102,7 @@ def test_wheel_contents(wheel):
     for name in ("o200k_base.tiktoken", "demo/config.json", "demo/weights.npz"):
         assert f"ossrun/data/{name}" in names
     # The chat page of ossrun serve: its files, nothing to build.
-    for name in ("index.html", "chat.css", "chat.js", "markdown.js"):
+    for name in ("index.html", "chat.css", "chat.js", "conversations.js", "markdown.js", "stream.js", "views.js"):
         assert f"ossrun/server/static/{name}" in names
 
 
@@ -120,7 +120,7 @@ def test_wheel_install(wheel_python, tmp_path):
         assert Path(file).parent.relative_to(site).parts[-len(name.split(".")):] == tuple(name.split("."))
     assert not found["top_level_convert"]
     assert found["models_toml"] == (ROOT / "models.toml").read_text()
-    assert found["page_files"] == ["chat.css", "chat.js", "index.html", "markdown.js"]
+    assert found["page_files"] == ["chat.css", "chat.js", "conversations.js", "index.html", "markdown.js", "stream.js", "views.js"]
 
 
 def test_editable_install(tmp_path):

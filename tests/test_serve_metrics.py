@@ -180,7 +180,20 @@ def test_a_stream_says_how_far_its_prompt_is_read_and_a_client_that_leaves_is_co
     assert first[0] == 0 and 0 < last[0] < last[1] == first[1]
     status, _, prompt = post(server, "/tokenize", {"messages": [{"role": "user", "content": story}]})
     assert last[1] <= prompt["count"]  # the tokens to read: the prompt minus what the cache held
+
+    # Meanwhile another request waits for the one sequence.
+    waiting = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    waiting.request("POST", "/v1/chat/completions", json.dumps({"model": "demo", "stream": True, "max_tokens": 8, "messages": [
+        {"role": "user", "content": "Hello!"}]}).encode(), {"Content-Type": "application/json"})
+    deadline = time.monotonic() + 30
+    while (samples := scrape(server))["ossrun_requests_waiting"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert samples["ossrun_sequences_busy"] == 1
     connection.close()  # the client leaves in the middle of the prefill
+    answered = waiting.getresponse().read().decode()  # the waiting request runs now
+    assert answered.endswith("data: [DONE]\n\n") and '"finish_reason": "length"' in answered
+    waiting.close()
 
     def cancelled():
         return [line for line in server.lines if " cancelled in prefill " in line]
@@ -194,3 +207,4 @@ def test_a_stream_says_how_far_its_prompt_is_read_and_a_client_that_leaves_is_co
     assert total == last[1] and last[0] <= read < total
     samples = scrape(server)
     assert samples['ossrun_requests_cancelled_total{endpoint="/v1/chat/completions"}'] == 1
+    assert samples["ossrun_requests_waiting"] == 0 and samples["ossrun_sequences_busy"] == 0

@@ -21,6 +21,7 @@ from test_serve import demo_home, post
 
 pytestmark = pytest.mark.slow
 
+PAGE_FILES = ["chat.css", "chat.js", "conversations.js", "index.html", "markdown.js", "stream.js", "views.js"]
 ANSWERED = "#send:not([hidden])"  # the Send button is back: the reply ended
 CHAT_LOG = re.compile(r"^POST /v1/chat/completions 200 (?:(\d+)\+(\d+) tokens|cancelled in prefill (\d+)/(\d+)|cancelled) "
                       r"effort=(\w+) [\d.]+s$")
@@ -388,14 +389,15 @@ def test_markdown_renders_every_prefix_of_a_streamed_answer_safely(server, playw
     with browser(playwright, tmp_path / "profile") as context:
         page, errors = open_page(context, server)
         for document in documents:
-            result = page.evaluate("""(text) => {
+            result = page.evaluate("""async (text) => {
+                const markdown = await import('/static/markdown.js');
                 const streamed = document.createElement('div'), failures = [];
                 for (let i = 1; i <= text.length; i++) {
-                    try { window.ossrunMarkdown.renderInto(streamed, text.slice(0, i)); }
+                    try { markdown.renderInto(streamed, text.slice(0, i)); }
                     catch (e) { failures.push([i, String(e)]); }
                 }
                 const whole = document.createElement('div');
-                whole.append(window.ossrunMarkdown.render(text));
+                whole.append(markdown.render(text));
                 const elements = [...whole.querySelectorAll('*')];
                 return {failures: failures.slice(0, 3), same: streamed.innerHTML === whole.innerHTML,
                         tags: [...new Set(elements.map(e => e.tagName))],
@@ -408,7 +410,8 @@ def test_markdown_renders_every_prefix_of_a_streamed_answer_safely(server, playw
             assert set(result["attributes"]) <= {"class", "href", "rel", "target", "start", "type", "aria-label", "disabled"}
             assert all(re.match(r"(https?://|mailto:)", href) for href in result["links"]), result["links"]
             assert all(kind == "checkbox" and disabled for kind, disabled in result["inputs"])
-        rendered = page.evaluate("(t) => { const d = document.createElement('div'); d.append(window.ossrunMarkdown.render(t));"
+        rendered = page.evaluate("async (t) => { const d = document.createElement('div');"
+                                 " d.append((await import('/static/markdown.js')).render(t));"
                                  " return [d.innerText, [...d.querySelectorAll('a')].map(a => a.href)]; }", TRICKY_MARKDOWN[0])
         assert rendered[1] == ["https://a.example/x", "https://b.example/y", "https://d.example/(paren)", "mailto:me@example.org",
                                "https://e.example/i.png"]
@@ -422,13 +425,16 @@ def test_the_page_is_served_with_its_own_files_only(server):
     policy = headers["content-security-policy"]
     assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
     assert headers["x-content-type-options"] == "nosniff"
-    assets = re.findall(r'(?:src|href)="([^"]+)"', body)
-    assert assets == ["data:,", "/static/chat.css", "/static/markdown.js", "/static/chat.js"]
-    for asset in assets[1:]:
-        status, headers, text = get(server, asset)
-        assert status == 200 and text
-        assert "http://" not in text and "https://" not in text.replace("https://example", "")  # nothing from elsewhere
+    assert re.findall(r'(?:src|href)="([^"]+)"', body) == ["data:,", "/static/chat.css", "/static/chat.js"]
+    shipped = Path(__file__).resolve().parents[1] / "ossrun" / "server" / "static"
+    assert sorted(p.name for p in shipped.iterdir()) == PAGE_FILES
+    for name in PAGE_FILES:
+        status, headers, text = get(server, f"/static/{name}")
+        assert status == 200 and text == (shipped / name).read_text()
+        assert headers["content-type"] == {"css": "text/css", "js": "text/javascript", "html": "text/html"}[
+            name.rsplit(".", 1)[1]] + "; charset=utf-8"
+        assert not re.search(r"https?://(?!example\.)", text)  # nothing from elsewhere (links in comments neither)
+        imports = re.findall(r'from "([^"]+)"', text)
+        assert all(re.fullmatch(r"\./\w+\.js", target) and target[2:] in PAGE_FILES for target in imports), imports
     assert get(server, "/static/nope.js")[0] == 404
     assert get(server, "/static/..%2Fapp.py")[0] == 404
-    shipped = Path(__file__).resolve().parents[1] / "ossrun" / "server" / "static"
-    assert sorted(p.name for p in shipped.iterdir()) == ["chat.css", "chat.js", "index.html", "markdown.js"]

@@ -44,7 +44,8 @@ def get(port: int, path: str) -> str:
 
 
 def busy(port: int) -> float:
-    return float(next(line for line in get(port, "/metrics").splitlines() if line.startswith("ossrun_sequences_busy ")).split()[1])
+    sample = next(line for line in get(port, "/metrics").splitlines() if line.startswith("ossrun_sequences_busy "))
+    return float(sample.split()[1])
 
 
 def read_until_the_prompt_is_being_read(port: int, model: str, content: str) -> http.client.HTTPConnection:

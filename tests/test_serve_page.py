@@ -336,6 +336,7 @@ def test_python_runs_and_markdown_are_shown_safely(encoding, playwright, shots, 
                 assert run.locator("pre").first.inner_text() == "print(sum(range(10)))"
                 assert run.locator("pre.output").inner_text().splitlines()[0] == "45"
                 assert "[python]" not in fold.locator(".reasoning").inner_text()  # shown once, as a run
+                assert server.server.served.python_sessions.open_conversations() == 1  # the page names its conversation
 
                 answer = page.locator(".answer")
                 assert answer.locator("h4").inner_text() == "The sum" and answer.locator("strong").inner_text() == "45"

@@ -102,9 +102,9 @@ function askForKey(message) {
 async function ask(conversation) {
   if (state.busy) return;
   const message = { role: "assistant", content: "", reasoning: "", thoughts: [], runs: [], tool_calls: [] };
-  const request = {
+  const request = {  // `conversation`: with --tool python, its runs share one working directory
     model: state.model, messages: requestMessages(conversation.messages), stream: true,
-    stream_options: { include_usage: true }, reasoning_effort: conversation.effort,
+    stream_options: { include_usage: true }, reasoning_effort: conversation.effort, conversation: conversation.id,
   };
   conversation.messages.push(message);
   conversation.updated = Date.now();

@@ -247,7 +247,7 @@ class Completion:
             text = f"\n[{label}]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{step.result.output}\n"
             self.reasoning.append(text)
             delta = {"reasoning_content": text, "reasoning": text}
-            run = self._run(step)
+            run = self._run(step, None if step.call.recipient == "python" else server)
             if run is not None:
                 delta["tool_run"] = run
             return [delta]
@@ -260,15 +260,17 @@ class Completion:
             {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
         ]
 
-    def _run(self, step: Step) -> Optional[dict[str, Any]]:
-        """The ``tool_run`` delta of a run (its index, name and arguments) or of its result (index, output,
-        error); None for the result of a call that was not a run (a function the server answered itself)."""
+    def _run(self, step: Step, server: Optional[str]) -> Optional[dict[str, Any]]:
+        """The ``tool_run`` delta of a run (its index, name, arguments, and the MCP server that runs it) or of
+        its result (index, output, error); None for the result of a call that was not a run (a function
+        the server answered itself)."""
         result, call = step.result, step.call
         if result is None:
             name, arguments = (call.name, call.arguments) if call is not None else ("", "")
-            self.tool_runs.append({"name": name, "arguments": arguments})
+            run = {"name": name, "arguments": arguments, **({"server": server} if server else {})}
+            self.tool_runs.append(run)
             self._run_calls.append(call)
-            return {"index": len(self.tool_runs) - 1, "name": name, "arguments": arguments}
+            return {"index": len(self.tool_runs) - 1, **run}
         index = next((i for i, run in enumerate(self.tool_runs) if "output" not in run and self._run_calls[i] == result.call),
                      None)
         if index is None:

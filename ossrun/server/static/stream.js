@@ -127,7 +127,7 @@ function addRun(message, run) {
   startThinking(message);
   const index = run.index || 0;
   if (run.name !== undefined) {
-    message.runs[index] = { name: run.name, arguments: run.arguments || "" };
+    message.runs[index] = { name: run.name, arguments: run.arguments || "", server: run.server };
     message.thoughts.push({ run: index });
   } else if (message.runs[index]) {
     message.runs[index].output = run.output || "";

@@ -135,7 +135,8 @@ function noteOf(message, live) {
 
 function runBlock(run) {
   if (!run) return el("span");
-  return toolBlock(run.name, run.arguments, run.output === undefined ? null : run.output, run.error);
+  const title = run.server ? `MCP ${run.server}: ${run.name}` : run.name;  // python, or an MCP server's tool
+  return toolBlock(title, run.arguments, run.output === undefined ? null : run.output, run.error);
 }
 
 function toolBlock(title, code, output, failed) {

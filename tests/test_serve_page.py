@@ -371,6 +371,30 @@ def test_python_runs_and_markdown_are_shown_safely(encoding, playwright, shots, 
             server.stop()
 
 
+def test_an_mcp_tool_the_demo_model_calls_is_shown_in_its_reasoning(home, playwright, shots, tmp_path):
+    from test_mcp import WEATHER, config_file
+    from test_mcp import server as mcp_server
+
+    process = ServerProcess("--demo", "--mcp", str(config_file(tmp_path, {"weather": mcp_server(tmp_path)})), home=home)
+    try:
+        with browser(playwright, tmp_path / "profile") as context:
+            page, errors = open_page(context, process)
+            send(page, "What's the weather in Oslo?")
+            page.wait_for_selector(ANSWERED)
+            fold = page.locator("details.thought")
+            assert re.fullmatch(r"Thought for \d+(\.\d)? s · ran get_weather", fold.locator("summary").inner_text())
+            fold.locator("summary").click()
+            run = fold.locator(".tool")
+            assert run.locator(".tool-head").inner_text() == "MCP weather: get_weather"
+            assert json.loads(run.locator("pre").first.inner_text()) == {"city": "Oslo"}
+            assert json.loads(run.locator("pre.output").inner_text()) == json.loads(WEATHER)
+            assert page.locator(".answer").inner_text() == "It is 14°C and rainy in Oslo right now."
+            shots.take(page, "mcp-run")
+            assert errors == []
+    finally:
+        assert process.stop() == 0
+
+
 TRICKY_MARKDOWN = [
     "Links: <https://a.example/x>, https://b.example/y., [https://c.example](https://d.example/(paren)) and "
     "[*em* link](mailto:me@example.org) and [x](data:text/html,<script>1</script>) ![img](https://e.example/i.png)",

@@ -79,6 +79,10 @@ def test_metrics_count_a_known_sequence_of_requests_exactly(server):
     assert post(server, "/tokenize", {"text": "Hello"})[0] == 200
     assert post(server, "/tokenize", {})[2]["error"]["code"] == "missing_required_parameter"
     assert post(server, "/detokenize", {"tokens": [13225]})[0] == 200
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)  # refused by the edge, before any route
+    connection.request("POST", "/v1/chat/completions", b"hello", {"Content-Type": "text/plain"})
+    assert connection.getresponse().status == 415
+    connection.close()
 
     usages = [(u["prompt_tokens"], u["prompt_tokens_details"]["cached_tokens"], u["completion_tokens"])
               for u in (plain["usage"], streamed["usage"])]
@@ -92,6 +96,7 @@ def test_metrics_count_a_known_sequence_of_requests_exactly(server):
         'ossrun_requests_total{endpoint="/v1/chat/completions",status="200"}': 2,
         'ossrun_requests_total{endpoint="/v1/chat/completions",status="400"}': 1,
         'ossrun_requests_total{endpoint="/v1/chat/completions",status="404"}': 1,
+        'ossrun_requests_total{endpoint="/v1/chat/completions",status="415"}': 1,
         'ossrun_requests_total{endpoint="/v1/responses",status="200"}': 1,
         'ossrun_requests_total{endpoint="other",status="404"}': 1,
         'ossrun_requests_total{endpoint="other",status="405"}': 1,
@@ -104,6 +109,7 @@ def test_metrics_count_a_known_sequence_of_requests_exactly(server):
         'ossrun_errors_total{kind="model_not_found"}': 1,
         'ossrun_errors_total{kind="not_found"}': 1,
         'ossrun_errors_total{kind="method_not_allowed"}': 1,
+        'ossrun_errors_total{kind="unsupported_media_type"}': 1,
     }
     assert got["ossrun_prompt_tokens_total"] == sum(u[0] for u in usages)
     assert got["ossrun_cached_tokens_total"] == sum(u[1] for u in usages) > 0  # the third prompt shares the first's head

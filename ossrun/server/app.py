@@ -129,7 +129,11 @@ class Server:
         shown = f"{tokens} effort={effort}" if effort else tokens
         self.write_log(f"{request.method} {request.url.path} {status}{shown} {time.perf_counter() - started:.2f}s")
 
-    def log_refused(self, method: str, path: str, status: int, started: float) -> None:
+    def log_refused(self, method: str, path: str, status: int, started: float, kind: Optional[str]) -> None:
+        """A request the edge answered itself (a refusal, a CORS preflight): logged and counted like the others."""
+        self.metrics.request(_endpoint_of(path), status)
+        if kind is not None:
+            self.metrics.error(kind)
         self.write_log(f"{method} {path} {status} {time.perf_counter() - started:.2f}s")
 
     def write_log(self, line: str) -> None:
@@ -397,6 +401,18 @@ class Server:
         if response.reply is not None:
             usage = response.reply.usage
             request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens)
+
+
+ROUTES = ("/", "/health", "/metrics", "/tokenize", "/detokenize", "/v1/models", "/v1/chat/completions", "/v1/responses")
+
+
+def _endpoint_of(path: str) -> str:
+    """The route a path would take, as the metrics name it (``other`` for none)."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/static/"):
+        return "/static"
+    return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
 
 
 class _Quiet:

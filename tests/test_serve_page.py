@@ -248,11 +248,15 @@ def test_stop_cancels_a_reply_mid_prefill_on_the_server(server, playwright, shot
         assert "85" in page.locator(".message.assistant .answer").last.inner_text()
 
         # An error is shown as the server wrote it: here, a prompt longer than the context.
-        too_long = [{"role": "user", "content": (STORY * 2).strip()}]  # the page sends what it shows, trimmed
+        context_length = json.loads(get(server, "/v1/models/demo")[2])["context_length"]
+        sentence = "A heron waited by the reeds until the water went still. "
+        per_sentence = post(server, "/tokenize", {"text": sentence * 100})[2]["count"] / 100
+        text = (sentence * int(context_length / per_sentence + 100)).strip()  # the page sends what it shows, trimmed
+        too_long = [{"role": "user", "content": text}]
         status, _, expected = post(server, "/v1/chat/completions", {"model": "demo", "messages": too_long})
         assert status == 400 and expected["error"]["code"] == "context_length_exceeded"
         page.click("#new-chat")
-        send(page, STORY * 2)
+        send(page, text)
         page.wait_for_selector(ANSWERED)
         assert page.locator(".message.assistant .error").inner_text() == expected["error"]["message"]
         shots.take(page, "error")

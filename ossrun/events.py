@@ -7,7 +7,7 @@ Renderers (the REPL, ``ossrun run``, ``--json``) only ever see these types.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 FinishReason = Literal["stop", "length", "interrupted", "tool_calls"]
 
@@ -67,11 +67,20 @@ class ToolResult:
         return {"role": "tool", "name": self.call.name, "content": self.output, "channel": self.call.channel}
 
 
+def _nothing_read() -> int:
+    return 0
+
+
 @dataclass(frozen=True)
 class Prefill:
-    """The model starts reading ``tokens`` prompt tokens it has not cached: minutes for a long 20b prompt."""
+    """The model starts reading ``tokens`` prompt tokens it has not cached: minutes for a long 20b prompt.
+
+    ``read()`` says how many of them it has read so far; any thread may call it, e.g. to show
+    progress while the stream waits for the first token.
+    """
 
     tokens: int
+    read: Callable[[], int] = field(default=_nothing_read, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
-from ossrun.engine.protocol import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Engine, GenerationRequest, GenerationStats, Sampling
+from ossrun.engine.protocol import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    Engine,
+    GenerationRequest,
+    GenerationStats,
+    Occupancy,
+    Sampling,
+)
 from ossrun.errors import ContextError, ModelError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
 from ossrun.formats import output_rules
-from ossrun.harmony.encoding import checkpoint_marks, load_encoding, stop_tokens
+from ossrun.harmony.encoding import checkpoint_marks, decode_ids, load_encoding, stop_tokens
 from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort, instructions_from
 from ossrun.harmony.parser import Turn, TurnParser
 from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
@@ -326,7 +334,19 @@ class Model:
         return len(prompt.ids) - min(reused, len(prompt.ids) - 1)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.encoding.decode(list(ids))
+        """The text of token ids, harmony's special tokens written as their names (``<|start|>``).
+
+        An id outside the vocabulary is an OssrunError naming it."""
+        return decode_ids(self.encoding, list(ids))
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text``; harmony's special tokens written in it (``<|start|>``) are read
+        as themselves, so ``encode(decode(ids)) == ids`` for a rendered prompt."""
+        return self.encoding.encode(text, allowed_special="all")
+
+    def occupancy(self) -> Occupancy:
+        """What the engine holds now: busy sequences, waiting requests, KV cells used (see ``n_ctx``)."""
+        return self.engine.occupancy()
 
     def close(self) -> None:
         self.engine.close()
@@ -444,7 +464,8 @@ class Model:
             checkpoint_after=self._checkpoint_after,
         ))
         try:
-            yield Prefill(generation.pending())
+            pending = generation.pending()
+            yield Prefill(pending, lambda: min(generation.stats.evaluated, pending))
             events: list[Event] = []
             for token in generation:
                 events = [stop.filter(e) if isinstance(e, FinalDelta) else e for e in parser.feed(token)]

@@ -12,6 +12,14 @@ import ossrun
 VOCAB_DIR = Path(ossrun.__file__).parent / "data"
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """Where the browser tests left their screenshots, for a person to look at."""
+    from browser import SCREENSHOT_FOLDERS
+
+    for folder in config.stash.get(SCREENSHOT_FOLDERS, []):
+        terminalreporter.write_line(f"chat page screenshots: {folder}")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Each test gets its own empty ossrun home and never sees the user's."""

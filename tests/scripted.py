@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ossrun.engine.protocol import GenerationRequest, GenerationStats, Sampling, common_prefix_length
+from ossrun.engine.protocol import GenerationRequest, GenerationStats, Occupancy, Sampling, common_prefix_length
 
 DEFAULT_N_CTX = 4096
 
@@ -77,6 +77,7 @@ class ScriptedEngine:
         self.prompts: list[list[int]] = []  # the tokens each generation was asked to hold
         self.samplings: list[Sampling] = []
         self.interruptions: list[str] = []  # "prefill" or "decode", each time cancel stopped the engine
+        self.running = 0  # generations being iterated
         self.closed = False
 
     # -- the Engine protocol ---------------------------------------------
@@ -91,6 +92,9 @@ class ScriptedEngine:
 
     def cached_prefix(self, prompt: Sequence[int], prefix_length: int = 0) -> int:
         return common_prefix_length(self._evaluated, prompt)
+
+    def occupancy(self) -> Occupancy:
+        return Occupancy(busy=self.running, cells_used=len(self._evaluated))
 
     def generate(self, request: GenerationRequest) -> "ScriptedGeneration":
         if len(request.prompt) > self._n_ctx:
@@ -121,6 +125,13 @@ class ScriptedGeneration:
         return self.request.cancel is not None and self.request.cancel.is_set()
 
     def __iter__(self):
+        self.engine.running += 1
+        try:
+            yield from self._run()
+        finally:
+            self.engine.running -= 1
+
+    def _run(self):
         engine, request, stats = self.engine, self.request, self.stats
         upcoming = engine.scripts[engine.turns_started] if engine.turns_started < len(engine.scripts) else None
         todo = list(request.prompt)[self.reused:]
@@ -139,6 +150,7 @@ class ScriptedGeneration:
                 stats.context_used = len(engine._evaluated)
                 return
             engine._evaluated.append(token)
+            stats.evaluated = index + 1  # live, as the real engine's: a server reports the prefill's progress
         engine.prefills.append(PrefillStats(self.reused, len(todo), time.perf_counter() - started))
         stats.evaluated = len(todo)
         stats.prefill_seconds = time.perf_counter() - started

@@ -521,6 +521,9 @@ def test_serve_runs_mcp_tools_and_shows_their_calls_in_both_apis(demo_build, tmp
         assert choice.finish_reason == "stop" and not choice.message.tool_calls
         assert choice.message.content == "It is 14°C and rainy in Oslo right now."
         assert f'[MCP weather: get_weather]\n{{"city": "Oslo"}}\n[output]\n{WEATHER}\n' in choice.message.reasoning_content
+        (run,) = choice.message.tool_runs  # the same run apart, as the chat page shows it
+        assert run == {"name": "get_weather", "arguments": '{"city": "Oslo"}', "server": "weather", "output": WEATHER,
+                       "error": False}
         # A tool the request declares is the client's: returned, not run; the server's is renamed beside it.
         own = {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather for a city.",
                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}

@@ -43,8 +43,9 @@ def wheel_sources(folder: str, names: list[str]) -> set[str]:
 # Run inside the interpreter under test, from a folder outside the repository: every package
 # pyproject.toml lists is imported, and where it was found is reported.
 PROBE = """
-import importlib, importlib.resources, importlib.util, json, sys, ossrun.convert.mxfp4
+import importlib, importlib.resources, importlib.util, json, sys, ossrun.convert.mxfp4, ossrun.server.page
 print(json.dumps({
+    "page_files": list(ossrun.server.page.names()),
     "packages": {name: importlib.import_module(name).__file__ for name in sys.argv[1:]},
     "top_level_convert": importlib.util.find_spec("convert") is not None,
     "models_toml": importlib.resources.files("ossrun").joinpath("models.toml").read_text(),
@@ -100,6 +101,9 @@ def test_wheel_contents(wheel):
     # The o200k vocabulary and the demo model's compact checkpoint are package data.
     for name in ("o200k_base.tiktoken", "demo/config.json", "demo/weights.npz"):
         assert f"ossrun/data/{name}" in names
+    # The chat page of ossrun serve: its files, nothing to build.
+    for name in ("index.html", "chat.css", "chat.js", "conversations.js", "markdown.js", "stream.js", "views.js"):
+        assert f"ossrun/server/static/{name}" in names
 
 
 def test_every_package_is_listed():
@@ -116,6 +120,7 @@ def test_wheel_install(wheel_python, tmp_path):
         assert Path(file).parent.relative_to(site).parts[-len(name.split(".")):] == tuple(name.split("."))
     assert not found["top_level_convert"]
     assert found["models_toml"] == (ROOT / "models.toml").read_text()
+    assert found["page_files"] == ["chat.css", "chat.js", "conversations.js", "index.html", "markdown.js", "stream.js", "views.js"]
 
 
 def test_editable_install(tmp_path):

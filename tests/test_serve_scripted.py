@@ -91,7 +91,7 @@ def test_the_servers_python_tool_runs_and_its_call_and_result_are_shown(encoding
 
     call = "<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>"
     answer = reply("It printed 42.", "The answer is 42.")
-    model = Model(ScriptedEngine(encoding, [call, answer, call, answer]), encoding, name="scripted")
+    model = Model(ScriptedEngine(encoding, [call, answer, call, answer, call, answer]), encoding, name="scripted")
     with PythonSandbox() as sandbox:
         server = ServerThread(model, python_tool=sandbox)
         try:
@@ -100,6 +100,14 @@ def test_the_servers_python_tool_runs_and_its_call_and_result_are_shown(encoding
             message = completion.choices[0].message
             assert message.content == "The answer is 42." and completion.choices[0].finish_reason == "stop"
             assert "[python]\nprint(6 * 7)" in message.reasoning_content and "[output]\n42" in message.reasoning_content
+            (run,) = message.tool_runs  # the same run, apart, for clients that show runs as such
+            assert run["name"] == "python" and run["arguments"] == "print(6 * 7)" and run["output"].startswith("42\n")
+            assert run["error"] is False
+            chunks = list(client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "6 * 7?"}],
+                                                         stream=True))
+            runs = [getattr(c.choices[0].delta, "tool_run", None) for c in chunks if c.choices]
+            assert [r for r in runs if r] == [{"index": 0, "name": "python", "arguments": "print(6 * 7)"},
+                                              {"index": 0, "output": run["output"], "error": False}]
             response = client.responses.create(model="scripted", input="6 * 7?")
             run = next(item for item in response.output if item.type == "code_interpreter_call")
             assert run.code == "print(6 * 7)" and run.status == "completed" and "42" in run.outputs[0].logs

@@ -22,7 +22,9 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 HELP = """Serve a model over OpenAI's HTTP API: /v1/chat/completions, /v1/responses, /v1/models.
 
 Point a client at http://HOST:PORT/v1 (the openai SDK's base_url, a Codex CLI
-model provider with wire_api = "responses", an Open WebUI connection). The model
+model provider with wire_api = "responses", an Open WebUI connection), or open
+http://HOST:PORT/ in a browser to chat. /metrics (Prometheus), /tokenize and
+/detokenize are there for operators. The model
 loads once; up to --parallel replies are decoded together and --max-queue more wait
 (past that: 429). The server listens on 127.0.0.1 only unless --host says otherwise;
 --api-key (or OSSRUN_API_KEY) makes every request need "Authorization: Bearer KEY".
@@ -145,6 +147,7 @@ def register(app: typer.Typer) -> None:
         chosen = " (auto)" if loaded.auto_ctx else ""
         server.write_log(f"ossrun serve · {loaded.name} · ctx {loaded.n_ctx}{chosen} · {parallel} in parallel · "
                          f"listening on {base} (OpenAI base_url, {key})")
+        server.write_log(f"chat in a browser at {base[:-len('/v1')]}/")
         if limits.max_connections < max_connections:
             server.write_log(f"note: at most {limits.max_connections} connections: the limit of open files is low")
         config = server.uvicorn_config(timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)

@@ -30,7 +30,7 @@ from ossrun.engine.ggml import place_weights
 from ossrun.engine.gguf_header import GgufHeader
 from ossrun.engine.memory import DEFAULT_BATCH, DEFAULT_CACHE, KV_TYPES, CacheSettings
 from ossrun.engine.prefix_cache import PrefixCache
-from ossrun.engine.protocol import Constraint, Generation, GenerationRequest, Sampling
+from ossrun.engine.protocol import Constraint, Generation, GenerationRequest, Occupancy, Sampling
 from ossrun.engine.scheduler import Entry, Scheduler
 from ossrun.errors import ModelError
 from ossrun.machine import physical_cores
@@ -190,6 +190,9 @@ class LlamaEngine:
 
     def cached_prefix(self, prompt: Sequence[int], prefix_length: int = 0) -> int:
         return self._scheduler.cached_prefix(prompt, prefix_length)
+
+    def occupancy(self) -> Occupancy:
+        return self._scheduler.occupancy() if self._scheduler is not None else Occupancy()
 
     def close(self) -> None:
         if self._scheduler is not None:

@@ -71,7 +71,7 @@ class GenerationRequest:
 @dataclass
 class GenerationStats:
     cached: int = 0  # prompt tokens reused from the KV cache (any sequence's) or restored from disk
-    evaluated: int = 0  # prompt tokens run through the model
+    evaluated: int = 0  # prompt tokens run through the model (grows while the prompt is read)
     generated: int = 0  # tokens sampled
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -79,6 +79,15 @@ class GenerationStats:
     context_used: int = 0  # tokens the sequence's cache holds at the end (the last sample is not evaluated)
     restored: int = 0  # the length of the checkpoint the reused prefix was restored from (0: none was needed)
     logits: list[Any] = field(default_factory=list)  # with record_logits: one numpy array per sampled token
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """What an engine holds at one moment, for a server's metrics."""
+
+    busy: int = 0  # sequences running a request
+    waiting: int = 0  # requests waiting for a free sequence
+    cells_used: int = 0  # KV cells holding tokens; a prefix several sequences share counts once
 
 
 class Generation(Protocol):
@@ -93,7 +102,7 @@ class Generation(Protocol):
 
     @property
     def stats(self) -> GenerationStats:
-        """Counts and timings, final once the iteration has ended."""
+        """Counts and timings, final once the iteration has ended (``evaluated`` is live before)."""
 
     def close(self) -> None:
         """Stop the generation if it is still running and free what it holds."""
@@ -113,6 +122,9 @@ class Engine(Protocol):
 
     def cached_prefix(self, prompt: Sequence[int], prefix_length: int = 0) -> int:
         """How many leading tokens of ``prompt`` a generation started now would not evaluate."""
+
+    def occupancy(self) -> Occupancy:
+        """Busy sequences, waiting requests and KV cells used, now; safe from any thread."""
 
     def close(self) -> None:
         """Stop every generation and free the model."""

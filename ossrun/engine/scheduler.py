@@ -43,7 +43,8 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 from ossrun.engine.checkpoints import (DEFAULT_CHECKPOINT_INTERVAL, Checkpoint, Checkpoints, ends_with_mark, prompt_positions,
                                        reusable, total_bytes)
 from ossrun.engine.memory import DEFAULT_MAX_CHECKPOINTS
-from ossrun.engine.protocol import EngineFinish, GenerationRequest, GenerationStats, Sampling, common_prefix_length
+from ossrun.engine.protocol import (EngineFinish, GenerationRequest, GenerationStats, Occupancy, Sampling,
+                                    common_prefix_length)
 from ossrun.errors import ContextError, ModelError
 
 DEFAULT_DECODE_SLOWDOWN = 4.0  # a step that reads prompt tokens costs about this many decode steps
@@ -254,6 +255,16 @@ class Scheduler:
         """Memory the sequences' checkpoints take now (shared ones counted once)."""
         with self._cond:
             return total_bytes(slot.checkpoints for slot in self.slots)
+
+    def occupancy(self) -> Occupancy:
+        """Busy slots, waiting requests, and the cells the slots hold: the distinct prefixes of
+        their tokens (cells shared through ``seq_copy`` are stored once)."""
+        with self._cond:
+            held = sorted(list(slot.tokens) for slot in self.slots)
+            busy = sum(slot.job is not None for slot in self.slots)
+            waiting = len(self._waiting)
+        shared = sum(common_prefix_length(a, b) for a, b in itertools.pairwise(held))
+        return Occupancy(busy=busy, waiting=waiting, cells_used=sum(map(len, held)) - shared)
 
     def close(self) -> None:
         with self._cond:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import openai_harmony as oh
 
-from ossrun.errors import ModelError
+from ossrun.errors import ModelError, OssrunError
 
 VOCAB_FILE = "o200k_base.tiktoken"
 
@@ -65,3 +65,21 @@ def checkpoint_marks(encoding: oh.HarmonyEncoding) -> tuple[tuple[int, ...], ...
 def stop_tokens(encoding: oh.HarmonyEncoding) -> frozenset[int]:
     """Generation stops on ``<|return|>`` (answer done) and ``<|call|>`` (tool call)."""
     return frozenset(encoding.stop_tokens_for_assistant_actions())
+
+
+def decode_ids(encoding: oh.HarmonyEncoding, ids: list[int]) -> str:
+    """The text of ``ids``, special tokens as their names; an OssrunError for an id outside the vocabulary."""
+    try:
+        return encoding.decode(ids)
+    except oh.HarmonyError as exc:
+        wrong = next((i for i in ids if not _decodes(encoding, i)), None)
+        raise OssrunError(f"token id {wrong} is not in the vocabulary of gpt-oss" if wrong is not None
+                          else f"cannot decode these token ids: {exc}") from None
+
+
+def _decodes(encoding: oh.HarmonyEncoding, token: int) -> bool:
+    try:
+        encoding.decode([token])
+    except oh.HarmonyError:
+        return False
+    return True

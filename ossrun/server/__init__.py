@@ -10,6 +10,9 @@
 - :mod:`ossrun.server.batch` — ``ossrun batch``: a Batch API file answered offline, resumable
 - :mod:`ossrun.server.output` — a reply as the APIs show it, harmony markup taken out
 - :mod:`ossrun.server.served` — the model served: the names it answers to, its defaults
+- :mod:`ossrun.server.page` — the chat page at ``/``: the files of ``static/``, a client of the API
+- :mod:`ossrun.server.metrics` — ``/metrics``: counters and the engine's occupancy, Prometheus' text
+- :mod:`ossrun.server.tokens` — ``/tokenize`` and ``/detokenize`` bodies read
 
 The translations (``chat``, ``responses``) do not know HTTP: ``ossrun batch`` runs them too.
 """

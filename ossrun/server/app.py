@@ -3,8 +3,10 @@
 Every error is answered in OpenAI's shape. Requests are checked before they take a place in
 the queue, and the prompt is rendered before a stream starts, so a prompt too long for the
 context is a 400 rather than a broken stream. Streams stay alive while a long prompt is read
-(SSE comments for Chat Completions, repeated ``response.in_progress`` for Responses, whose
-clients ignore comments). A client that goes away cancels its reply, prefill included.
+(SSE comments for Chat Completions, ``: prefill READ/TOTAL`` with the prompt's progress, and
+repeated ``response.in_progress`` for Responses, whose clients ignore comments). A client that
+goes away cancels its reply, prefill included. Besides the API: the chat page at ``/``
+(``page``), ``/metrics`` (``metrics``), ``/tokenize`` and ``/detokenize`` (``tokens``).
 """
 
 from __future__ import annotations
@@ -24,17 +26,20 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ossrun.errors import ContextError, OssrunError, ToolError
-from ossrun.events import Done
+from ossrun.events import Done, Prefill
 from ossrun.limits import SchemaError
-from ossrun.server import chat, responses
+from ossrun.server import chat, page, responses, tokens
 from ossrun.server.edge import Edge, Limits, uvicorn_config
 from ossrun.server.fields import ApiError, bad_request, check_unicode, parse_json
+from ossrun.server.metrics import CONTENT_TYPE as METRICS_TYPE
+from ossrun.server.metrics import Capacity, Metrics
 from ossrun.server.runner import KEEPALIVE, Busy, Runner
 from ossrun.server.served import ServedModel
 from ossrun.server.state import ServerState
 
 DEFAULT_MAX_BODY_BYTES = 16 << 20
 DEFAULT_KEEPALIVE_SECONDS = 15.0
+PROGRESS_SECONDS = 0.5  # how often a stream says how far the prompt is read
 RETRY_AFTER_SECONDS = 5
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -54,16 +59,23 @@ class Server:
         self.keepalive_seconds = keepalive_seconds
         self.log = log if log is not None else sys.stderr
         self.state = ServerState()
-        self.runner = Runner(model.stream, model.engine.parallel, max_waiting=max_waiting)
+        self.metrics = Metrics()
+        served.context_length, served.parallel = model.n_ctx, model.engine.parallel
+        self.runner = Runner(model.stream, model.engine.parallel, max_waiting=max_waiting, on_reply=self.metrics.reply)
 
     def app(self) -> Edge:
         """The routes behind the checks of :class:`ossrun.server.edge.Edge`, which every route gets."""
         routes = [
-            Route("/health", self.guarded(self.health), methods=["GET"]),
-            Route("/v1/models", self.guarded(self.list_models), methods=["GET"]),
-            Route("/v1/models/{model_id:path}", self.guarded(self.get_model), methods=["GET"]),
-            Route("/v1/chat/completions", self.guarded(self.chat_completions), methods=["POST"]),
-            Route("/v1/responses", self.guarded(self.responses), methods=["POST"]),
+            Route("/", self.guarded(self.page_index, "/", public=True), methods=["GET"]),
+            Route("/static/{name}", self.guarded(self.page_file, "/static", public=True), methods=["GET"]),
+            Route("/health", self.guarded(self.health, "/health"), methods=["GET"]),
+            Route("/metrics", self.guarded(self.metrics_page, "/metrics"), methods=["GET"]),
+            Route("/tokenize", self.guarded(self.tokenize, "/tokenize"), methods=["POST"]),
+            Route("/detokenize", self.guarded(self.detokenize, "/detokenize"), methods=["POST"]),
+            Route("/v1/models", self.guarded(self.list_models, "/v1/models"), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self.guarded(self.get_model, "/v1/models/{model}"), methods=["GET"]),
+            Route("/v1/chat/completions", self.guarded(self.chat_completions, "/v1/chat/completions"), methods=["POST"]),
+            Route("/v1/responses", self.guarded(self.responses, "/v1/responses"), methods=["POST"]),
         ]
         routed = Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.not_allowed})
         return Edge(routed, self.limits, self.log_refused)
@@ -74,17 +86,23 @@ class Server:
 
     # -- around every route -------------------------------------------------
 
-    def guarded(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def guarded(self, handler: Callable[[Request], Any], endpoint: str, *, public: bool = False) -> Callable[[Request], Any]:
+        """``handler`` with the key checked (unless ``public``), errors in OpenAI's shape, the log and the counts."""
+
         async def route(request: Request) -> Response:
             started = time.perf_counter()
             request.state.tokens = ""
+            request.state.endpoint = endpoint
             try:
-                self.authorize(request)
+                if not public:
+                    self.authorize(request)
                 response = await handler(request)
             except ApiError as exc:
+                self.metrics.error(exc.kind)
                 response = JSONResponse(exc.body(), exc.status, headers=exc.headers)
             except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server goes on
                 self.write_log(f"error: {type(exc).__name__}: {exc}")
+                self.metrics.error("server_error")
                 response = JSONResponse(ApiError(500, "the server failed on this request", type="server_error").body(), 500)
             if isinstance(response, StreamingResponse):
                 request.state.log_later = (started, response.status_code)  # the stream logs when it ends
@@ -104,10 +122,18 @@ class Server:
                            code="invalid_api_key")
 
     def log_request(self, request: Request, status: int, started: float) -> None:
+        """One line per request: what it was, its status, its tokens (or how it was cancelled), its effort, its time."""
+        self.metrics.request(getattr(request.state, "endpoint", "other"), status)
         tokens = getattr(request.state, "tokens", "")
-        self.write_log(f"{request.method} {request.url.path} {status}{tokens} {time.perf_counter() - started:.2f}s")
+        effort = getattr(request.state, "effort", None)
+        shown = f"{tokens} effort={effort}" if effort else tokens
+        self.write_log(f"{request.method} {request.url.path} {status}{shown} {time.perf_counter() - started:.2f}s")
 
-    def log_refused(self, method: str, path: str, status: int, started: float) -> None:
+    def log_refused(self, method: str, path: str, status: int, started: float, kind: Optional[str]) -> None:
+        """A request the edge answered itself (a refusal, a CORS preflight): logged and counted like the others."""
+        self.metrics.request(_endpoint_of(path), status)
+        if kind is not None:
+            self.metrics.error(kind)
         self.write_log(f"{method} {path} {status} {time.perf_counter() - started:.2f}s")
 
     def write_log(self, line: str) -> None:
@@ -116,17 +142,18 @@ class Server:
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         started = time.perf_counter()
-        response = JSONResponse(ApiError(404, f"no route {request.method} {request.url.path}: see /v1/models, "
-                                              f"/v1/chat/completions, /v1/responses", code="not_found").body(), 404)
+        error = ApiError(404, f"no route {request.method} {request.url.path}: see /v1/models, "
+                              f"/v1/chat/completions, /v1/responses", code="not_found")
+        self.metrics.error(error.kind)
         self.log_request(request, 404, started)
-        return response
+        return JSONResponse(error.body(), 404)
 
     async def not_allowed(self, request: Request, exc: Exception) -> Response:
         started = time.perf_counter()
-        response = JSONResponse(ApiError(405, f"{request.method} is not allowed on {request.url.path}",
-                                         code="method_not_allowed").body(), 405)
+        error = ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+        self.metrics.error(error.kind)
         self.log_request(request, 405, started)
-        return response
+        return JSONResponse(error.body(), 405)
 
     async def read_json(self, request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
@@ -149,8 +176,47 @@ class Server:
 
     # -- routes -------------------------------------------------------------
 
+    async def page_index(self, request: Request) -> Response:
+        return self.page_response("index.html")
+
+    async def page_file(self, request: Request) -> Response:
+        return self.page_response(request.path_params["name"])
+
+    def page_response(self, name: str) -> Response:
+        try:
+            content, media_type = page.read(name)
+        except KeyError:
+            raise ApiError(404, f"the chat page has no file {name!r}", code="not_found") from None
+        return Response(content, media_type=media_type, headers=page.HEADERS)
+
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": self.served.name})
+
+    async def metrics_page(self, request: Request) -> Response:
+        occupancy = await run_in_threadpool(self.model.occupancy)
+        text = self.metrics.render(occupancy, Capacity(sequences=self.served.parallel, cells=self.served.context_length))
+        return Response(text, headers={"Content-Type": METRICS_TYPE})
+
+    async def tokenize(self, request: Request) -> Response:
+        call = tokens.parse_tokenize(await self.read_json(request), self.served, self.state)
+        try:
+            if call.text is not None:
+                ids = await run_in_threadpool(self.model.encode, call.text)
+            else:
+                ids = await run_in_threadpool(lambda: self.model.render(call.messages, **call.options))
+        except ContextError as exc:
+            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
+        except OssrunError as exc:
+            raise bad_request(str(exc)) from None
+        return JSONResponse({"tokens": ids, "count": len(ids)})
+
+    async def detokenize(self, request: Request) -> Response:
+        ids = tokens.parse_detokenize(await self.read_json(request))
+        try:
+            text = await run_in_threadpool(self.model.decode, ids)
+        except OssrunError as exc:
+            raise bad_request(str(exc), "tokens", "invalid_value") from None
+        return JSONResponse({"text": text})
 
     async def list_models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self.served.describe()]})
@@ -185,8 +251,10 @@ class Server:
     async def answer(self, request: Request, call: Any, stream: Callable[[AsyncIterator[Any]], AsyncIterator[str]],
                      consume: Callable[[Any], dict[str, Any]], tokens: Callable[[dict[str, Any]], str]) -> Response:
         """Start a parsed call's reply and hand back its stream, or its one object once it is done."""
+        request.state.effort = call.options.get("reasoning_effort")
         cancel = await self.start(call.messages, call.options)
-        events = self.runner.events(cancel, call.messages, call.options, keepalive_seconds=self.keepalive_seconds)
+        events = self.runner.events(cancel, call.messages, call.options,
+                                    keepalive_seconds=min(PROGRESS_SECONDS, self.keepalive_seconds))
         if call.stream:
             return self.sse(request, stream(events))
         try:
@@ -229,6 +297,8 @@ class Server:
             raise bad_request(str(exc)) from None
         finally:
             watcher.cancel()
+        if cancel.is_set() and not self.runner.stopping:  # the client went away: no one reads the answer
+            self.cancelled(request, None)
         if self.runner.stopping and _interrupted(gathered):
             raise ApiError(503, "the server stopped before the reply was complete", type="server_error",
                            code="server_shutting_down")
@@ -236,28 +306,52 @@ class Server:
 
     def sse(self, request: Request, chunks: AsyncIterator[str]) -> StreamingResponse:
         async def body() -> AsyncIterator[str]:
+            request.state.reading = None  # the Prefill being read, while it is
+            finished = False
             try:
                 async for chunk in chunks:
                     yield chunk
+                finished = True
             finally:
+                if not finished and not self.runner.stopping:
+                    self.cancelled(request, request.state.reading)
                 started, status = getattr(request.state, "log_later", (time.perf_counter(), 200))
                 self.log_request(request, status, started)
 
         return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
+    def cancelled(self, request: Request, reading: Optional[Prefill]) -> None:
+        """The client left before the end: the reply was cancelled (the runner saw to it)."""
+        self.metrics.cancelled(request.state.endpoint)
+        request.state.tokens = f" cancelled in prefill {reading.read()}/{reading.tokens}" if reading else " cancelled"
+
     async def chat_stream(self, request: Request, completion: chat.Completion, events: AsyncIterator[Any]) -> AsyncIterator[str]:
         gathered: list[Any] = []
+        quiet = _Quiet(self.keepalive_seconds)
+        shown = -1  # the prefill progress last sent
         try:
             for chunk in completion.open():
                 yield _data(chunk)
             async for event in events:
+                reading = request.state.reading
                 if event is KEEPALIVE:
-                    yield ": keep-alive\n\n"
+                    if reading is not None and (reading.read() != shown or quiet.due()):
+                        shown = reading.read()
+                        yield quiet.sent(f": prefill {shown}/{reading.tokens}\n\n")
+                    elif quiet.due():
+                        yield quiet.sent(": keep-alive\n\n")
                     continue
                 gathered.append(event)
+                if isinstance(event, Prefill):
+                    request.state.reading, shown = (event, 0) if event.tokens else (None, -1)
+                    if event.tokens:
+                        yield quiet.sent(f": prefill 0/{event.tokens}\n\n")
+                    continue
+                request.state.reading = None
                 for chunk in completion.feed(event):
-                    yield _data(chunk)
+                    yield quiet.sent(_data(chunk))
             if self.runner.stopping and _interrupted(gathered):
+                self.metrics.error("server_shutting_down")
                 yield _data(_shutdown_error().body())
             else:
                 for chunk in completion.close():
@@ -265,9 +359,12 @@ class Server:
                 usage = completion.transcript.reply.usage
                 request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens)
         except ContextError as exc:
+            self.metrics.error("context_length_exceeded")
             yield _data(ApiError(400, str(exc), code="context_length_exceeded").body())
         except OssrunError as exc:
-            yield _data(bad_request(str(exc)).body())
+            error = bad_request(str(exc))
+            self.metrics.error(error.kind)
+            yield _data(error.body())
         finally:
             await events.aclose()
         yield "data: [DONE]\n\n"
@@ -276,16 +373,19 @@ class Server:
                                events: AsyncIterator[Any]) -> AsyncIterator[str]:
         gathered: list[Any] = []
         failed: Optional[tuple[str, str]] = None
+        quiet = _Quiet(self.keepalive_seconds)
         try:
             for event in response.start():
                 yield _named(event)
             async for event in events:
                 if event is KEEPALIVE:
-                    yield _named(response.keepalive())
+                    if quiet.due():
+                        yield quiet.sent(_named(response.keepalive()))
                     continue
                 gathered.append(event)
+                request.state.reading = event if isinstance(event, Prefill) and event.tokens else None
                 for out in response.feed(event):
-                    yield _named(out)
+                    yield quiet.sent(_named(out))
         except ContextError as exc:
             failed = ("context_length_exceeded", str(exc))
         except OssrunError as exc:
@@ -294,11 +394,40 @@ class Server:
             await events.aclose()
         if failed is None and self.runner.stopping and _interrupted(gathered):
             failed = ("server_error", "the server stopped before the reply was complete")
+        if failed:
+            self.metrics.error(failed[0])
         for event in response.failed(*failed) if failed else response.finish():
             yield _named(event)
         if response.reply is not None:
             usage = response.reply.usage
             request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens)
+
+
+ROUTES = ("/", "/health", "/metrics", "/tokenize", "/detokenize", "/v1/models", "/v1/chat/completions", "/v1/responses")
+
+
+def _endpoint_of(path: str) -> str:
+    """The route a path would take, as the metrics name it (``other`` for none)."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/static/"):
+        return "/static"
+    return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+
+
+class _Quiet:
+    """When a stream has been silent for ``seconds``: time to say something to keep it alive."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.seconds
+
+    def sent(self, text: str) -> str:
+        self.last = time.monotonic()
+        return text
 
 
 def _data(chunk: dict[str, Any]) -> str:

@@ -4,7 +4,9 @@ Messages: system and developer become harmony's developer instructions; user tex
 parts); assistant content, ``tool_calls`` and reasoning (``reasoning_content``, ``reasoning``
 or ``thinking``); tool results by ``tool_call_id``. Clients that drop the reasoning of a tool
 chain get it back from :class:`ossrun.server.state.ServerState`. The reply's content is the
-final channel only, the reasoning goes to ``reasoning_content`` and ``reasoning``.
+final channel only, the reasoning goes to ``reasoning_content`` and ``reasoning``. The server's
+own tools (``--tool python``) run inside the reply: each run is shown in the reasoning and, for
+clients that show runs apart, in ``tool_run`` deltas (``tool_runs`` of the message).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
-from ossrun.events import Event, Reply
+from ossrun.events import Event, Reply, ToolCall
 from ossrun.server import fields
 from ossrun.server.fields import bad_request, get, number, positive_int, text_of
 from ossrun.server.output import Step, Transcript, arguments_json, finish_reason, new_id
@@ -190,6 +192,8 @@ class Completion:
         self.reasoning: list[str] = []
         self.content: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
+        self.tool_runs: list[dict[str, Any]] = []  # the server's own tool runs: name, arguments, output, error
+        self._run_calls: list[Optional[ToolCall]] = []  # the call of each run, to find its result
 
     def _chunk(self, delta: dict[str, Any], finish: Optional[str] = None) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.call.model,
@@ -223,6 +227,8 @@ class Completion:
             message["reasoning_content"] = message["reasoning"] = "".join(self.reasoning)
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
+        if self.tool_runs:
+            message["tool_runs"] = self.tool_runs
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.call.model,
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self._finish_reason(reply)}],
                 "usage": self.usage(reply)}
@@ -240,7 +246,11 @@ class Completion:
             label = "python" if step.call.recipient == "python" else f"MCP {server}: {step.call.name}"
             text = f"\n[{label}]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{step.result.output}\n"
             self.reasoning.append(text)
-            return [{"reasoning_content": text, "reasoning": text}]
+            delta = {"reasoning_content": text, "reasoning": text}
+            run = self._run(step, None if step.call.recipient == "python" else server)
+            if run is not None:
+                delta["tool_run"] = run
+            return [delta]
         if not self.call.parallel_tool_calls and self.tool_calls:
             return []
         index, call_id, arguments = len(self.tool_calls), new_id("call"), arguments_json(step.call)
@@ -249,6 +259,24 @@ class Completion:
             {"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {"name": step.call.name, "arguments": ""}}]},
             {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
         ]
+
+    def _run(self, step: Step, server: Optional[str]) -> Optional[dict[str, Any]]:
+        """The ``tool_run`` delta of a run (its index, name, arguments, and the MCP server that runs it) or of
+        its result (index, output, error); None for the result of a call that was not a run (a function
+        the server answered itself)."""
+        result, call = step.result, step.call
+        if result is None:
+            name, arguments = (call.name, call.arguments) if call is not None else ("", "")
+            run = {"name": name, "arguments": arguments, **({"server": server} if server else {})}
+            self.tool_runs.append(run)
+            self._run_calls.append(call)
+            return {"index": len(self.tool_runs) - 1, **run}
+        index = next((i for i, run in enumerate(self.tool_runs) if "output" not in run and self._run_calls[i] == result.call),
+                     None)
+        if index is None:
+            return None
+        self.tool_runs[index].update(output=result.output, error=result.error)
+        return {"index": index, "output": result.output, "error": result.error}
 
     def _finish(self) -> Reply:
         reply = self.transcript.reply

@@ -174,7 +174,7 @@ class Edge:
     ``log(method, path, status, started)`` writes the request line of a request refused here.
     """
 
-    def __init__(self, app: App, limits: Limits, log: Callable[[str, str, int, float], None]):
+    def __init__(self, app: App, limits: Limits, log: Callable[[str, str, int, float, Optional[str]], None]):
         self.app = app
         self.limits = limits
         self.log = log
@@ -262,7 +262,7 @@ class Edge:
         if requested:
             allow["Access-Control-Allow-Headers"] = requested
         await Response(status_code=204, headers=allow)(scope, receive, send)
-        self.log(scope["method"], scope["path"], 204, started)
+        self.log(scope["method"], scope["path"], 204, started, None)
 
     # -- the body -----------------------------------------------------------------
 
@@ -290,7 +290,7 @@ class Edge:
 
     async def answer(self, scope: Scope, receive: Receive, send: Send, error: ApiError, started: float) -> None:
         await JSONResponse(error.body(), error.status, headers=error.headers)(scope, receive, send)
-        self.log(scope["method"], scope["path"], error.status, started)
+        self.log(scope["method"], scope["path"], error.status, started, error.kind)
 
 
 def _local_name(name: str) -> bool:

@@ -32,6 +32,11 @@ class ApiError(Exception):
         self.code = code
         self.headers = headers or {}
 
+    @property
+    def kind(self) -> str:
+        """What went wrong in one word, for the metrics: the code, else the type."""
+        return self.code or self.type
+
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 

@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
-from ossrun.events import Event
+from ossrun.events import Done, Event, Reply
 
 DEFAULT_MAX_WAITING = 16
 KEEPALIVE = object()  # yielded when nothing came for a while: the caller keeps the stream alive
@@ -25,8 +25,10 @@ class Busy(Exception):
 
 
 class Runner:
-    def __init__(self, stream: Callable[..., Iterator[Event]], parallel: int, *, max_waiting: int = DEFAULT_MAX_WAITING):
+    def __init__(self, stream: Callable[..., Iterator[Event]], parallel: int, *, max_waiting: int = DEFAULT_MAX_WAITING,
+                 on_reply: Optional[Callable[[Reply], None]] = None):
         self._stream = stream
+        self._on_reply = on_reply  # sees every reply that ends, also those whose client went away
         self.capacity = parallel + max_waiting
         self._admitted = 0
         self._lock = threading.Lock()
@@ -76,6 +78,8 @@ class Runner:
         def produce() -> None:
             try:
                 for event in self._stream(messages, cancel=cancel, **options):
+                    if isinstance(event, Done) and self._on_reply is not None:
+                        self._on_reply(event.reply)
                     loop.call_soon_threadsafe(queue.put_nowait, event)
             except BaseException as exc:  # handed to the request, which answers with it
                 loop.call_soon_threadsafe(queue.put_nowait, exc)

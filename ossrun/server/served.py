@@ -24,6 +24,8 @@ class ServedModel:
     any_model: bool = False  # a batch: the loaded model serves every line, whatever it names
     python_sessions: Optional[PythonSessions] = field(default=None, init=False)
     mcp: Any = None  # ossrun.tools.McpServers when --mcp was given: their tools run here too
+    context_length: int = 0  # the KV cells all requests share, and any one request's limit
+    parallel: int = 1  # replies decoded together
 
     def __post_init__(self) -> None:
         self.server_tools = frozenset({"python"}) if self.python_tool is not None else frozenset()
@@ -41,7 +43,10 @@ class ServedModel:
         return requested
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "ossrun"}
+        """OpenAI's model object, plus what a client sizes its requests by."""
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "ossrun",
+                "context_length": self.context_length, "parallel_sequences": self.parallel,
+                "default_reasoning_effort": self.default_effort}
 
     def add_server_tools(self, options: dict[str, Any], body: Mapping[str, Any]) -> dict[str, str]:
         """The server's own tools for one request: python in a working directory of the request's

@@ -238,7 +238,9 @@ def test_processes_and_threads_are_bounded(local_server):
 
 def test_a_fork_bomb_ends_with_its_run():
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-    with PythonSandbox(SandboxLimits(timeout=2)) as box:
+    # CPU time generous enough that the wall clock ends it: with the default (the timeout) the
+    # forks' total on a machine of several cores can run out first, which tests its own bound
+    with PythonSandbox(SandboxLimits(timeout=2, cpu_seconds=120)) as box:
         assert box.isolation is not None  # never without the bound
         result = box.run(bomb)
         assert result.status == "killed: timed out after 2 seconds"

@@ -5,9 +5,9 @@ For each context size, KV cache type and cache mode (the small sliding-window ca
 reports ``RssAnon`` (anonymous memory), ``VmRSS`` and ``VmHWM`` (peak resident) from
 ``/proc/PID/status``; the planner's figure for the same load is printed beside it.
 llama-server (``benchmarks/llama_tools.py``) runs with the same settings: one model in
-memory at a time, ``-np 1``, the same threads, context, cache type and mode; its weights
-are read into memory too (``--load-mode none``), as ossrun reads them (``LlamaEngine``), unless
-``--llama-mmap`` asks for its default memory map.
+memory at a time, ``-np 1``, the same threads, context, cache type and mode; it maps the file
+(its default, as ossrun does: ``LlamaEngine``) unless ``--llama-read`` asks it to read the
+weights into memory (``--load-mode none``, what ossrun does where it may not lock them).
 
     python benchmarks/memory_benchmark.py --model ~/ossrun-bench/gpt-oss-20b-random.gguf \\
         --ctx 8192 32768 131072 --kv-type f16 q8_0 --mode small full
@@ -85,8 +85,8 @@ def llama_server_run(args, binary: Path, ctx: int, kv_type: str, mode: str) -> d
                "-c", str(ctx), "-ctk", kv_type, "-ctv", kv_type, "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
     if mode == "full":
         command.append("--swa-full")
-    if not args.llama_mmap:
-        command += ["--load-mode", "none"]  # read into memory, as ossrun does
+    if args.llama_read:
+        command += ["--load-mode", "none"]  # read into memory
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 900
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--mode", nargs="+", default=["small", "full"], choices=["small", "full"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-server", type=Path, help="default: build it (benchmarks/llama_tools.py)")
-    parser.add_argument("--llama-mmap", action="store_true", help="llama-server maps the file (its default) instead of --no-mmap")
+    parser.add_argument("--llama-read", action="store_true", help="llama-server reads the weights into memory instead of mapping the file")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ossrun", "llama-server"])
     parser.add_argument("--configs", nargs="*", help="CTX:TYPE:MODE items, in this order, instead of every combination")
     parser.add_argument("--long-prompt", action="store_true", help="also measure after a 1200-token prompt")

@@ -10,10 +10,11 @@ benchmark dies). Then:
    chose (chat's banner, serve's start line), and decode ``--tokens`` tokens; their speed is
    compared with the same commands without the hog (target: at least 0.9x).
 2. Which pages the kernel drops: a bare llama.cpp loop decodes with the weights memory-mapped
-   (what ossrun did before) and read into memory (what it does now), each alone and beside the
-   hog; ``mincore`` says how much of the file's pages of the non-expert tensors (read by
-   every token) and of the expert tensors (copied by the MXFP4 repack, never read again) are
-   resident after the run.
+   (llama-server's default), mapped with the ranges every token reads locked (what ossrun does,
+   ``ossrun.engine.resident``) and read into memory (what ossrun does where it may not lock),
+   each alone and beside the hog; ``mincore`` says how much of the file's pages of the
+   non-expert tensors (read by every token) and of the expert tensors (copied by the MXFP4
+   repack, never read again) are resident after the run.
 
     python benchmarks/pressure_benchmark.py --model ~/ossrun-bench/gpt-oss-20b-random.gguf --hog 8
 """
@@ -195,14 +196,19 @@ BARE = """
 import json, sys, time
 import llama_cpp
 from ossrun.engine.ggml import place_weights
-model_path, mapped, tokens, threads = sys.argv[1], sys.argv[2] == "mmap", int(sys.argv[3]), int(sys.argv[4])
+model_path, mode, tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 quiet = llama_cpp.llama_log_callback(lambda *a: None)  # kept referenced: llama.cpp calls it
 llama_cpp.llama_log_set(quiet, None)
 llama_cpp.llama_backend_init()
 params = llama_cpp.llama_model_default_params()
-params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if mapped else llama_cpp.LLAMA_LOAD_MODE_NONE
+params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE if mode == "read" else llama_cpp.LLAMA_LOAD_MODE_MMAP
 place_weights(params)
 model = llama_cpp.llama_model_load_from_file(model_path.encode(), params)
+if mode == "locked":
+    from ossrun.engine import resident
+    from ossrun.engine.gguf_header import read_header
+    header = read_header(model_path)
+    assert resident.lock_mapped(model_path, resident.hot_ranges(header), resident.cold_ranges(header))
 cp = llama_cpp.llama_context_default_params()
 cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_threads, cp.n_threads_batch = 4096, 512, 512, threads, threads
 ctx = llama_cpp.llama_init_from_model(model, cp)
@@ -214,13 +220,14 @@ for pos in range(tokens + 4):
     start = time.perf_counter()
     assert llama_cpp.llama_decode(ctx, batch) == 0
     times.append(time.perf_counter() - start)
-status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(("RssAnon", "RssFile"))}
+status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/status")
+          if l.startswith(("RssAnon", "RssFile", "VmLck"))}
 print(json.dumps({"tokens_per_second": 1 / sorted(times[4:])[len(times[4:]) // 2], **status}), flush=True)
 """
 
 
-def bare_run(model: Path, mapped: bool, tokens: int, threads: int, ranges: dict) -> dict:
-    result = subprocess.run([sys.executable, "-c", BARE, str(model), "mmap" if mapped else "read", str(tokens), str(threads)],
+def bare_run(model: Path, mode: str, tokens: int, threads: int, ranges: dict) -> dict:
+    result = subprocess.run([sys.executable, "-c", BARE, str(model), mode, str(tokens), str(threads)],
                             capture_output=True, text=True, timeout=1800)
     if result.returncode:
         return {"error": f"exit {result.returncode}: {result.stderr.strip()[-500:]}"}
@@ -257,11 +264,10 @@ def main() -> None:
     if "pages" not in args.skip:
         ranges = tensor_ranges(args.model)
         report["pages"] = {}
-        for mapped in (True, False):
-            label = "mmap" if mapped else "read"
-            alone = bare_run(args.model, mapped, args.tokens, args.threads, ranges)
+        for label in ("mmap", "locked", "read"):
+            alone = bare_run(args.model, label, args.tokens, args.threads, ranges)
             with Hog(args.hog):
-                beside = bare_run(args.model, mapped, args.tokens, args.threads, ranges)
+                beside = bare_run(args.model, label, args.tokens, args.threads, ranges)
             measured = "error" not in alone and "error" not in beside
             ratio = beside["tokens_per_second"] / alone["tokens_per_second"] if measured else None
             report["pages"][label] = {"alone": alone, "beside_hog": beside, "ratio": ratio}

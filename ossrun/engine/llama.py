@@ -8,10 +8,12 @@ the abort callback, the sliding-window cache setting, sequences that share cells
 per-sequence state for the disk prefix cache and the sliding-window layers' state alone
 for context checkpoints, and a decode step with no per-token copies.
 
-The weights are read into memory, not mapped: the repacked MXFP4 experts are copied into
-anonymous memory anyway, and the other tensors, which every token reads, would otherwise
-be clean file pages that the kernel drops first when memory runs short (each token then
-reads them from disk again). What a load takes is planned by :mod:`ossrun.engine.memory`.
+The file is mapped, as llama-server maps it: llama.cpp copies the MXFP4 experts into
+anonymous memory (repacked) and uses the other tensors in place; the ones every token reads
+are then locked in memory (:mod:`ossrun.engine.resident`), so that memory pressure cannot
+make each token read them from disk again. Where this process may not lock that much, or
+the weights go to RPC workers, the weights are read into memory instead. What a load takes
+is planned by :mod:`ossrun.engine.memory`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optio
 import llama_cpp
 
 from ossrun import home
+from ossrun.engine import resident
 from ossrun.engine.ggml import place_weights
 from ossrun.engine.gguf_header import GgufHeader
 from ossrun.engine.memory import DEFAULT_BATCH, DEFAULT_CACHE, KV_TYPES, CacheSettings
@@ -34,6 +37,7 @@ from ossrun.engine.protocol import Constraint, Generation, GenerationRequest, Oc
 from ossrun.engine.scheduler import Entry, Scheduler
 from ossrun.errors import ModelError
 from ossrun.machine import physical_cores
+from ossrun.units import format_memory
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,6 +57,13 @@ def _log(level: int, text: bytes, user_data: Any) -> None:
     # llama.cpp logs to stderr on its own until a callback replaces its default one.
     if _log_to_stderr:
         sys.stderr.write(text.decode("utf-8", errors="replace"))
+        sys.stderr.flush()
+
+
+def _note(text: str) -> None:
+    """One of ossrun's own lines among llama.cpp's (``--verbose``)."""
+    if _log_to_stderr:
+        sys.stderr.write(text)
         sys.stderr.flush()
 
 
@@ -122,8 +133,12 @@ class LlamaEngine:
         self._backend: Optional[LlamaBackend] = None
         self._scheduler: Optional[Scheduler] = None
 
+        self._locked: Optional[resident.Locked] = None
+        hot = resident.hot_ranges(header)
+        mapped = rpc is None and resident.lockable(resident.size(hot))
         params = llama_cpp.llama_model_default_params()
-        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # read into anonymous memory: see the module docstring
+        # mapped with what every token reads locked, else read into memory: see the module docstring
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if mapped else llama_cpp.LLAMA_LOAD_MODE_NONE
         place_weights(params)
         if rpc is not None:
             rpc.apply(params)  # the workers' devices and layers; this CPU keeps the rest
@@ -143,6 +158,11 @@ class LlamaEngine:
             raise KeyboardInterrupt
         if not self._model:
             raise ModelError(f"llama.cpp could not load {self.path}: run with --verbose to see why, or convert the checkpoint again")
+        if mapped:
+            self._locked = resident.lock_mapped(self.path, hot, resident.cold_ranges(header))
+            if self._locked is None:
+                _note(f"ossrun: could not lock {format_memory(resident.size(hot))} of {self.path.name}'s weights in memory; "
+                          "under memory pressure decoding may slow down\n")
 
         n_batch = min(max(batch_size, parallel), n_ctx)
         ctx_params = llama_cpp.llama_context_default_params()
@@ -208,6 +228,9 @@ class LlamaEngine:
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
+        if self._locked is not None:
+            self._locked.release()
+            self._locked = None
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None

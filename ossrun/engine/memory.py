@@ -3,10 +3,9 @@
 One place knows what a load needs, from the GGUF header and the context settings:
 
 - the MXFP4 expert weights, which llama.cpp's CPU backend repacks into anonymous memory;
-- the other tensors (embeddings, attention, router, output), which every token reads: ossrun
-  loads them into anonymous memory too rather than mapping the file, because under memory
-  pressure the kernel drops clean file pages first and every token would read them again
-  from disk (see ``LlamaEngine``);
+- the other tensors (embeddings, attention, router, output), which every token reads: the
+  file's pages, locked in memory (see :mod:`ossrun.engine.resident`), or a copy in anonymous
+  memory where the process may not lock them;
 - the KV cache: the full-attention layers hold every position, the sliding-window layers
   only ``window x sequences + batch`` cells (all positions with ``swa_full``), in the cache type;
 - the context checkpoints (the sliding-window layers' state at chosen positions, per sequence);
@@ -151,7 +150,7 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """The bytes one load takes, by part (all of it resident: anonymous memory)."""
+    """The bytes one load takes, by part (all of it resident: anonymous memory and locked file pages)."""
 
     model: str
     n_ctx: int

@@ -1,0 +1,80 @@
+"""The weights every token reads stay resident: locked in llama.cpp's mapping of the file, or read
+into memory where the process may not lock them (engine/resident.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ossrun.engine import resident
+from ossrun.engine.gguf_header import check_gpt_oss
+
+pytestmark = pytest.mark.slow
+
+# Loads the model, answers greedily, and prints the answer with the process's memory.
+CHILD = textwrap.dedent("""
+    import json, sys
+    import ossrun
+    model = ossrun.load(sys.argv[1], ctx=4096)
+    reply = model.chat([{"role": "user", "content": "Name a colour."}], temperature=0, max_tokens=24)
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    memory = {key: int(status[key].split()[0]) * 1024 for key in ("VmLck", "RssAnon", "RssFile")}
+    print(json.dumps({"text": reply.reasoning + "|" + reply.final, **memory}))
+""")
+PR_CAPBSET_DROP, CAP_IPC_LOCK = 24, 14
+
+
+def load_in_a_child(path, *, may_lock: bool) -> dict:
+    def without_lock_rights() -> None:  # no CAP_IPC_LOCK after exec, and ulimit -l of 64 KiB
+        import ctypes
+        import resource
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536))
+
+    done = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=None if may_lock else without_lock_rights)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_every_token_reads_all_but_the_experts_and_the_embeddings(demo_build):
+    header = check_gpt_oss(demo_build)
+    hot, cold = resident.hot_ranges(header), resident.cold_ranges(header)
+    start = header.data_offset
+    where = {t.name: (start + t.offset, start + t.offset + t.n_bytes) for t in header.tensors}
+
+    def inside(span, ranges):
+        return any(low <= span[0] and span[1] <= high for low, high in ranges)
+
+    for name, span in where.items():
+        expected_cold = name.endswith("_exps.weight") or name == "token_embd.weight"
+        assert inside(span, cold if expected_cold else hot), name
+        assert not inside(span, hot if expected_cold else cold), name
+    assert inside(where["output.weight"], hot) and inside(where["blk.0.attn_q.weight"], hot)
+    tensors = sum(t.n_bytes for t in header.tensors)  # and the padding between neighbours of a kind
+    assert tensors <= resident.size(hot) + resident.size(cold) <= tensors + 64 * len(header.tensors)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="locking the demo's 26 MiB needs CAP_IPC_LOCK or a larger ulimit -l")
+def test_the_weights_every_token_reads_are_locked_else_read_into_memory(demo_build):
+    hot = resident.size(resident.hot_ranges(check_gpt_oss(demo_build)))
+    locked = load_in_a_child(demo_build, may_lock=True)
+    copied = load_in_a_child(demo_build, may_lock=False)
+    assert locked["text"] == copied["text"] and len(copied["text"]) > 1  # the same greedy reply either way
+    assert hot <= locked["VmLck"] <= hot + 64 * 4096  # whole pages around each range
+    assert copied["VmLck"] == 0
+    # Read into memory, every weight is anonymous; mapped, the locked ones are file pages instead.
+    weights = sum(t.n_bytes for t in check_gpt_oss(demo_build).tensors)
+    assert copied["RssAnon"] - locked["RssAnon"] > 0.8 * weights
+    assert locked["RssFile"] - copied["RssFile"] > 0.9 * hot
+
+
+def test_a_file_not_mapped_locks_nothing(demo_build):
+    header = check_gpt_oss(demo_build)
+    assert resident.lock_mapped(demo_build, resident.hot_ranges(header)) is None

@@ -78,3 +78,40 @@ def test_the_weights_every_token_reads_are_locked_else_read_into_memory(demo_bui
 def test_a_file_not_mapped_locks_nothing(demo_build):
     header = check_gpt_oss(demo_build)
     assert resident.lock_mapped(demo_build, resident.hot_ranges(header)) is None
+
+
+
+def cached_share(path, start: int, end: int) -> float:
+    """The share of ``path``'s pages in [start, end) that are in the page cache (mincore over a fresh
+    mapping: mapping a file reads nothing)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size, page = os.path.getsize(path), mmap.PAGESIZE
+    pages = (ctypes.c_ubyte * (-(-size // page)))()
+    with open(path, "rb") as file:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value)
+        try:
+            assert libc.mincore(address, size, pages) == 0
+        finally:
+            libc.munmap(address, size)
+    chosen = range(start // page, -(-end // page))
+    return sum(pages[i] & 1 for i in chosen) / len(chosen)
+
+
+def test_dropped_ranges_leave_the_page_cache_and_the_rest_stays(tmp_path):
+    path, half = tmp_path / "model.bin", 8 * 2**20
+    with open(path, "wb") as file:
+        file.write(os.urandom(2 * half))
+        file.flush()
+        os.fsync(file.fileno())  # clean pages: only those can be dropped
+    path.read_bytes()
+    assert cached_share(path, 0, 2 * half) == 1.0
+    resident.drop_cached(path, [(0, half)])
+    assert cached_share(path, 0, half) < 0.05 and cached_share(path, half, 2 * half) == 1.0

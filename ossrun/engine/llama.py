@@ -36,7 +36,7 @@ from ossrun.engine.prefix_cache import PrefixCache
 from ossrun.engine.protocol import Constraint, Generation, GenerationRequest, Occupancy, Sampling
 from ossrun.engine.scheduler import Entry, Scheduler
 from ossrun.errors import ModelError
-from ossrun.machine import physical_cores
+from ossrun.machine import available_memory, physical_cores
 from ossrun.units import format_memory
 
 if TYPE_CHECKING:
@@ -163,6 +163,10 @@ class LlamaEngine:
             if self._locked is None:
                 _note(f"ossrun: could not lock {format_memory(resident.size(hot))} of {self.path.name}'s weights in memory; "
                           "under memory pressure decoding may slow down\n")
+            experts = resident.expert_ranges(header)
+            available = available_memory()
+            if available is not None and available < resident.size(experts):
+                resident.drop_cached(self.path, experts)
 
         n_batch = min(max(batch_size, parallel), n_ctx)
         ctx_params = llama_cpp.llama_context_default_params()

@@ -9,8 +9,10 @@ again: decode slows several-fold beside another program's memory.
 So ossrun locks (``mlock``) the file ranges of the tensors every token reads in llama.cpp's
 own mapping: everything but the experts, whose file pages llama.cpp no longer reads, and the
 token embeddings, of which a token reads one row (1.3 GiB of gpt-oss-20b's 1.8 GiB of other
-weights). The experts' pages are then dropped from the mapping (they stay in the page cache
-until the kernel needs the memory), so the process's resident memory is what it uses.
+weights). The experts' pages are then dropped from the mapping, so the process's resident
+memory is what it uses; they stay in the page cache for the next load, unless the machine has
+less memory left than they take (:func:`drop_cached`): the kernel would then have to scan for
+them while the first replies decode.
 
 Locking needs room under ``RLIMIT_MEMLOCK`` (``ulimit -l``; or ``CAP_IPC_LOCK``, which root
 has). :func:`lockable` says before the load whether there is; where there is not, the engine
@@ -50,6 +52,23 @@ Range = tuple[int, int]  # [start, end) in bytes of the file
 def hot_ranges(header: GgufHeader, tensors: Optional[Iterable[TensorInfo]] = None) -> list[Range]:
     """The file ranges of the tensors every token reads, merged, in file order."""
     return _merged(_ranges(header, tensors, hot=True))
+
+
+def expert_ranges(header: GgufHeader, tensors: Optional[Iterable[TensorInfo]] = None) -> list[Range]:
+    """The file ranges of the MXFP4 experts, which llama.cpp copied while loading and never reads again."""
+    start = header.data_offset
+    return _merged([(start + t.offset, start + t.offset + t.n_bytes)
+                    for t in (header.tensors if tensors is None else tensors) if t.name.endswith("_exps.weight")])
+
+
+def drop_cached(path: Path, ranges: Iterable[Range]) -> None:
+    """Ask the kernel to drop these ranges of ``path`` from the page cache (pages mapped anywhere stay)."""
+    try:
+        with open(path, "rb") as file:
+            for start, end in ranges:
+                os.posix_fadvise(file.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass  # only advice: the kernel drops them itself when it needs the memory
 
 
 def cold_ranges(header: GgufHeader, tensors: Optional[Iterable[TensorInfo]] = None) -> list[Range]:

@@ -13,12 +13,11 @@ import http.client
 import json
 import socket
 
+import anthropic_shapes
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai_shapes import check_body, check_sse
-
-import anthropic_shapes
 from serving import ServerProcess
 from test_serve import demo_home
 

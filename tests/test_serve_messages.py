@@ -231,8 +231,8 @@ def test_a_claude_code_shaped_request_is_served(server):
     # The answer goes back with a tool_result, and a Claude Code style reminder after it.
     call = next((block for block in content if block["type"] == "tool_use"), None)
     follow = [{"type": "tool_result", "tool_use_id": call["id"], "content": RAINY}] if call else []
-    body["messages"] += [{"role": "assistant", "content": content},
-                         {"role": "user", "content": [*follow, {"type": "text", "text": "<system-reminder>Be brief.</system-reminder>"}]}]
+    reminder = {"type": "text", "text": "<system-reminder>Be brief.</system-reminder>"}
+    body["messages"] += [{"role": "assistant", "content": content}, {"role": "user", "content": [*follow, reminder]}]
     if not call:
         body["messages"][-1]["content"].insert(0, {"type": "text", "text": "And in Paris?"})
     status, _, text = exchange(server, "POST", "/v1/messages?beta=true", body, headers)
@@ -307,3 +307,21 @@ def test_errors_of_other_routes_and_methods_have_anthropics_shape_there(server):
         check_body(path, got, json.loads(text))
     got, _, text = exchange(server, "POST", "/v1/chat/completions", {"model": "demo"})  # OpenAI's shape on OpenAI's routes
     assert got == 400 and json.loads(text)["error"]["param"] == "messages"
+
+
+def test_the_readmes_anthropic_example_runs(server):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Anthropic's Messages API and Claude Code", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    for original, replacement in [("http://127.0.0.1:8080", server.url), ('model="gpt-oss-20b"', 'model="demo"'),
+                                  ('api_key="unused"', f'api_key="{KEY}"')]:
+        assert original in code
+        code = code.replace(original, replacement)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()

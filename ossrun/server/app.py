@@ -78,7 +78,7 @@ class Server:
             Route("/v1/models/{model_id:path}", self.guarded(self.get_model, "/v1/models/{model}"), methods=["GET"]),
             Route("/v1/chat/completions", self.guarded(self.chat_completions, "/v1/chat/completions"), methods=["POST"]),
             Route("/v1/responses", self.guarded(self.responses, "/v1/responses"), methods=["POST"]),
-            Route("/v1/messages", self.guarded(self.messages, "/v1/messages"), methods=["POST"]),
+            Route("/v1/messages", self.guarded(self.anthropic_messages, "/v1/messages"), methods=["POST"]),
             Route("/v1/messages/count_tokens", self.guarded(self.count_tokens, "/v1/messages/count_tokens"),
                   methods=["POST"]),
         ]
@@ -253,7 +253,7 @@ class Server:
         return await self.answer(request, call, lambda events: self.responses_stream(request, response, events),
                                  response.run, tokens)
 
-    async def messages(self, request: Request) -> Response:
+    async def anthropic_messages(self, request: Request) -> Response:
         call = messages.parse(await self.read_json(request), self.served, self.state)
         message = messages.Message(call, self.state)
 
@@ -459,8 +459,9 @@ class Server:
             else:
                 for out in message.close():
                     yield _named(out)
-                usage = message.transcript.reply.usage
-                request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+                if message.reply is not None:
+                    usage = message.reply.usage
+                    request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         except ContextError as exc:
             self.metrics.error("context_length_exceeded")
             yield _named(messages.error_event(ApiError(400, str(exc), code="context_length_exceeded")))

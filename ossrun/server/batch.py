@@ -1,9 +1,9 @@
 """``ossrun batch``: offline jobs in OpenAI's Batch API format, run by the server's translations.
 
 Each input line is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions",
-"/v1/responses" or "/v1/messages" (Anthropic's Messages API), "body"}``; each output line ``{"id", "custom_id", "response": {"status_code",
-"body"}, "error"}``, appended and flushed as it finishes, so a crash loses at most the lines in
-flight. Run again with the same output, a batch skips what was answered: a torn last line is
+"/v1/responses" or "/v1/messages" (Anthropic's Messages API), "body"}``; each output line
+``{"id", "custom_id", "response": {"status_code", "body"}, "error"}``, appended and flushed as
+it finishes, so a crash loses at most the lines in flight. Run again with the same output, a batch skips what was answered: a torn last line is
 dropped and done again, and lines that ended in an error are retried.
 """
 

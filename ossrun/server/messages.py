@@ -37,7 +37,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
-from ossrun.events import Event, Reply
+from ossrun.events import Event, Reply, ToolCall
 from ossrun.server import fields
 from ossrun.server.fields import bad_request, describe, get, number
 from ossrun.server.output import Step, Transcript, arguments_json, finish_reason, new_id
@@ -297,7 +297,8 @@ def assistant_message(blocks: list[Mapping[str, Any]], where: str, names: dict[s
             name = get(block, "name", (str,), f"{at}.", required=True)
             given = get(block, "input", (dict,), f"{at}.", required=True)
             names[call_id] = name
-            calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments_text(call_id, given, state)}})
+            arguments = arguments_text(call_id, given, state)
+            calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
         elif kind != "redacted_thinking" and kind not in SERVER_BLOCKS:
             raise bad_request(f"{at}.type {kind!r} is not a block of an assistant message (text, thinking, tool_use)",
                               f"{at}.type", "invalid_value")
@@ -386,8 +387,8 @@ class Message:
         last ``message_delta`` splits it into what was evaluated and what the cache held."""
         usage = {"input_tokens": self.prompt_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
                  "output_tokens": 0}
-        message = {"id": self.id, "type": "message", "role": "assistant", "model": self.call.model, "content": [],
-                   "stop_reason": None, "stop_sequence": None, "usage": usage}
+        message: dict[str, Any] = {"id": self.id, "type": "message", "role": "assistant", "model": self.call.model,
+                                   "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}
         return [{"type": "message_start", "message": message}]
 
     def feed(self, event: Event) -> list[dict[str, Any]]:
@@ -416,24 +417,41 @@ class Message:
         if step.kind == "reasoning":
             if not self.call.thinking:
                 return []
-            out = self._block("thinking")
             self._thought.append(step.text)
-            return out + self._thinking(step.text)
-        if step.kind in ("run", "result"):  # the server's own tools: shown with the thinking, as on Chat Completions
-            if self.call.thinking != "shown":
-                return []
-            server = self.call.server_tools.get(step.call.recipient)
-            label = "python" if step.call.recipient == "python" else f"MCP {server}: {step.call.name}"
-            text = f"\n[{label}]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{step.result.output}\n"
-            return self._block("thinking") + self._thinking(text)
+            return self._write("thinking", step.text)
         if step.kind == "text":
-            out = self._block("text")
-            self._open["text"] += step.text
-            return out + [self._delta({"type": "text_delta", "text": step.text})]
+            return self._write("text", step.text)
+        if step.call is None:  # pragma: no cover - the other steps carry their call
+            return []
+        if step.kind == "call":
+            return self._tool_use(step.call)
+        if self.call.thinking != "shown":  # the server's own tools (python, MCP): shown with the thinking
+            return []
+        server = self.call.server_tools.get(step.call.recipient)
+        label = "python" if step.call.recipient == "python" else f"MCP {server}: {step.call.name}"
+        output = step.result.output if step.result is not None else ""
+        return self._write("thinking", f"\n[{label}]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{output}\n")
+
+    def _write(self, kind: str, text: str) -> list[dict[str, Any]]:
+        """``text`` into a block of ``kind`` (thinking or text): the open one, or a new one after the last is closed."""
+        out: list[dict[str, Any]] = []
+        block = self._open
+        if block is None or block["type"] != kind:
+            out = self._close()
+            block = {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else {"type": "text", "text": ""}
+            self._open = block
+            self.blocks.append(block)
+            out.append({"type": "content_block_start", "index": len(self.blocks) - 1, "content_block": dict(block)})
+        if kind == "thinking" and self.call.thinking == "omitted":
+            return out  # the block stays empty: its signature alone carries the reasoning
+        block[kind] += text
+        return out + [self._delta({"type": f"{kind}_delta", kind: text})]
+
+    def _tool_use(self, call: ToolCall) -> list[dict[str, Any]]:
         if not self.call.parallel_tool_use and any(b["type"] == "tool_use" for b in self.blocks):
             return []
         out = self._close()
-        arguments = arguments_json(step.call)
+        arguments = arguments_json(call)
         try:
             given = json.loads(arguments)
         except ValueError:
@@ -443,27 +461,13 @@ class Message:
             self.state.arguments.put(call_id, arguments)
         else:  # the model wrote no JSON object: the client gets an empty input (and says what is missing)
             given, arguments = {}, "{}"
-        block = {"type": "tool_use", "id": call_id, "name": step.call.name, "input": given}
+        block = {"type": "tool_use", "id": call_id, "name": call.name, "input": given}
         self.blocks.append(block)
         index = len(self.blocks) - 1
+        delta = {"type": "input_json_delta", "partial_json": arguments}
         return out + [{"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}},
-                      {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": arguments}},
+                      {"type": "content_block_delta", "index": index, "delta": delta},
                       {"type": "content_block_stop", "index": index}]
-
-    def _block(self, kind: str) -> list[dict[str, Any]]:
-        """A new block of ``kind`` unless one is open: the events that close the last one and open it."""
-        if self._open is not None and self._open["type"] == kind:
-            return []
-        out = self._close()
-        self._open = {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else {"type": "text", "text": ""}
-        self.blocks.append(self._open)
-        return out + [{"type": "content_block_start", "index": len(self.blocks) - 1, "content_block": dict(self._open)}]
-
-    def _thinking(self, text: str) -> list[dict[str, Any]]:
-        if self.call.thinking == "omitted" or self._open is None:
-            return []
-        self._open["thinking"] += text
-        return [self._delta({"type": "thinking_delta", "thinking": text})]
 
     def _delta(self, delta: dict[str, Any]) -> dict[str, Any]:
         return {"type": "content_block_delta", "index": len(self.blocks) - 1, "delta": delta}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 QUESTION = "What is 38 + 47?"
-LOG_LINE = re.compile(r"^POST /v1/messages (\d+) (\d+)\+(\d+) tokens \((\d+) cached\) ([\d.]+)s$")
+LOG_LINE = re.compile(r"^POST /v1/messages (\d+) (\d+)\+(\d+) tokens \((\d+) cached\)(?: effort=\w+)? ([\d.]+)s$")
 CLAUDE_ENV = {  # Claude Code's own switches: offline, and patient with a slow prompt
     "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1",
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_STREAM_IDLE_TIMEOUT_MS": "7200000",

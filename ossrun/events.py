@@ -142,6 +142,7 @@ class Reply:
     pending_calls: tuple[ToolCall, ...] = ()
     commentary: str = ""  # a preamble the model wrote before its pending calls
     chain: tuple[dict[str, Any], ...] = ()  # history entries before the last message: calls run and their results
+    stop_text: Optional[str] = None  # the text of ``stop`` that ended the answer, when one did
 
     def message(self) -> dict[str, Any]:
         """This reply's last message as an OpenAI-style history entry (what ``/save`` writes)."""

@@ -247,6 +247,7 @@ class _TurnResult:
     turn: Turn
     finish_reason: FinishReason
     stats: GenerationStats
+    stop_text: Optional[str] = None
 
 
 class Model:
@@ -490,7 +491,7 @@ class Model:
             yield FinalDelta(held, raw=parser.malformed)
         if request.stop:
             parser.turn.final = stop.text
-        return _TurnResult(parser.turn, finish, stats)
+        return _TurnResult(parser.turn, finish, stats, stop.matched)
 
     def _reply(self, prompt: _Prompt, result: _TurnResult, notices: list[str]) -> Reply:
         turn, stats = result.turn, result.stats
@@ -513,6 +514,7 @@ class Model:
             context_used=stats.context_used,
             context_size=self.n_ctx,
             extra={"dropped_messages": prompt.dropped, "notices": notices},
+            stop_text=result.stop_text,
         )
 
 
@@ -525,6 +527,7 @@ class _StopTexts:
         self.text = ""  # the answer so far, as shown
         self._held = ""
         self.found = False
+        self.matched: Optional[str] = None  # the stop text found
 
     def filter(self, delta: FinalDelta) -> FinalDelta:
         if not self.stops or self.found:
@@ -532,10 +535,11 @@ class _StopTexts:
                 self.text += delta.text
             return delta if not self.found else FinalDelta("", delta.raw)
         pending = self._held + delta.text
-        hits = [i for i in (pending.find(s) for s in self.stops) if i >= 0]
+        hits = sorted((i, n) for n, i in enumerate(pending.find(s) for s in self.stops) if i >= 0)
         if hits:
             self.found = True
-            shown, self._held = pending[: min(hits)], ""
+            self.matched = self.stops[hits[0][1]]
+            shown, self._held = pending[: hits[0][0]], ""
         else:
             keep = max((n for s in self.stops for n in range(1, len(s)) if pending.endswith(s[:n])), default=0)
             shown, self._held = pending[: len(pending) - keep], pending[len(pending) - keep:]

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from anthropic_shapes import check_error, check_message
 from test_serve import demo_home
 
 pytestmark = pytest.mark.slow
@@ -27,6 +28,9 @@ def home(tmp_path_factory, demo_build):
 def request(custom_id, question, url="/v1/chat/completions", **body):
     if url == "/v1/chat/completions":
         payload = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}], "temperature": 0, **body}
+    elif url == "/v1/messages":
+        payload = {"model": "claude-sonnet-4-5", "max_tokens": 300, "messages": [{"role": "user", "content": question}],
+                   "temperature": 0, **body}
     else:
         payload = {"model": "gpt-oss-120b", "input": question, "temperature": 0, **body}
     return {"custom_id": custom_id, "method": "POST", "url": url, "body": payload}
@@ -52,10 +56,11 @@ def records(path):
 def test_every_line_is_answered_in_the_batch_format(home, tmp_path):
     lines = [request(f"chat-{i}", q) for i, q in enumerate(QUESTIONS[:3])]
     lines += [request(f"resp-{i}", q, "/v1/responses") for i, q in enumerate(QUESTIONS[3:])]
+    lines += [request("msg-0", "What is 19 + 64?", "/v1/messages")]
     out = tmp_path / "out.jsonl"
     result = batch(home, str(write(tmp_path / "in.jsonl", lines)), "-o", str(out), "--parallel", "3")
     assert result.returncode == 0, result.stderr
-    assert re.fullmatch(r"6 answered, 0 failed of 6 in [\d.]+s, [\d.]+ tokens/s", result.stderr.strip().splitlines()[-1])
+    assert re.fullmatch(r"7 answered, 0 failed of 7 in [\d.]+s, [\d.]+ tokens/s", result.stderr.strip().splitlines()[-1])
     by_id = {r["custom_id"]: r for r in records(out)}
     assert set(by_id) == {line["custom_id"] for line in lines}
     for custom_id, record in by_id.items():
@@ -67,12 +72,15 @@ def test_every_line_is_answered_in_the_batch_format(home, tmp_path):
     response = by_id["resp-0"]["response"]["body"]
     assert response["object"] == "response" and response["model"] == "gpt-oss-120b" and response["status"] == "completed"
     assert "85" in next(i for i in response["output"] if i["type"] == "message")["content"][0]["text"]
+    message = by_id["msg-0"]["response"]["body"]  # Anthropic's Messages API, by the same translations as the server's
+    check_message(message)
+    assert message["model"] == "claude-sonnet-4-5" and "83" in message["content"][0]["text"]
 
 
 def test_bad_lines_are_reported_written_as_errors_and_the_rest_goes_on(home, tmp_path):
     lines = [request("good", "Hello!"), "not json at all", {"url": "/v1/chat/completions", "body": {}},
              request("streamed", "Hi", stream=True), {"custom_id": "elsewhere", "url": "/v1/embeddings", "body": {}},
-             request("bad-body", "Hi", temperature="hot")]
+             request("bad-body", "Hi", temperature="hot"), request("bad-message", "Hi", "/v1/messages", max_tokens=None)]
     out = tmp_path / "out.jsonl"
     result = batch(home, str(write(tmp_path / "in.jsonl", lines)), "-o", str(out))
     assert result.returncode == 0, result.stderr
@@ -80,12 +88,14 @@ def test_bad_lines_are_reported_written_as_errors_and_the_rest_goes_on(home, tmp
     assert "error: line 4: stream is not possible in a batch" in result.stderr
     assert "error: line 5: url '/v1/embeddings' is not one of" in result.stderr
     got = records(out)
-    assert len(got) == 6 and "Traceback" not in result.stderr
+    assert len(got) == 7 and "Traceback" not in result.stderr
     by_id = {r["custom_id"]: r for r in got if r["custom_id"]}
     assert by_id["good"]["response"]["status_code"] == 200
     assert by_id["streamed"]["error"]["code"] == "invalid_request" and by_id["streamed"]["response"] is None
     bad = by_id["bad-body"]["response"]  # a request the API refuses is answered with its 400
     assert bad["status_code"] == 400 and bad["body"]["error"]["param"] == "temperature"
+    bad = by_id["bad-message"]["response"]  # in Anthropic's shape on its API
+    assert bad["status_code"] == 400 and check_error(bad["body"]).error.message == "max_tokens is required"
     assert sum(r["custom_id"] is None for r in got) == 2
 
 

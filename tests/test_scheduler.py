@@ -304,7 +304,9 @@ def marked(prompt, seed=1, **options):
 
 
 def test_a_cut_far_back_restores_the_nearest_checkpoint_and_a_recent_one_needs_none(make):
-    backend, scheduler = make(n_ctx=1024, window=WINDOW, scripts={1: [STOP]})
+    # One sequence, so that each prompt cuts it (with a free one, a prompt that parts from the
+    # conversation takes that one instead: see the placement tests below).
+    backend, scheduler = make(n_seq=1, n_ctx=1024, window=WINDOW, scripts={1: [STOP]})
     a = list(range(100, 140)) + list(MARK) + list(range(200, 260))  # the mark ends at 42
     assert finish(scheduler.submit(marked(a)))[1].evaluated == 102
     assert scheduler.slots[0].checkpoints.lengths == [42, 102]  # after the mark, the end of the prompt
@@ -410,3 +412,45 @@ def test_the_small_window_survives_a_full_pool_and_preemption(make):
     assert finish(second)[0] == [STOP]
     again = finish(scheduler.submit(marked([2] * 30 + [3], seed=2)))[1]
     assert again.evaluated + again.cached == 31
+
+
+def test_a_conversation_keeps_its_sequence_against_requests_that_share_only_its_instructions(make):
+    """Open WebUI's pattern: an answer, then title, tag and follow-up requests that share only the
+    instructions with the conversation, then the next turn. The side requests take the empty
+    sequences (copying the instructions from the conversation's), so the next turn, which keeps
+    all of the previous prompt but not the reply's reasoning, evaluates only what it added. Once
+    every sequence holds something, the least recently used one makes room."""
+    analysis, final = list(range(1500, 1540)), list(range(1600, 1620))
+    scripts = {1: analysis + [*MARK] + final + [STOP], 2: analysis[:3] + final[:5] + [STOP]}
+    scripts.update({seed: [4000 + seed, STOP] for seed in range(10, 20)})
+    backend, scheduler = make(n_seq=4, n_ctx=4096, n_batch=16, window=WINDOW, scripts=scripts)
+    instructions = list(range(200, 260))
+
+    def ask(prompt, seed):
+        return finish(scheduler.submit(marked(prompt, seed=seed, prefix_length=len(instructions))))[1]
+
+    def side(seed):  # a task prompt with the chat quoted in it: only the instructions are shared
+        return instructions + [3000 + 10 * seed + i for i in range(30)] + list(MARK)
+
+    first = instructions + list(range(1000, 1200)) + list(MARK)
+    assert ask(first, 1).evaluated == len(first)
+    for seed in (10, 11, 12):  # title, tags, follow-ups, one after the other
+        stats = ask(side(seed), seed)
+        assert (stats.cached, stats.evaluated, stats.restored) == (60, 32, 60)  # the instructions copied
+    held = scheduler.held_tokens()
+    assert held[0][: len(first)] == first and [tokens[:92] for tokens in held[1:]] == [side(s) for s in (10, 11, 12)]
+
+    # The next turn: the answer written again without its reasoning, and the new message.
+    second = first + [5] + final + [6] + list(range(1200, 1230)) + list(MARK)
+    stats = ask(second, 2)
+    assert (stats.cached, stats.evaluated, stats.restored) == (len(first), len(second) - len(first), len(first))
+    assert scheduler.held_tokens()[0][: len(second)] == second
+
+    # Every sequence holds something: a new side request evicts the least recently used (the title's).
+    stats = ask(side(13), 13)
+    assert stats.cached == 60 and scheduler.held_tokens()[1][:92] == side(13)
+    third = second + [5] + final[:5] + [6] + list(range(1300, 1310)) + list(MARK)
+    assert ask(third, 2).evaluated == len(third) - len(second)  # the conversation is still whole
+    assert scheduler.held_tokens()[0][: len(third)] == third
+    # A retry of the same turn (a regenerate) keeps its sequence too: its last token alone is read.
+    assert ask(third, 2).evaluated == 1 and scheduler.held_tokens()[0][: len(third)] == third

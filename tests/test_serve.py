@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -225,6 +226,8 @@ def test_a_function_call_round_trip_through_function_call_output(client):
     history = [{"role": "user", "content": "What's the weather in Paris?"}, reasoning.model_dump(exclude_none=True),
                call.model_dump(exclude_none=True),
                {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature_c": 25, "condition": "sunny"}'}]
+    # Under a call id the server never gave out, its own memory of the reasoning (by call_id) cannot help:
+    history[2]["call_id"] = history[3]["call_id"] = "call_renamed_by_the_client"
     second = client.responses.create(model="demo", input=history, tools=[WEATHER_RESPONSES], temperature=0, store=False)
     assert "25" in second.output_text and "sunny" in second.output_text.lower()
     # The reasoning came back from encrypted_content: the prompt kept the first turn's cache whole.
@@ -238,6 +241,37 @@ def test_a_function_call_round_trip_through_function_call_output(client):
     forged = {**history[1], "encrypted_content": "gAAAAAB-from-another-server"}
     assert client.responses.create(model="demo", input=[history[0], forged, *history[2:]], tools=[WEATHER_RESPONSES],
                                    temperature=0).output_text
+
+
+def test_a_function_call_sent_back_without_its_reasoning_keeps_it(client, server):
+    """Open WebUI's Responses connection sends the call and its output back, never the reasoning item:
+    the server kept the reasoning by call_id (as on Chat Completions), so the prompt is the one the
+    model read and wrote, and only the tool's output is new to the cache."""
+    first = client.responses.create(model="demo", input="What's the weather in Oslo?", tools=[WEATHER_RESPONSES],
+                                    temperature=0, store=False)
+    call = next(item for item in first.output if item.type == "function_call")
+    assert any(item.type == "reasoning" for item in first.output)
+    history = [{"role": "user", "content": "What's the weather in Oslo?"},
+               {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+               {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature_c": 14, "condition": "rainy"}'}]
+    with client.responses.stream(model="demo", input=history, tools=[WEATHER_RESPONSES], temperature=0, store=False) as stream:
+        second = stream.get_final_response()
+    assert "14" in second.output_text and "rain" in second.output_text.lower()
+    first_turn = first.usage.input_tokens + first.usage.output_tokens
+    cached = second.usage.input_tokens_details.cached_tokens
+    assert cached >= first_turn - 8 and second.usage.input_tokens - cached < 40
+    # The log line (written as the stream closes) shows what the cache held.
+    wait_for_log(server, f"POST /v1/responses 200 {second.usage.input_tokens}+{second.usage.output_tokens} tokens "
+                         f"({cached} cached) ")
+
+
+def wait_for_log(server, prefix: str, seconds: float = 10) -> str:
+    """The server's log line starting with ``prefix``, once it is written."""
+    deadline = time.monotonic() + seconds
+    while not server.log_lines(prefix):
+        assert time.monotonic() < deadline, f"no log line {prefix!r} in:\n" + "\n".join(server.lines[-5:])
+        time.sleep(0.05)
+    return server.log_lines(prefix)[-1]
 
 
 def test_previous_response_id_continues_a_stored_conversation(client):
@@ -364,7 +398,7 @@ def test_every_request_is_logged_on_one_line(server):
     post(server, "/v1/chat/completions", {"model": "demo", "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 3})
     time.sleep(0.2)
     line = server.log_lines("POST /v1/chat/completions 200")[-1]
-    assert line.endswith("s") and " tokens " in line
+    assert line.endswith("s") and re.search(r" \d+\+3 tokens \(\d+ cached\) ", line)
 
 
 @pytest.fixture(scope="module")
@@ -416,6 +450,9 @@ def test_a_full_queue_is_429_and_a_client_that_leaves_is_cancelled(single_server
     got, headers, answer = post(small_server, "/v1/chat/completions",
                                 {"model": "demo", "messages": [{"role": "user", "content": "Hi"}]}, auth)
     assert got == 429 and headers.get("retry-after") and answer["error"]["type"] == "rate_limit_error"
+    got, headers, answer = post(small_server, "/v1/messages", {"model": "demo", "max_tokens": 9, "messages": [
+        {"role": "user", "content": "Hi"}]}, auth)  # Anthropic's clients retry its 529
+    assert got == 529 and headers.get("retry-after") and answer["error"]["type"] == "overloaded_error"
     connection.close()  # the client goes away
     started = time.perf_counter()
     while True:
@@ -450,7 +487,7 @@ def test_a_registry_model_not_on_disk_is_an_error_not_the_demo(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stopping_ends_streams_in_flight_with_an_error_event_and_exits_0(home, sig):
-    process = ServerProcess("--demo", "--parallel", "2", home=home)
+    process = ServerProcess("--demo", "--parallel", "3", home=home)
     results = {}
     story = LONG_STORY
 
@@ -461,7 +498,9 @@ def test_stopping_ends_streams_in_flight_with_an_error_event_and_exits_0(home, s
     long = {"model": "demo", "stream": True}
     threads = [threading.Thread(target=stream, args=("/v1/chat/completions", {**long, "messages": [
                    {"role": "user", "content": story}]}, "chat")),
-               threading.Thread(target=stream, args=("/v1/responses", {**long, "input": story + " "}, "responses"))]
+               threading.Thread(target=stream, args=("/v1/responses", {**long, "input": story + " "}, "responses")),
+               threading.Thread(target=stream, args=("/v1/messages", {**long, "max_tokens": 99, "messages": [
+                   {"role": "user", "content": story + "  "}]}, "messages"))]
     for thread in threads:
         thread.start()
     time.sleep(3)
@@ -474,6 +513,9 @@ def test_stopping_ends_streams_in_flight_with_an_error_event_and_exits_0(home, s
     status, lines = results["responses"]
     last = json.loads([line for line in lines if line.startswith("data: ")][-1][6:])
     assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "server_error"
+    status, lines = results["messages"]
+    assert status == 200 and lines[-2:] == ["event: error", lines[-1]]
+    assert json.loads(lines[-1][6:])["error"]["type"] == "overloaded_error"
     assert process.lines[-1] == "ossrun serve stopped"
 
 

@@ -1,8 +1,9 @@
 """A bounded fuzz pass over ``ossrun serve --demo``: request bodies drawn by hypothesis from the
-fields both APIs take (right values, near misses and junk), and raw bytes to any route.
+fields the APIs take (right values, near misses and junk), and raw bytes to any route.
 
 Whatever comes in, the server answers with no 5xx, every answer has OpenAI's shape (tests/
-openai_shapes.py) and the process is alive at the end. Derandomized, so CI sees the same
+openai_shapes.py), or Anthropic's on its routes (tests/anthropic_shapes.py), and the process is
+alive at the end. Derandomized, so CI sees the same
 requests each run; generation is held to a few tokens so the pass stays well under a minute.
 """
 
@@ -12,6 +13,7 @@ import http.client
 import json
 import socket
 
+import anthropic_shapes
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -110,6 +112,31 @@ responses_bodies = record(
                             summary=st.sampled_from(["auto", "detailed", "all"]))),
     store=either(st.booleans()), include=either(st.lists(st.just("reasoning.encrypted_content"))),
     previous_response_id=either(st.none(), st.text(max_size=10), odds=6))
+text_block = record({"type": st.just("text"), "text": short}, cache_control=record({"type": st.just("ephemeral")}))
+BLOCK_TYPES = ["text", "text", "text", "thinking", "tool_use", "tool_result", "redacted_thinking", "image"]
+block = either(record({"type": st.sampled_from(BLOCK_TYPES), "text": short}, thinking=short,
+                      signature=either(short | st.just("ossrun.r1.eJyrVg")), id=short, name=names,
+                      input=either(st.dictionaries(short, scalars, max_size=2)), tool_use_id=short,
+                      content=either(short | st.lists(text_block, max_size=2)), is_error=either(st.booleans())))
+anthropic_message = either(record({"role": either(st.sampled_from(["user", "user", "assistant", "system"])),
+                                   "content": either(st.text(max_size=40) | st.lists(block, min_size=1, max_size=3))}))
+question = record({"role": st.just("user"), "content": st.text(min_size=1, max_size=40) | st.lists(text_block, min_size=1,
+                                                                                                      max_size=2)})
+conversation = st.tuples(st.lists(anthropic_message, max_size=3), question).map(lambda parts: [*parts[0], parts[1]])
+anthropic_tool = either(record({"name": names, "input_schema": schemas()}, description=short,
+                               type=st.sampled_from(["custom", "custom", "web_search_20250305"]), cache_control=junk))
+messages_bodies = record(
+    {"model": either(st.just("demo"), odds=40), "max_tokens": limits, "messages": either(conversation)},
+    system=either(st.text(max_size=20) | st.lists(text_block, max_size=2)), stream=either(st.booleans()),
+    temperature=either(st.floats(0, 1)), top_p=either(st.floats(0.01, 1)), top_k=either(st.integers(0, 50)),
+    stop_sequences=either(st.lists(st.text(max_size=5), max_size=4)), metadata=either(record({}, user_id=short)),
+    tools=either(st.lists(anthropic_tool, max_size=3)),
+    tool_choice=either(record({"type": st.sampled_from(["auto", "auto", "none", "any", "tool"])}, name=names,
+                              disable_parallel_tool_use=st.booleans())),
+    thinking=either(record({"type": st.sampled_from(["enabled", "adaptive", "disabled"]),
+                            "budget_tokens": st.integers(1024, 40000)}, display=st.sampled_from(["summarized", "omitted"]))),
+    output_config=either(record({}, effort=st.sampled_from(["low", "medium", "high", "xhigh", "max"]),
+                                format=record({"type": st.just("json_schema"), "schema": schemas()}))))
 
 
 @pytest.fixture(scope="module")
@@ -142,10 +169,11 @@ def held_to_a_few_tokens(body: dict, keys: tuple[str, ...]) -> dict:
 
 def answer_is_well_formed(path: str, body: dict, status: int, text: str) -> None:
     assert status < 500, (status, text[:500], json.dumps(body)[:2000])
+    anthropic = path.startswith("/v1/messages")
     if status == 200 and body.get("stream") is True:
-        check_sse(path, text)
+        anthropic_shapes.check_stream(text) if anthropic else check_sse(path, text)
     else:
-        check_body(path, status, json.loads(text))
+        (anthropic_shapes.check_body if anthropic else check_body)(path, status, json.loads(text))
 
 
 @FUZZ
@@ -164,16 +192,26 @@ def test_responses_meet_no_server_error(server, body):
     answer_is_well_formed("/v1/responses", body, status, text)
 
 
+@settings(FUZZ, max_examples=120)
+@given(body=messages_bodies)
+def test_messages_meet_no_server_error(server, body):
+    body = held_to_a_few_tokens(body, ("max_tokens",))
+    status, text = exchange(server.port, "POST", "/v1/messages", json.dumps(body).encode())
+    answer_is_well_formed("/v1/messages", body, status, text)
+
+
 @settings(FUZZ, max_examples=80)
 @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]),
        path=st.sampled_from(["/v1/chat/completions", "/v1/responses", "/v1/models", "/v1/models/demo", "/health", "/",
-                             "/v1/models/%00", "/v1/../etc/passwd"]),
+                             "/v1/models/%00", "/v1/../etc/passwd", "/v1/messages", "/v1/messages/count_tokens"]),
        payload=st.binary(max_size=200) | junk.map(lambda value: json.dumps(value).encode()),
        content_type=st.sampled_from(["application/json", "text/plain", "application/json; charset=latin-1", ""]))
 def test_any_bytes_to_any_route_meet_no_server_error(server, method, path, payload, content_type):
     status, text = exchange(server.port, method, path, payload, content_type)
     assert status < 500, (status, text[:300])
-    if status >= 400 or path.startswith("/v1/models"):
+    if path.startswith("/v1/messages"):
+        anthropic_shapes.check_body(path, status, json.loads(text))
+    elif status >= 400 or path.startswith("/v1/models"):
         check_body(path, status, json.loads(text))
 
 

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 PAGE_FILES = ["chat.css", "chat.js", "conversations.js", "index.html", "markdown.js", "stream.js", "views.js"]
 ANSWERED = "#send:not([hidden])"  # the Send button is back: the reply ended
-CHAT_LOG = re.compile(r"^POST /v1/chat/completions 200 (?:(\d+)\+(\d+) tokens|cancelled in prefill (\d+)/(\d+)|cancelled) "
-                      r"effort=(\w+) [\d.]+s$")
+CHAT_LOG = re.compile(r"^POST /v1/chat/completions 200 (?:(\d+)\+(\d+) tokens \((\d+) cached\)|"
+                      r"cancelled in prefill (\d+)/(\d+)|cancelled) effort=(\w+) [\d.]+s$")
 # A prompt of about 18k tokens that no earlier request has read: its prefill takes seconds on the demo model.
 STORY = "This story is new. " + "A heron waited by the reeds until the water went still. " * 1500
 
@@ -134,7 +134,7 @@ def test_a_person_chats_with_the_demo_model(server, playwright, shots, tmp_path)
         fold.locator("summary").click()
         assert "85" in fold.locator(".reasoning").inner_text()
         (first,) = chat_log(server)
-        assert first.group(5) == "medium"  # the page sent the effort it shows
+        assert first.group(6) == "medium"  # the page sent the effort it shows
         used = int(first.group(1)) + int(first.group(2))
         assert page.inner_text("#context") == f"{used:,} / {context_length:,} tokens"  # from the stream's usage
         shots.every_look(page, "reasoning-open")
@@ -145,7 +145,7 @@ def test_a_person_chats_with_the_demo_model(server, playwright, shots, tmp_path)
         page.wait_for_selector(".message.assistant details.thought.thinking summary:text-matches('^Thinking… \\\\d+ s$')")
         page.wait_for_selector(ANSWERED)
         assert "83" in page.locator(".message.assistant .answer").last.inner_text()
-        assert chat_log(server)[-1].group(5) == "high"
+        assert chat_log(server)[-1].group(6) == "high"
 
         # Shift+Enter is a new line, not a send.
         page.fill("#input", "one")
@@ -235,7 +235,7 @@ def test_stop_cancels_a_reply_mid_prefill_on_the_server(server, playwright, shot
 
         # The server logged the request as cancelled while it read the prompt, and let go of the sequence.
         line = wait_until(lambda: len(chat_log(server)) > before and chat_log(server)[-1])
-        cancelled_at, prompt = int(line.group(3)), int(line.group(4))
+        cancelled_at, prompt = int(line.group(4)), int(line.group(5))
         assert prompt == total and read <= cancelled_at < total
         wait_until(lambda: metric(server, "ossrun_sequences_busy") == 0, seconds=10)
         assert metric(server, 'ossrun_requests_cancelled_total{endpoint="/v1/chat/completions"}') == 1
@@ -278,11 +278,11 @@ def test_with_an_api_key_the_page_asks_for_it_once(keyed_server, playwright, sho
         page = context.pages[0]
         page.goto(server.url + "/")
         dialog = page.wait_for_selector("#key-dialog[open]")
-        assert page.inner_text("#key-error") == "missing or wrong API key: send Authorization: Bearer KEY"
+        assert page.inner_text("#key-error") == "missing or wrong API key: send Authorization: Bearer KEY (or x-api-key: KEY)"
         shots.take(page, "asks-for-the-key")
         page.fill("#key-input", "wrong")
         page.keyboard.press("Enter")
-        page.wait_for_selector("#key-dialog[open] #key-error:text-is('missing or wrong API key: send Authorization: Bearer KEY')")
+        page.wait_for_selector("#key-dialog[open] #key-error:text-is('missing or wrong API key: send Authorization: Bearer KEY (or x-api-key: KEY)')")
         page.fill("#key-input", "sesame")
         page.keyboard.press("Enter")
         page.wait_for_selector("#model-name:text-is('demo')")

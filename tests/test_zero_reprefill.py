@@ -161,3 +161,53 @@ def test_chats_with_tools_through_the_python_api_evaluate_only_new_tokens_and_an
         expected = [converse(full, q) for q in CONVERSATIONS]
     assert small == expected
     assert any(tool_calls for conversation in small for _, _, tool_calls in conversation)
+
+
+# Open WebUI's task prompts (its defaults, shortened; the chat is quoted where they say
+# {{MESSAGES:END:N}}): after each answer it asks for follow-ups, a title and tags, one after the other.
+FOLLOW_UPS = ("### Task:\nSuggest 3-5 relevant follow-up questions or prompts that the user might naturally ask next "
+              "in this conversation as a **user**, based on the chat history, to help continue or deepen the "
+              "discussion.\n### Output:\nJSON format: { \"follow_ups\": [\"Question 1?\", \"Question 2?\"] }\n"
+              "### Chat History:\n<chat_history>\n{chat}\n</chat_history>")
+TITLE = ("### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history.\n### Output:\n"
+         "JSON format: { \"title\": \"your concise title here\" }\n### Chat History:\n<chat_history>\n{chat}\n</chat_history>")
+TAGS = ("### Task:\nGenerate 1-3 broad tags categorizing the main themes of the chat history, along with 1-3 more "
+        "specific subtopic tags.\n\n### Output:\nJSON format: { \"tags\": [\"tag1\", \"tag2\", \"tag3\"] }\n\n"
+        "### Chat History:\n<chat_history>\n{chat}\n</chat_history>")
+REPORT = " ".join(f"In week {week} the team shipped {week % 7 + 2} fixes, reviewed {week * 3 % 11 + 4} changes and "
+                  f"met the {['north', 'south', 'east', 'west'][week % 4]} office twice." for week in range(1, 92))
+
+
+def test_open_webuis_side_requests_leave_the_chat_its_cache(tmp_path_factory, demo_build):
+    """Open WebUI's pattern through ``ossrun serve`` (its default --parallel): a long first message
+    answered, then the follow-up, title and tag requests, each quoting the chat in a task prompt of
+    its own (only harmony's system message is shared with the chat), then the next turn. The side
+    requests take other sequences, so the next turn evaluates only what it added."""
+    from openai import OpenAI
+    from serving import ServerProcess
+    from test_serve import demo_home, post
+
+    server = ServerProcess("--demo", home=demo_home(tmp_path_factory, demo_build))
+    client = OpenAI(base_url=server.base_url, api_key="anything", max_retries=0, timeout=300)
+    try:
+        first = [{"role": "user", "content": f"{REPORT}\n\nWhat is 38 + 47?"}]
+        reply = client.chat.completions.create(model="demo", messages=first, max_tokens=300, temperature=0)
+        answer = reply.choices[0].message.content
+        assert reply.choices[0].finish_reason == "stop" and answer
+        chat = f"USER: {first[0]['content']}\nASSISTANT: {answer}"
+        side = [client.chat.completions.create(model="demo", max_tokens=24, messages=[
+            {"role": "user", "content": task.replace("{chat}", chat)}]).usage for task in (FOLLOW_UPS, TITLE, TAGS)]
+        assert all(usage.prompt_tokens > reply.usage.prompt_tokens for usage in side)  # each quotes the whole chat
+        second = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And 23 + 45?"}]
+        usage = client.chat.completions.create(model="demo", messages=second, max_tokens=300, temperature=0).usage
+        before = post(server, "/tokenize", {"messages": first})[2]["tokens"]
+        after = post(server, "/tokenize", {"messages": second})[2]["tokens"]
+    finally:
+        assert server.stop() == 0
+    assert len(before) == reply.usage.prompt_tokens > 2000 and len(after) == usage.prompt_tokens
+    assert after[: len(before)] == before  # harmony dropped only the answer's reasoning, after the first prompt
+    new = len(after) - len(before)  # the answer without its reasoning, the question, the headers
+    evaluated = usage.prompt_tokens - usage.prompt_tokens_details.cached_tokens
+    assert new - 3 <= evaluated <= new < 60, (evaluated, new)  # the reply's first tokens (<|channel|>) were held too
+    log = [line for line in server.lines if line.startswith("POST /v1/chat/completions 200")]
+    assert len(log) == 5 and f"{usage.prompt_tokens}+{usage.completion_tokens} tokens ({len(after) - evaluated} cached)" in log[-1]

@@ -15,8 +15,8 @@ DEFAULT_PARALLEL = 4
 
 HELP = """Answer a file of requests in OpenAI's Batch API format, offline.
 
-Each line of IN.jsonl is {"custom_id", "method": "POST", "url": "/v1/chat/completions"
-or "/v1/responses", "body"}; each line of OUT.jsonl is {"id", "custom_id", "response":
+Each line of IN.jsonl is {"custom_id", "method": "POST", "url": "/v1/chat/completions",
+"/v1/responses" or "/v1/messages" (Anthropic's Messages API), "body"}; each line of OUT.jsonl is {"id", "custom_id", "response":
 {"status_code", "body"}, "error"}, written as soon as it is done. Run it again with the
 same OUT to go on after a crash or Ctrl-C: lines already answered are skipped, lines that
 ended in an error are done again. The loaded model answers every line, whatever model its

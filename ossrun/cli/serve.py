@@ -19,15 +19,18 @@ DEFAULT_MAX_QUEUE = 16
 DEFAULT_MAX_CONNECTIONS = 512
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
-HELP = """Serve a model over OpenAI's HTTP API: /v1/chat/completions, /v1/responses, /v1/models.
+HELP = """Serve a model over OpenAI's HTTP API: /v1/chat/completions, /v1/responses, /v1/models,
+and Anthropic's Messages API: /v1/messages.
 
 Point a client at http://HOST:PORT/v1 (the openai SDK's base_url, a Codex CLI
-model provider with wire_api = "responses", an Open WebUI connection), or open
+model provider with wire_api = "responses", an Open WebUI connection), an Anthropic
+client at http://HOST:PORT (Claude Code's ANTHROPIC_BASE_URL), or open
 http://HOST:PORT/ in a browser to chat. /metrics (Prometheus), /tokenize and
 /detokenize are there for operators. The model
 loads once; up to --parallel replies are decoded together and --max-queue more wait
 (past that: 429). The server listens on 127.0.0.1 only unless --host says otherwise;
---api-key (or OSSRUN_API_KEY) makes every request need "Authorization: Bearer KEY".
+--api-key (or OSSRUN_API_KEY) makes every request need "Authorization: Bearer KEY"
+(or "x-api-key: KEY").
 Web pages other than the server's own cannot use it unless --cors names them.
 --ctx is the pool of KV cells all requests share [default: auto, the largest that
 fits in memory with room for --parallel sequences, said on the start line]; a prompt
@@ -80,7 +83,7 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless you say otherwise).")] = DEFAULT_HOST,
         port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
         api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OSSRUN_API_KEY", show_default=False,
-                                                       help="Require this key (Authorization: Bearer KEY).")] = None,
+                                                       help="Require this key (Authorization: Bearer KEY, or x-api-key: KEY).")] = None,
         cors: Annotated[Optional[list[str]], typer.Option(
             "--cors", metavar="ORIGIN", show_default=False,
             help="Let the web page at ORIGIN (http://localhost:3000; * for any) call the API (repeatable).")] = None,

@@ -5,9 +5,14 @@ every sequence that is generating, plus chunks of the prompts being read, decode
 and samples each sequence that produced logits with that request's own sampler chain.
 Requests wait in arrival order for a free sequence (a *slot*).
 
-- **Placement.** A request goes to the free slot whose cache shares the longest prefix
-  with its prompt; if another slot (free or busy) holds a longer one, those cells are
-  shared into the chosen slot (``seq_copy``: the unified KV cache stores them once).
+- **Placement keeps conversations.** A request goes to a free slot whose conversation it
+  continues: it keeps all of the prompt that slot last read (what harmony re-renders of the
+  reply after it may differ: an answered turn loses its reasoning), or all the slot holds.
+  Otherwise it takes an empty slot, else the least recently used one: a request that shares
+  only the instructions with a conversation (a client's title or tag request) never cuts that
+  conversation back to them. If another slot (free or busy) holds a longer prefix of the
+  prompt, those cells are shared into the chosen slot (``seq_copy``: the unified KV cache
+  stores them once), so the choice of slot costs no evaluation.
   A prompt whose system/developer head is in no slot is restored from the disk prefix
   cache, or read up to that head first and saved for the next session.
 - **Checkpoints.** With llama.cpp's small sliding-window cache, a kept prefix is only
@@ -118,6 +123,7 @@ class _Slot:
     seq: int
     checkpoints: Checkpoints
     tokens: list[int] = field(default_factory=list)  # what the cache holds for this sequence, in order
+    prompt_length: int = 0  # the length of the prompt its last request read (where its reply began)
     held_from: int = 0  # the first position its sliding-window cells hold (-1: none)
     job: Optional["_Job"] = None
     last_used: float = 0.0
@@ -329,7 +335,11 @@ class Scheduler:
     def _place(self, job: _Job, free: list[_Slot]) -> None:
         prompt = job.prompt
         reuse = {slot.seq: self._reusable(slot, prompt) for slot in self.slots}
-        slot = max(free, key=lambda s: (reuse[s.seq][0], -s.last_used))
+        continued = [s for s in free if common_prefix_length(s.tokens, prompt) >= min(s.prompt_length, len(s.tokens))]
+        if continued:  # its own conversation, or a slot it loses nothing of (an empty one)
+            slot = max(continued, key=lambda s: (reuse[s.seq][0], -s.last_used))
+        else:  # the least recently used conversation makes room
+            slot = min(free, key=lambda s: s.last_used)
         donor = max(self.slots, key=lambda s: reuse[s.seq][0])
         own, lent = reuse[slot.seq], reuse[donor.seq]
         if lent[0] > own[0]:
@@ -348,6 +358,7 @@ class Scheduler:
             job.checkpoint_at = prompt_positions(prompt, keep, marks=job.request.checkpoint_after, prefix_length=head,
                                                  interval=self.checkpoint_interval)
         slot.job, job.slot = job, slot
+        slot.prompt_length = len(prompt)
         job.stats.cached = keep
         job.pending = len(prompt) - keep
         job.placed_at = time.perf_counter()

@@ -1,12 +1,14 @@
-"""The HTTP layer of ``ossrun serve``: Starlette routes over the translations in ``chat`` and ``responses``.
+"""The HTTP layer of ``ossrun serve``: Starlette routes over the translations in ``chat``, ``responses``
+and ``messages`` (Anthropic's Messages API).
 
-Every error is answered in OpenAI's shape. Requests are checked before they take a place in
+Every error is answered in OpenAI's shape, or on Anthropic's routes in its own. Requests are checked before they take a place in
 the queue, and the prompt is rendered before a stream starts, so a prompt too long for the
 context is a 400 rather than a broken stream. Streams stay alive while a long prompt is read
-(SSE comments for Chat Completions, ``: prefill READ/TOTAL`` with the prompt's progress, and
-repeated ``response.in_progress`` for Responses, whose clients ignore comments). A client that
-goes away cancels its reply, prefill included. Besides the API: the chat page at ``/``
-(``page``), ``/metrics`` (``metrics``), ``/tokenize`` and ``/detokenize`` (``tokens``).
+(SSE comments for Chat Completions, ``: prefill READ/TOTAL`` with the prompt's progress,
+repeated ``response.in_progress`` for Responses, whose clients ignore comments, and ``ping``
+events for Messages). A client that goes away cancels its reply, prefill included. Besides the
+API: the chat page at ``/`` (``page``), ``/metrics`` (``metrics``), ``/tokenize`` and
+``/detokenize`` (``tokens``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from starlette.routing import Route
 from ossrun.errors import ContextError, OssrunError, ToolError
 from ossrun.events import Done, Prefill
 from ossrun.limits import SchemaError
-from ossrun.server import chat, page, responses, tokens
+from ossrun.server import chat, messages, page, responses, tokens
 from ossrun.server.edge import Edge, Limits, uvicorn_config
 from ossrun.server.fields import ApiError, bad_request, check_unicode, parse_json
 from ossrun.server.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -76,6 +78,9 @@ class Server:
             Route("/v1/models/{model_id:path}", self.guarded(self.get_model, "/v1/models/{model}"), methods=["GET"]),
             Route("/v1/chat/completions", self.guarded(self.chat_completions, "/v1/chat/completions"), methods=["POST"]),
             Route("/v1/responses", self.guarded(self.responses, "/v1/responses"), methods=["POST"]),
+            Route("/v1/messages", self.guarded(self.anthropic_messages, "/v1/messages"), methods=["POST"]),
+            Route("/v1/messages/count_tokens", self.guarded(self.count_tokens, "/v1/messages/count_tokens"),
+                  methods=["POST"]),
         ]
         routed = Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.not_allowed})
         return Edge(routed, self.limits, self.log_refused)
@@ -99,11 +104,11 @@ class Server:
                 response = await handler(request)
             except ApiError as exc:
                 self.metrics.error(exc.kind)
-                response = JSONResponse(exc.body(), exc.status, headers=exc.headers)
+                response = _error_response(request, exc)
             except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server goes on
                 self.write_log(f"error: {type(exc).__name__}: {exc}")
                 self.metrics.error("server_error")
-                response = JSONResponse(ApiError(500, "the server failed on this request", type="server_error").body(), 500)
+                response = _error_response(request, ApiError(500, "the server failed on this request", type="server_error"))
             if isinstance(response, StreamingResponse):
                 request.state.log_later = (started, response.status_code)  # the stream logs when it ends
             else:
@@ -113,13 +118,14 @@ class Server:
         return route
 
     def authorize(self, request: Request) -> None:
+        """The key as a bearer token (OpenAI's clients) or in ``x-api-key`` (Anthropic's)."""
         if self.api_key is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY", type="authentication_error",
-                           code="invalid_api_key")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
+        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY (or x-api-key: KEY)",
+                           type="authentication_error", code="invalid_api_key")
 
     def log_request(self, request: Request, status: int, started: float) -> None:
         """One line per request: what it was, its status, its tokens (or how it was cancelled), its effort, its time."""
@@ -143,17 +149,17 @@ class Server:
     async def not_found(self, request: Request, exc: Exception) -> Response:
         started = time.perf_counter()
         error = ApiError(404, f"no route {request.method} {request.url.path}: see /v1/models, "
-                              f"/v1/chat/completions, /v1/responses", code="not_found")
+                              f"/v1/chat/completions, /v1/responses, /v1/messages", code="not_found")
         self.metrics.error(error.kind)
         self.log_request(request, 404, started)
-        return JSONResponse(error.body(), 404)
+        return _error_response(request, error)
 
     async def not_allowed(self, request: Request, exc: Exception) -> Response:
         started = time.perf_counter()
         error = ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
         self.metrics.error(error.kind)
         self.log_request(request, 405, started)
-        return JSONResponse(error.body(), 405)
+        return _error_response(request, error)
 
     async def read_json(self, request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
@@ -230,7 +236,8 @@ class Server:
         completion = chat.Completion(call, self.state)
 
         def tokens(result: dict[str, Any]) -> str:
-            return _tokens(result["usage"]["prompt_tokens"], result["usage"]["completion_tokens"])
+            usage = result["usage"]
+            return _tokens(usage["prompt_tokens"], usage["completion_tokens"], usage["prompt_tokens_details"]["cached_tokens"])
 
         return await self.answer(request, call, lambda events: self.chat_stream(request, completion, events),
                                  completion.completion, tokens)
@@ -240,11 +247,37 @@ class Server:
         response = responses.Response(call, self.state)
 
         def tokens(result: dict[str, Any]) -> str:
-            usage = result["usage"] or {"input_tokens": 0, "output_tokens": 0}
-            return _tokens(usage["input_tokens"], usage["output_tokens"])
+            usage = result["usage"]
+            return _tokens(usage["input_tokens"], usage["output_tokens"], usage["input_tokens_details"]["cached_tokens"])
 
         return await self.answer(request, call, lambda events: self.responses_stream(request, response, events),
                                  response.run, tokens)
+
+    async def anthropic_messages(self, request: Request) -> Response:
+        call = messages.parse(await self.read_json(request), self.served, self.state)
+        message = messages.Message(call, self.state)
+
+        def tokens(result: dict[str, Any]) -> str:
+            usage = result["usage"]
+            cached = usage["cache_read_input_tokens"]
+            return _tokens(usage["input_tokens"] + cached, usage["output_tokens"], cached)
+
+        return await self.answer(request, call, lambda events: self.messages_stream(request, message, events),
+                                 message.message, tokens)
+
+    async def count_tokens(self, request: Request) -> Response:
+        call = messages.parse(await self.read_json(request), self.served, self.state, counting=True)
+        if self.served.python_tool is not None:  # the server's tools are declared as for any request; nothing runs
+            call.options["python_tool"] = self.served.python_tool
+        if self.served.mcp is not None:
+            call.options["mcp"] = self.served.mcp
+        try:
+            ids = await run_in_threadpool(lambda: self.model.render(call.messages, **call.options, truncate=False))
+        except ContextError as exc:
+            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
+        except OssrunError as exc:
+            raise bad_request(str(exc), _param_of(exc)) from None
+        return JSONResponse(messages.count(ids))
 
     # -- running a reply ----------------------------------------------------
 
@@ -252,7 +285,7 @@ class Server:
                      consume: Callable[[Any], dict[str, Any]], tokens: Callable[[dict[str, Any]], str]) -> Response:
         """Start a parsed call's reply and hand back its stream, or its one object once it is done."""
         request.state.effort = call.options.get("reasoning_effort")
-        cancel = await self.start(call.messages, call.options)
+        cancel, request.state.prompt_tokens = await self.start(call.messages, call.options)
         events = self.runner.events(cancel, call.messages, call.options,
                                     keepalive_seconds=min(PROGRESS_SECONDS, self.keepalive_seconds))
         if call.stream:
@@ -264,17 +297,18 @@ class Server:
         request.state.tokens = tokens(result)
         return JSONResponse(result)
 
-    async def start(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> threading.Event:
-        """Check the prompt fits (no message is ever dropped for the API), then take a place in the queue."""
+    async def start(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> tuple[threading.Event, int]:
+        """Check the prompt fits (no message is ever dropped for the API), then take a place in the queue.
+        Returns the reply's cancel event and the prompt's length."""
         options["truncate"] = False
         try:
-            await run_in_threadpool(self.model.render, messages, **options)
+            ids = await run_in_threadpool(self.model.render, messages, **options)
         except ContextError as exc:
             raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
         except OssrunError as exc:
             raise bad_request(str(exc), _param_of(exc)) from None
         try:
-            return self.runner.admit()
+            return self.runner.admit(), len(ids)
         except Busy:
             if self.runner.stopping:
                 raise ApiError(503, "the server is stopping", type="server_error", code="server_shutting_down") from None
@@ -357,7 +391,7 @@ class Server:
                 for chunk in completion.close():
                     yield _data(chunk)
                 usage = completion.transcript.reply.usage
-                request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens)
+                request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         except ContextError as exc:
             self.metrics.error("context_length_exceeded")
             yield _data(ApiError(400, str(exc), code="context_length_exceeded").body())
@@ -400,10 +434,46 @@ class Server:
             yield _named(event)
         if response.reply is not None:
             usage = response.reply.usage
-            request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens)
+            request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
 
+    async def messages_stream(self, request: Request, message: messages.Message,
+                              events: AsyncIterator[Any]) -> AsyncIterator[str]:
+        gathered: list[Any] = []
+        quiet = _Quiet(self.keepalive_seconds)
+        message.prompt_tokens = request.state.prompt_tokens
+        try:
+            for out in message.open():
+                yield _named(out)
+            async for event in events:
+                if event is KEEPALIVE:
+                    if quiet.due():
+                        yield quiet.sent(_named({"type": "ping"}))
+                    continue
+                gathered.append(event)
+                request.state.reading = event if isinstance(event, Prefill) and event.tokens else None
+                for out in message.feed(event):
+                    yield quiet.sent(_named(out))
+            if self.runner.stopping and _interrupted(gathered):
+                self.metrics.error("server_shutting_down")
+                yield _named(messages.error_event(_shutdown_error()))
+            else:
+                for out in message.close():
+                    yield _named(out)
+                if message.reply is not None:
+                    usage = message.reply.usage
+                    request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        except ContextError as exc:
+            self.metrics.error("context_length_exceeded")
+            yield _named(messages.error_event(ApiError(400, str(exc), code="context_length_exceeded")))
+        except OssrunError as exc:
+            error = bad_request(str(exc))
+            self.metrics.error(error.kind)
+            yield _named(messages.error_event(error))
+        finally:
+            await events.aclose()
 
-ROUTES = ("/", "/health", "/metrics", "/tokenize", "/detokenize", "/v1/models", "/v1/chat/completions", "/v1/responses")
+ROUTES = ("/", "/health", "/metrics", "/tokenize", "/detokenize", "/v1/models", "/v1/chat/completions", "/v1/responses",
+          "/v1/messages", "/v1/messages/count_tokens")
 
 
 def _endpoint_of(path: str) -> str:
@@ -447,8 +517,13 @@ def _param_of(exc: OssrunError) -> Optional[str]:
     return None
 
 
-def _tokens(prompt: int, completion: int) -> str:
-    return f" {prompt}+{completion} tokens"
+def _tokens(prompt: int, completion: int, cached: int) -> str:
+    return f" {prompt}+{completion} tokens ({cached} cached)"
+
+
+def _error_response(request: Request, error: ApiError) -> JSONResponse:
+    status, body = error.answer(request.url.path)
+    return JSONResponse(body, status, headers=error.headers)
 
 
 def _interrupted(events: list[Any]) -> bool:

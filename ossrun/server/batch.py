@@ -1,9 +1,9 @@
 """``ossrun batch``: offline jobs in OpenAI's Batch API format, run by the server's translations.
 
-Each input line is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions" or
-"/v1/responses", "body"}``; each output line ``{"id", "custom_id", "response": {"status_code",
-"body"}, "error"}``, appended and flushed as it finishes, so a crash loses at most the lines in
-flight. Run again with the same output, a batch skips what was answered: a torn last line is
+Each input line is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions",
+"/v1/responses" or "/v1/messages" (Anthropic's Messages API), "body"}``; each output line
+``{"id", "custom_id", "response": {"status_code", "body"}, "error"}``, appended and flushed as
+it finishes, so a crash loses at most the lines in flight. Run again with the same output, a batch skips what was answered: a torn last line is
 dropped and done again, and lines that ended in an error are retried.
 """
 
@@ -20,13 +20,13 @@ from typing import Any, Callable, Optional
 
 from ossrun.errors import ContextError, OssrunError
 from ossrun.events import Done
-from ossrun.server import chat, responses
+from ossrun.server import chat, messages, responses
 from ossrun.server.fields import ApiError, check_unicode, parse_json
 from ossrun.server.output import new_id
 from ossrun.server.served import ServedModel
 from ossrun.server.state import ServerState
 
-URLS = ("/v1/chat/completions", "/v1/responses")
+URLS = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
 
 
 @dataclass
@@ -205,19 +205,23 @@ class Batch:
     def _answer(self, line: BatchLine) -> tuple[int, dict[str, Any], int]:
         try:
             check_unicode(line.body, "body")
+            call: Any
             if line.url == URLS[0]:
                 call = chat.parse(line.body, self.served, self.state)
                 translate = chat.Completion(call, self.state).completion
-            else:
+            elif line.url == URLS[1]:
                 call = responses.parse(line.body, self.served, self.state)
                 translate = responses.Response(call, self.state).run
+            else:
+                call = messages.parse(line.body, self.served, self.state)
+                translate = messages.Message(call, self.state).message
             events = list(self.model.stream(call.messages, **call.options, truncate=False, cancel=self._cancel))
         except ApiError as exc:
-            return exc.status, exc.body(), 0
+            return (*exc.answer(line.url), 0)
         except ContextError as exc:
-            return 400, ApiError(400, str(exc), param="messages", code="context_length_exceeded").body(), 0
+            return (*ApiError(400, str(exc), param="messages", code="context_length_exceeded").answer(line.url), 0)
         except OssrunError as exc:
-            return 400, ApiError(400, str(exc)).body(), 0
+            return (*ApiError(400, str(exc)).answer(line.url), 0)
         last = events[-1] if events else None
         if self._cancel.is_set() or (isinstance(last, Done) and last.reply.finish_reason == "interrupted"):
             raise _Interrupted()

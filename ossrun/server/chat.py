@@ -26,7 +26,6 @@ TEXT_PARTS = ("text", "input_text", "output_text")
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_SEED = 2**32 - 1  # llama.cpp's sampler takes a 32-bit seed
-MAX_STOPS, MAX_STOP_CHARS = 16, 256  # every generated piece is compared with each stop text's prefixes
 
 
 @dataclass
@@ -54,12 +53,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> C
     options.update(sampling_options(body, max_keys=("max_completion_tokens", "max_tokens")))
     stop = body.get("stop")
     if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise bad_request("stop must be a string or an array of strings", "stop", "invalid_type")
-        if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
-            raise bad_request(f"stop holds {len(stops)} texts: at most {MAX_STOPS} are taken, each at most "
-                              f"{MAX_STOP_CHARS} characters", "stop", "invalid_value")
+        fields.stop_texts(stop, "stop")
         options["stop"] = stop
     tools = get(body, "tools", (list,), default=[])
     options["tools"] = [function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]

@@ -20,6 +20,8 @@ Around the application (:class:`Edge`, ASGI), for every route, those to come inc
   multipart post is a 415, so no web page can make a "simple" request that runs the model;
 - the body must arrive within ``body_seconds`` of the head (a 408 otherwise);
 - anything that escapes a route is a 500 in OpenAI's shape.
+
+Errors answered here have Anthropic's shape on its routes (``/v1/messages...``), as the routes' own do.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ class Edge:
 
         try:
             await self.app(scope, self.body_deadline(receive), sending)
-        except Exception as exc:  # noqa: BLE001 - what escaped a route: still OpenAI's shape
+        except Exception as exc:  # noqa: BLE001 - what escaped a route: still the API's error shape
             if response_started:
                 raise
             error = ApiError(500, f"the server failed on this request ({type(exc).__name__})", type="server_error")
@@ -289,8 +291,9 @@ class Edge:
         return receiving
 
     async def answer(self, scope: Scope, receive: Receive, send: Send, error: ApiError, started: float) -> None:
-        await JSONResponse(error.body(), error.status, headers=error.headers)(scope, receive, send)
-        self.log(scope["method"], scope["path"], error.status, started, error.kind)
+        status, body = error.answer(scope["path"])
+        await JSONResponse(body, status, headers=error.headers)(scope, receive, send)
+        self.log(scope["method"], scope["path"], status, started, error.kind)
 
 
 def _local_name(name: str) -> bool:

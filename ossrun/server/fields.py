@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 from typing import Any, Mapping, Optional, Sequence
 
 from ossrun.limits import MAX_JSON_DEPTH, SchemaError, check_schema, json_depth
@@ -19,8 +20,22 @@ JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boo
               float: "a number", type(None): "null"}
 
 
+# Anthropic's error types by status (its other 4xx are invalid_request_error); a full queue and a
+# server that stops are its 529 overloaded_error, which its clients retry.
+ANTHROPIC_ERRORS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                    413: "request_too_large", 500: "api_error", 529: "overloaded_error"}
+ANTHROPIC_STATUS = {429: 529, 503: 529}
+ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/")
+
+
+def anthropic_path(path: str) -> bool:
+    """Whether ``path`` is a route of Anthropic's Messages API, whose errors have Anthropic's shape."""
+    return path == ANTHROPIC_PATHS[0] or path.startswith(ANTHROPIC_PATHS[1])
+
+
 class ApiError(Exception):
-    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``, or on
+    Anthropic's routes in its: ``{"type": "error", "error": {"type", "message"}}`` (:meth:`anthropic`)."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
@@ -39,6 +54,20 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def anthropic(self) -> tuple[int, dict[str, Any]]:
+        """(status, body) of this error as Anthropic's API answers it."""
+        status = ANTHROPIC_STATUS.get(self.status, self.status)
+        kind = ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return status, {"type": "error", "error": {"type": kind, "message": self.message}, "request_id": new_request_id()}
+
+    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
+        """(status, body) of this error for a request to ``path``, in the shape of its API."""
+        return self.anthropic() if anthropic_path(path) else (self.status, self.body())
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
 
 
 def bad_request(message: str, param: Optional[str] = None, code: Optional[str] = None) -> ApiError:
@@ -130,6 +159,20 @@ def string_map(body: Mapping[str, Any], key: str) -> dict[str, str]:
         if not isinstance(item, str):
             raise bad_request(f"{key}.{name} must be a string, not {describe(item)}", f"{key}.{name}", "invalid_type")
     return value
+
+
+MAX_STOPS, MAX_STOP_CHARS = 16, 256  # every generated piece is compared with each stop text's prefixes
+
+
+def stop_texts(value: Any, param: str) -> list[str]:
+    """Chat's ``stop`` or Anthropic's ``stop_sequences``: a text or texts, bounded in number and length."""
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise bad_request(f"{param} must be a string or an array of strings", param, "invalid_type")
+    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise bad_request(f"{param} holds {len(stops)} texts: at most {MAX_STOPS} are taken, each at most "
+                          f"{MAX_STOP_CHARS} characters", param, "invalid_value")
+    return stops
 
 
 def check_unicode(value: Any, where: str = "") -> None:

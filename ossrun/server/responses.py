@@ -5,7 +5,9 @@ user, assistant; ``reasoning``; ``function_call``; ``function_call_output``), ``
 function and ``namespace`` tools (tool types ossrun cannot serve, like ``web_search``, are
 left out of the prompt), ``previous_response_id`` (kept in memory, bounded) and
 ``include: ["reasoning.encrypted_content"]``, with which the reasoning travels to the client
-and back in an opaque, versioned form that needs no server state.
+and back in an opaque, versioned form that needs no server state. A client that sends a
+``function_call`` back without its reasoning item (Open WebUI's Responses connection) gets the
+reasoning the server kept by ``call_id``, as on Chat Completions.
 
 Output: reasoning, message, function_call (and, for the server's python tool,
 code_interpreter_call; for its MCP servers' tools, mcp_call) items, streamed with the event
@@ -71,7 +73,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
         previous = stored["messages"]
     instructions = get(body, "instructions", (str,))
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + previous
-    messages += convert_input(body.get("input"), previous)
+    messages += convert_input(body.get("input"), previous, state)
     reasoning = get(body, "reasoning", (dict,), default={})
     summary = get(reasoning, "summary", (str,), "reasoning.")
     if summary not in (None, *SUMMARIES):
@@ -150,7 +152,7 @@ def echoed_tool(tool: Any) -> Any:
     return tool
 
 
-def convert_input(value: Any, previous: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def convert_input(value: Any, previous: list[dict[str, Any]], state: ServerState) -> list[dict[str, Any]]:
     """``input`` (a string or items) as the message dicts ``Model.stream`` takes."""
     if value is None or isinstance(value, str):
         return [{"role": "user", "content": value or ""}]
@@ -189,6 +191,8 @@ def convert_input(value: Any, previous: list[dict[str, Any]]) -> list[dict[str, 
             arguments = get(item, "arguments", (str,), f"{where}.", default="")
             names[call_id] = full
             call = {"id": call_id, "type": "function", "function": {"name": full, "arguments": arguments}}
+            if reasoning is None:
+                reasoning = state.reasoning.get(call_id)  # the client dropped it: the server kept it
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant" and last.get("tool_calls") and not last.get("content"):
                 last["tool_calls"].append(call)  # calls of one turn
@@ -271,6 +275,10 @@ class Response:
             raise RuntimeError("the reply ended without Done")
         self.reply = reply
         self.status = "incomplete" if reply.finish_reason == "length" else "completed"
+        if reply.reasoning:
+            for item in self.items:  # for clients that will not send the reasoning item back
+                if item.data["type"] == "function_call":
+                    self.state.reasoning.put(item.data["call_id"], reply.reasoning)
         self._store(reply)
         return out + [self._event("response.completed", response=self.body())]
 

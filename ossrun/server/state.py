@@ -1,10 +1,12 @@
 """What the server remembers between requests, bounded: tool-chain reasoning, stored responses.
 
-Chat Completions clients such as Open WebUI do not send reasoning back; the analysis of a
-turn that ended in tool calls is kept here by tool-call id, so the chain of thought (and the
-KV prefix) survive the round trip. Responses kept for ``previous_response_id`` live here too.
-The reasoning handed to Responses clients in ``encrypted_content`` is opaque and versioned
-but needs no server state: it survives a restart.
+Many clients do not send reasoning back (Open WebUI, on Chat Completions and on the Responses
+API alike); the analysis of a turn that ended in tool calls is kept here by tool-call id, on
+every API, so the chain of thought (and the KV prefix) survive the round trip. So is the
+model's own JSON text of each call's arguments, which Anthropic's clients send back parsed.
+Responses kept for ``previous_response_id`` live here too. The reasoning handed to clients in
+``encrypted_content`` (Responses) or a thinking block's ``signature`` (Messages) is opaque and
+versioned but needs no server state: it survives a restart.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class BoundedStore(Generic[V]):
 class ServerState:
     def __init__(self, *, reasoning_entries: int = DEFAULT_REASONING_ENTRIES, stored_responses: int = DEFAULT_STORED_RESPONSES):
         self.reasoning: BoundedStore[str] = BoundedStore(reasoning_entries)  # tool-call id -> reasoning
+        self.arguments: BoundedStore[str] = BoundedStore(reasoning_entries)  # tool-call id -> the model's JSON text
         self.responses: BoundedStore[dict[str, Any]] = BoundedStore(stored_responses)  # response id -> conversation
 
 

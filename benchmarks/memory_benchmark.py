@@ -31,7 +31,7 @@ PROMPT = "Why is the sky blue?"
 LONG_PROMPT_WORDS = 600  # about 1200 tokens: more than a 512-token batch
 
 
-def status(pid: "int | str" = "self") -> dict:
+def status(pid: int | str = "self") -> dict:
     """RssAnon, RssFile, VmRSS, VmHWM of a process, in bytes."""
     found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -112,7 +112,7 @@ def llama_server_run(args, binary: Path, ctx: int, kv_type: str, mode: str) -> d
         server.wait(60)
 
 
-def gib(n: "int | None") -> str:
+def gib(n: int | None) -> str:
     return "-" if n is None else f"{n / GiB:.2f}"
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from functools import partial
-from typing import Callable, Iterator
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType, quants
@@ -133,7 +133,9 @@ class _SharedRead:
 class ChunkPlanner:
     """Splits each planned GGUF tensor into chunks reading at most about ``chunk_bytes`` each."""
 
-    def __init__(self, entries: dict[str, TensorEntry], reader: TensorReader, outtype: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(
+        self, entries: dict[str, TensorEntry], reader: TensorReader, outtype: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ):
         self.entries, self.reader, self.chunk_bytes = entries, reader, chunk_bytes
         self.qtype = OUTTYPES[check_outtype(outtype)]
         self._shared: dict[tuple[str, int], _SharedRead] = {}

@@ -177,7 +177,7 @@ class TensorReader:
             os.close(fd)
         self._fds.clear()
 
-    def __enter__(self) -> "TensorReader":
+    def __enter__(self) -> TensorReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

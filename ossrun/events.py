@@ -6,8 +6,9 @@ Renderers (the REPL, ``ossrun run``, ``--json``) only ever see these types.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "interrupted", "tool_calls"]
 
@@ -42,7 +43,7 @@ class ToolCall:
     recipient: str
     arguments: str
     channel: str = "commentary"
-    content_type: Optional[str] = None
+    content_type: str | None = None
 
     @property
     def name(self) -> str:
@@ -168,4 +169,4 @@ class Done:
     reply: Reply
 
 
-Event = Union[ReasoningDelta, FinalDelta, CommentaryDelta, ToolCall, ToolResult, Notice, Prefill, Done]
+Event = ReasoningDelta | FinalDelta | CommentaryDelta | ToolCall | ToolResult | Notice | Prefill | Done

@@ -14,9 +14,10 @@ import itertools
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any
 
 from ossrun.engine.protocol import (
     DEFAULT_TEMPERATURE,
@@ -49,18 +50,18 @@ Messages = Sequence[Mapping[str, Any]]
 
 
 def load(
-    model: Union[str, os.PathLike, None] = None,
+    model: str | os.PathLike | None = None,
     *,
-    ctx: Union[int, str, Sequence[int]] = DEFAULT_CTX,
-    threads: Optional[int] = None,
+    ctx: int | str | Sequence[int] = DEFAULT_CTX,
+    threads: int | None = None,
     parallel: int = 1,
-    kv_type: Union[str, Sequence[str]] = "f16",
+    kv_type: str | Sequence[str] = "f16",
     swa_full: bool = False,
     verbose: bool = False,
-    show_progress: Optional[bool] = None,
+    show_progress: bool | None = None,
     pull: bool = False,
-    rpc: Union[str, Sequence[str], None] = None,
-) -> "Model":
+    rpc: str | Sequence[str] | None = None,
+) -> Model:
     """Load a gpt-oss model by GGUF path, registry name or alias, or ``"demo"``.
 
     ``None`` is the registry's default model (gpt-oss-20b unless a user models.toml
@@ -87,8 +88,7 @@ def load(
     ``rpc`` lists workers (``"HOST:PORT[=MEMORY]"``, see ``ossrun worker``) that hold the
     model's last layers; ``Model.placement`` then says which machine holds what.
     """
-    from ossrun.engine import llama
-    from ossrun.engine import memory
+    from ossrun.engine import llama, memory
     from ossrun.engine.gguf_header import check_gpt_oss
     from ossrun.harmony.tiktoken_file import O200K_BASE_TOKENS, ensure_o200k
     from ossrun.machine import available_memory
@@ -146,7 +146,7 @@ def load(
                  auto_ctx=auto)
 
 
-def _auto_context(shape: Any, available: Optional[int], parallel: int, cache: Any, name: str) -> int:
+def _auto_context(shape: Any, available: int | None, parallel: int, cache: Any, name: str) -> int:
     """``--ctx auto``: the largest context that fits (a modest one where the memory is unknown)."""
     from ossrun.engine import memory
 
@@ -161,9 +161,9 @@ def _auto_context(shape: Any, available: Optional[int], parallel: int, cache: An
     return size
 
 
-def plan(model: Union[str, os.PathLike, None] = None, *, parallel: int = 1,
-         kv_types: Sequence[Union[str, Sequence[str]]] = ("f16", "q8_0"), swa_full: bool = False,
-         contexts: Optional[Sequence[int]] = None) -> Any:
+def plan(model: str | os.PathLike | None = None, *, parallel: int = 1,
+         kv_types: Sequence[str | Sequence[str]] = ("f16", "q8_0"), swa_full: bool = False,
+         contexts: Sequence[int] | None = None) -> Any:
     """What loading ``model`` takes at each context size (default: 4096 up to the model's limit,
     doubling), per KV cache type, against this machine's available memory; and what
     ``ctx="auto"`` would choose. Returns an ``ossrun.engine.memory.MemoryReport``; reads only the
@@ -191,7 +191,7 @@ def plan(model: Union[str, os.PathLike, None] = None, *, parallel: int = 1,
 
 
 @contextlib.contextmanager
-def _loading_indicator(name: str, enabled: bool) -> Iterator[Optional[Callable[[float], None]]]:
+def _loading_indicator(name: str, enabled: bool) -> Iterator[Callable[[float], None] | None]:
     if not enabled:
         yield None
         return
@@ -223,12 +223,12 @@ class _Request:
     later_sampling: Sampling  # the turns after tool results (tool_choice holds the first turn only)
     stop: tuple[str, ...]  # texts that end the answer where they appear (not included)
     truncate: bool  # leave out the oldest turns of a conversation too long for the context
-    max_tokens: Optional[int]
-    cancel: Optional[threading.Event]
+    max_tokens: int | None
+    cancel: threading.Event | None
     toolbox: Toolbox
     owns_toolbox: bool  # made for this call from tools=/python_tool=: closed when the reply ends
     max_tool_rounds: int
-    confirm: Optional[Callable[[ToolCall], bool]]
+    confirm: Callable[[ToolCall], bool] | None
 
     def close(self) -> None:
         if self.owns_toolbox:
@@ -252,8 +252,8 @@ class _TurnResult:
 class Model:
     """A loaded gpt-oss model. Works with any :class:`ossrun.engine.protocol.Engine`."""
 
-    def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Optional[Path] = None,
-                 placement: Optional[str] = None, auto_ctx: bool = False):
+    def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Path | None = None,
+                 placement: str | None = None, auto_ctx: bool = False):
         self.engine = engine
         self.encoding = encoding
         self.name = name
@@ -351,7 +351,7 @@ class Model:
     def close(self) -> None:
         self.engine.close()
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -400,7 +400,7 @@ class Model:
                         dataclasses.replace(sampling, constraint=rules.later_turns), stop, truncate, max_tokens, cancel,
                         toolbox, owns_toolbox, max_tool_rounds, confirm)
 
-    def _reply_reserve(self, max_tokens: Optional[int]) -> int:
+    def _reply_reserve(self, max_tokens: int | None) -> int:
         return min(max_tokens or DEFAULT_REPLY_RESERVE, self.n_ctx // 4)
 
     def _fit(self, history: Messages, request: _Request) -> _Prompt:
@@ -548,7 +548,7 @@ class _StopTexts:
         return held
 
 
-def _check_sampling(sampling: Sampling, max_tokens: Optional[int], stop: Sequence[str] = ()) -> None:
+def _check_sampling(sampling: Sampling, max_tokens: int | None, stop: Sequence[str] = ()) -> None:
     if sampling.temperature < 0:
         raise OssrunError(f"temperature {sampling.temperature} is negative: use 0 (greedy) or more (1.0 recommended)")
     if not 0 < sampling.top_p <= 1:

@@ -11,6 +11,9 @@ import ossrun
 # The o200k vocabulary ships with ossrun as package data.
 VOCAB_DIR = Path(ossrun.__file__).parent / "data"
 
+# The python sandbox's fixtures (a local server, an ordinary user...), shared by its test files.
+pytest_plugins = ["sandboxes"]
+
 
 def pytest_terminal_summary(terminalreporter, config):
     """Where the browser tests left their screenshots, for a person to look at."""
@@ -46,11 +49,10 @@ def encoding():
 def scripted(monkeypatch, encoding):
     """Make ``ossrun run``/``chat`` load a Model over a scripted engine (tests/scripted.py);
     ``scripted(*scripts)`` returns the list of engines made."""
-    from scripted import ScriptedEngine
-
     from ossrun.cli import options
     from ossrun.model import Model
     from ossrun.store.registry import load_registry
+    from scripted import ScriptedEngine
 
     engines = []
 

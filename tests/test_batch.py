@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+
 from test_serve import demo_home
 
 pytestmark = pytest.mark.slow
@@ -58,7 +59,7 @@ def test_every_line_is_answered_in_the_batch_format(home, tmp_path):
     assert re.fullmatch(r"6 answered, 0 failed of 6 in [\d.]+s, [\d.]+ tokens/s", result.stderr.strip().splitlines()[-1])
     by_id = {r["custom_id"]: r for r in records(out)}
     assert set(by_id) == {line["custom_id"] for line in lines}
-    for custom_id, record in by_id.items():
+    for record in by_id.values():
         assert record["id"].startswith("batch_req_") and record["error"] is None
         assert record["response"]["status_code"] == 200
     chat = by_id["chat-0"]["response"]["body"]
@@ -107,7 +108,11 @@ def test_a_second_run_goes_on_where_the_first_stopped(home, tmp_path):
     complete = records(out)
     # As after a crash: two answers kept, one line that failed, and a last line torn in half.
     kept = [r for r in complete if r["custom_id"] in ("q0", "q1")]
-    failed = {**next(r for r in complete if r["custom_id"] == "q2"), "response": None, "error": {"code": "server_error", "message": "x"}}
+    failed = {
+        **next(r for r in complete if r["custom_id"] == "q2"),
+        "response": None,
+        "error": {"code": "server_error", "message": "x"},
+    }
     torn = json.dumps(next(r for r in complete if r["custom_id"] == "q3"))[:50]
     out.write_text("".join(json.dumps(r) + "\n" for r in kept + [failed]) + torn)
     result = batch(home, str(source), "-o", str(out))

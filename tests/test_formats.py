@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from scripted import ScriptedEngine
 
 import ossrun
 from ossrun.errors import ConversationError, OssrunError
 from ossrun.model import Model
+from scripted import ScriptedEngine
 
 DATE = "2025-08-05"
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]

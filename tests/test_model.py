@@ -53,7 +53,9 @@ def small_model(tiny_gguf, tmp_path_factory):
 
 def prompt_logits(model, prompt):
     """The logits after ``prompt``, as the engine's cache gives them now."""
-    generation = model.engine.generate(GenerationRequest(tuple(prompt), Sampling(temperature=0), max_tokens=1, record_logits=True))
+    generation = model.engine.generate(
+        GenerationRequest(tuple(prompt), Sampling(temperature=0), max_tokens=1, record_logits=True)
+    )
     list(generation)
     return generation.stats.logits[0]
 
@@ -194,8 +196,10 @@ def test_a_prompt_that_cannot_fit_even_alone_is_a_clear_error(small_model):
         list(small_model.stream(huge))
     message = str(error.value)
     assert message.startswith("the prompt is ")
-    assert message.endswith("more than the context of 512 tokens allows with 128 kept for the reply: shorten it or use a larger --ctx "
-                            f"(at least {-(-(int(message.split()[3]) + 1024) // 1024) * 1024})")
+    assert message.endswith(
+        "more than the context of 512 tokens allows with 128 kept for the reply: shorten it or use a larger --ctx "
+        f"(at least {-(-(int(message.split()[3]) + 1024) // 1024) * 1024})"
+    )
 
 
 def test_generation_stops_when_the_context_is_full(small_model):
@@ -282,7 +286,9 @@ def test_a_model_that_does_not_fit_in_memory_is_refused_with_the_numbers(tiny_gg
     assert f"needs about {format_memory(plan.total)} at --ctx 65536" in message
     assert f"other weights {format_memory(plan.weights)}" in message
     assert f"KV cache (f16) {format_memory(plan.kv_cache)}" in message
-    assert message.endswith("but only 32 MiB is available: not even --ctx 1024 fits; use a smaller model, or close other programs")
+    assert message.endswith(
+        "but only 32 MiB is available: not even --ctx 1024 fits; use a smaller model, or close other programs"
+    )
     with pytest.raises(ModelError, match="context size 200000 is out of range: use a --ctx between 1 and 131072"):
         ossrun.load(tiny_gguf, ctx=200000)
 

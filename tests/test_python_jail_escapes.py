@@ -11,13 +11,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
-from sandboxes import ATTEMPT, ORDINARY_UID, host_processes, marker, ordinary_user, shared_folder  # noqa: F401
 
 from ossrun.tools import PythonSandbox, SandboxLimits
 from ossrun.tools.workdir import private_folder, remove_tree
+from sandboxes import ATTEMPT, ORDINARY_UID, host_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="namespaces are Linux's")
 
@@ -31,7 +30,7 @@ class Jailer:
         self.who = who
         self.ordinary = ordinary
 
-    def sandbox(self, limits: Optional[SandboxLimits] = None, python: Optional[str] = None) -> PythonSandbox:
+    def sandbox(self, limits: SandboxLimits | None = None, python: str | None = None) -> PythonSandbox:
         limits = limits or SandboxLimits()
         if self.ordinary is None:
             return PythonSandbox(limits, python=python)

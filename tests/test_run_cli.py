@@ -15,9 +15,9 @@ import sys
 import time
 
 import pytest
-from scripted import Script, invoke, reply
 
 from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
+from scripted import Script, invoke, reply
 
 DATE = "2026-01-15"
 ANSWER = reply("The user wants primes.", "2, 3 and 5.")

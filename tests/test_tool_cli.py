@@ -8,7 +8,6 @@ import re
 import textwrap
 
 import pytest
-from scripted import ScriptedEngine, invoke, reply
 
 from ossrun.cli import options
 from ossrun.model import Model
@@ -16,6 +15,7 @@ from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import Screen
 from ossrun.terminal.repl import Repl, StreamReader
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, PythonSandbox, Toolbox, load_functions
+from scripted import ScriptedEngine, invoke, reply
 
 DATE = "2026-01-15"
 FUNCTIONS = '''
@@ -186,7 +186,9 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize("answer, result", [("y\n", "42\n[exit status 0]"), ("\n", "[not run: the user declined to run this code]")])
+@pytest.mark.parametrize(
+    "answer, result", [("y\n", "42\n[exit status 0]"), ("\n", "[not run: the user declined to run this code]")]
+)
 def test_run_asks_on_a_terminal(scripted, capsys, monkeypatch, answer, result):
     scripted(PYTHON_CALL, reply("ok", "done."))
     monkeypatch.setattr("sys.stdin", FakeTerminal(answer))

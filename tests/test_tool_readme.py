@@ -8,11 +8,10 @@ import json
 import re
 from pathlib import Path
 
-from scripted import ScriptedEngine, reply
-
 import ossrun
 from ossrun.model import Model
 from ossrun.tools import load_functions
+from scripted import ScriptedEngine, reply
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

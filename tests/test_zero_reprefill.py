@@ -91,6 +91,7 @@ def model(demo_build):
 
 def test_an_agent_loop_through_serve_evaluates_only_new_tokens_on_several_sequences(model):
     from openai import OpenAI
+
     from serving import ServerThread
 
     model.engine = recorder = Turns(model.engine)

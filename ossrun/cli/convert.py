@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated
 
 import typer
 
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("-o", "--out", help="The GGUF file to write.", show_default=False)],
         outtype: Annotated[OutType, typer.Option(help="Type of the non-expert matrices.")] = OutType.q8_0,
         tokenizer: Annotated[
-            Optional[Path],
+            Path | None,
             typer.Option(help="Folder with tokenizer.json (default: SRC, or its parent for original/).", show_default=False),
         ] = None,
         force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,

@@ -6,7 +6,7 @@ Kept free of heavy imports: ``ossrun --help`` loads this module.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -52,12 +52,12 @@ def parse_kv_type(value: str) -> str:
 
 
 ModelArgument = Annotated[
-    Optional[str],
+    str | None,
     typer.Argument(metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].",
                    show_default=False),
 ]
 ModelOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("-m", "--model", metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].",
                  show_default=False),
 ]
@@ -67,17 +67,21 @@ ReasoningEffort = Annotated[
                  help="How hard the model thinks before answering."),
 ]
 System = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--system", metavar="TEXT", help="Instructions for the model (harmony's developer message).",
                  show_default=False),
 ]
 Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature (OpenAI recommends 1.0).")]
 TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (1.0: off).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable output.", show_default=False)]
+Seed = Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable output.", show_default=False)]
 MaxTokens = Annotated[
-    Optional[int],
-    typer.Option("--max-tokens", min=1, help="Stop after this many tokens [default: until the answer ends or the context is full].",
-                 show_default=False),
+    int | None,
+    typer.Option(
+        "--max-tokens",
+        min=1,
+        help="Stop after this many tokens [default: until the answer ends or the context is full].",
+        show_default=False,
+    ),
 ]
 Ctx = Annotated[
     str,
@@ -96,7 +100,7 @@ SwaFull = Annotated[
                                     "instead of their window and checkpoints; for comparison."),
 ]
 Threads = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--threads", min=1, help="CPU threads [default: the physical cores].", show_default=False),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log lines.")]
@@ -107,32 +111,32 @@ Demo = Annotated[
 ]
 Pull = Annotated[bool, typer.Option("--pull", help="Download the model first if it is not on disk (as ossrun pull).")]
 Rpc = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--rpc", metavar="HOST:PORT[=MEMORY][,...]", show_default=False,
                  help="Run the model's last layers on these workers (`ossrun worker` on each machine), each holding "
                       "as many as fit in MEMORY (e.g. 192.168.1.20:50052=20GiB); without MEMORY the layers are "
                       "split evenly over this machine and the workers."),
 ]
 Functions = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option("--functions", metavar="FILE.py", show_default=False,
                  help="Let the model call the public functions defined in this Python file (repeatable)."),
 ]
 Tool = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--tool", metavar="python", show_default=False,
                  help="Give the model the python tool: its code runs in a fresh process with no network, "
                       "a 120 s timeout and 1 GiB of memory for all its processes, after you confirm each run."),
 ]
 Mcp = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option("--mcp", metavar="FILE", show_default=False,
                  help='Let the model call the tools of the MCP servers in this configuration (JSON: '
                       '{"mcpServers": {"NAME": {"command", "args", "env", "cwd"} or {"url", "headers"}}}; repeatable). '
                       "They start before the model loads and stop with ossrun."),
 ]
 McpTimeout = Annotated[
-    Optional[float],
+    float | None,
     typer.Option("--mcp-timeout", min=0.001, metavar="SECONDS", show_default=False,
                  help=f"How long an MCP server may take to answer a call [default: {DEFAULT_MCP_TIMEOUT:g}; "
                       "a server's own \"timeout\" wins]."),
@@ -143,7 +147,7 @@ MaxToolRounds = Annotated[
 ]
 
 
-def pick_model(argument: Optional[str], option: Optional[str], demo: bool = False) -> Optional[str]:
+def pick_model(argument: str | None, option: str | None, demo: bool = False) -> str | None:
     """MODEL may come positionally, as -m/--model or as --demo, once."""
     if argument and option and argument != option:
         raise typer.BadParameter(f"two models given ({argument} and {option}): give one", param_hint="MODEL")
@@ -152,7 +156,7 @@ def pick_model(argument: Optional[str], option: Optional[str], demo: bool = Fals
     return "demo" if demo else argument or option
 
 
-def default_model_or_demo() -> tuple[str, Optional[str]]:
+def default_model_or_demo() -> tuple[str, str | None]:
     """The default model if it is on disk; else the demo model and a notice saying how to get the real one."""
     from ossrun.errors import ModelError
     from ossrun.store.resolve import resolve_model
@@ -164,8 +168,8 @@ def default_model_or_demo() -> tuple[str, Optional[str]]:
                         "it only adds two-digit numbers, names capitals and checks the weather")
 
 
-def load_model(name: Optional[str], *, ctx: Any, threads: Optional[int], verbose: bool, pull: bool = False,
-               parallel: int = 1, rpc: Optional[list[str]] = None, kv_type: str = DEFAULT_KV_TYPE,
+def load_model(name: str | None, *, ctx: Any, threads: int | None, verbose: bool, pull: bool = False,
+               parallel: int = 1, rpc: list[str] | None = None, kv_type: str = DEFAULT_KV_TYPE,
                swa_full: bool = False) -> Any:
     """``ossrun.load`` with the command line's options (``name`` None: the registry's default model).
 
@@ -183,8 +187,8 @@ def load_model(name: Optional[str], *, ctx: Any, threads: Optional[int], verbose
     return model
 
 
-def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]], mcp: Optional[list[Path]] = None,
-            mcp_timeout: Optional[float] = None) -> Any:
+def toolbox(functions: list[Path] | None, tools: list[str] | None, mcp: list[Path] | None = None,
+            mcp_timeout: float | None = None) -> Any:
     """The tools ``--functions``, ``--tool`` and ``--mcp`` give the model, checked (and the MCP servers
     started) before the model loads."""
     from ossrun.tools import Toolbox
@@ -192,7 +196,7 @@ def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]], mcp: Op
     return Toolbox.from_options(functions or (), tools or (), mcp or (), mcp_timeout)
 
 
-def sampling(temperature: float, top_p: float, seed: Optional[int], max_tokens: Optional[int]) -> dict[str, Any]:
+def sampling(temperature: float, top_p: float, seed: int | None, max_tokens: int | None) -> dict[str, Any]:
     """The keyword arguments of ``Model.stream`` for sampling."""
     return {"temperature": temperature, "top_p": top_p, "seed": seed, "max_tokens": max_tokens}
 

@@ -101,7 +101,9 @@ def refuse_to_ask(tools: list[str], mcp: list[Any]) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("run", help=HELP, no_args_is_help=True)
     def run_command(
-        prompt: Annotated[str, typer.Argument(metavar="PROMPT", help='The prompt, or "-" to read it from stdin.', show_default=False)],
+        prompt: Annotated[
+            str, typer.Argument(metavar="PROMPT", help='The prompt, or "-" to read it from stdin.', show_default=False)
+        ],
         model: opt.ModelOption = None,
         demo: opt.Demo = False,
         reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,

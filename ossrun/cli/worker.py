@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
                                           help="IPv4 address to listen on (127.0.0.1: this machine only).")] = DEFAULT_HOST,
         port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")] = DEFAULT_PORT,
         threads: opt.Threads = None,
-        cache_dir: Annotated[Optional[Path], typer.Option(
+        cache_dir: Annotated[Path | None, typer.Option(
             "--cache-dir", metavar="DIR", show_default=False,
             help="Where to keep the weights clients send [default: $OSSRUN_HOME/cache/rpc].")] = None,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep no weights: every load sends them all.")] = False,

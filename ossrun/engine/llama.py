@@ -22,8 +22,10 @@ import contextlib
 import ctypes
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
@@ -117,12 +119,12 @@ class LlamaEngine:
         *,
         n_ctx: int = DEFAULT_CTX,
         parallel: int = 1,
-        threads: Optional[int] = None,
+        threads: int | None = None,
         batch_size: int = DEFAULT_BATCH,
-        on_progress: Optional[Callable[[float], None]] = None,
-        cache_dir: Optional[Path] = None,
+        on_progress: Callable[[float], None] | None = None,
+        cache_dir: Path | None = None,
         cache: CacheSettings = DEFAULT_CACHE,
-        rpc: Optional["Workers"] = None,
+        rpc: Workers | None = None,
     ):
         if parallel < 1:
             raise ModelError(f"parallel {parallel} is less than 1: decode at least one sequence")
@@ -130,10 +132,10 @@ class LlamaEngine:
         self._watch = rpc.watch if rpc is not None else _unwatched  # bounds every call that waits on a worker
         self.threads = threads or physical_cores()
         self._model = self._ctx = None
-        self._backend: Optional[LlamaBackend] = None
-        self._scheduler: Optional[Scheduler] = None
+        self._backend: LlamaBackend | None = None
+        self._scheduler: Scheduler | None = None
 
-        self._locked: Optional[resident.Locked] = None
+        self._locked: resident.Locked | None = None
         hot = resident.hot_ranges(header)
         mapped = rpc is None and resident.lockable(resident.size(hot))
         params = llama_cpp.llama_model_default_params()
@@ -157,7 +159,9 @@ class LlamaEngine:
                 llama_cpp.llama_model_free(self._model)
             raise KeyboardInterrupt
         if not self._model:
-            raise ModelError(f"llama.cpp could not load {self.path}: run with --verbose to see why, or convert the checkpoint again")
+            raise ModelError(
+                f"llama.cpp could not load {self.path}: run with --verbose to see why, or convert the checkpoint again"
+            )
         if mapped:
             self._locked = resident.lock_mapped(self.path, hot, resident.cold_ranges(header))
             if self._locked is None:
@@ -240,7 +244,7 @@ class LlamaBackend:
     """A llama.cpp context as :class:`Scheduler` uses it: batches over sequences, samplers, state."""
 
     def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_seq: int, window: int = 0,
-                 watch: Callable[..., ContextManager[Any]] = None):
+                 watch: Callable[..., AbstractContextManager[Any]] = None):
         self._watch = watch or _unwatched
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
@@ -253,10 +257,10 @@ class LlamaBackend:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         for i in range(n_batch):
             self._batch.n_seq_id[i] = 1
-        self._abort_check: Optional[Callable[[], bool]] = None
+        self._abort_check: Callable[[], bool] | None = None
         self._abort = llama_cpp.ggml_abort_callback(self._should_abort)  # kept referenced for llama.cpp
 
-    def decode(self, entries: Sequence[Entry], abort: Optional[Callable[[], bool]]) -> int:
+    def decode(self, entries: Sequence[Entry], abort: Callable[[], bool] | None) -> int:
         batch = self._batch
         token, pos, seq_id, logits = batch.token, batch.pos, batch.seq_id, batch.logits
         for i, entry in enumerate(entries):
@@ -282,20 +286,20 @@ class LlamaBackend:
         check = self._abort_check
         return check is not None and check()
 
-    def sample(self, sampler: "ConstrainedSampler", index: int) -> int:
+    def sample(self, sampler: ConstrainedSampler, index: int) -> int:
         return sampler.sample(self._ctx, index, self.n_vocab)
 
-    def logits(self, index: int) -> "np.ndarray":
+    def logits(self, index: int) -> np.ndarray:
         """A copy of the logits of batch entry ``index`` of the last decode."""
         import numpy as np
 
         pointer = llama_cpp.llama_get_logits_ith(self._ctx, index)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
-    def new_sampler(self, sampling: Sampling) -> "ConstrainedSampler":
+    def new_sampler(self, sampling: Sampling) -> ConstrainedSampler:
         return ConstrainedSampler(sampling, self._vocab)
 
-    def free_sampler(self, sampler: "ConstrainedSampler") -> None:
+    def free_sampler(self, sampler: ConstrainedSampler) -> None:
         sampler.free()
 
     def seq_keep(self, seq: int, n: int) -> None:
@@ -311,19 +315,19 @@ class LlamaBackend:
         # With the sliding-window cache, the smallest position its cells hold for this sequence.
         return llama_cpp.llama_memory_seq_pos_min(self._memory, seq)
 
-    def save_state(self, seq: int) -> Optional[bytes]:
+    def save_state(self, seq: int) -> bytes | None:
         return self._get_state(seq, llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE, "saving the prompt cache")
 
     def load_state(self, seq: int, data: bytes) -> bool:
         return self._set_state(seq, data, llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE, "restoring the prompt cache")
 
-    def save_checkpoint(self, seq: int) -> Optional[bytes]:
+    def save_checkpoint(self, seq: int) -> bytes | None:
         return self._get_state(seq, _PARTIAL_STATE, "saving a context checkpoint")
 
     def load_checkpoint(self, seq: int, data: bytes) -> bool:
         return self._set_state(seq, data, _PARTIAL_STATE, "restoring a context checkpoint")
 
-    def _get_state(self, seq: int, flags: int, what: str) -> Optional[bytes]:
+    def _get_state(self, seq: int, flags: int, what: str) -> bytes | None:
         size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq, flags)
         buffer = (ctypes.c_uint8 * size)()
         with self._watch(what):
@@ -344,7 +348,7 @@ class LlamaBackend:
 class _Unwatched:
     """The watch of a model with no workers: llama.cpp's calls need no deadline."""
 
-    def __enter__(self) -> "_Unwatched":
+    def __enter__(self) -> _Unwatched:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -354,7 +358,7 @@ class _Unwatched:
         pass
 
 
-def _unwatched(what: str, tokens: int = 0, *, ticking: bool = False) -> ContextManager[_Unwatched]:
+def _unwatched(what: str, tokens: int = 0, *, ticking: bool = False) -> AbstractContextManager[_Unwatched]:
     return _Unwatched()
 
 
@@ -445,7 +449,9 @@ class ConstrainedSampler:
             except BaseException:
                 llama_cpp.llama_sampler_free(self.chain)
                 raise
-        self._single = llama_cpp.llama_token_data_array(data=(llama_cpp.llama_token_data * 1)(), size=1, selected=-1, sorted=False)
+        self._single = llama_cpp.llama_token_data_array(
+            data=(llama_cpp.llama_token_data * 1)(), size=1, selected=-1, sorted=False
+        )
 
     def sample(self, ctx: Any, index: int, n_vocab: int) -> int:
         token = llama_cpp.llama_sampler_sample(self.chain, ctx, index)

@@ -6,7 +6,8 @@ Kept free of ``openai_harmony`` so that front ends can check their input (``-r``
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ossrun.errors import ConversationError, OssrunError
 
@@ -22,7 +23,7 @@ def check_reasoning_effort(value: str) -> str:
     return effort
 
 
-def instructions_from(history: Sequence[Mapping[str, Any]]) -> Optional[str]:
+def instructions_from(history: Sequence[Mapping[str, Any]]) -> str | None:
     """The text of a leading system/developer entry, which becomes the developer instructions."""
     texts = [str(m.get("content") or "") for m in history if m.get("role") in INSTRUCTION_ROLES]
     return "\n\n".join(t for t in texts if t) or None

@@ -10,8 +10,9 @@ import contextlib
 import datetime
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import openai_harmony as oh
 
@@ -37,12 +38,12 @@ class PromptSettings:
     """What goes into the system and developer messages."""
 
     reasoning_effort: str = DEFAULT_REASONING_EFFORT
-    instructions: Optional[str] = None  # the developer message's instructions ("system prompt")
-    date: Optional[str] = None  # None: conversation_date() at render time
+    instructions: str | None = None  # the developer message's instructions ("system prompt")
+    date: str | None = None  # None: conversation_date() at render time
     functions: tuple[oh.ToolDescription, ...] = ()  # the developer message's functions namespace
     namespaces: tuple[oh.ToolNamespaceConfig, ...] = ()  # more namespaces of functions in the developer message
     system_tools: tuple[oh.ToolNamespaceConfig, ...] = ()  # builtin tools (python) in the system message
-    response_format: Optional["ResponseFormat"] = None  # declared after the tools in the developer message
+    response_format: ResponseFormat | None = None  # declared after the tools in the developer message
 
     def system_message(self) -> oh.Message:
         content = (
@@ -54,7 +55,7 @@ class PromptSettings:
             content = content.with_tools(namespace)
         return oh.Message.from_role_and_content(oh.Role.SYSTEM, content)
 
-    def developer_message(self) -> Optional[oh.Message]:
+    def developer_message(self) -> oh.Message | None:
         if not self.instructions and not self.functions and not self.namespaces and not self.response_format:
             return None
         content = oh.DeveloperContent.new()
@@ -95,7 +96,7 @@ class ResponseFormat:
         return hash((self.name, json.dumps(self.schema, sort_keys=True, default=str), self.description))
 
 
-def function_description(name: str, description: str, parameters: Optional[Mapping[str, Any]]) -> oh.ToolDescription:
+def function_description(name: str, description: str, parameters: Mapping[str, Any] | None) -> oh.ToolDescription:
     """A function for the developer message's functions namespace; ``parameters`` is a JSON Schema or None."""
     check_strings([description, dict(parameters or {})], f"tool {name}")
     return oh.ToolDescription.new(name, description, parameters=dict(parameters) if parameters else None)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
 from ossrun.errors import DownloadError
@@ -114,7 +114,7 @@ def hub_errors(what: str) -> Iterator[None]:
         raise DownloadError(f"cannot {what}: {endpoint()} does not answer like the hub ({_one_line(exc)})") from None
 
 
-def fetch_repo(repo: str, revision: str, what: Optional[str] = None) -> RemoteRepo:
+def fetch_repo(repo: str, revision: str, what: str | None = None) -> RemoteRepo:
     """The repo's file list at ``revision``, with sizes and published hashes (one API call).
 
     ``what`` names the task in error messages ("download gpt-oss-20b").
@@ -182,7 +182,7 @@ def check_disk_space(needs: list[tuple[Path, int]], what: str) -> None:
         device = anchor.stat().st_dev
         first_folder, total = by_disk.get(device, (folder, 0))
         by_disk[device] = (first_folder, total + n_bytes)
-    for device, (folder, n_bytes) in by_disk.items():
+    for folder, n_bytes in by_disk.values():
         free = shutil.disk_usage(_existing_ancestor(folder)).free
         if n_bytes > free:
             raise DownloadError(
@@ -198,7 +198,7 @@ def _progress_bar(total: int, initial: int, description: str):
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=description, disable=None)
 
 
-def verify_file(path: Path, expected: ExpectedHash, label: Optional[str] = None) -> bool:
+def verify_file(path: Path, expected: ExpectedHash, label: str | None = None) -> bool:
     """Hash ``path`` once (with a progress bar) unless the record says it already passed."""
     if integrity.is_verified(path, expected):
         return True
@@ -312,7 +312,7 @@ def write_ref(remote: RemoteRepo) -> None:
         write_atomically(repo_storage(remote.repo) / "refs" / remote.revision, remote.commit.encode())
 
 
-def find_snapshot(repo: str, revision: str, paths: tuple[str, ...]) -> Optional[list[Path]]:
+def find_snapshot(repo: str, revision: str, paths: tuple[str, ...]) -> list[Path] | None:
     """The cached copies of ``paths`` (all from one commit), preferring the one ``revision`` points to."""
     snapshots = repo_storage(repo) / "snapshots"
     if not snapshots.is_dir():
@@ -327,7 +327,7 @@ def find_snapshot(repo: str, revision: str, paths: tuple[str, ...]) -> Optional[
     return None
 
 
-def cached_copies(repo: str, paths: tuple[str, ...], *, except_commit: Optional[str] = None) -> list[Path]:
+def cached_copies(repo: str, paths: tuple[str, ...], *, except_commit: str | None = None) -> list[Path]:
     """Every snapshot's copy of ``paths`` (complete or not), but those of ``except_commit``."""
     snapshots = repo_storage(repo) / "snapshots"
     if not snapshots.is_dir():
@@ -336,7 +336,7 @@ def cached_copies(repo: str, paths: tuple[str, ...], *, except_commit: Optional[
             for path in paths if (commit / path).is_symlink() or (commit / path).exists()]
 
 
-def cached_hash(path: Path) -> Optional[ExpectedHash]:
+def cached_hash(path: Path) -> ExpectedHash | None:
     """The published hash a cached file must match: its blob is named after it."""
     return ExpectedHash.from_etag(Path(os.path.realpath(path)).name)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from ossrun import home as ossrun_home
 from ossrun.errors import ModelError
@@ -31,7 +30,7 @@ class LocalModel:
 
     path: Path
     files: tuple[Path, ...]
-    entry: Optional[ModelEntry]  # None for a .gguf path outside the registry
+    entry: ModelEntry | None  # None for a .gguf path outside the registry
     source: str  # HUB, CONVERTED or FILE
 
     @property
@@ -55,7 +54,7 @@ class LocalCopy:
 
     source: str  # HUB or CONVERTED
     files: tuple[Path, ...]
-    verified: Optional[bool]  # True: matched the hub's hashes; None: checked on first use
+    verified: bool | None  # True: matched the hub's hashes; None: checked on first use
 
     @property
     def size_bytes(self) -> int:
@@ -66,7 +65,7 @@ def converted_path(entry: ModelEntry) -> Path:
     return ossrun_home.models_dir() / f"{entry.name}.gguf"
 
 
-def hub_files(entry: ModelEntry) -> Optional[list[Path]]:
+def hub_files(entry: ModelEntry) -> list[Path] | None:
     """The entry's GGUF files in the hub cache, all from one commit, or None."""
     if entry.gguf is None:
         return None
@@ -92,7 +91,7 @@ def local_copies(entry: ModelEntry) -> list[LocalCopy]:
     return copies
 
 
-def _expected_hash(path: Path) -> Optional[integrity.ExpectedHash]:
+def _expected_hash(path: Path) -> integrity.ExpectedHash | None:
     # The cache names each blob after the hub's hash; a copied (not linked) file has only our record.
     return hub.cached_hash(path) or integrity.recorded_hash(path)
 
@@ -114,13 +113,13 @@ def _usable_hub_copy(entry: ModelEntry, files: list[Path]) -> LocalModel:
     return LocalModel(files[0], tuple(files), entry, HUB)
 
 
-def find_hub_copy(entry: ModelEntry) -> Optional[LocalModel]:
+def find_hub_copy(entry: ModelEntry) -> LocalModel | None:
     """The entry's GGUF from the hub, verified, or None if it is not in the cache."""
     files = hub_files(entry)
     return _usable_hub_copy(entry, files) if files else None
 
 
-def find_local(entry: ModelEntry) -> Optional[LocalModel]:
+def find_local(entry: ModelEntry) -> LocalModel | None:
     """The entry's usable copy on disk (verified), or None if there is none."""
     converted = converted_path(entry)
     if converted.is_file():
@@ -128,7 +127,7 @@ def find_local(entry: ModelEntry) -> Optional[LocalModel]:
     return find_hub_copy(entry)
 
 
-def memory_shortfall(entry: ModelEntry, total: Optional[int] = None) -> Optional[str]:
+def memory_shortfall(entry: ModelEntry, total: int | None = None) -> str | None:
     """Why ``entry`` cannot run on this machine (its memory_required exceeds the RAM), or None."""
     total = total_memory() if total is None else total
     if total is None or entry.memory_bytes <= total:
@@ -139,7 +138,7 @@ def memory_shortfall(entry: ModelEntry, total: Optional[int] = None) -> Optional
     )
 
 
-def remove_model(name: str, *, registry: Optional[Registry] = None) -> list[Path]:
+def remove_model(name: str, *, registry: Registry | None = None) -> list[Path]:
     """Delete every local copy of a registry model (and any partial download); return what went."""
     entry = (registry or load_registry()).get(name)
     removed = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 from ossrun import home as ossrun_home
 from ossrun.errors import DownloadError, RegistryError
@@ -27,11 +27,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def pull(
-    name: Optional[str] = None,
+    name: str | None = None,
     *,
     from_safetensors: bool = False,
     layout: str = DEFAULT_LAYOUT,
-    registry: Optional[Registry] = None,
+    registry: Registry | None = None,
 ) -> LocalModel:
     """Download a registry model (None: the default one) and return it, verified, on disk."""
     registry = registry or load_registry()
@@ -146,7 +146,7 @@ def _named_checkpoint(entry: ModelEntry, snapshot: Path, paths: list[str]) -> It
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _convert(src: Path, out: Path, tokenizer_dir: Optional[Path]) -> None:
+def _convert(src: Path, out: Path, tokenizer_dir: Path | None) -> None:
     from huggingface_hub.utils import tqdm
 
     from ossrun.convert import convert

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ossrun import home as ossrun_home
 from ossrun.errors import ConversationError
@@ -30,8 +30,8 @@ class Conversation:
 
     messages: list[dict[str, Any]] = field(default_factory=list)  # user/assistant/tool entries
     reasoning_effort: str = DEFAULT_REASONING_EFFORT
-    system: Optional[str] = None  # developer instructions ("system prompt")
-    last_question: Optional[str] = None  # the latest user message, answered or not
+    system: str | None = None  # developer instructions ("system prompt")
+    last_question: str | None = None  # the latest user message, answered or not
 
     def __post_init__(self) -> None:
         self.reasoning_effort = check_reasoning_effort(self.reasoning_effort)
@@ -105,7 +105,7 @@ class Conversation:
             raise ConversationError(f"cannot save to {path}: {exc.strerror or exc}") from None
 
     @classmethod
-    def load(cls, path: Path) -> "Conversation":
+    def load(cls, path: Path) -> Conversation:
         """Read a file written by :meth:`save`, or a bare JSON list of message dicts."""
         path = Path(path).expanduser()
         try:
@@ -126,7 +126,7 @@ class Conversation:
             raise ConversationError(f"cannot load {path}: {exc}") from None
 
     @classmethod
-    def from_json(cls, data: Any) -> "Conversation":
+    def from_json(cls, data: Any) -> Conversation:
         if isinstance(data, list):
             data = {"messages": data}
         if not isinstance(data, dict) or not isinstance(data.get("messages"), list):

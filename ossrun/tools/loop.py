@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from ossrun.events import CommentaryDelta, Done, Event, Notice, Reply, Timings, ToolCall, ToolResult, Usage
 from ossrun.tools.toolbox import Confirm, Toolbox
@@ -26,8 +27,8 @@ def run_tool_loop(
     toolbox: Toolbox,
     *,
     max_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
-    confirm: Optional[Confirm] = None,
-    cancel: Optional[threading.Event] = None,
+    confirm: Confirm | None = None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[Event]:
     """Stream the events of every turn, plus a ToolResult per call; end with one Done for the whole answer.
 
@@ -45,7 +46,7 @@ def run_tool_loop(
     while True:
         calls: list[ToolCall] = []
         preamble: list[str] = []
-        reply: Optional[Reply] = None
+        reply: Reply | None = None
         for event in turn(history):
             if isinstance(event, Done):
                 reply = event.reply

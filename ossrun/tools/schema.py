@@ -16,7 +16,8 @@ import json
 import re
 import types
 import typing
-from typing import Any, Callable, Literal, Optional, Union
+from collections.abc import Callable
+from typing import Any, Literal, Union
 
 from ossrun.errors import ToolError
 
@@ -29,7 +30,7 @@ _SPHINX_PARAM = re.compile(r"^\s*:param\s+(?:[^:]*\s)?(\w+)\s*:\s*(.*)$")
 _ARGS_SECTIONS = ("args", "arguments", "parameters", "params")
 
 
-def function_schema(func: Callable[..., Any]) -> tuple[str, Optional[dict[str, Any]]]:
+def function_schema(func: Callable[..., Any]) -> tuple[str, dict[str, Any] | None]:
     """(description, parameters schema) of ``func``; the schema is None for a function without parameters."""
     name = getattr(func, "__name__", repr(func))
     try:
@@ -40,7 +41,7 @@ def function_schema(func: Callable[..., Any]) -> tuple[str, Optional[dict[str, A
     annotated = func
     if isinstance(func, functools.partial):
         annotated = func.func
-    elif not (inspect.isfunction(func) or inspect.ismethod(func)) and hasattr(func, "__call__"):
+    elif not (inspect.isfunction(func) or inspect.ismethod(func)) and callable(func):
         annotated = func.__call__
     try:
         hints = typing.get_type_hints(annotated)
@@ -139,9 +140,9 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     """
     description: list[str] = []
     params: dict[str, str] = {}
-    section: Optional[str] = None
-    current: Optional[str] = None
-    param_indent: Optional[int] = None  # of the first line in an Args section
+    section: str | None = None
+    current: str | None = None
+    param_indent: int | None = None  # of the first line in an Args section
     for line in doc.splitlines():
         indent = len(line) - len(line.lstrip())
         header = _SECTION.match(line)

@@ -119,14 +119,16 @@ class _SharedRead:
             first = self._twin is None
             if first:
                 self._twin = Future()
+            twin = self._twin
+        assert twin is not None  # set under the lock by the first of the two callers
         if not first:
-            return self._twin.result()
+            return twin.result()
         try:
             halves = self._compute()
         except BaseException as exc:
-            self._twin.set_exception(exc)
+            twin.set_exception(exc)
             raise
-        self._twin.set_result(halves[1 - parity])
+        twin.set_result(halves[1 - parity])
         return halves[parity]
 
 
@@ -160,9 +162,12 @@ class ChunkPlanner:
             last = min(first + step, stop)
             yield Chunk(
                 ggml_nbytes((last - first, *tensor.shape[1:]), self.qtype),
-                lambda first=first, last=last: encode_matrix(reader.read_rows(source, first, last), source.dtype, self.qtype),
+                partial(self._encode_rows, source, first, last),
                 partial(reader.prefetch_rows, source, first, last),
             )
+
+    def _encode_rows(self, source: TensorEntry, first: int, last: int) -> np.ndarray:
+        return encode_matrix(self.reader.read_rows(source, first, last), source.dtype, self.qtype)
 
     def _prefetch_experts(self, tensor: OutputTensor, first: int, stop: int) -> None:
         self.reader.prefetch_rows(self.entries[tensor.source], first, stop)

@@ -136,7 +136,7 @@ def _compute_and_write(fd: int, chunk: Chunk, offset: int) -> int:
     data = chunk.compute()
     if data.nbytes != chunk.nbytes:
         raise RuntimeError(f"a chunk planned as {chunk.nbytes} bytes came out as {data.nbytes}")
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    view = memoryview(np.ascontiguousarray(data)).cast("B")  # type: ignore[arg-type]  # numpy stubs: __buffer__ from 3.12
     done = 0
     while done < len(view):
         done += write_from(fd, view[done:], offset + done)

@@ -28,7 +28,7 @@ def list_models() -> None:
     for entry in registry.entries.values():
         copies = local_copies(entry)
         partial = partial_bytes(entry)
-        download = entry.gguf.download_bytes if entry.gguf else entry.safetensors.download_bytes
+        download = entry.download_bytes
         rows.append((
             entry.name + (" *" if entry.name == registry.default else ""),
             ", ".join(registry.aliases_of(entry.name)) or "-",

@@ -129,10 +129,11 @@ def plan(
     if all(given) and workers:
         left = n_layers
         for worker in workers:
-            fits = max(0, (worker.memory - DEFAULT_WORKER_OVERHEAD) // biggest) if biggest else left
+            memory = worker.memory or 0  # given for every worker here
+            fits = max(0, (memory - DEFAULT_WORKER_OVERHEAD) // biggest) if biggest else left
             if fits == 0:
                 raise ModelError(
-                    f"{worker.name}={format_memory(worker.memory)} cannot hold one layer of {model} "
+                    f"{worker.name}={format_memory(memory)} cannot hold one layer of {model} "
                     f"({format_memory(biggest + DEFAULT_WORKER_OVERHEAD)} with its KV cache for {n_ctx} tokens "
                     f"and a compute buffer): give it more memory or a smaller --ctx"
                 )

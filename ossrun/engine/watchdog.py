@@ -202,7 +202,8 @@ class Watchdog:
             except (OSError, ValueError):
                 continue
             match = re.fullmatch(r"socket:\[(\d+)\]", link)
-            name = self._workers.get(peers.get(int(match[1]))) if match else None
+            peer = peers.get(int(match[1])) if match else None
+            name = self._workers.get(peer) if peer else None
             if name and name not in found:
                 found.append(name)
         return found

@@ -86,7 +86,8 @@ def local_copies(entry: ModelEntry) -> list[LocalCopy]:
         copies.append(LocalCopy(CONVERTED, (converted,), None))
     files = hub_files(entry)
     if files:
-        verified = all(_expected_hash(f) is not None and integrity.is_verified(f, _expected_hash(f)) for f in files)
+        hashes = [(f, _expected_hash(f)) for f in files]
+        verified = all(expected is not None and integrity.is_verified(f, expected) for f, expected in hashes)
         copies.append(LocalCopy(HUB, tuple(files), True if verified else None))
     return copies
 
@@ -96,7 +97,7 @@ def _expected_hash(path: Path) -> integrity.ExpectedHash | None:
     return hub.cached_hash(path) or integrity.recorded_hash(path)
 
 
-def _usable_hub_copy(entry: ModelEntry, files: list[Path]) -> LocalModel:
+def _usable_hub_copy(entry: ModelEntry, repo: str, files: list[Path]) -> LocalModel:
     """Check each file against the hub's hash (once; later from the record). Damaged files are deleted."""
     for f in files:
         expected = _expected_hash(f)
@@ -105,7 +106,7 @@ def _usable_hub_copy(entry: ModelEntry, files: list[Path]) -> LocalModel:
         if not integrity.is_verified(f, expected):
             hub.notice(f"checking {f.name} against the hub's {expected.algorithm} (once)")
         if not hub.verify_file(f, expected):
-            hub.delete_files(entry.gguf.repo, files)
+            hub.delete_files(repo, files)
             raise ModelError(
                 f"{f.name} of {entry.name} is damaged (its {expected.algorithm} does not match the hub's) and was "
                 f"deleted: run `ossrun pull {entry.name}` to download it again"
@@ -116,7 +117,7 @@ def _usable_hub_copy(entry: ModelEntry, files: list[Path]) -> LocalModel:
 def find_hub_copy(entry: ModelEntry) -> LocalModel | None:
     """The entry's GGUF from the hub, verified, or None if it is not in the cache."""
     files = hub_files(entry)
-    return _usable_hub_copy(entry, files) if files else None
+    return _usable_hub_copy(entry, entry.gguf.repo, files) if files and entry.gguf else None
 
 
 def find_local(entry: ModelEntry) -> LocalModel | None:

@@ -66,7 +66,13 @@ class ModelEntry:
     reasoning_effort: str
     sampling: Sampling
     gguf: GgufSource | None
-    safetensors: SafetensorsSource | None
+    safetensors: SafetensorsSource | None  # one of the two at least (checked when models.toml is read)
+
+    @property
+    def download_bytes(self) -> int:
+        """What a pull downloads: the GGUF, or the safetensors checkpoint for a model published as that only."""
+        source = self.gguf or self.safetensors
+        return source.download_bytes if source else 0
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def resolve_model(name: str | None = None, *, pull: bool = False, registry: Regi
 def not_on_disk(entry: ModelEntry) -> ModelError:
     """The error for a registry model with no copy on disk: what to run to get one."""
     if entry.gguf is None:
-        size = format_size(entry.safetensors.download_bytes)
+        size = format_size(entry.download_bytes)
         return ModelError(
             f"{entry.name} is not on disk: run `ossrun pull {entry.name} --from-safetensors` "
             f"(a {size} download, converted locally)"

@@ -52,7 +52,7 @@ class FunctionTool:
     @classmethod
     def from_callable(cls, func: Callable[..., Any], name: str | None = None) -> FunctionTool:
         description, parameters = function_schema(func)
-        return cls(name or getattr(func, "__name__", ""), description, parameters, func)
+        return cls(name or str(getattr(func, "__name__", "")), description, parameters, func)
 
     @classmethod
     def from_schema(cls, schema: Mapping[str, Any], namespace: str = FUNCTIONS) -> FunctionTool:

@@ -310,8 +310,10 @@ class PythonSandbox:
                 return SandboxResult("", "", None, f"not run: {REFUSED}cannot place the run in its cgroup")
         try:
             try:
-                process.stdin.write(code.encode("utf-8", "surrogateescape"))
-                process.stdin.close()
+                stdin = process.stdin
+                assert stdin is not None  # started with stdin=PIPE
+                stdin.write(code.encode("utf-8", "surrogateescape"))
+                stdin.close()
             except BrokenPipeError:
                 pass  # the process died early; its stderr says why
             reader = _BoundedReader(process, self.limits.output_bytes)
@@ -462,7 +464,8 @@ class _BoundedReader:
     def __init__(self, process: subprocess.Popen, limit: int):
         self.process = process
         self.limit = limit
-        self.streams = {process.stdout: _Capture(limit), process.stderr: _Capture(limit)}
+        # keyed by the pipes (stdout=stderr=PIPE), found again through the selector's keys
+        self.streams: dict[Any, _Capture] = {process.stdout: _Capture(limit), process.stderr: _Capture(limit)}
         self.selector = selectors.DefaultSelector()
         for stream in self.streams:
             self.selector.register(stream, selectors.EVENT_READ)

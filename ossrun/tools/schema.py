@@ -38,11 +38,11 @@ def function_schema(func: Callable[..., Any]) -> tuple[str, dict[str, Any] | Non
     except (TypeError, ValueError) as exc:
         raise ToolError(f"cannot read the signature of {name}: {exc}") from None
     # The hints of a callable object are on its __call__, those of a partial on the function it wraps.
-    annotated = func
+    annotated: Any = func
     if isinstance(func, functools.partial):
         annotated = func.func
-    elif not (inspect.isfunction(func) or inspect.ismethod(func)) and callable(func):
-        annotated = func.__call__
+    elif not (inspect.isfunction(func) or inspect.ismethod(func)):
+        annotated = annotated.__call__
     try:
         hints = typing.get_type_hints(annotated)
     except Exception as exc:  # an annotation naming something undefined
@@ -100,11 +100,11 @@ def type_schema(hint: Any, *, required: bool = True) -> dict[str, Any]:
             schema = {**schema, "type": [schema["type"], "null"]}
         return schema
     if hint in (list, tuple, set, frozenset) or origin in (list, tuple, set, frozenset, collections.abc.Sequence):
-        schema: dict[str, Any] = {"type": "array"}
+        array: dict[str, Any] = {"type": "array"}
         item_types = [a for a in args if a is not Ellipsis]
         if len(set(item_types)) == 1:
-            schema["items"] = type_schema(item_types[0])
-        return schema
+            array["items"] = type_schema(item_types[0])
+        return array
     if hint is dict or origin in (dict, collections.abc.Mapping):
         if args and args[0] is not str:
             raise ToolError(f"has type {hint}: JSON object keys are strings")

@@ -6,6 +6,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ossrun.errors import ToolError
 from ossrun.events import ToolCall, ToolResult
@@ -105,7 +106,7 @@ class Toolbox:
         message, python in the system one."""
         functions = tuple(function_description(t.name, t.description, t.parameters)
                           for t in self.functions.values() if t.namespace == FUNCTIONS)
-        others = {}
+        others: dict[str, list[Any]] = {}
         for tool in self.functions.values():
             if tool.namespace != FUNCTIONS:
                 others.setdefault(tool.namespace, []).append(function_description(tool.name, tool.description, tool.parameters))

@@ -45,8 +45,8 @@ from pathlib import Path
 import llama_cpp
 
 import ossrun
-from ossrun.engine.llama import build_sampler_chain
 from ossrun.engine.protocol import Sampling
+from ossrun.engine.sampler import build_sampler_chain
 
 DEFAULT_MODEL = Path.home() / "ossrun-bench" / "gpt-oss-20b-random.gguf"  # left by benchmarks/convert_benchmark.py
 DEFAULT_CTX = 4096

@@ -35,7 +35,8 @@ from ossrun.engine.ggml import place_weights
 from ossrun.engine.gguf_header import GgufHeader
 from ossrun.engine.memory import DEFAULT_BATCH, DEFAULT_CACHE, KV_TYPES, CacheSettings
 from ossrun.engine.prefix_cache import PrefixCache
-from ossrun.engine.protocol import Constraint, Generation, GenerationRequest, Occupancy, Sampling
+from ossrun.engine.protocol import Generation, GenerationRequest, Occupancy, Sampling
+from ossrun.engine.sampler import ConstrainedSampler
 from ossrun.engine.scheduler import Entry, Scheduler
 from ossrun.errors import ModelError
 from ossrun.machine import physical_cores
@@ -207,13 +208,15 @@ class LlamaEngine:
 
     @property
     def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise ModelError("the model is closed: load it again")
         return self._scheduler
 
     def generate(self, request: GenerationRequest) -> Generation:
-        return self._scheduler.submit(request)
+        return self.scheduler.submit(request)
 
     def cached_prefix(self, prompt: Sequence[int], prefix_length: int = 0) -> int:
-        return self._scheduler.cached_prefix(prompt, prefix_length)
+        return self.scheduler.cached_prefix(prompt, prefix_length)
 
     def occupancy(self) -> Occupancy:
         return self._scheduler.occupancy() if self._scheduler is not None else Occupancy()
@@ -244,7 +247,7 @@ class LlamaBackend:
     """A llama.cpp context as :class:`Scheduler` uses it: batches over sequences, samplers, state."""
 
     def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_seq: int, window: int = 0,
-                 watch: Callable[..., AbstractContextManager[Any]] = None):
+                 watch: Callable[..., AbstractContextManager[Any]] | None = None):
         self._watch = watch or _unwatched
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
@@ -385,107 +388,3 @@ def _keyboard_interrupt_caught() -> Iterator[threading.Event]:
         yield interrupted
     finally:
         sys.unraisablehook = previous_hook
-
-
-def build_sampler_chain(sampling: Sampling, vocab: Any = None) -> Any:
-    """llama.cpp's sampler chain for OpenAI's gpt-oss settings: temperature and top_p, nothing else.
-
-    No top-k or min-p stage (llama-cpp-python's own defaults add top_k 40 and min_p 0.05);
-    temperature 0 is greedy decoding. A constraint's banned tokens come first (its grammar is
-    a sampler of its own: see :class:`ConstrainedSampler`).
-    """
-    params = llama_cpp.llama_sampler_chain_default_params()
-    params.no_perf = True
-    chain = llama_cpp.llama_sampler_chain_init(params)
-    if sampling.constraint is not None and sampling.constraint.banned:
-        banned = sorted(sampling.constraint.banned)
-        biases = (llama_cpp.llama_logit_bias * len(banned))()
-        for i, token in enumerate(banned):
-            biases[i].token, biases[i].bias = token, float("-inf")
-        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab) if vocab is not None else max(banned) + 1
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
-    if sampling.temperature <= 0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
-    if sampling.top_p < 1.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
-    seed = llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed % 2**32
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
-    return chain
-
-
-def build_grammar(constraint: Constraint, vocab: Any) -> Any:
-    """llama.cpp's grammar sampler for ``constraint`` (lazy when it has triggers)."""
-    grammar, root = constraint.grammar.encode(), b"root"
-    if constraint.triggers:
-        patterns = (ctypes.c_char_p * len(constraint.triggers))(*(p.encode() for p in constraint.triggers))
-        sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(vocab, grammar, root, patterns, len(patterns), None, 0)
-    else:
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar, root)
-    if not sampler:
-        raise ModelError("llama.cpp could not parse the grammar for this request's output format: run with --verbose to see why")
-    return sampler
-
-
-_TOKEN_DATA = None  # numpy dtype of llama_token_data, made on first use
-
-
-class ConstrainedSampler:
-    """A sampler chain and, for a constrained request, a grammar checked after the draw.
-
-    Applying a grammar to all 201k candidates costs far more than a decode step of a small
-    model, so, as llama.cpp's own samplers do, the token is drawn first and checked alone;
-    only when the grammar rejects it is the draw made again over the candidates it allows.
-    """
-
-    def __init__(self, sampling: Sampling, vocab: Any):
-        self.chain = build_sampler_chain(sampling, vocab)
-        self.grammar = None
-        constraint = sampling.constraint
-        if constraint is not None and constraint.grammar is not None:
-            try:
-                self.grammar = build_grammar(constraint, vocab)
-            except BaseException:
-                llama_cpp.llama_sampler_free(self.chain)
-                raise
-        self._single = llama_cpp.llama_token_data_array(
-            data=(llama_cpp.llama_token_data * 1)(), size=1, selected=-1, sorted=False
-        )
-
-    def sample(self, ctx: Any, index: int, n_vocab: int) -> int:
-        token = llama_cpp.llama_sampler_sample(self.chain, ctx, index)
-        if self.grammar is None:
-            return token
-        single = self._single
-        single.data[0].id, single.data[0].logit, single.data[0].p = token, 0.0, 0.0
-        single.size, single.selected = 1, -1
-        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(single))
-        if single.data[0].logit != float("-inf"):
-            llama_cpp.llama_sampler_accept(self.grammar, token)
-            return token
-        token = self._resample(ctx, index, n_vocab)
-        llama_cpp.llama_sampler_accept(self.grammar, token)
-        return token
-
-    def _resample(self, ctx: Any, index: int, n_vocab: int) -> int:
-        import numpy as np
-
-        global _TOKEN_DATA
-        if _TOKEN_DATA is None:
-            _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
-        candidates = np.empty(n_vocab, dtype=_TOKEN_DATA)
-        candidates["id"], candidates["logit"], candidates["p"] = np.arange(n_vocab, dtype=np.int32), logits, 0.0
-        array = llama_cpp.llama_token_data_array(
-            data=candidates.ctypes.data_as(llama_cpp.llama_token_data_p), size=n_vocab, selected=-1, sorted=False)
-        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
-        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
-        if array.selected < 0:
-            raise ModelError("no token fits this request's output format: the grammar allows nothing here")
-        return int(array.data[array.selected].id)
-
-    def free(self) -> None:
-        llama_cpp.llama_sampler_free(self.chain)
-        if self.grammar is not None:
-            llama_cpp.llama_sampler_free(self.grammar)

@@ -137,7 +137,8 @@ class Reply:
     malformed: bool = False  # the model's output did not parse as harmony; final holds its raw text
     context_used: int = 0
     context_size: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    dropped_messages: int = 0  # the oldest history entries left out to fit the context
+    notices: tuple[str, ...] = ()  # what the stream's Notice events said
     # finish_reason "tool_calls": the calls the caller runs; it appends messages(), then one
     # ToolResult(...).message() (or {"role": "tool", "name", "content"}) per call, and asks again.
     pending_calls: tuple[ToolCall, ...] = ()

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import TextIO
 
 from ossrun import home
+from ossrun.defaults import DEFAULT_WORKER_HOST as DEFAULT_HOST
+from ossrun.defaults import DEFAULT_WORKER_PORT as DEFAULT_PORT
 from ossrun.errors import OssrunError
 from ossrun.machine import available_memory, physical_cores
 from ossrun.units import format_memory, format_size
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 50052
 # How llama.cpp names a cached tensor: the FNV-1a hash of its bytes, 16 hex digits.
 CACHE_FILE = re.compile(r"^[0-9a-f]{16}$")
 

@@ -26,13 +26,14 @@ import ossrun
 from ossrun.engine.protocol import common_prefix_length
 from ossrun.events import Done
 from ossrun.harmony.prompt import PromptSettings, render_prefix
+from ossrun.options import ReplyOptions
 from ossrun.terminal.display import Screen
 from ossrun.terminal.repl import Repl, StreamReader
 
 pytestmark = pytest.mark.slow
 
 DATE = "2026-01-15"
-SAMPLING = {"temperature": 1.0, "top_p": 1.0, "seed": 5, "max_tokens": 6}
+SAMPLING = ReplyOptions(temperature=1.0, top_p=1.0, seed=5, max_tokens=6)
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_load_returns_a_named_model(model, tiny_gguf):
     assert model.name == "tiny-gpt-oss"
     assert model.path == tiny_gguf
     assert model.n_ctx == 4096
-    assert ossrun.load is ossrun.model.load
+    assert ossrun.load is ossrun.loading.load
 
 
 def test_stream_ends_with_one_done_whose_reply_matches_the_events(model):
@@ -175,7 +176,7 @@ def test_context_overflow_drops_the_oldest_turns_with_a_notice(small_model):
     assert len(render_prompt(small_model.encoding, history, PromptSettings(date=DATE))) > 512
     events = list(small_model.stream(history, max_tokens=4, seed=0))
     notice, reply = events[0], events[-1].reply
-    dropped = reply.extra["dropped_messages"]
+    dropped = reply.dropped_messages
     assert isinstance(notice, Notice)
     assert notice.text == (
         f"the conversation is longer than the context of 512 tokens: left out the {dropped} oldest messages"
@@ -366,10 +367,21 @@ def test_copy_of_a_model_is_checked_again(tiny_gguf, tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
-def test_loading_indicator_only_when_asked_or_on_a_terminal(tiny_gguf, capfd):
-    load(tiny_gguf, ctx=512).close()  # stderr is not a terminal here: nothing shown
-    assert capfd.readouterr().err == ""
-    load(tiny_gguf, ctx=512, show_progress=True).close()
-    err = capfd.readouterr().err
-    assert err.startswith("loading tiny-gpt-oss…") and "\rloading tiny-gpt-oss… 100%" in err
-    assert err.endswith("\r\033[K")  # the line is cleared once loaded
+def test_the_library_draws_nothing_and_says_how_far_the_load_is(tiny_gguf, capfd):
+    fractions = []
+    load(tiny_gguf, ctx=512, on_progress=fractions.append).close()
+    assert capfd.readouterr().err == ""  # front ends draw the progress (ossrun.terminal.progress)
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_the_front_ends_draw_the_load_on_a_terminal_only(tiny_gguf):
+    from rich.console import Console
+
+    from ossrun.terminal.progress import loading
+
+    shown = io.StringIO()
+    with loading("tiny-gpt-oss", Console(file=shown, force_terminal=True, width=80)) as on_progress:
+        load(tiny_gguf, ctx=512, on_progress=on_progress).close()
+    assert "loading tiny-gpt-oss" in shown.getvalue() and "100%" in shown.getvalue()
+    with loading("tiny-gpt-oss", Console(file=io.StringIO(), force_terminal=False)) as on_progress:
+        assert on_progress is None

@@ -15,6 +15,7 @@ import pytest
 
 from ossrun.engine.protocol import Sampling
 from ossrun.model import Model
+from ossrun.options import ReplyOptions
 from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import Screen
 from ossrun.terminal.repl import Repl, StreamReader
@@ -84,7 +85,7 @@ def test_a_normal_conversation(encoding):
 
 def test_hidden_reasoning_and_sampling_options(encoding):
     session = Session(encoding, [HELLO], reasoning="hide",
-                      sampling={"temperature": 0.5, "top_p": 0.9, "seed": 3, "max_tokens": None})
+                      sampling=ReplyOptions(temperature=0.5, top_p=0.9, seed=3))
     code, transcript = session.run("Hi\n")
     assert transcript == BANNER + (
         ">>> Hi\nthought for 5 tokens\nHello! How can I help?\n"

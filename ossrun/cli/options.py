@@ -6,25 +6,28 @@ Kept free of heavy imports: ``ossrun --help`` loads this module.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
-from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort
+from ossrun.defaults import DEFAULT_KV_TYPE, DEFAULT_MCP_TIMEOUT, DEFAULT_REASONING_EFFORT, KV_TYPES
+from ossrun.harmony.messages import ReasoningEffort as Effort
+from ossrun.harmony.messages import check_reasoning_effort
+from ossrun.options import ReplyOptions
 
 # models.toml names the default; this is for help texts, which must not read files
 DEFAULT_MODEL_HELP = "the registry's default, gpt-oss-20b"
-DEFAULT_CTX = "auto"  # the largest context that fits in memory
-DEFAULT_KV_TYPE = "f16"
-KV_TYPES = ("f16", "q8_0")  # ossrun.engine.memory.KV_TYPES, not imported: it loads gguf
 DEFAULT_EFFORT = DEFAULT_REASONING_EFFORT
-DEFAULT_MAX_TOOL_ROUNDS = 8  # ossrun.tools.DEFAULT_MAX_TOOL_ROUNDS, not imported: it loads openai_harmony
-DEFAULT_MCP_TIMEOUT = 60.0  # ossrun.tools.mcp_config.DEFAULT_TIMEOUT
 
 
-def _check_effort(value: str) -> str:
+def _check_effort(value: str | None) -> Effort | None:
     # Raises an OssrunError, not a usage error: one line "error: ..." from main(), exit code 1.
-    return check_reasoning_effort(value)
+    return None if value is None else check_reasoning_effort(value)
+
+
+def effort(value: str | None) -> Effort | None:
+    """``-r`` as its type: the callback has checked it (Typer declares options with plain types)."""
+    return cast("Effort | None", value)
 
 
 def parse_ctx(value: Any) -> Any:
@@ -62,17 +65,21 @@ ModelOption = Annotated[
                  show_default=False),
 ]
 ReasoningEffort = Annotated[
-    str,
+    str | None,
     typer.Option("-r", "--reasoning-effort", metavar="low|medium|high", callback=_check_effort,
-                 help="How hard the model thinks before answering."),
+                 show_default="the model's, medium", help="How hard the model thinks before answering."),
 ]
 System = Annotated[
     str | None,
     typer.Option("--system", metavar="TEXT", help="Instructions for the model (harmony's developer message).",
                  show_default=False),
 ]
-Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature (OpenAI recommends 1.0).")]
-TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (1.0: off).")]
+# The model's defaults (models.toml's reasoning_effort and sampling; medium, 1.0, 1.0 for gpt-oss) unless given
+ModelsDefault = "the model's, 1.0"
+Temperature = Annotated[float | None, typer.Option("--temperature", min=0.0, show_default=ModelsDefault,
+                                                   help="Sampling temperature (OpenAI recommends 1.0).")]
+TopP = Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, show_default=ModelsDefault,
+                                            help="Nucleus sampling mass (1.0: off).")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable output.", show_default=False)]
 MaxTokens = Annotated[
     int | None,
@@ -179,12 +186,29 @@ def load_model(name: str | None, *, ctx: Any, threads: int | None, verbose: bool
     import sys
 
     import ossrun
+    from ossrun.terminal.progress import loading
 
-    model = ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel, rpc=rpc or None,
-                        kv_type=kv_type, swa_full=swa_full)
+    with loading(_shown_name(name)) as on_progress:
+        model = ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel,
+                            rpc=rpc or None, kv_type=kv_type, swa_full=swa_full, on_progress=on_progress)
     if model.placement is not None:
         sys.stderr.write(f"{model.placement}\n")
     return model
+
+
+def _shown_name(name: str | None) -> str:
+    """What ``Model.name`` will be: the registry's name for a name or an alias, a file's name without .gguf."""
+    from ossrun.store.resolve import is_model_path
+
+    if name == "demo":
+        return name
+    if name is not None and is_model_path(name):
+        return Path(name).name.removesuffix(".gguf")
+    from ossrun.store.registry import load_registry
+
+    registry = load_registry()
+    entry = registry.default_entry() if name is None else registry.find(name)
+    return entry.name if entry else str(name)
 
 
 def toolbox(functions: list[Path] | None, tools: list[str] | None, mcp: list[Path] | None = None,
@@ -196,9 +220,9 @@ def toolbox(functions: list[Path] | None, tools: list[str] | None, mcp: list[Pat
     return Toolbox.from_options(functions or (), tools or (), mcp or (), mcp_timeout)
 
 
-def sampling(temperature: float, top_p: float, seed: int | None, max_tokens: int | None) -> dict[str, Any]:
-    """The keyword arguments of ``Model.stream`` for sampling."""
-    return {"temperature": temperature, "top_p": top_p, "seed": seed, "max_tokens": max_tokens}
+def sampling(temperature: float | None, top_p: float | None, seed: int | None, max_tokens: int | None) -> ReplyOptions:
+    """The options of ``Model.stream`` for sampling (None: the model's default)."""
+    return ReplyOptions(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens)
 
 
 def utf8_text(text: str, what: str, notice: Any) -> str:

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import gguf
 
+from ossrun.defaults import DEFAULT_KV_TYPE
 from ossrun.engine.gguf_header import GgufHeader, TensorInfo
 from ossrun.errors import ModelError
 from ossrun.units import format_memory
 
 DEFAULT_BATCH = 512  # tokens per llama_decode call (llama.py): prompt chunks and every sequence's next token
-DEFAULT_KV_TYPE = "f16"
 # What the cache may hold, by the name llama.cpp gives the type; q8_0 halves it (see the README's figures).
 KV_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
 # Checkpoints kept per sequence: llama-server keeps 32 a slot by default.

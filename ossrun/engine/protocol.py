@@ -14,8 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_P = 1.0
+from ossrun.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 EngineFinish = Literal["stop", "length", "interrupted"]
 

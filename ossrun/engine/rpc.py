@@ -28,6 +28,7 @@ from functools import cache
 import gguf
 import llama_cpp
 
+from ossrun.defaults import DEFAULT_WORKER_PORT
 from ossrun.engine import memory
 from ossrun.engine.ggml import (
     GGML_BACKEND_DEVICE_TYPE_CPU,
@@ -45,7 +46,6 @@ from ossrun.errors import OssrunError, WorkerError
 from ossrun.machine import available_memory
 from ossrun.units import parse_size
 
-DEFAULT_PORT = 50052
 # The protocol of the llama.cpp this llama-cpp-python vendors (RPC_PROTO_*_VERSION in ggml-rpc.h);
 # a worker's major must match and its minor be no newer, as llama.cpp's own handshake demands.
 PROTOCOL = (7, 0, 0)
@@ -105,7 +105,8 @@ def parse_workers(specs: str | Sequence[str]) -> tuple[WorkerSpec, ...]:
     for part in parts:
         match = _ENDPOINT.match(part)
         if not match:
-            raise WorkerError(f"--rpc {part!r} is not HOST:PORT or HOST:PORT=MEMORY (e.g. 192.168.1.20:{DEFAULT_PORT}=20GiB; "
+            example = f"192.168.1.20:{DEFAULT_WORKER_PORT}=20GiB"
+            raise WorkerError(f"--rpc {part!r} is not HOST:PORT or HOST:PORT=MEMORY (e.g. {example}; "
                               f"llama.cpp's RPC takes IPv4 addresses and host names)")
         port = int(match["port"])
         if not 0 < port < 65536:

@@ -16,8 +16,9 @@ from typing import Any
 
 import openai_harmony as oh
 
+from ossrun.defaults import DEFAULT_REASONING_EFFORT
 from ossrun.errors import ConversationError, OssrunError
-from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort, check_strings
+from ossrun.harmony.messages import ReasoningEffort, check_strings
 
 _EFFORTS = {"low": oh.ReasoningEffort.LOW, "medium": oh.ReasoningEffort.MEDIUM, "high": oh.ReasoningEffort.HIGH}
 
@@ -37,7 +38,7 @@ def conversation_date() -> str:
 class PromptSettings:
     """What goes into the system and developer messages."""
 
-    reasoning_effort: str = DEFAULT_REASONING_EFFORT
+    reasoning_effort: ReasoningEffort = DEFAULT_REASONING_EFFORT
     instructions: str | None = None  # the developer message's instructions ("system prompt")
     date: str | None = None  # None: conversation_date() at render time
     functions: tuple[oh.ToolDescription, ...] = ()  # the developer message's functions namespace
@@ -48,7 +49,7 @@ class PromptSettings:
     def system_message(self) -> oh.Message:
         content = (
             oh.SystemContent.new()
-            .with_reasoning_effort(_EFFORTS[check_reasoning_effort(self.reasoning_effort)])
+            .with_reasoning_effort(_EFFORTS[self.reasoning_effort])
             .with_conversation_start_date(self.date or conversation_date())
         )
         for namespace in self.system_tools:

@@ -7,17 +7,21 @@ injected, so the whole loop runs in tests from a string of input lines.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol, TextIO
 
 from ossrun import home as ossrun_home
+from ossrun.defaults import DEFAULT_MAX_TOOL_ROUNDS
 from ossrun.errors import OssrunError
 from ossrun.events import Done, Reply, ToolCall
+from ossrun.options import ReplyOptions
 from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import ReasoningMode, Screen, TurnView, stats_line
 from ossrun.terminal.interrupt import cancel_on_sigint, sigint_raises
-from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, FunctionTool, Toolbox
+from ossrun.tools import FunctionTool, Toolbox
 
 PROMPT = ">>> "
 CONTINUATION_PROMPT = "... "
@@ -77,6 +81,7 @@ class TerminalReader:
 
     def __init__(self, history_file: Path | None = None):
         self.history_file = history_file or ossrun_home.home() / HISTORY_FILE_NAME
+        readline: ModuleType | None
         try:
             import readline
         except ImportError:  # Windows without pyreadline: plain input()
@@ -113,7 +118,7 @@ class Repl:
         *,
         conversation: Conversation | None = None,
         reasoning: ReasoningMode = "show",
-        sampling: dict[str, Any] | None = None,
+        sampling: ReplyOptions | None = None,  # temperature, top_p, seed, max_tokens
         banner: bool = True,
         tools: Toolbox | None = None,
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
@@ -124,7 +129,7 @@ class Repl:
         self.reader = reader
         self.conversation = conversation or Conversation()
         self.reasoning = reasoning
-        self.sampling = dict(sampling or {})
+        self.sampling = sampling or ReplyOptions()
         self.banner = banner
         self.tools = tools
         self.max_tool_rounds = max_tool_rounds
@@ -153,13 +158,13 @@ class Repl:
                 for text in self.tools.news() if self.tools else ():  # an MCP server that stopped, said once
                     self.screen.notice(text)
                 try:
-                    text = self._read_input()
+                    line = self._read_input()
                 except (EOFError, KeyboardInterrupt):
                     self.screen.write(self.screen.err, "\n")  # leave the prompt's line
                     return 0
-                if text is None:
+                if line is None:
                     continue
-                if self.handle(text) is False:
+                if self.handle(line) is False:
                     return 0
         finally:
             self.reader.close()
@@ -208,11 +213,11 @@ class Repl:
     def ask(self, question: str) -> Reply | None:
         """Stream an answer to ``question``; an interrupted or failed one is not kept."""
         messages = self.conversation.ask(question)
-        options = {**self.conversation.options(), **self.sampling, **self._tool_options()}
+        options = dataclasses.replace(self.sampling, **self.conversation.options(), **self._tool_options())
         reply: Reply | None = None
         try:
             with TurnView(self.screen, reasoning=self.reasoning) as view, cancel_on_sigint() as cancel:
-                for event in self.model.stream(messages, cancel=cancel, **options):
+                for event in self.model.stream(messages, options, cancel=cancel):
                     view.handle(event)
                     if isinstance(event, Done):
                         reply = event.reply

@@ -13,10 +13,9 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ossrun.defaults import DEFAULT_MAX_TOOL_ROUNDS
 from ossrun.events import CommentaryDelta, Done, Event, Notice, Reply, Timings, ToolCall, ToolResult, Usage
 from ossrun.tools.toolbox import Confirm, Toolbox
-
-DEFAULT_MAX_TOOL_ROUNDS = 8
 
 Turn = Callable[[list[dict[str, Any]]], Iterator[Event]]  # one assistant turn over a history, ending with Done
 
@@ -58,10 +57,10 @@ def run_tool_loop(
             yield event
         if reply is None:
             raise RuntimeError("a generation ended without a Done event")
-        newly_dropped = int(reply.extra.get("dropped_messages", 0) or 0)
+        newly_dropped = reply.dropped_messages
         del history[:newly_dropped]
         dropped += newly_dropped
-        reply = dataclasses.replace(reply, extra={**reply.extra, "dropped_messages": dropped})
+        reply = dataclasses.replace(reply, dropped_messages=dropped)
         replies.append(reply)
         if reply.finish_reason != "tool_calls" or not calls or reply.malformed:
             yield Done(_answer(replies, results, chain))

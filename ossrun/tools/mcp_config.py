@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ossrun.defaults import DEFAULT_MCP_TIMEOUT
 from ossrun.errors import McpError
 
-DEFAULT_TIMEOUT = 60.0  # seconds a server may take to answer one call
+DEFAULT_TIMEOUT = DEFAULT_MCP_TIMEOUT  # seconds a server may take to answer one call
 DEFAULT_STARTUP_TIMEOUT = 60.0  # seconds it may take to start and answer the handshake (npx may download first)
 HTTP_TYPES = ("http", "streamable-http", "streamable_http", "streamableHttp")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # What a wheel is built from: the package sources and metadata, not tests, benchmarks or caches.
 COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".ci", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.gguf"
+    ".git", ".ci", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+    "*.gguf",
 )
 TOP_LEVEL_IGNORE = {"tests", "benchmarks", "demo"}  # only at the root: ossrun/data/demo is package data
 
@@ -103,6 +104,7 @@ def wheel_python(wheel, tmp_path_factory) -> Path:
 def test_wheel_contents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "ossrun/models.toml" in names
+    assert "ossrun/py.typed" in names  # type checkers read the package's annotations (PEP 561)
     assert "ossrun/convert/__init__.py" in names and "ossrun/convert/mxfp4.py" in names
     assert not any(name.startswith("convert/") for name in names)  # never a top-level "convert"
     assert not any(name.startswith("tests/") for name in names)

@@ -84,7 +84,7 @@ def test_the_readme_install_builds_the_rpc_backend_and_ci_runs_the_readme_test_c
     for command in (install, test):
         # pip's wheel cache keys on the sdist, not on CMAKE_ARGS: only --no-cache-dir forces an RPC build.
         assert '-DGGML_RPC=ON' in command and "-DGGML_RPC_RDMA=OFF" in command and "--no-cache-dir" in command, command
-    assert install.endswith("&& ossrun chat") and test.endswith("&& pytest")
+    assert install.endswith("&& ossrun chat") and test.endswith("&& ruff check . && mypy && pytest --durations=15")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci
 

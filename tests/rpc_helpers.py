@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 READY_SECONDS = 60
+STOP_SECONDS = 60
 
 
 def free_port() -> int:
@@ -58,12 +59,13 @@ class Worker:
         return self
 
     def stop(self) -> int:
-        """Ctrl-C, as a person would; the exit code."""
+        """Ctrl-C, as a person would; the exit code (-9 if it had not ended a minute later)."""
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(10)
+                # A worker ends at once on an idle machine; on a busy one, ten seconds were once too few.
+                self.process.wait(STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

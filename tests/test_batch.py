@@ -126,13 +126,17 @@ def test_a_second_run_goes_on_where_the_first_stopped(home, tmp_path):
 
 def test_ctrl_c_stops_the_batch_and_keeps_what_was_finished(home, tmp_path):
     long = "Please read this story to the end. " + "The fox ran over the hill and back again. " * 300
-    lines = [request(f"q{i}", q) for i, q in enumerate(QUESTIONS[:2])] + [request(f"long{i}", long + str(i)) for i in range(6)]
+    # Twelve long lines after the two short ones: seconds of work on a quiet machine (each is ~3000
+    # prompt tokens and an answer), far more than it takes to see the first two lines written and
+    # signal, however busy the machine (with six, a starved test process once saw the batch finish first).
+    lines = [request(f"q{i}", q) for i, q in enumerate(QUESTIONS[:2])] + [request(f"long{i}", long + str(i)) for i in range(12)]
     source = write(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out.jsonl"
     process = batch(home, str(source), "-o", str(out), "--parallel", "2", wait=False)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out.exists() and out.read_text().count("\n") >= 2):
-        time.sleep(0.1)
+        time.sleep(0.02)
+    assert process.poll() is None, "the batch ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 from ossrun import home as ossrun_home
 from ossrun.errors import ModelError
 from ossrun.machine import total_memory
-from ossrun.store import hub, integrity
+from ossrun.store import hub_cache, integrity
 from ossrun.store.registry import ModelEntry, Registry, load_registry
 from ossrun.units import format_memory
 
@@ -69,14 +69,14 @@ def hub_files(entry: ModelEntry) -> list[Path] | None:
     """The entry's GGUF files in the hub cache, all from one commit, or None."""
     if entry.gguf is None:
         return None
-    return hub.find_snapshot(entry.gguf.repo, entry.gguf.revision, entry.gguf.files)
+    return hub_cache.find_snapshot(entry.gguf.repo, entry.gguf.revision, entry.gguf.files)
 
 
 def partial_bytes(entry: ModelEntry) -> int:
     """Bytes of an interrupted GGUF download waiting to be resumed."""
     if entry.gguf is None:
         return 0
-    return sum(p.stat().st_size for p in hub.partial_downloads(entry.gguf.repo))
+    return sum(p.stat().st_size for p in hub_cache.partial_downloads(entry.gguf.repo))
 
 
 def local_copies(entry: ModelEntry) -> list[LocalCopy]:
@@ -94,7 +94,7 @@ def local_copies(entry: ModelEntry) -> list[LocalCopy]:
 
 def _expected_hash(path: Path) -> integrity.ExpectedHash | None:
     # The cache names each blob after the hub's hash; a copied (not linked) file has only our record.
-    return hub.cached_hash(path) or integrity.recorded_hash(path)
+    return hub_cache.cached_hash(path) or integrity.recorded_hash(path)
 
 
 def _usable_hub_copy(entry: ModelEntry, repo: str, files: list[Path]) -> LocalModel:
@@ -104,9 +104,9 @@ def _usable_hub_copy(entry: ModelEntry, repo: str, files: list[Path]) -> LocalMo
         if expected is None:
             raise ModelError(f"cannot check {f} against the hub's hash: run `ossrun pull {entry.name}` once online")
         if not integrity.is_verified(f, expected):
-            hub.notice(f"checking {f.name} against the hub's {expected.algorithm} (once)")
-        if not hub.verify_file(f, expected):
-            hub.delete_files(repo, files)
+            hub_cache.notice(f"checking {f.name} against the hub's {expected.algorithm} (once)")
+        if not hub_cache.verify_file(f, expected):
+            hub_cache.delete_files(repo, files)
             raise ModelError(
                 f"{f.name} of {entry.name} is damaged (its {expected.algorithm} does not match the hub's) and was "
                 f"deleted: run `ossrun pull {entry.name}` to download it again"
@@ -149,8 +149,8 @@ def remove_model(name: str, *, registry: Registry | None = None) -> list[Path]:
         converted.unlink()
         removed.append(converted)
     if entry.gguf is not None:
-        removed += hub.delete_partials(entry.gguf.repo)
-        removed += hub.delete_files(entry.gguf.repo, hub.cached_copies(entry.gguf.repo, entry.gguf.files))
+        removed += hub_cache.delete_partials(entry.gguf.repo)
+        removed += hub_cache.delete_files(entry.gguf.repo, hub_cache.cached_copies(entry.gguf.repo, entry.gguf.files))
     if not removed:
         raise ModelError(f"{entry.name} is not on disk: nothing to remove")
     return removed

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hubserver import HubServer  # noqa: E402
+from helpers.hubserver import HubServer  # noqa: E402
 from ossrun.store.integrity import SHA256, file_digest  # noqa: E402
 
 GGUF_20B_BYTES = 12_100_000_000

@@ -46,10 +46,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import convert_benchmark  # noqa: E402
 import ossrun  # noqa: E402
+from helpers.rpc_helpers import Relay, Worker  # noqa: E402
 from ossrun.engine import ggml  # noqa: E402
 from ossrun.engine.protocol import GenerationRequest, Sampling  # noqa: E402
 from ossrun.machine import physical_cores  # noqa: E402
-from rpc_helpers import Relay, Worker  # noqa: E402
 
 DEFAULT_DIR = Path.home() / "ossrun-bench"
 GREEDY = Sampling(temperature=0.0)

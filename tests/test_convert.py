@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-import checkpoints
-import reference_forward
+from helpers import checkpoints, reference_forward
 from ossrun.convert import OUTTYPES, convert
 from ossrun.errors import ConvertError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import checkpoints
+from helpers import checkpoints
 from ossrun.cli import main
 
 

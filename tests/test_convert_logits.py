@@ -13,9 +13,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import reference_forward
-from bare_llama import open_llama
-from checkpoints import TinyConfig, make_clear_margin_weights, write_hf_checkpoint
+from helpers import reference_forward
+from helpers.bare_llama import open_llama
+from helpers.checkpoints import TinyConfig, make_clear_margin_weights, write_hf_checkpoint
 
 pytestmark = pytest.mark.slow
 

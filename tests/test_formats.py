@@ -8,9 +8,9 @@ import json
 import pytest
 
 import ossrun
+from helpers.scripted import ScriptedEngine
 from ossrun.errors import ConversationError, OssrunError
 from ossrun.model import Model
-from scripted import ScriptedEngine
 
 DATE = "2025-08-05"
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from helpers.scripted import ScriptedEngine, invoke, reply
 from ossrun.model import Model
 from ossrun.terminal.display import Screen
 from ossrun.terminal.repl import Repl, StreamReader
 from ossrun.tools import McpServers, Toolbox
 from ossrun.tools.mcp_servers import McpToolInfo
 from ossrun.tools.mcp_tools import harmony_parameters, mcp_function_tools
-from scripted import ScriptedEngine, invoke, reply
 
-SERVER = Path(__file__).with_name("mcp_weather.py")
+SERVER = Path(__file__).parent / "helpers" / "mcp_weather.py"
 QUESTION = [{"role": "user", "content": "What's the weather in Oslo?"}]
 WEATHER_CALL = ('<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary '
                 'to=functions.get_weather <|constrain|>json<|message|>{"city": "Oslo"}<|call|>')
@@ -537,7 +537,7 @@ def test_chat_leaves_no_process_on_ctrl_c(demo_build, tmp_path):
 def test_serve_runs_mcp_tools_and_shows_their_calls_in_both_apis(demo_build, tmp_path):
     from openai import OpenAI
 
-    from serving import ServerProcess
+    from helpers.serving import ServerProcess
 
     path = config_file(tmp_path, {"weather": server(tmp_path)})
     process = ServerProcess("--demo", "--mcp", str(path), home=demo_home(tmp_path, demo_build))

@@ -25,7 +25,7 @@ else:  # pragma: no cover - Python 3.10
 
 import pytest
 
-import checkpoints
+from helpers import checkpoints
 
 pytestmark = pytest.mark.slow
 

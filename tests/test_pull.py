@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hubserver import HubServer
+from helpers.hubserver import HubServer
 from ossrun.errors import ModelError
 from ossrun.store import integrity
 from ossrun.store.local import HUB
@@ -313,7 +313,7 @@ safetensors = {{ repo = "{CHECKPOINT_REPO}", original = "original", download_siz
 @pytest.fixture(scope="module")
 def checkpoint_repo(tmp_path_factory, tiny_weights, o200k_tokenizer_dir) -> Path:
     """Both published layouts in one repo folder (named like the entry), plus files pull must skip."""
-    from checkpoints import write_hf_checkpoint, write_original_checkpoint
+    from helpers.checkpoints import write_hf_checkpoint, write_original_checkpoint
 
     config, weights = tiny_weights
     root = tmp_path_factory.mktemp("published") / "tiny-oss"

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ossrun.tools import PythonSandbox, SandboxLimits
-from sandboxes import (
+from helpers.sandboxes import (
     ATTEMPT,
     CONNECT,
     ORDINARY_UID,
@@ -32,6 +31,7 @@ from sandboxes import (
     report,
     util_linux,
 )
+from ossrun.tools import PythonSandbox, SandboxLimits
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="namespaces are Linux's")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.sandboxes import ATTEMPT, ORDINARY_UID, host_processes
 from ossrun.tools import PythonSandbox, SandboxLimits
 from ossrun.tools.workdir import private_folder, remove_tree
-from sandboxes import ATTEMPT, ORDINARY_UID, host_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="namespaces are Linux's")
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from helpers.sandboxes import CONNECT, host_processes
 from ossrun.tools import PythonSandbox, SandboxLimits
-from sandboxes import CONNECT, host_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="network namespaces are Linux's")
 

@@ -13,13 +13,13 @@ import re
 
 import pytest
 
+from helpers.scripted import Script, ScriptedEngine, reply
 from ossrun.engine.protocol import Sampling
 from ossrun.model import Model
 from ossrun.options import ReplyOptions
 from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import Screen
 from ossrun.terminal.repl import Repl, StreamReader
-from scripted import Script, ScriptedEngine, reply
 
 DATE = "2026-01-15"
 

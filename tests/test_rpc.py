@@ -24,9 +24,9 @@ import llama_cpp
 import pytest
 
 import ossrun
+from helpers.rpc_helpers import Relay, Worker, free_port
 from ossrun.engine import rpc
 from ossrun.engine.gguf_header import check_gpt_oss
-from rpc_helpers import Relay, Worker, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -191,7 +191,7 @@ def test_run_over_workers_puts_buffers_on_the_rpc_devices(workers, demo_build, l
 @pytest.fixture(scope="module")
 def wide_expert_gguf(tmp_path_factory, o200k_tokenizer_dir) -> Path:
     """A small gpt-oss whose expert tensors exceed llama.cpp's 10 MiB cache threshold (12.75 MiB each)."""
-    from checkpoints import TinyConfig, make_weights, write_hf_checkpoint
+    from helpers.checkpoints import TinyConfig, make_weights, write_hf_checkpoint
     from ossrun.convert import convert
 
     config = TinyConfig(n_experts=64, n_experts_used=4, expert_ff=3072)

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
+from helpers.scripted import Script, invoke, reply
 from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
-from scripted import Script, invoke, reply
 
 DATE = "2026-01-15"
 ANSWER = reply("The user wants primes.", "2, 3 and 5.")
@@ -206,7 +206,7 @@ def test_a_prompt_larger_than_the_context_is_one_line(tiny_gguf, tmp_path):
 
 @pytest.mark.slow
 def test_pull_downloads_a_missing_model_before_answering(tiny_gguf, tmp_path):
-    from hubserver import HubServer
+    from helpers.hubserver import HubServer
     from test_pull import gguf_entry
 
     home = tmp_path / "home"

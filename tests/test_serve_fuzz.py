@@ -15,8 +15,8 @@ import socket
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from openai_shapes import check_body, check_sse
-from serving import ServerProcess
+from helpers.openai_shapes import check_body, check_sse
+from helpers.serving import ServerProcess
 from test_serve import demo_home
 
 pytestmark = pytest.mark.slow

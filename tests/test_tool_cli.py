@@ -9,12 +9,12 @@ import textwrap
 
 import pytest
 
+from helpers.scripted import ScriptedEngine, invoke, reply
 from ossrun.model import Model
 from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import Screen
 from ossrun.terminal.repl import Repl, StreamReader
 from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, PythonSandbox, Toolbox, load_functions
-from scripted import ScriptedEngine, invoke, reply
 
 DATE = "2026-01-15"
 FUNCTIONS = '''

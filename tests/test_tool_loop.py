@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
+from helpers.scripted import ScriptedEngine, reply
 from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, Prefill, ReasoningDelta, ToolCall, ToolResult
 from ossrun.model import Model
 from ossrun.tools import PythonSandbox, Toolbox
-from scripted import ScriptedEngine, reply
 
 DATE = "2026-01-15"
 QUESTION = [{"role": "user", "content": "Weather in Paris?"}]

@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import ossrun
+from helpers.scripted import ScriptedEngine, reply
 from ossrun.model import Model
 from ossrun.tools import load_functions
-from scripted import ScriptedEngine, reply
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

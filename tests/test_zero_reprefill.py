@@ -92,7 +92,7 @@ def model(demo_build):
 def test_an_agent_loop_through_serve_evaluates_only_new_tokens_on_several_sequences(model):
     from openai import OpenAI
 
-    from serving import ServerThread
+    from helpers.serving import ServerThread
 
     model.engine = recorder = Turns(model.engine)
     server = ServerThread(model, name="demo")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-REFERENCE = Path(__file__).parent / "data" / "gpt-oss-20b"
+REFERENCE = Path(__file__).parents[1] / "data" / "gpt-oss-20b"
 VOCAB_ROWS = 201088
 MXFP4_BLOCK = 32
 

@@ -124,7 +124,8 @@ def main() -> None:
     parser.add_argument("--mode", nargs="+", default=["small", "full"], choices=["small", "full"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-server", type=Path, help="default: build it (benchmarks/llama_tools.py)")
-    parser.add_argument("--llama-read", action="store_true", help="llama-server reads the weights into memory instead of mapping the file")
+    parser.add_argument("--llama-read", action="store_true",
+                        help="llama-server reads the weights into memory instead of mapping the file")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ossrun", "llama-server"])
     parser.add_argument("--configs", nargs="*", help="CTX:TYPE:MODE items, in this order, instead of every combination")
     parser.add_argument("--long-prompt", action="store_true", help="also measure after a 1200-token prompt")

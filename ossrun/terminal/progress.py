@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -34,11 +34,28 @@ def _bar(label: str, columns: tuple[Any, ...], total: float | None, console: Con
 
 @contextmanager
 def loading(name: str, console: Console | None = None) -> Iterator[Callable[[float], None] | None]:
-    """The fraction of the weights llama.cpp has read (``ossrun.load``'s ``on_progress``)."""
+    """The fraction of the weights llama.cpp has read (``ossrun.load``'s ``on_progress``).
+
+    The bar appears with the first fraction: what comes before (finding the file, a ``--pull``
+    download with its own lines, the memory checks) is not drawn over."""
     from rich.progress import BarColumn, TaskProgressColumn
 
-    with _bar(f"loading {name}", (BarColumn(), TaskProgressColumn()), 1.0, console) as update:
-        yield None if update is None else lambda fraction: update(completed=fraction)
+    console = _console(console)
+    if not console.is_terminal:
+        yield None
+        return
+    with ExitStack() as stack:
+        shown: list[Callable[..., None]] = []
+
+        def show(fraction: float) -> None:
+            if not shown:
+                columns = (BarColumn(), TaskProgressColumn())
+                update = stack.enter_context(_bar(f"loading {name}", columns, 1.0, console))
+                assert update is not None  # a terminal, checked above
+                shown.append(update)
+            shown[0](completed=fraction)
+
+        yield show
 
 
 @contextmanager

@@ -47,7 +47,11 @@ def tensor_specs(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
     H, F, E = config["hidden_size"], config["intermediate_size"], config["num_local_experts"]
     V, hd = config["vocab_size"], config["head_dim"]
     q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
-    specs = {"model.embed_tokens.weight": ("BF16", (V, H)), "model.norm.weight": ("BF16", (H,)), "lm_head.weight": ("BF16", (V, H))}
+    specs = {
+        "model.embed_tokens.weight": ("BF16", (V, H)),
+        "model.norm.weight": ("BF16", (H,)),
+        "lm_head.weight": ("BF16", (V, H)),
+    }
     for b in range(config["num_hidden_layers"]):
         p = f"model.layers.{b}."
         specs.update({
@@ -177,7 +181,18 @@ def main() -> None:
         shutil.rmtree(copy_dir)
         drop_page_cache(shards)
         # --force: a reader of the previous GGUF keeps it until the new one is renamed into place.
-        command = [sys.executable, "-m", "ossrun", "convert", str(checkpoint), "-o", str(output), "--outtype", args.outtype, "--force"]
+        command = [
+            sys.executable,
+            "-m",
+            "ossrun",
+            "convert",
+            str(checkpoint),
+            "-o",
+            str(output),
+            "--outtype",
+            args.outtype,
+            "--force",
+        ]
         conversions.append(timed(command))
         print(
             f"run {run}: cp+sync {copies[-1][0]:.1f} s, convert {conversions[-1][0]:.1f} s, "
@@ -188,7 +203,8 @@ def main() -> None:
     def row(label: str, runs: list[tuple[float, float]]) -> str:
         wall = statistics.median(s for s, _ in runs)
         rss = max(r for _, r in runs)
-        return f"{label:<16} {wall:8.1f} s {size / wall / 1e6:8.0f} MB/s {rss / 1e9:8.2f} GB   (runs: {', '.join(f'{s:.1f}' for s, _ in runs)})"
+        each = ", ".join(f"{s:.1f}" for s, _ in runs)
+        return f"{label:<16} {wall:8.1f} s {size / wall / 1e6:8.0f} MB/s {rss / 1e9:8.2f} GB   (runs: {each})"
 
     print(f"checkpoint: {size / 1e9:.2f} GB in {len(shards)} shards; output {output} {output.stat().st_size / 1e9:.2f} GB")
     print(f"{'':<16} {'wall (median)':>10} {'rate':>13} {'peak RSS':>11}")

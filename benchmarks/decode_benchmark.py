@@ -45,8 +45,8 @@ from pathlib import Path
 import llama_cpp
 
 import ossrun
-from ossrun.engine.llama import build_sampler_chain
 from ossrun.engine.protocol import Sampling
+from ossrun.engine.sampler import build_sampler_chain
 
 DEFAULT_MODEL = Path.home() / "ossrun-bench" / "gpt-oss-20b-random.gguf"  # left by benchmarks/convert_benchmark.py
 DEFAULT_CTX = 4096
@@ -101,7 +101,13 @@ class BareLoop:
     def run(self, n_tokens: int, seed: int) -> float:
         """Tokens per second of ``n_tokens`` samples and ``n_tokens - 1`` decodes, as ossrun counts them."""
         self.reset(seed)
-        ctx, batch, chain, sample, decode = self.ctx, self.batch, self.chain, llama_cpp.llama_sampler_sample, llama_cpp.llama_decode
+        ctx, batch, chain, sample, decode = (
+            self.ctx,
+            self.batch,
+            self.chain,
+            llama_cpp.llama_sampler_sample,
+            llama_cpp.llama_decode,
+        )
         pos = self.pos
         start = time.perf_counter()
         for i in range(n_tokens):
@@ -235,9 +241,12 @@ def main() -> None:
     print()
     print(f"decode, {args.tokens} tokens per run, {args.runs} runs (medians):")
     for label, runs in [("interleaved by token", interleaved), ("whole runs", whole)]:
-        ossrun_tps, bare_tps, ratios = zip(*runs)
-        print(f"  {label:21s} ossrun {statistics.median(ossrun_tps):6.3f} tok/s, bare loop {statistics.median(bare_tps):6.3f} tok/s, "
-              f"ratio {statistics.median(ratios):.3f} (runs: {', '.join(f'{r:.3f}' for r in ratios)}; target >= 0.97)")
+        ossrun_tps, bare_tps, ratios = zip(*runs, strict=True)
+        print(
+            f"  {label:21s} ossrun {statistics.median(ossrun_tps):6.3f} tok/s, "
+            f"bare loop {statistics.median(bare_tps):6.3f} tok/s, "
+            f"ratio {statistics.median(ratios):.3f} (runs: {', '.join(f'{r:.3f}' for r in ratios)}; target >= 0.97)"
+        )
     per_token = statistics.median(overhead)
     print(f"  ossrun's own work per token (parser, events, loop; outside llama.cpp): median {per_token * 1e6:.0f} us, "
           f"max {max(overhead) * 1e6:.0f} us = {per_token * statistics.median(r[0] for r in interleaved) * 100:.3f}% of a token")

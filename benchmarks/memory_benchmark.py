@@ -31,7 +31,7 @@ PROMPT = "Why is the sky blue?"
 LONG_PROMPT_WORDS = 600  # about 1200 tokens: more than a 512-token batch
 
 
-def status(pid: "int | str" = "self") -> dict:
+def status(pid: int | str = "self") -> dict:
     """RssAnon, RssFile, VmRSS, VmHWM of a process, in bytes."""
     found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -112,7 +112,7 @@ def llama_server_run(args, binary: Path, ctx: int, kv_type: str, mode: str) -> d
         server.wait(60)
 
 
-def gib(n: "int | None") -> str:
+def gib(n: int | None) -> str:
     return "-" if n is None else f"{n / GiB:.2f}"
 
 
@@ -124,7 +124,8 @@ def main() -> None:
     parser.add_argument("--mode", nargs="+", default=["small", "full"], choices=["small", "full"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-server", type=Path, help="default: build it (benchmarks/llama_tools.py)")
-    parser.add_argument("--llama-read", action="store_true", help="llama-server reads the weights into memory instead of mapping the file")
+    parser.add_argument("--llama-read", action="store_true",
+                        help="llama-server reads the weights into memory instead of mapping the file")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ossrun", "llama-server"])
     parser.add_argument("--configs", nargs="*", help="CTX:TYPE:MODE items, in this order, instead of every combination")
     parser.add_argument("--long-prompt", action="store_true", help="also measure after a 1200-token prompt")

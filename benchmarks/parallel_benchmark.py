@@ -54,7 +54,7 @@ def concurrent_runs(counts, request, measure) -> dict:
         for attempt in range(2):
             with ThreadPoolExecutor(n) as pool:
                 started = time.perf_counter()
-                answers = list(pool.map(lambda i: request(i, attempt), range(n)))
+                answers = list(pool.map(lambda i, attempt=attempt: request(i, attempt), range(n)))
                 wall = time.perf_counter() - started
             runs.append(measure(answers, wall))
         results[n] = {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]}
@@ -144,9 +144,13 @@ def logits_agreement(model, tokens: int, prompts: int = 3) -> dict:
     for name, pairs in found.items():
         cosine = np.concatenate([c for c, _ in pairs])
         agree = np.concatenate([t for _, t in pairs])
-        report[name] = {"median_cosine": round(float(np.median(cosine)), 6), "mean_cosine": round(float(cosine.mean()), 4),
-                        "min_cosine": round(float(cosine.min()), 4), "steps_above_0.999": round(float((cosine > 0.999).mean()), 3),
-                        "top1_agreement": round(float(agree.mean()), 3)}
+        report[name] = {
+            "median_cosine": round(float(np.median(cosine)), 6),
+            "mean_cosine": round(float(cosine.mean()), 4),
+            "min_cosine": round(float(cosine.min()), 4),
+            "steps_above_0.999": round(float((cosine > 0.999).mean()), 3),
+            "top1_agreement": round(float(agree.mean()), 3),
+        }
     return report
 
 
@@ -181,7 +185,11 @@ def llama_server_streams(binary: Path, gguf: Path, prompts: list[list[int]], cou
 
         def measure(timings, wall: float) -> dict:
             rates = [t["predicted_per_second"] for t in timings]
-            return {"aggregate": sum(rates), "per_request": statistics.mean(rates), "wall_tokens_per_second": len(timings) * tokens / wall}
+            return {
+                "aggregate": sum(rates),
+                "per_request": statistics.mean(rates),
+                "wall_tokens_per_second": len(timings) * tokens / wall,
+            }
 
         return concurrent_runs(counts, lambda i, attempt: complete(prompts[i], attempt), measure)
     finally:
@@ -200,7 +208,9 @@ def ossrun_phase(args, report: dict, first: bool) -> list[list[int]]:
             report["logits_beside_others"] = logits_agreement(model, args.tokens)
             print(f"  logits: {report['logits_beside_others']}", flush=True)
         if "ossrun" not in args.skip:
-            report.setdefault("rounds", {}).setdefault("ossrun_parallel_8", []).append(ossrun_streams(model, args.streams, args.tokens))
+            report.setdefault("rounds", {}).setdefault("ossrun_parallel_8", []).append(
+                ossrun_streams(model, args.streams, args.tokens)
+            )
         if first and "ttft" not in args.skip:
             report["time_to_first_token"] = ttft(model, args.tokens)
             print(f"  ttft: {report['time_to_first_token']}", flush=True)
@@ -246,15 +256,20 @@ def main() -> None:
     for name, results in rounds.items():
         report[name] = medians(results)
     if "ossrun_parallel_8" in rounds and "llama_server" in rounds:
+        pairs = list(zip(rounds["ossrun_parallel_8"], rounds["llama_server"], strict=True))
         report["ossrun_over_llama_server"] = {
-            n: {"median": round(statistics.median(o[n]["aggregate"] / l[n]["aggregate"] for o, l in zip(rounds["ossrun_parallel_8"], rounds["llama_server"])), 3),
-                "rounds": [round(o[n]["aggregate"] / l[n]["aggregate"], 3) for o, l in zip(rounds["ossrun_parallel_8"], rounds["llama_server"])]}
+            n: {"median": round(statistics.median(ours[n]["aggregate"] / theirs[n]["aggregate"] for ours, theirs in pairs), 3),
+                "rounds": [round(ours[n]["aggregate"] / theirs[n]["aggregate"], 3) for ours, theirs in pairs]}
             for n in args.streams}
     if "ossrun_parallel_8" in report and "ossrun_parallel_1" in report:
-        report["ossrun_over_parallel_1"] = {n: round(report["ossrun_parallel_8"][n]["aggregate"] / report["ossrun_parallel_1"][n]["aggregate"], 3)
-                                            for n in args.streams}
+        report["ossrun_over_parallel_1"] = {
+            n: round(report["ossrun_parallel_8"][n]["aggregate"] / report["ossrun_parallel_1"][n]["aggregate"], 3)
+            for n in args.streams
+        }
     if "ossrun_parallel_8" in report and 1 in report["ossrun_parallel_8"] and 4 in report["ossrun_parallel_8"]:
-        report["gain_at_4_streams"] = round(report["ossrun_parallel_8"][4]["aggregate"] / report["ossrun_parallel_8"][1]["aggregate"], 3)
+        report["gain_at_4_streams"] = round(
+            report["ossrun_parallel_8"][4]["aggregate"] / report["ossrun_parallel_8"][1]["aggregate"], 3
+        )
     print(json.dumps(report, indent=2))
 
 

@@ -32,7 +32,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -66,7 +65,7 @@ class Hog:
         self.process.stdin.close()
         self.process.wait(60)
 
-    def __enter__(self) -> "Hog":
+    def __enter__(self) -> Hog:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -31,8 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hubserver import HubServer  # noqa: E402
-
+from helpers.hubserver import HubServer  # noqa: E402
 from ossrun.store.integrity import SHA256, file_digest  # noqa: E402
 
 GGUF_20B_BYTES = 12_100_000_000
@@ -127,7 +126,7 @@ def main() -> None:
     print(f"sha256, cold cache: {rate(cold):.2f} GB/s -> {GGUF_20B_BYTES / 1e9 / rate(cold):.1f} s for the 12.1 GB GGUF")
     print(f"sha256, warm cache: {rate(warm):.2f} GB/s -> {GGUF_20B_BYTES / 1e9 / rate(warm):.1f} s for the 12.1 GB GGUF")
     if downloads:
-        ossrun_pull, plain = zip(*downloads)
+        ossrun_pull, plain = zip(*downloads, strict=True)
         ratios = [a / b for a, b in downloads]
         print(f"over loopback: ossrun pull {statistics.median(ossrun_pull):.1f} s (download + sha256 + cache), "
               f"plain hf_hub_download {statistics.median(plain):.1f} s, ratio {statistics.median(ratios):.2f}")

@@ -103,7 +103,9 @@ def main() -> None:
     pieces = answer_pieces(args.tokens)
     print(f"answer: {len(pieces)} pieces, {sum(map(len, pieces))} characters; terminal {WIDTH}x{HEIGHT}")
     report("every token", [time_stream(pieces, 0.0) for _ in range(args.runs)])
-    report("default throttle (1/15 s)", [time_stream(pieces, MarkdownStream(terminal()).refresh_seconds) for _ in range(args.runs)])
+    report(
+        "default throttle (1/15 s)", [time_stream(pieces, MarkdownStream(terminal()).refresh_seconds) for _ in range(args.runs)]
+    )
     naive = pieces[: args.naive_tokens]
     report(f"whole re-render ({len(naive)} pieces)", [time_whole_rerender(naive) for _ in range(args.runs)])
 

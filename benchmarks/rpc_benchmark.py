@@ -45,9 +45,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the workers and the byte-counting rel
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import convert_benchmark  # noqa: E402
-from rpc_helpers import Relay, Worker  # noqa: E402
-
 import ossrun  # noqa: E402
+from helpers.rpc_helpers import Relay, Worker  # noqa: E402
 from ossrun.engine import ggml  # noqa: E402
 from ossrun.engine.protocol import GenerationRequest, Sampling  # noqa: E402
 from ossrun.machine import physical_cores  # noqa: E402
@@ -225,17 +224,23 @@ def report(results: dict, args, cache_bytes: list[int]) -> None:
                        ("cold", "2 workers, empty caches"), ("warm", "2 workers, caches filled")]:
         r = results[key]
         runs = ", ".join(f"{t:.2f}" for t in r["decode_runs"])
-        print(f"{label:34s} {r['load_s']:7.1f} s {r['prefill_tps']:7.2f} tok/s {r['decode_tps']:7.2f} tok/s  (decode runs: {runs})")
+        print(
+            f"{label:34s} {r['load_s']:7.1f} s {r['prefill_tps']:7.2f} tok/s {r['decode_tps']:7.2f} tok/s  (decode runs: {runs})"
+        )
     local, plain, warm = results["local"], results["plain"], results["warm"]
-    print(f"decode: split / local {warm['decode_tps'] / local['decode_tps']:.2f}; plain / repack kernels "
-          f"{plain['decode_tps'] / local['decode_tps']:.2f}; prefill split / local {warm['prefill_tps'] / local['prefill_tps']:.2f}")
+    print(
+        f"decode: split / local {warm['decode_tps'] / local['decode_tps']:.2f}; plain / repack kernels "
+        f"{plain['decode_tps'] / local['decode_tps']:.2f}; prefill split / local {warm['prefill_tps'] / local['prefill_tps']:.2f}"
+    )
     cold, hot = results["bytes_cold"], results["bytes_warm"]
     print(f"bytes sent to the workers at load: empty caches {', '.join(f'{b / 1e9:.2f} GB' for b in cold['load_bytes'])}; "
           f"caches filled {', '.join(f'{b / 1e6:.1f} MB' for b in hot['load_bytes'])} (caches hold "
           f"{', '.join(f'{b / 1e9:.2f} GB' for b in cache_bytes)})")
     for phase in ("prefill", "decode"):
         per_worker = hot[f"{phase}_bytes"]
-        text = "; ".join(f"worker {i + 1}: {up / 1e3:.1f} KB in, {down / 1e3:.1f} KB out" for i, (up, down) in enumerate(per_worker))
+        text = "; ".join(
+            f"worker {i + 1}: {up / 1e3:.1f} KB in, {down / 1e3:.1f} KB out" for i, (up, down) in enumerate(per_worker)
+        )
         total = sum(up + down for up, down in per_worker)
         print(f"{phase} bytes per token: {text}; {total / 1e3:.1f} KB per token in all")
 

@@ -43,7 +43,9 @@ MEMORY = textwrap.dedent("""
         total += 10 * sum(len(os.read(r, 64)) for r in pipes)
         print(total, flush=True)
     """)
-SPIN = "import subprocess, sys\nfor p in [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(3)]: p.wait()"
+SPIN = (
+    "import subprocess, sys\nfor p in [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(3)]: p.wait()"
+)
 DISK = textwrap.dedent("""
     written = 0
     with open("big", "wb") as f:

@@ -4,8 +4,8 @@
    it to ``[DONE]``, the tokens from the usage chunk) against ``Model.stream`` called directly
    (from the call to ``Done``), alternating with the same seeds on the same model, the prompt
    cached. Target: HTTP/API >= 0.97.
-2. Time to first token over HTTP (a one-token request, start to end): a first turn (a system prompt of several hundred tokens, then a
-   question), a follow-up turn of the same conversation, and the first turn again in a new server
+2. Time to first token over HTTP (a one-token request, start to end): a first turn (a system prompt of
+   several hundred tokens, then a question), a follow-up turn of the same conversation, and the first turn again in a new server
    process, which reads the instructions' state from the disk prefix cache.
 3. Requests per second of the demo model under the load test (benchmarks/serve_load.py).
 
@@ -60,8 +60,12 @@ def http_stream(port: int, body: dict) -> dict:
     """A streamed chat request: its seconds from sending to ``[DONE]``, its tokens (the usage chunk)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
     started = time.perf_counter()
-    connection.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}}).encode(),
-                       {"Content-Type": "application/json"})
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}}).encode(),
+        {"Content-Type": "application/json"},
+    )
     response = connection.getresponse()
     usage = None
     for raw in response:
@@ -100,7 +104,7 @@ def decode_ratio(model, server: InProcessServer, runs: int, tokens: int) -> dict
         api.append(one["tokens"] / one["seconds"])
         other = http_stream(server.port, {"model": "bench", "messages": messages, **options})
         over_http.append(other["tokens"] / other["seconds"])
-    ratios = [h / a for h, a in zip(over_http, api)]
+    ratios = [h / a for h, a in zip(over_http, api, strict=True)]
     return {"api_tokens_per_s": round(statistics.median(api), 3), "http_tokens_per_s": round(statistics.median(over_http), 3),
             "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios]}
 
@@ -115,9 +119,27 @@ def first_tokens(port: int, tokens: int) -> tuple[dict, dict]:
 
 
 def new_server_first_token(model_path: Path, home: str, tokens: int, threads: int) -> dict:
-    process = subprocess.Popen([sys.executable, "-m", "ossrun", "serve", str(model_path), "--port", "0", "--threads", str(threads),
-                                "--ctx", "8192", "--parallel", "4"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "OSSRUN_HOME": home})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ossrun",
+            "serve",
+            str(model_path),
+            "--port",
+            "0",
+            "--threads",
+            str(threads),
+            "--ctx",
+            "8192",
+            "--parallel",
+            "4",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OSSRUN_HOME": home},
+    )
     try:
         for line in process.stderr:
             if "listening on http://" in line:

@@ -85,8 +85,11 @@ def main() -> None:
                 raise SystemExit("the server did not start")
         port = int(re.search(r"127\.0\.0\.1:(\d+)/v1", line).group(1))  # type: ignore[union-attr]
         post(port, {"model": "demo", "messages": QUESTION, "max_tokens": 8})  # warm up
-        print(f"load average {Path('/proc/loadavg').read_text().split()[0]}, server soft limit of open files raised "
-              f"from {soft} (this shell's) to {Path(f'/proc/{server.pid}/limits').read_text().split('Max open files')[1].split()[0]}")
+        raised = Path(f"/proc/{server.pid}/limits").read_text().split("Max open files")[1].split()[0]
+        print(
+            f"load average {Path('/proc/loadavg').read_text().split()[0]}, server soft limit of open files raised "
+            f"from {soft} (this shell's) to {raised}"
+        )
         for name, schema in BOMBS.items():
             before = vm_hwm(server.pid)
             status, seconds = post(port, with_format({"type": "object", "properties": {"x": schema}}))

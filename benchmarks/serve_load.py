@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
 
 QUESTIONS = ["What is 23 + 45?", "What is the capital of France?", "Hello!", "What's the weather in Oslo?",
              "What is 71 + 18?", "What is the capital of Kenya?", "Write me a poem about the sea."]
@@ -56,7 +55,7 @@ class Load:
             question = self.random.choice(QUESTIONS)
             garbage = self.random.choice(GARBAGE)
         started = time.perf_counter()
-        status: Optional[int] = None
+        status: int | None = None
         try:
             if kind == "garbage":
                 status = self.post("/v1/chat/completions" if number % 2 else "/v1/responses", garbage)
@@ -163,7 +162,11 @@ def main() -> None:
         process, port = start_demo_server(args.parallel, max(args.clients, 16), args.threads)
         host, pid = "127.0.0.1", process.pid
     try:
-        print(json.dumps(run(host, port, pid, requests=args.requests, clients=args.clients, model=args.model, seed=args.seed), indent=2))
+        print(
+            json.dumps(
+                run(host, port, pid, requests=args.requests, clients=args.clients, model=args.model, seed=args.seed), indent=2
+            )
+        )
     finally:
         if process is not None:
             process.terminate()

@@ -55,11 +55,17 @@ def declaration(model, cities: int) -> None:
                   + ", ".join(f"{name} {count}" for name, count in calls.most_common() if name != declared))
 
 
+def weather_tool(indent: int | None):
+    def get_weather(city: str) -> str:
+        """Get the current weather for a city."""
+        return json.dumps({"city": city, "temperature_c": 14, "condition": "rainy"}, indent=indent)
+
+    return get_weather
+
+
 def results(model, cities: int) -> None:
     for shape, indent in (("indented", 2), ("one line", None)):
-        def get_weather(city: str) -> str:
-            """Get the current weather for a city."""
-            return json.dumps({"city": city, "temperature_c": 14, "condition": "rainy"}, indent=indent)
+        get_weather = weather_tool(indent)
 
         for effort in ("low", "medium", "high"):
             for temperature in (0.0, 1.0):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from functools import partial
-from typing import Callable, Iterator
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType, quants
@@ -119,21 +119,25 @@ class _SharedRead:
             first = self._twin is None
             if first:
                 self._twin = Future()
+            twin = self._twin
+        assert twin is not None  # set under the lock by the first of the two callers
         if not first:
-            return self._twin.result()
+            return twin.result()
         try:
             halves = self._compute()
         except BaseException as exc:
-            self._twin.set_exception(exc)
+            twin.set_exception(exc)
             raise
-        self._twin.set_result(halves[1 - parity])
+        twin.set_result(halves[1 - parity])
         return halves[parity]
 
 
 class ChunkPlanner:
     """Splits each planned GGUF tensor into chunks reading at most about ``chunk_bytes`` each."""
 
-    def __init__(self, entries: dict[str, TensorEntry], reader: TensorReader, outtype: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(
+        self, entries: dict[str, TensorEntry], reader: TensorReader, outtype: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ):
         self.entries, self.reader, self.chunk_bytes = entries, reader, chunk_bytes
         self.qtype = OUTTYPES[check_outtype(outtype)]
         self._shared: dict[tuple[str, int], _SharedRead] = {}
@@ -158,9 +162,12 @@ class ChunkPlanner:
             last = min(first + step, stop)
             yield Chunk(
                 ggml_nbytes((last - first, *tensor.shape[1:]), self.qtype),
-                lambda first=first, last=last: encode_matrix(reader.read_rows(source, first, last), source.dtype, self.qtype),
+                partial(self._encode_rows, source, first, last),
                 partial(reader.prefetch_rows, source, first, last),
             )
+
+    def _encode_rows(self, source: TensorEntry, first: int, last: int) -> np.ndarray:
+        return encode_matrix(self.reader.read_rows(source, first, last), source.dtype, self.qtype)
 
     def _prefetch_experts(self, tensor: OutputTensor, first: int, stop: int) -> None:
         self.reader.prefetch_rows(self.entries[tensor.source], first, stop)

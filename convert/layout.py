@@ -159,7 +159,11 @@ def _check_hyper_params(hp: HyperParams, config_path: Path) -> None:
     if hp.n_heads % hp.n_kv_heads:
         raise ConvertError(f"{config_path}: {hp.n_heads} attention heads do not split into {hp.n_kv_heads} KV heads")
     # MXFP4 and Q8_0 blocks are 32 values along a row.
-    for key, value in (("hidden_size", hp.hidden), ("intermediate_size", hp.expert_ff), ("heads x head_dim", hp.n_heads * hp.head_dim)):
+    for key, value in (
+        ("hidden_size", hp.hidden),
+        ("intermediate_size", hp.expert_ff),
+        ("heads x head_dim", hp.n_heads * hp.head_dim),
+    ):
         if value % 32:
             raise ConvertError(f"{config_path}: {key} {value} is not a multiple of 32, which MXFP4 and Q8_0 need")
 

@@ -125,7 +125,16 @@ class _Plan:
         self.expected[name] = Expected(shape, dtypes)
         return name
 
-    def add(self, kind: MODEL_TENSOR, suffix: str, block: int | None, shape: tuple[int, ...], encoding: Encoding, source: str, **kw: object) -> None:
+    def add(
+        self,
+        kind: MODEL_TENSOR,
+        suffix: str,
+        block: int | None,
+        shape: tuple[int, ...],
+        encoding: Encoding,
+        source: str,
+        **kw: object,
+    ) -> None:
         self.outputs.append(OutputTensor(gguf_name(kind, suffix, block), shape, encoding, source, **kw))  # type: ignore[arg-type]
 
     def vector(self, kind: MODEL_TENSOR, role: str, length: int, block: int | None = None, suffix: str = "weight") -> None:
@@ -134,7 +143,11 @@ class _Plan:
 
 def _attention_inputs(plan: _Plan, hp: HyperParams, b: int) -> None:
     H, q_dim, kv_dim = hp.hidden, hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
-    projections = ((MODEL_TENSOR.ATTN_Q, "q", 0, q_dim), (MODEL_TENSOR.ATTN_K, "k", q_dim, kv_dim), (MODEL_TENSOR.ATTN_V, "v", q_dim + kv_dim, kv_dim))
+    projections = (
+        (MODEL_TENSOR.ATTN_Q, "q", 0, q_dim),
+        (MODEL_TENSOR.ATTN_K, "k", q_dim, kv_dim),
+        (MODEL_TENSOR.ATTN_V, "v", q_dim + kv_dim, kv_dim),
+    )
     if "qkv" in plan.names:  # one fused tensor: each projection is a range of its rows
         qkv = plan.need("qkv", (q_dim + 2 * kv_dim, H), b)
         qkv_bias = plan.need("qkv_bias", (q_dim + 2 * kv_dim,), b)
@@ -206,7 +219,9 @@ def check_entries(expected: dict[str, Expected], entries: dict[str, TensorEntry]
                 "ossrun converts gpt-oss checkpoints with MXFP4 experts, as published"
             )
         if parts and parts[1] in entries and name == parts[2]:
-            raise ConvertError(f"tensor {parts[1]} has no matching {name}: MXFP4 blocks need their scales; the checkpoint is incomplete")
+            raise ConvertError(
+                f"tensor {parts[1]} has no matching {name}: MXFP4 blocks need their scales; the checkpoint is incomplete"
+            )
         raise ConvertError(f"tensor {name} is missing from the checkpoint: download it again or check the layout")
     for name, want in expected.items():
         entry = entries[name]
@@ -217,7 +232,10 @@ def check_entries(expected: dict[str, Expected], entries: dict[str, TensorEntry]
             raise ConvertError(f"{where} has dtype {entry.dtype}, expected {' or '.join(want.dtypes)}")
     unknown = sorted(set(entries) - set(expected))
     if unknown:
-        raise ConvertError(f"tensor {unknown[0]} in {entries[unknown[0]].path.name} is not part of gpt-oss as ossrun knows it ({len(unknown)} unknown tensors)")
+        raise ConvertError(
+            f"tensor {unknown[0]} in {entries[unknown[0]].path.name} is not part of gpt-oss as ossrun knows it "
+            f"({len(unknown)} unknown tensors)"
+        )
 
 
 def plan_tensors(layout: Layout, hp: HyperParams, entries: dict[str, TensorEntry]) -> list[OutputTensor]:

@@ -76,7 +76,8 @@ def _check_free_space(out: Path, needed: int) -> None:
         free += part.stat().st_size  # a leftover .part is overwritten
     if free < needed:
         raise ConvertError(
-            f"{out.parent} has {format_size(free)} free but the GGUF needs {format_size(needed)}: free some space or write elsewhere"
+            f"{out.parent} has {format_size(free)} free but the GGUF needs {format_size(needed)}: "
+            "free some space or write elsewhere"
         )
 
 

@@ -146,7 +146,7 @@ class TensorReader:
         """Bytes ``[start, start + count)`` of ``entry`` as a fresh uint8 array."""
         count = entry.nbytes - start if count is None else count
         out = np.empty(count, dtype=np.uint8)
-        view, done = memoryview(out), 0
+        view, done = memoryview(out), 0  # type: ignore[arg-type]  # numpy's stubs give ndarray __buffer__ from 3.12 only
         fd = self._fd(entry.path)
         while done < count:
             try:
@@ -177,7 +177,7 @@ class TensorReader:
             os.close(fd)
         self._fds.clear()
 
-    def __enter__(self) -> "TensorReader":
+    def __enter__(self) -> TensorReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -95,7 +95,9 @@ def read_vocab(folder: Path, n_rows: int) -> Vocab:
         types[token_id] = TokenType.CONTROL if added.get("special", True) else TokenType.USER_DEFINED
     too_big = [i for i in by_id if not 0 <= i < n_rows]
     if too_big:
-        raise ConvertError(f"{path}: token id {max(too_big)} does not fit the embedding's {n_rows} rows: the tokenizer is not this model's")
+        raise ConvertError(
+            f"{path}: token id {max(too_big)} does not fit the embedding's {n_rows} rows: the tokenizer is not this model's"
+        )
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(n_rows)]
     token_types = [types.get(i, TokenType.UNUSED) for i in range(n_rows)]
     merges = [_merge_text(m, path) for m in model.get("merges") or []]
@@ -106,7 +108,9 @@ def read_vocab(folder: Path, n_rows: int) -> Vocab:
         path = folder / name
         return read_json(path, "the special token ids are read from it") if path.is_file() else {}
 
-    documents = [optional(n) for n in ("tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json")]
+    documents = [
+        optional(n) for n in ("tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json")
+    ]
     by_text = {text: i for i, text in by_id.items()}
     special_ids = {}
     for kind in SPECIAL_TOKEN_KINDS:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFWriter
@@ -43,9 +43,13 @@ def part_path(out: Path) -> Path:
 
 def _disk_error(exc: OSError, path: Path, total: int) -> ConvertError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ConvertError(f"the disk filled up while writing {path} ({format_size(total)} needed): free some space and try again")
+        return ConvertError(
+            f"the disk filled up while writing {path} ({format_size(total)} needed): free some space and try again"
+        )
     if exc.errno == errno.EFBIG:
-        return ConvertError(f"{path} grew past the largest file this filesystem or limit allows ({format_size(total)} needed): write elsewhere")
+        return ConvertError(
+            f"{path} grew past the largest file this filesystem or limit allows ({format_size(total)} needed): write elsewhere"
+        )
     return ConvertError(f"cannot write {path}: {exc.strerror or exc}")
 
 
@@ -132,7 +136,7 @@ def _compute_and_write(fd: int, chunk: Chunk, offset: int) -> int:
     data = chunk.compute()
     if data.nbytes != chunk.nbytes:
         raise RuntimeError(f"a chunk planned as {chunk.nbytes} bytes came out as {data.nbytes}")
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    view = memoryview(np.ascontiguousarray(data)).cast("B")  # type: ignore[arg-type]  # numpy stubs: __buffer__ from 3.12
     done = 0
     while done < len(view):
         done += write_from(fd, view[done:], offset + done)

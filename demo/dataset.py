@@ -11,8 +11,9 @@ model is trained on exactly the tokens ossrun will feed it.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import openai_harmony as oh
@@ -130,7 +131,7 @@ def check_completions(encoding: oh.HarmonyEncoding, example: tasks.Example, rend
 
 def training_examples(count: int, seed: int) -> list[tasks.Example]:
     rng = random.Random(seed)
-    names, weights = zip(*TASK_WEIGHTS.items())
+    names, weights = zip(*TASK_WEIGHTS.items(), strict=True)
     return [tasks.make_example(rng, rng.choices(names, weights)[0]) for _ in range(count)]
 
 
@@ -239,7 +240,7 @@ def shuffled_batches(lengths: Sequence[int], tokens_per_batch: int, rng: np.rand
 
 
 def encode_user_prompt(encoding: oh.HarmonyEncoding, example: tasks.Example,
-                       history: Optional[list[dict[str, Any]]] = None) -> list[int]:
+                       history: list[dict[str, Any]] | None = None) -> list[int]:
     """The prompt ossrun would send for ``example`` (its first step), for evaluation."""
     messages = list(example.history) + [{"role": "user", "content": example.user}] + list(history or [])
     return render_prompt(encoding, messages, settings_for(example))

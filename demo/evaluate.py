@@ -13,13 +13,15 @@ function called through the tools API.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from . import dataset, tasks
 
@@ -35,7 +37,7 @@ class Outcome:
 
     reasoning: str = ""  # the first turn's analysis
     final: str = ""
-    tool_arguments: Optional[str] = None  # the first get_weather call's arguments
+    tool_arguments: str | None = None  # the first get_weather call's arguments
     well_formed: bool = True
     notes: list[str] = field(default_factory=list)
 
@@ -75,13 +77,15 @@ class Figures:
 
 
 def score(examples: Sequence[tasks.Example], outcomes: Sequence[Outcome], count_tokens: Callable[[str], int]) -> Figures:
-    correct = [tasks.answer_correct(e, o.final, o.tool_arguments) and o.well_formed for e, o in zip(examples, outcomes)]
+    correct = [
+        tasks.answer_correct(e, o.final, o.tool_arguments) and o.well_formed for e, o in zip(examples, outcomes, strict=True)
+    ]
     by_task = {}
     for task in dict.fromkeys(e.task for e in examples):
-        marks = [c for e, c in zip(examples, correct) if e.task == task]
+        marks = [c for e, c in zip(examples, correct, strict=True) if e.task == task]
         by_task[task] = sum(marks) / len(marks)
     lengths = {
-        effort: statistics.mean(count_tokens(o.reasoning) for e, o in zip(examples, outcomes) if e.effort == effort)
+        effort: statistics.mean(count_tokens(o.reasoning) for e, o in zip(examples, outcomes, strict=True) if e.effort == effort)
         for effort in tasks.EFFORTS
     }
     return Figures(
@@ -214,7 +218,7 @@ def evaluate(run: Callable[..., Outcome], examples: Sequence[tasks.Example], tem
     return score(examples, outcomes, count_tokens)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", help="a GGUF file instead of the shipped demo")
     parser.add_argument("--torch", nargs="?", const="demo/.cache/last-model.pt", help="evaluate a torch state file")
@@ -227,19 +231,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     os.environ.setdefault("OSSRUN_DATE", "2025-08-05")
 
     encoding = dataset.load_encoding()
-    count_tokens = lambda text: token_count(encoding, text)
+    count_tokens = functools.partial(token_count, encoding)
     if args.torch:
         run = TorchRunner(args.torch).run
     else:
         import ossrun
 
-        model = ossrun.load(args.gguf or "demo")
-        run = lambda example, **kw: run_api(model, example, **kw)
+        run = functools.partial(run_api, ossrun.load(args.gguf or "demo"))
 
     suites = [("held-out prompts", dataset.evaluation_examples(args.per_task, args.seed))]
     if args.unseen:
         unseen_tasks = ("addition", "capital", "weather")
-        suites.append(("unseen phrasings", dataset.evaluation_examples(args.per_task, args.seed, unseen=True, task_names=unseen_tasks)))
+        suites.append(
+            ("unseen phrasings", dataset.evaluation_examples(args.per_task, args.seed, unseen=True, task_names=unseen_tasks))
+        )
     for name, examples in suites:
         for temperature in args.temperatures:
             started = time.monotonic()

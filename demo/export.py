@@ -119,7 +119,10 @@ def _packed_experts(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def compact_tensors(model: GptOss, vocab: np.ndarray, gain: float) -> dict[str, np.ndarray]:
     c = model.config
-    f32 = lambda t: t.detach().float().numpy()
+
+    def f32(t):
+        return t.detach().float().numpy()
+
     embedding = np.concatenate([np.full((c.vocab, 1), c.constant, np.float32), f32(model.embedding)], axis=1)
     unembedding = f32(model.unembedding).copy()
     unembedding[:, 0] /= gain

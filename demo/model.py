@@ -189,7 +189,10 @@ class GptOss(nn.Module):
         distance = i[:, None] - i[None, :]
         causal = distance >= 0
         window = causal & (distance < self.config.sliding_window)
-        to_mask = lambda keep: torch.zeros(length, length, device=device).masked_fill(~keep, float("-inf"))
+
+        def to_mask(keep):
+            return torch.zeros(length, length, device=device).masked_fill(~keep, float("-inf"))
+
         return {False: to_mask(causal), True: to_mask(window)}
 
     def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ FP4_MAX = 6.0
 # Tiny blocks round to zeros anyway; a floor keeps scale bytes far from E8M0's edge cases.
 MIN_EXPONENT = -30
 MAX_EXPONENT = 127
-_MIDPOINTS = torch.tensor([(a + b) / 2 for a, b in zip(FP4_LEVELS, FP4_LEVELS[1:])])
+_MIDPOINTS = torch.tensor([(a + b) / 2 for a, b in zip(FP4_LEVELS, FP4_LEVELS[1:], strict=False)])
 _LEVELS = torch.tensor(FP4_LEVELS)
 
 

@@ -17,7 +17,7 @@ import random
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 EFFORTS = ("low", "medium", "high")
 TASKS = ("addition", "capital", "weather", "greeting", "refusal")
@@ -181,7 +181,7 @@ class Example:
     task: str
     effort: str
     date: str
-    instructions: Optional[str]
+    instructions: str | None
     functions: tuple[Function, ...]
     history: list[dict[str, Any]]
     user: str
@@ -359,7 +359,7 @@ def random_date(rng: random.Random) -> str:
 
 
 def make_example(rng: random.Random, task: str, *, held_out: bool = False, unseen: bool = False,
-                 effort: Optional[str] = None, history_turns: Optional[int] = None) -> Example:
+                 effort: str | None = None, history_turns: int | None = None) -> Example:
     """One random conversation for ``task``: from the training split, or the held-out one.
 
     ``unseen`` uses the phrasings never trained on (addition, capital and weather only).
@@ -446,7 +446,7 @@ def finished_turn(example: Example) -> list[dict[str, Any]]:
 _NUMBER = re.compile(r"-?\d+")
 
 
-def answer_correct(example: Example, final: str, tool_arguments: Optional[str] = None) -> bool:
+def answer_correct(example: Example, final: str, tool_arguments: str | None = None) -> bool:
     """Whether ``final`` (and the tool call's arguments, for the weather) answers ``example``."""
     expected = example.expected
     if example.task == "addition":

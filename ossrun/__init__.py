@@ -1,14 +1,22 @@
 """ossrun: run OpenAI's open-weight gpt-oss models locally on CPUs."""
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-__all__ = ["load", "plan"]
+from typing import Any
+
+__version__ = "0.2.0"
+
+__all__ = ["ReplyOptions", "load", "plan"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # ``import ossrun`` stays cheap: the model API (and llama.cpp) load on first use.
     if name in ("load", "plan"):
-        from ossrun import model
+        from ossrun import loading
 
-        return getattr(model, name)
+        return getattr(loading, name)
+    if name == "ReplyOptions":
+        from ossrun.options import ReplyOptions
+
+        return ReplyOptions
     raise AttributeError(f"module 'ossrun' has no attribute {name!r}")

@@ -6,8 +6,9 @@ Renderers (the REPL, ``ossrun run``, ``--json``) only ever see these types.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "interrupted", "tool_calls"]
 
@@ -42,7 +43,7 @@ class ToolCall:
     recipient: str
     arguments: str
     channel: str = "commentary"
-    content_type: Optional[str] = None
+    content_type: str | None = None
 
     @property
     def name(self) -> str:
@@ -136,13 +137,14 @@ class Reply:
     malformed: bool = False  # the model's output did not parse as harmony; final holds its raw text
     context_used: int = 0
     context_size: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    dropped_messages: int = 0  # the oldest history entries left out to fit the context
+    notices: tuple[str, ...] = ()  # what the stream's Notice events said
     # finish_reason "tool_calls": the calls the caller runs; it appends messages(), then one
     # ToolResult(...).message() (or {"role": "tool", "name", "content"}) per call, and asks again.
     pending_calls: tuple[ToolCall, ...] = ()
     commentary: str = ""  # a preamble the model wrote before its pending calls
     chain: tuple[dict[str, Any], ...] = ()  # history entries before the last message: calls run and their results
-    stop_text: Optional[str] = None  # the text of ``stop`` that ended the answer, when one did
+    stop_text: str | None = None  # the text of ``stop`` that ended the answer, when one did
 
     def message(self) -> dict[str, Any]:
         """This reply's last message as an OpenAI-style history entry (what ``/save`` writes)."""
@@ -169,4 +171,4 @@ class Done:
     reply: Reply
 
 
-Event = Union[ReasoningDelta, FinalDelta, CommentaryDelta, ToolCall, ToolResult, Notice, Prefill, Done]
+Event = ReasoningDelta | FinalDelta | CommentaryDelta | ToolCall | ToolResult | Notice | Prefill | Done

@@ -9,8 +9,9 @@ schema); ``"none"`` leaves the tools out of the prompt and bans ``<|call|>``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from ossrun.engine.protocol import Constraint
 from ossrun.errors import OssrunError
@@ -25,13 +26,13 @@ ANSWER_RULE = "answer"
 
 @dataclass(frozen=True)
 class OutputRules:
-    declared: Optional[ResponseFormat]  # the Response Formats section, if any
+    declared: ResponseFormat | None  # the Response Formats section, if any
     no_tools: bool  # tool_choice "none": the prompt declares no tools
-    first_turn: Optional[Constraint]  # the reply's first assistant turn
-    later_turns: Optional[Constraint]  # the turns after tool results
+    first_turn: Constraint | None  # the reply's first assistant turn
+    later_turns: Constraint | None  # the turns after tool results
 
 
-def response_format_of(value: Any) -> Optional[ResponseFormat]:
+def response_format_of(value: Any) -> ResponseFormat | None:
     """OpenAI's ``response_format`` (or the Responses API's ``text.format``) as a ResponseFormat; None for text."""
     if value is None or value == "text":
         return None
@@ -58,7 +59,7 @@ def response_format_of(value: Any) -> Optional[ResponseFormat]:
     return ResponseFormat(name, dict(schema), str(spec.get("description") or ""))
 
 
-def chosen_recipients(toolbox: Toolbox, tool_choice: Any) -> Optional[list[str]]:
+def chosen_recipients(toolbox: Toolbox, tool_choice: Any) -> list[str] | None:
     """The recipients a first turn must call (None: no such rule)."""
     if tool_choice is None or tool_choice == "auto":
         return None
@@ -103,7 +104,9 @@ def output_rules(encoding: Any, toolbox: Toolbox, response_format: Any = None, t
         answer = Constraint(grammar, triggers, banned)
     if tool_choice == "none":
         no_call = frozenset({_id(encoding, "<|call|>")})
-        constraint = Constraint(answer.grammar, answer.triggers, answer.banned | no_call) if answer else Constraint(banned=no_call)
+        constraint = (
+            Constraint(answer.grammar, answer.triggers, answer.banned | no_call) if answer else Constraint(banned=no_call)
+        )
         return OutputRules(declared, True, constraint, constraint)
     recipients = chosen_recipients(toolbox, tool_choice)
     if recipients is None:

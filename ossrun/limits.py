@@ -13,7 +13,8 @@ in depth alone (harmony's renderer refuses JSON nested much deeper).
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from ossrun.errors import OssrunError
 

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 _SYS_CPU = Path("/sys/devices/system/cpu")
 _PROC = Path("/proc")
@@ -34,7 +33,7 @@ def _usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _linux_physical_cores() -> Optional[int]:
+def _linux_physical_cores() -> int | None:
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -44,13 +43,17 @@ def _linux_physical_cores() -> Optional[int]:
         topology = _SYS_CPU / f"cpu{cpu}" / "topology"
         try:
             # The siblings sharing a core all list the same set: one entry per physical core.
-            cores.add((topology / "physical_package_id").read_text().strip() + "/" + (topology / "thread_siblings_list").read_text().strip())
+            cores.add(
+                (topology / "physical_package_id").read_text().strip()
+                + "/"
+                + (topology / "thread_siblings_list").read_text().strip()
+            )
         except OSError:
             return None
     return len(cores) or None
 
 
-def _sysctl_physical_cores() -> Optional[int]:
+def _sysctl_physical_cores() -> int | None:
     if sys.platform != "darwin":
         return None
     try:
@@ -60,7 +63,7 @@ def _sysctl_physical_cores() -> Optional[int]:
         return None
 
 
-def available_memory() -> Optional[int]:
+def available_memory() -> int | None:
     """Bytes of memory a new process can use without swapping, or None if unknown.
 
     On Linux that is MemAvailable (free memory plus reclaimable caches), or less when this
@@ -79,7 +82,7 @@ def available_memory() -> Optional[int]:
     return limit if host is None else min(host, limit)
 
 
-def _meminfo_available() -> Optional[int]:
+def _meminfo_available() -> int | None:
     try:
         for line in (_PROC / "meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -89,7 +92,7 @@ def _meminfo_available() -> Optional[int]:
     return None
 
 
-def cgroup_available() -> Optional[int]:
+def cgroup_available() -> int | None:
     """What this process's memory cgroup (and each cgroup above it) still lets it use, or None
     where no limit is set or none can be read.
 
@@ -142,7 +145,7 @@ def _memory_cgroups() -> list[tuple[Path, int]]:
     return found
 
 
-def _cgroup_mount(mounts: list[str], version: int) -> Optional[tuple[str, Path]]:
+def _cgroup_mount(mounts: list[str], version: int) -> tuple[str, Path] | None:
     """(root within the hierarchy, mount point) of the cgroup2 mount, or of the v1 memory controller's."""
     for line in mounts:
         fields = line.split()
@@ -162,7 +165,7 @@ def _unescape_mount(text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
-def _cgroup_room(folder: Path, version: int) -> Optional[int]:
+def _cgroup_room(folder: Path, version: int) -> int | None:
     if version == 2:
         limit_file, usage_file = "memory.max", "memory.current"
     else:
@@ -174,7 +177,7 @@ def _cgroup_room(folder: Path, version: int) -> Optional[int]:
     return max(0, limit - usage + min(reclaimable, usage))
 
 
-def _read_number(path: Path) -> Optional[int]:
+def _read_number(path: Path) -> int | None:
     try:
         text = path.read_text().strip()
     except OSError:
@@ -188,7 +191,7 @@ def _read_number(path: Path) -> Optional[int]:
     return value if value >= 0 else None
 
 
-def _stat_value(path: Path, key: str) -> Optional[int]:
+def _stat_value(path: Path, key: str) -> int | None:
     try:
         for line in path.read_text().splitlines():
             name, _, value = line.partition(" ")
@@ -199,7 +202,7 @@ def _stat_value(path: Path, key: str) -> Optional[int]:
     return None
 
 
-def total_memory() -> Optional[int]:
+def total_memory() -> int | None:
     """Bytes of physical memory, or None where the platform does not say."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -8,209 +8,37 @@ token by token through harmony's streaming parser and yields typed events
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-import os
-import sys
 import threading
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Protocol
 
-from ossrun.engine.protocol import (
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
-    Engine,
-    GenerationRequest,
-    GenerationStats,
-    Occupancy,
-    Sampling,
-)
-from ossrun.errors import ContextError, ModelError, OssrunError
+from ossrun.defaults import DEFAULT_REASONING_EFFORT, DEFAULT_REPLY_RESERVE, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from ossrun.engine.protocol import Engine, GenerationRequest, GenerationStats, Occupancy, Sampling
+from ossrun.errors import ContextError, OssrunError
 from ossrun.events import Done, Event, FinalDelta, FinishReason, Notice, Prefill, Reply, Timings, ToolCall, Usage
 from ossrun.formats import output_rules
-from ossrun.harmony.encoding import checkpoint_marks, decode_ids, load_encoding, stop_tokens
-from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort, instructions_from
+from ossrun.harmony.encoding import checkpoint_marks, decode_ids, stop_tokens
+from ossrun.harmony.messages import ReasoningEffort, check_reasoning_effort, instructions_from
 from ossrun.harmony.parser import Turn, TurnParser
 from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
-from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, Toolbox, run_tool_loop
-from ossrun.units import format_memory
-
-DEFAULT_CTX = "auto"  # the largest context the model and the memory allow
-# Contexts tried, largest first, when --ctx auto loads over RPC workers (each machine's share is checked).
-RPC_AUTO_CONTEXTS = (131072, 65536, 32768, 16384, 8192, 4096)
-UNKNOWN_MEMORY_CONTEXT = 8192  # --ctx auto where the platform does not say how much memory is free
-# Tokens kept free for the reply when deciding whether the history fits (at most a
-# quarter of the context): a reasoning model needs room to think before it answers.
-DEFAULT_REPLY_RESERVE = 1024
+from ossrun.options import ReplyOptions
+from ossrun.tools import Toolbox, run_tool_loop
 
 Messages = Sequence[Mapping[str, Any]]
 
 
-def load(
-    model: Union[str, os.PathLike, None] = None,
-    *,
-    ctx: Union[int, str, Sequence[int]] = DEFAULT_CTX,
-    threads: Optional[int] = None,
-    parallel: int = 1,
-    kv_type: Union[str, Sequence[str]] = "f16",
-    swa_full: bool = False,
-    verbose: bool = False,
-    show_progress: Optional[bool] = None,
-    pull: bool = False,
-    rpc: Union[str, Sequence[str], None] = None,
-) -> "Model":
-    """Load a gpt-oss model by GGUF path, registry name or alias, or ``"demo"``.
+class DefaultSampling(Protocol):
+    """A model's recommended sampling (models.toml's ``sampling``)."""
 
-    ``None`` is the registry's default model (gpt-oss-20b unless a user models.toml
-    says otherwise); ``pull`` downloads a registry model that is not on disk first.
-    The file is checked (a GGUF of architecture gpt-oss, complete) and its memory plan
-    compared with the available memory (the container's limit included) before
-    llama.cpp reads it. ``threads`` defaults to the physical cores; ``verbose`` shows
-    llama.cpp's own log; ``show_progress`` (default: stderr is a terminal) shows a
-    loading indicator on stderr.
+    @property
+    def temperature(self) -> float: ...
 
-    ``parallel`` is how many replies are decoded together: ``stream`` and ``chat`` may
-    then be called from that many threads at once (more wait their turn). ``ctx`` is
-    the pool of KV cells they share; a prefix common to several prompts is held once,
-    and any one reply may use the whole pool. ``"auto"`` (the default) is the largest
-    context up to the model's limit that fits in memory with room for ``parallel``
-    sequences; several sizes (largest first) take the largest of them that fits.
-    ``Model.n_ctx`` says which.
-
-    ``kv_type`` is the KV cache's type, ``"f16"`` or ``"q8_0"`` (half the memory), or a
-    (key, value) pair. ``swa_full`` keeps every position in the sliding-window layers too
-    (twice the cache); by default they keep their window, and prefixes stay reusable
-    through checkpoints of their state.
-
-    ``rpc`` lists workers (``"HOST:PORT[=MEMORY]"``, see ``ossrun worker``) that hold the
-    model's last layers; ``Model.placement`` then says which machine holds what.
-    """
-    from ossrun.engine import llama
-    from ossrun.engine import memory
-    from ossrun.engine.gguf_header import check_gpt_oss
-    from ossrun.harmony.tiktoken_file import O200K_BASE_TOKENS, ensure_o200k
-    from ossrun.machine import available_memory
-    from ossrun.store.resolve import resolve
-
-    cache = memory.CacheSettings.parse(kv_type, swa_full=swa_full)
-    if parallel < 1:
-        raise ModelError(f"parallel {parallel} is less than 1: decode at least one sequence")
-    resolved = resolve(model, pull=pull)
-    path, name = resolved.path, resolved.name
-    header = check_gpt_oss(path)
-    tensors = None
-    if len(resolved.files) > 1:  # a split GGUF: every file's tensors
-        from ossrun.engine.rpc import model_tensors
-
-        tensors = model_tensors(header, resolved.files)
-    shape = memory.ModelShape.of(header, tensors)
-    auto = isinstance(ctx, str)
-    if auto and ctx != "auto":
-        raise ModelError(f"context size {ctx!r} is not a number of tokens or auto: use --ctx auto or e.g. --ctx 32768")
-    infos = workers = None
-    if rpc:
-        from ossrun.engine import rpc as rpc_engine
-
-        infos = rpc_engine.probe_workers(rpc)
-    if auto and infos is None:
-        sizes = [_auto_context(shape, available_memory(), parallel, cache, name)]
-    elif auto:
-        sizes = [size for size in RPC_AUTO_CONTEXTS if size <= (shape.context_length or size)]
-    else:
-        sizes = [ctx] if isinstance(ctx, int) else sorted(ctx, reverse=True)
-    for size in sizes:  # the largest context that fits; the last one's error if none does
-        try:
-            memory.check_context_size(header, size)
-            if infos is None:
-                needs = memory.plan_shape(shape, size, parallel=parallel, cache=cache, model=name)
-                memory.check(needs, available_memory(), shape)
-            else:  # the machines together: each one's share against its memory
-                workers = rpc_engine.place(header, size, infos, model=name, files=resolved.files, parallel=parallel,
-                                           cache=cache)
-            ctx = size
-            break
-        except ModelError:
-            if size == sizes[-1]:
-                raise
-    llama.set_verbose(verbose)
-    if show_progress is None:
-        show_progress = sys.stderr.isatty()
-    with _loading_indicator(name, show_progress) as on_progress:
-        vocab_dir = ensure_o200k(header.identity, lambda: llama.read_token_bytes(path, O200K_BASE_TOKENS), name)
-        encoding = load_encoding(vocab_dir)
-        engine = llama.LlamaEngine(header, n_ctx=ctx, parallel=parallel, threads=threads, on_progress=on_progress,
-                                   cache=cache, rpc=workers)
-    return Model(engine, encoding, name=name, path=path, placement=workers.describe() if workers else None,
-                 auto_ctx=auto)
-
-
-def _auto_context(shape: Any, available: Optional[int], parallel: int, cache: Any, name: str) -> int:
-    """``--ctx auto``: the largest context that fits (a modest one where the memory is unknown)."""
-    from ossrun.engine import memory
-
-    if available is None:
-        return min(shape.context_length or UNKNOWN_MEMORY_CONTEXT, UNKNOWN_MEMORY_CONTEXT)
-    size = memory.largest_context(shape, available, parallel=parallel, cache=cache)
-    if size is None:
-        smallest = memory.plan_shape(shape, memory.CONTEXT_STEP, parallel=parallel, cache=cache, model=name)
-        raise ModelError(f"{name} needs about {format_memory(smallest.total)} even at --ctx {memory.CONTEXT_STEP} "
-                         f"({smallest.describe()}) but only {format_memory(available)} is available: "
-                         f"use a smaller model, or close other programs")
-    return size
-
-
-def plan(model: Union[str, os.PathLike, None] = None, *, parallel: int = 1,
-         kv_types: Sequence[Union[str, Sequence[str]]] = ("f16", "q8_0"), swa_full: bool = False,
-         contexts: Optional[Sequence[int]] = None) -> Any:
-    """What loading ``model`` takes at each context size (default: 4096 up to the model's limit,
-    doubling), per KV cache type, against this machine's available memory; and what
-    ``ctx="auto"`` would choose. Returns an ``ossrun.engine.memory.MemoryReport``; reads only the
-    GGUF header (the model file must be on disk)."""
-    from ossrun.engine import memory
-    from ossrun.engine.gguf_header import check_gpt_oss
-    from ossrun.machine import available_memory, cgroup_available
-    from ossrun.store.resolve import resolve
-
-    caches = [memory.CacheSettings.parse(kind, swa_full=swa_full) for kind in kv_types]
-    resolved = resolve(model)
-    header = check_gpt_oss(resolved.path)
-    tensors = None
-    if len(resolved.files) > 1:
-        from ossrun.engine.rpc import model_tensors
-
-        tensors = model_tensors(header, resolved.files)
-    limit = header.context_length or 131072
-    if contexts is None:
-        contexts = [n for n in (4096, 8192, 16384, 32768, 65536, 131072) if n < limit] + [limit]
-    for n in contexts:
-        memory.check_context_size(header, n)
-    return memory.report(header, model=resolved.name, contexts=contexts, caches=caches, parallel=parallel,
-                         available=available_memory(), container=cgroup_available(), tensors=tensors)
-
-
-@contextlib.contextmanager
-def _loading_indicator(name: str, enabled: bool) -> Iterator[Optional[Callable[[float], None]]]:
-    if not enabled:
-        yield None
-        return
-    shown = [-1]
-
-    def show(fraction: float) -> None:
-        percent = int(fraction * 100)
-        if percent != shown[0]:
-            shown[0] = percent
-            sys.stderr.write(f"\rloading {name}… {percent}%")
-            sys.stderr.flush()
-
-    sys.stderr.write(f"loading {name}…")
-    sys.stderr.flush()
-    try:
-        yield show
-    finally:
-        sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
+    @property
+    def top_p(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -223,12 +51,12 @@ class _Request:
     later_sampling: Sampling  # the turns after tool results (tool_choice holds the first turn only)
     stop: tuple[str, ...]  # texts that end the answer where they appear (not included)
     truncate: bool  # leave out the oldest turns of a conversation too long for the context
-    max_tokens: Optional[int]
-    cancel: Optional[threading.Event]
+    max_tokens: int | None
+    cancel: threading.Event | None
     toolbox: Toolbox
     owns_toolbox: bool  # made for this call from tools=/python_tool=: closed when the reply ends
     max_tool_rounds: int
-    confirm: Optional[Callable[[ToolCall], bool]]
+    confirm: Callable[[ToolCall], bool] | None
 
     def close(self) -> None:
         if self.owns_toolbox:
@@ -247,20 +75,25 @@ class _TurnResult:
     turn: Turn
     finish_reason: FinishReason
     stats: GenerationStats
-    stop_text: Optional[str] = None
+    stop_text: str | None = None
 
 
 class Model:
     """A loaded gpt-oss model. Works with any :class:`ossrun.engine.protocol.Engine`."""
 
-    def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Optional[Path] = None,
-                 placement: Optional[str] = None, auto_ctx: bool = False):
+    def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Path | None = None,
+                 placement: str | None = None, auto_ctx: bool = False, reasoning_effort: str | None = None,
+                 sampling: DefaultSampling | None = None):
         self.engine = engine
         self.encoding = encoding
         self.name = name
         self.path = path
         self.placement = placement  # which machine holds which layers, for a model loaded over workers
         self.auto_ctx = auto_ctx  # n_ctx was chosen to fit the memory (ctx="auto")
+        # A reply's defaults: the registry's for this model (models.toml), else OpenAI's recommendation.
+        self.reasoning_effort: ReasoningEffort = check_reasoning_effort(reasoning_effort or DEFAULT_REASONING_EFFORT)
+        self.temperature = sampling.temperature if sampling else DEFAULT_TEMPERATURE
+        self.top_p = sampling.top_p if sampling else DEFAULT_TOP_P
         self._stops = stop_tokens(encoding)
         self._checkpoint_after = checkpoint_marks(encoding)
 
@@ -270,10 +103,12 @@ class Model:
 
     # -- public API ------------------------------------------------------------
 
-    def stream(self, messages: Messages, **options: Any) -> Iterator[Event]:
+    def stream(self, messages: Messages, options: ReplyOptions | None = None, /, **fields: Any) -> Iterator[Event]:
         """The reply to ``messages`` as events, ending with exactly one :class:`Done`.
 
-        Options: ``reasoning_effort`` (low/medium/high), ``system`` (developer
+        The options are an ``ossrun.ReplyOptions``, or its fields as keyword arguments (which then
+        override the ``ReplyOptions`` given): ``reasoning_effort`` (low/medium/high; default: the
+        model's, ``Model.reasoning_effort``), ``system`` (developer
         instructions; wins over a system entry), ``temperature`` (0: greedy), ``top_p``,
         ``seed``, ``max_tokens``, ``cancel`` (a threading.Event that stops the reply,
         even mid-prefill), and tools:
@@ -298,7 +133,7 @@ class Model:
         JSON; ``stop`` (a text or a list of them) ends the answer where one appears. A conversation
         too long for the context loses its oldest turns (a Notice says so) unless ``truncate=False``.
         """
-        request = self._request(messages, options)
+        request = self._request(messages, ReplyOptions.of(options, fields))
         rounds = itertools.count()
         try:
             yield from run_tool_loop(lambda history: self._turn(history, request, next(rounds)), request.history,
@@ -307,24 +142,24 @@ class Model:
         finally:
             request.close()
 
-    def chat(self, messages: Messages, **options: Any) -> Reply:
+    def chat(self, messages: Messages, options: ReplyOptions | None = None, /, **fields: Any) -> Reply:
         """The whole reply to ``messages`` (same options as :meth:`stream`)."""
-        for event in self.stream(messages, **options):
+        for event in self.stream(messages, ReplyOptions.of(options, fields)):
             if isinstance(event, Done):
                 return event.reply
         raise AssertionError("stream() ended without Done")  # pragma: no cover - stream always ends with Done
 
-    def render(self, messages: Messages, **options: Any) -> list[int]:
+    def render(self, messages: Messages, options: ReplyOptions | None = None, /, **fields: Any) -> list[int]:
         """The prompt ids a call with these arguments would feed the model (oldest turns dropped if needed)."""
-        request = self._request(messages, options)
+        request = self._request(messages, ReplyOptions.of(options, fields))
         try:
             return self._fit(request.history, request).ids
         finally:
             request.close()
 
-    def pending_tokens(self, messages: Messages, **options: Any) -> int:
+    def pending_tokens(self, messages: Messages, options: ReplyOptions | None = None, /, **fields: Any) -> int:
         """How many prompt tokens a call would evaluate now (the rest is in the KV cache or on disk)."""
-        request = self._request(messages, options)
+        request = self._request(messages, ReplyOptions.of(options, fields))
         try:
             return self._pending(self._fit(request.history, request))
         finally:
@@ -352,7 +187,7 @@ class Model:
     def close(self) -> None:
         self.engine.close()
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -360,10 +195,9 @@ class Model:
 
     # -- prompt ----------------------------------------------------------------
 
-    def _request(self, messages: Messages, options: Mapping[str, Any]) -> _Request:
-        options = dict(options)
-        tools = options.pop("tools", None)
-        toolbox = Toolbox.build(tools, options.pop("python_tool", False), options.pop("mcp", None))
+    def _request(self, messages: Messages, options: ReplyOptions) -> _Request:
+        tools = options.tools
+        toolbox = Toolbox.build(tools, options.python_tool, options.mcp)
         try:
             return self._settle(messages, options, toolbox, owns_toolbox=toolbox is not tools)
         except BaseException:
@@ -371,37 +205,29 @@ class Model:
                 toolbox.close()
             raise
 
-    def _settle(self, messages: Messages, options: dict[str, Any], toolbox: Toolbox, *, owns_toolbox: bool) -> _Request:
-        system = options.pop("system", None)
-        rules = output_rules(self.encoding, toolbox, options.pop("response_format", None), options.pop("tool_choice", None))
+    def _settle(self, messages: Messages, options: ReplyOptions, toolbox: Toolbox, *, owns_toolbox: bool) -> _Request:
+        rules = output_rules(self.encoding, toolbox, options.response_format, options.tool_choice)
         settings = PromptSettings(
-            reasoning_effort=check_reasoning_effort(options.pop("reasoning_effort", DEFAULT_REASONING_EFFORT)),
-            instructions=system if system is not None else instructions_from(messages),
+            reasoning_effort=options.reasoning_effort or self.reasoning_effort,
+            instructions=options.system if options.system is not None else instructions_from(messages),
             response_format=rules.declared,
         )
         if not rules.no_tools:
             settings = toolbox.prompt_settings(settings)
-        max_tool_rounds = int(options.pop("max_tool_rounds", DEFAULT_MAX_TOOL_ROUNDS))
-        confirm = options.pop("confirm", None)
         sampling = Sampling(
-            temperature=float(options.pop("temperature", DEFAULT_TEMPERATURE)),
-            top_p=float(options.pop("top_p", DEFAULT_TOP_P)),
-            seed=options.pop("seed", None),
+            temperature=float(options.temperature if options.temperature is not None else self.temperature),
+            top_p=float(options.top_p if options.top_p is not None else self.top_p),
+            seed=options.seed,
         )
-        stop = options.pop("stop", None)
-        stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        truncate = bool(options.pop("truncate", True))
-        max_tokens = options.pop("max_tokens", None)
-        cancel = options.pop("cancel", None)
-        if options:
-            raise TypeError(f"unknown option(s): {', '.join(sorted(options))}")
-        _check_sampling(sampling, max_tokens, stop)
+        stop = (options.stop,) if isinstance(options.stop, str) else tuple(options.stop or ())
+        _check_sampling(sampling, options.max_tokens, stop)
         history = tuple(m for m in messages if m.get("role") not in ("system", "developer"))
         return _Request(settings, history, dataclasses.replace(sampling, constraint=rules.first_turn),
-                        dataclasses.replace(sampling, constraint=rules.later_turns), stop, truncate, max_tokens, cancel,
-                        toolbox, owns_toolbox, max_tool_rounds, confirm)
+                        dataclasses.replace(sampling, constraint=rules.later_turns), stop, bool(options.truncate),
+                        options.max_tokens, options.cancel, toolbox, owns_toolbox, int(options.max_tool_rounds),
+                        options.confirm)
 
-    def _reply_reserve(self, max_tokens: Optional[int]) -> int:
+    def _reply_reserve(self, max_tokens: int | None) -> int:
         return min(max_tokens or DEFAULT_REPLY_RESERVE, self.n_ctx // 4)
 
     def _fit(self, history: Messages, request: _Request) -> _Prompt:
@@ -447,7 +273,7 @@ class Model:
         result = yield from self._generate(prompt, request, sampling)
         yield Done(self._reply(prompt, result, notices))
 
-    def _generate(self, prompt: _Prompt, request: _Request, sampling: Sampling) -> Iterator[Event]:
+    def _generate(self, prompt: _Prompt, request: _Request, sampling: Sampling) -> Generator[Event, None, _TurnResult]:
         """Have the engine read the prompt and sample until a stop token, the token limit, a full
         context, a stop text or cancel; the tokens go through harmony's parser.
 
@@ -513,7 +339,8 @@ class Model:
             malformed=turn.malformed is not None,
             context_used=stats.context_used,
             context_size=self.n_ctx,
-            extra={"dropped_messages": prompt.dropped, "notices": notices},
+            dropped_messages=prompt.dropped,
+            notices=tuple(notices),
             stop_text=result.stop_text,
         )
 
@@ -527,7 +354,7 @@ class _StopTexts:
         self.text = ""  # the answer so far, as shown
         self._held = ""
         self.found = False
-        self.matched: Optional[str] = None  # the stop text found
+        self.matched: str | None = None  # the stop text found
 
     def filter(self, delta: FinalDelta) -> FinalDelta:
         if not self.stops or self.found:
@@ -552,7 +379,7 @@ class _StopTexts:
         return held
 
 
-def _check_sampling(sampling: Sampling, max_tokens: Optional[int], stop: Sequence[str] = ()) -> None:
+def _check_sampling(sampling: Sampling, max_tokens: int | None, stop: Sequence[str] = ()) -> None:
     if sampling.temperature < 0:
         raise OssrunError(f"temperature {sampling.temperature} is negative: use 0 (greedy) or more (1.0 recommended)")
     if not 0 < sampling.top_p <= 1:

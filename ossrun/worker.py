@@ -18,17 +18,18 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, TextIO
+from typing import TextIO
 
 from ossrun import home
+from ossrun.defaults import DEFAULT_WORKER_HOST as DEFAULT_HOST
+from ossrun.defaults import DEFAULT_WORKER_PORT as DEFAULT_PORT
 from ossrun.errors import OssrunError
 from ossrun.machine import available_memory, physical_cores
 from ossrun.units import format_memory, format_size
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 50052
 # How llama.cpp names a cached tensor: the FNV-1a hash of its bytes, 16 hex digits.
 CACHE_FILE = re.compile(r"^[0-9a-f]{16}$")
 
@@ -75,7 +76,7 @@ def clear_cache(folder: Path) -> CacheContents:
     return contents
 
 
-def exposure_warning(host: str, port: int) -> Optional[str]:
+def exposure_warning(host: str, port: int) -> str | None:
     """What to say when a worker listens beyond this machine (None on a loopback address)."""
     try:
         if ipaddress.ip_address(host).is_loopback:
@@ -96,10 +97,10 @@ def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     *,
-    threads: Optional[int] = None,
-    cache_dir: Optional[Path] = None,
+    threads: int | None = None,
+    cache_dir: Path | None = None,
     verbose: bool = False,
-    out: Optional[TextIO] = None,
+    out: TextIO | None = None,
 ) -> None:
     """Serve llama.cpp's RPC on ``host:port`` until Ctrl-C or SIGTERM, which end the process with exit code 0.
 
@@ -178,7 +179,7 @@ class _Sessions:
         self._on_gone = on_gone
         self._lock = threading.Lock()
         self._active = False
-        self._timer: Optional[threading.Timer] = None
+        self._timer: threading.Timer | None = None
 
     def connected(self) -> bool:
         """Record a connection; True if it starts a new session."""

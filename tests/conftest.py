@@ -11,10 +11,13 @@ import ossrun
 # The o200k vocabulary ships with ossrun as package data.
 VOCAB_DIR = Path(ossrun.__file__).parent / "data"
 
+# The python sandbox's fixtures (a local server, an ordinary user...), shared by its test files.
+pytest_plugins = ["helpers.sandboxes"]
+
 
 def pytest_terminal_summary(terminalreporter, config):
     """Where the browser tests left their screenshots, for a person to look at."""
-    from browser import SCREENSHOT_FOLDERS
+    from helpers.browser import SCREENSHOT_FOLDERS
 
     for folder in config.stash.get(SCREENSHOT_FOLDERS, []):
         terminalreporter.write_line(f"chat page screenshots: {folder}")
@@ -46,8 +49,7 @@ def encoding():
 def scripted(monkeypatch, encoding):
     """Make ``ossrun run``/``chat`` load a Model over a scripted engine (tests/scripted.py);
     ``scripted(*scripts)`` returns the list of engines made."""
-    from scripted import ScriptedEngine
-
+    from helpers.scripted import ScriptedEngine
     from ossrun.cli import options
     from ossrun.model import Model
     from ossrun.store.registry import load_registry
@@ -81,7 +83,7 @@ def o200k_tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights():
     """The weights of the tiny test model (HF names; see tests/checkpoints.py)."""
-    from checkpoints import TinyConfig, make_weights
+    from helpers.checkpoints import TinyConfig, make_weights
 
     return TinyConfig(), make_weights(TinyConfig())
 
@@ -89,7 +91,7 @@ def tiny_weights():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_weights, o200k_tokenizer_dir) -> Path:
     """A tiny gpt-oss in the HF layout (2 shards + index, real tokenizer and chat template)."""
-    from checkpoints import write_hf_checkpoint
+    from helpers.checkpoints import write_hf_checkpoint
 
     config, weights = tiny_weights
     return write_hf_checkpoint(tmp_path_factory.mktemp("tiny-gpt-oss"), weights, config, o200k_tokenizer_dir)

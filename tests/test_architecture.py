@@ -94,7 +94,10 @@ def test_the_engine_never_imports_front_ends_harmony_or_the_store():
     for module, targets in internal_graph().items():
         if in_wing(module, LLAMA_WING):
             for target in targets:
-                assert not any(in_wing(target, w) for w in (*FRONT_ENDS, HARMONY_WING, "ossrun.store", "ossrun.tools")), (module, target)
+                assert not any(in_wing(target, w) for w in (*FRONT_ENDS, HARMONY_WING, "ossrun.store", "ossrun.tools")), (
+                    module,
+                    target,
+                )
                 assert target not in ("ossrun.model",), (module, target)
 
 
@@ -148,7 +151,7 @@ def test_no_sibling_modules_differ_by_one_letter():
         if abs(len(a) - len(b)) > 1 or a == b:
             return False
         if len(a) == len(b):
-            return sum(x != y for x, y in zip(a, b)) == 1
+            return sum(x != y for x, y in zip(a, b, strict=True)) == 1
         short, long = sorted((a, b), key=len)
         return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 

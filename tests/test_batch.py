@@ -11,7 +11,8 @@ import sys
 import time
 
 import pytest
-from anthropic_shapes import check_error, check_message
+
+from helpers.anthropic_shapes import check_error, check_message
 from test_serve import demo_home
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,7 @@ def test_every_line_is_answered_in_the_batch_format(home, tmp_path):
     assert re.fullmatch(r"7 answered, 0 failed of 7 in [\d.]+s, [\d.]+ tokens/s", result.stderr.strip().splitlines()[-1])
     by_id = {r["custom_id"]: r for r in records(out)}
     assert set(by_id) == {line["custom_id"] for line in lines}
-    for custom_id, record in by_id.items():
+    for record in by_id.values():
         assert record["id"].startswith("batch_req_") and record["error"] is None
         assert record["response"]["status_code"] == 200
     chat = by_id["chat-0"]["response"]["body"]
@@ -117,7 +118,11 @@ def test_a_second_run_goes_on_where_the_first_stopped(home, tmp_path):
     complete = records(out)
     # As after a crash: two answers kept, one line that failed, and a last line torn in half.
     kept = [r for r in complete if r["custom_id"] in ("q0", "q1")]
-    failed = {**next(r for r in complete if r["custom_id"] == "q2"), "response": None, "error": {"code": "server_error", "message": "x"}}
+    failed = {
+        **next(r for r in complete if r["custom_id"] == "q2"),
+        "response": None,
+        "error": {"code": "server_error", "message": "x"},
+    }
     torn = json.dumps(next(r for r in complete if r["custom_id"] == "q3"))[:50]
     out.write_text("".join(json.dumps(r) + "\n" for r in kept + [failed]) + torn)
     result = batch(home, str(source), "-o", str(out))
@@ -131,13 +136,17 @@ def test_a_second_run_goes_on_where_the_first_stopped(home, tmp_path):
 
 def test_ctrl_c_stops_the_batch_and_keeps_what_was_finished(home, tmp_path):
     long = "Please read this story to the end. " + "The fox ran over the hill and back again. " * 300
-    lines = [request(f"q{i}", q) for i, q in enumerate(QUESTIONS[:2])] + [request(f"long{i}", long + str(i)) for i in range(6)]
+    # Twelve long lines after the two short ones: seconds of work on a quiet machine (each is ~3000
+    # prompt tokens and an answer), far more than it takes to see the first two lines written and
+    # signal, however busy the machine (with six, a starved test process once saw the batch finish first).
+    lines = [request(f"q{i}", q) for i, q in enumerate(QUESTIONS[:2])] + [request(f"long{i}", long + str(i)) for i in range(12)]
     source = write(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out.jsonl"
     process = batch(home, str(source), "-o", str(out), "--parallel", "2", wait=False)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out.exists() and out.read_text().count("\n") >= 2):
-        time.sleep(0.1)
+        time.sleep(0.02)
+    assert process.poll() is None, "the batch ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr

@@ -12,8 +12,7 @@ from ossrun.terminal.conversation import Conversation
 
 
 def make_reply(final: str, reasoning: str = "", dropped: int = 0) -> Reply:
-    extra = {"dropped_messages": dropped} if dropped else {}
-    return Reply(reasoning, final, "stop", Usage(), Timings(), extra=extra)
+    return Reply(reasoning, final, "stop", Usage(), Timings(), dropped_messages=dropped)
 
 
 def test_ask_does_not_touch_history_until_commit():

@@ -9,14 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import checkpoints
 import gguf
 import numpy as np
 import pytest
-import reference_forward
 from gguf import GGMLQuantizationType as Q
-from ossrun.convert import OUTTYPES, convert
 
+from helpers import checkpoints, reference_forward
+from ossrun.convert import OUTTYPES, convert
 from ossrun.errors import ConvertError
 
 
@@ -158,7 +157,9 @@ def test_mxfp4_repack_is_exact_for_every_byte_and_scale():
     scales = np.repeat(np.arange(0, 253, dtype=np.uint8), 16).reshape(253, 16)
     packed = mxfp4.repack(blocks, scales)
     assert packed.shape == (253, 16 * 17)
-    assert np.array_equal(gguf.quants.dequantize(packed, Q.MXFP4), reference_forward.decode_mxfp4(blocks, scales).astype(np.float32))
+    assert np.array_equal(
+        gguf.quants.dequantize(packed, Q.MXFP4), reference_forward.decode_mxfp4(blocks, scales).astype(np.float32)
+    )
 
 
 def test_q8_0_matrices_are_ggml_q8_0_of_the_checkpoint(small_reader, small):

@@ -14,10 +14,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import checkpoints
 import numpy as np
 import pytest
 
+from helpers import checkpoints
 from ossrun.cli import main
 
 
@@ -124,7 +124,9 @@ def test_corrupt_shard_header(broken, out):
 def test_tensor_with_the_wrong_shape(broken, out, tiny_weights):
     name = "model.layers.1.self_attn.q_proj.weight"
     checkpoints.rewrite_shard_without(broken, name, replacement=tiny_weights[1][name][:-64])
-    assert_fails_cleanly(run_convert(broken, "-o", out), out, f"tensor {name}", "has shape [192, 128], config.json implies [256, 128]")
+    assert_fails_cleanly(
+        run_convert(broken, "-o", out), out, f"tensor {name}", "has shape [192, 128], config.json implies [256, 128]"
+    )
 
 
 def test_tensor_with_the_wrong_dtype(broken, out):
@@ -150,7 +152,9 @@ def test_missing_tokenizer(broken, out):
 
 
 def test_tokenizer_folder_without_tokenizer(broken, out, tmp_path):
-    assert_fails_cleanly(run_convert(broken, "-o", out, "--tokenizer", tmp_path), out, f"--tokenizer {tmp_path} has no tokenizer.json")
+    assert_fails_cleanly(
+        run_convert(broken, "-o", out, "--tokenizer", tmp_path), out, f"--tokenizer {tmp_path} has no tokenizer.json"
+    )
 
 
 def test_tokenizer_larger_than_the_embedding(tmp_path, out, o200k_tokenizer_dir):
@@ -201,7 +205,20 @@ needs_namespace = pytest.mark.skipif(not _can_mount_in_a_namespace(), reason="ne
 def run_in_small_filesystem(size: str, folder: Path, script: str) -> subprocess.CompletedProcess:
     """Run ``script`` (Python) with a private ``size`` tmpfs mounted on ``folder``: a real full disk."""
     shell = 'mount -t tmpfs -o size="$1" ossrun-test "$2" && exec "$3" -c "$4"'
-    command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", shell, "sh", size, str(folder), sys.executable, script]
+    command = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        shell,
+        "sh",
+        size,
+        str(folder),
+        sys.executable,
+        script,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
@@ -252,7 +269,6 @@ def test_shard_gone_mid_conversion_is_a_read_error(broken, out):
     # The last shard disappears after the first chunk is written (before it is opened): the
     # message names the shard that cannot be read, not the GGUF being written.
     from ossrun.convert import convert
-
     from ossrun.errors import ConvertError
 
     shard = checkpoints.shard_paths(broken)[-1]

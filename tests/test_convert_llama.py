@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bare_llama import open_llama
+
+from helpers.bare_llama import open_llama
 
 pytestmark = pytest.mark.slow
 

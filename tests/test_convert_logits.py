@@ -12,9 +12,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import reference_forward
-from bare_llama import open_llama
-from checkpoints import TinyConfig, make_clear_margin_weights, write_hf_checkpoint
+
+from helpers import reference_forward
+from helpers.bare_llama import open_llama
+from helpers.checkpoints import TinyConfig, make_clear_margin_weights, write_hf_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,9 @@ def test_llama_cpp_logits_agree_with_the_reference(outtype, converted_logits, re
     logits = converted_logits(outtype)
     cosine, top1 = agreement(reference_logits, logits)
     print(f"{outtype}: mean cosine {cosine.mean():.6f} (min {cosine.min():.6f}), top-1 agreement {top1:.1%}")
-    assert cosine.mean() >= MIN_MEAN_COSINE, f"{outtype}: mean cosine {cosine.mean():.6f}, worst positions {np.argsort(cosine)[:5]}"
+    assert cosine.mean() >= MIN_MEAN_COSINE, (
+        f"{outtype}: mean cosine {cosine.mean():.6f}, worst positions {np.argsort(cosine)[:5]}"
+    )
     assert top1 >= MIN_TOP1, f"{outtype}: top-1 agreement {top1:.1%}"
     # Past the window too: positions that no longer see the start still agree.
     assert cosine[128:].mean() >= MIN_MEAN_COSINE

@@ -25,7 +25,7 @@ from ossrun.store import demo
 
 # demo/ holds the training pipeline; its task tables, held-out split and answer checks need no torch.
 sys.path.append(str(Path(__file__).resolve().parents[1]))
-from demo import dataset, evaluate, tasks  # noqa: E402
+from demo import dataset, evaluate, tasks
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def test_unused_tokens_can_never_be_sampled(demo_model, encoding):
                                                                   record_logits=True))
         tokens = list(generation)
         assert len(tokens) == len(generation.stats.logits) > 1
-        for token, logits in zip(tokens, generation.stats.logits):
+        for token, logits in zip(tokens, generation.stats.logits, strict=True):
             assert logits[unused].max() < logits[~unused].max() - 1000
             assert not unused[token]
 
@@ -147,8 +147,13 @@ def test_load_demo_by_name(demo_home):
 def held_out_figures(model, temperature):
     encoding = model.encoding
     examples = dataset.evaluation_examples(PER_TASK_AND_EFFORT, seed=11)
-    count = lambda text: evaluate.token_count(encoding, text)
-    run = lambda example, **kw: evaluate.run_api(model, example, **kw)
+
+    def count(text):
+        return evaluate.token_count(encoding, text)
+
+    def run(example, **kw):
+        return evaluate.run_api(model, example, **kw)
+
     return evaluate.evaluate(run, examples, temperature, count, verbose=True)
 
 

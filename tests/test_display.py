@@ -81,7 +81,7 @@ def cells(text: str) -> list[list[tuple[str, tuple[str, ...]]]]:
         for span in styled.spans:
             for index in range(span.start, span.end):
                 styles[index].append(str(span.style))
-        screen.append([(char, tuple(sorted(style))) for char, style in zip(styled.plain, styles)])
+        screen.append([(char, tuple(sorted(style))) for char, style in zip(styled.plain, styles, strict=True)])
     return screen
 
 
@@ -121,7 +121,7 @@ def test_live_repaints_cost_the_tail_not_the_answer():
     stream = MarkdownStream(terminal(out, "truecolor"), refresh_seconds=0)
     copies = 2
     written = []
-    for copy in range(copies):
+    for _ in range(copies):
         start = out.tell()
         for piece in tokens(DOC + "\n\n"):
             before = out.tell()

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from ossrun.engine.gguf_header import check_gpt_oss
-from ossrun.engine.llama import LlamaEngine, build_sampler_chain, read_token_bytes
+from ossrun.engine.llama import LlamaEngine, read_token_bytes
 from ossrun.engine.memory import CacheSettings
 from ossrun.engine.protocol import GenerationRequest, Sampling
+from ossrun.engine.sampler import build_sampler_chain
 from ossrun.errors import ContextError
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from scripted import ScriptedEngine
 
 import ossrun
+from helpers.scripted import ScriptedEngine
 from ossrun.errors import ConversationError, OssrunError
 from ossrun.model import Model
 

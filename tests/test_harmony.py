@@ -10,8 +10,8 @@ import pytest
 
 from ossrun.errors import ConversationError, OssrunError
 from ossrun.events import FinalDelta, Notice, ReasoningDelta, ToolCall
-from ossrun.harmony.parser import TurnParser
 from ossrun.harmony.messages import REASONING_EFFORTS, check_reasoning_effort
+from ossrun.harmony.parser import TurnParser
 from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -32,7 +32,9 @@ def check_golden(encoding, name: str, ids: list[int]) -> None:
         path.write_text(json.dumps({"text": text, "ids": ids}, indent=1, ensure_ascii=False) + "\n")
     golden = json.loads(path.read_text())
     if ids != golden["ids"]:
-        first = next((i for i, (a, b) in enumerate(zip(ids, golden["ids"])) if a != b), min(len(ids), len(golden["ids"])))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ids, golden["ids"], strict=False)) if a != b), min(len(ids), len(golden["ids"]))
+        )
         pytest.fail(
             f"{name}: rendered ids differ from the golden file at position {first}\n"
             f"  got      ids[{first}:{first + 8}] = {ids[first:first + 8]}\n"
@@ -63,7 +65,9 @@ def test_multi_turn_history_drops_finished_analysis(encoding):
     check_golden(encoding, "prompt_multi_turn", ids)
     text = encoding.decode_utf8(ids)
     assert "Simple arithmetic" not in text
-    assert text.endswith("<|start|>assistant<|channel|>final<|message|>4<|end|><|start|>user<|message|>And 3+3?<|end|><|start|>assistant")
+    assert text.endswith(
+        "<|start|>assistant<|channel|>final<|message|>4<|end|><|start|>user<|message|>And 3+3?<|end|><|start|>assistant"
+    )
 
 
 def test_analysis_stays_inside_an_unfinished_tool_chain(encoding):
@@ -75,7 +79,10 @@ def test_analysis_stays_inside_an_unfinished_tool_chain(encoding):
     ]
     text = encoding.decode_utf8(render_prompt(encoding, history, PromptSettings(date=DATE)))
     assert "<|channel|>analysis<|message|>Need the weather tool.<|end|>" in text
-    assert '<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{"city": "Paris"}<|call|>' in text
+    assert (
+        '<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
+        in text
+    )
     assert '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temp": 21}<|end|>' in text
     finished = history + [{"role": "assistant", "reasoning": "It is 21.", "content": "21 degrees."}]
     text = encoding.decode_utf8(render_prompt(encoding, finished + [{"role": "user", "content": "Thanks"}],
@@ -125,10 +132,14 @@ def test_parses_a_well_formed_turn(encoding):
     assert "".join(e.text for e in events if isinstance(e, FinalDelta)) == "Four."
 
 
-@pytest.mark.parametrize("text", [
-    "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}<|call|>",
-    "<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{\"city\":\"Paris\"}<|call|>",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>',
+        '<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.get_weather<|channel|>commentary '
+        '<|constrain|>json<|message|>{"city":"Paris"}<|call|>',
+    ],
+)
 def test_tool_call_recipient_after_channel_or_role(encoding, text):
     turn, events = parse(encoding, text)
     assert turn.malformed is None
@@ -136,14 +147,21 @@ def test_tool_call_recipient_after_channel_or_role(encoding, text):
     assert (call.recipient, call.name, call.arguments) == ("functions.get_weather", "get_weather", '{"city":"Paris"}')
 
 
-@pytest.mark.parametrize("text, reason, final", [
-    ("<|channel|>foo<|message|>hi there<|end|>", "unknown channel 'foo'", "<|channel|>foo<|message|>hi there<|end|>"),
-    ("<|channel|>analysis<|channel|>x<|start|>y<|message|>hi<|end|>", "unknown recipient", None),
-    ("<|channel|>analysis and more words " * 12 + "<|return|>", "header ran past 64 tokens", None),
-    ("<|channel|>analysis<|message|>ok<|end|><|start|>the answer is 4<|return|>", "header was cut short", "<|start|>the answer is 4"),
-    ("<|channel|>analysis<|message|>ok<|end|>final answer 4<|return|>", "the parser rejected it", "final answer 4"),
-    ("<|channel|>analysis<|message|>ok<|end|><|start|>user<|message|>hi<|end|>", "role 'user'", None),
-])
+@pytest.mark.parametrize(
+    "text, reason, final",
+    [
+        ("<|channel|>foo<|message|>hi there<|end|>", "unknown channel 'foo'", "<|channel|>foo<|message|>hi there<|end|>"),
+        ("<|channel|>analysis<|channel|>x<|start|>y<|message|>hi<|end|>", "unknown recipient", None),
+        ("<|channel|>analysis and more words " * 12 + "<|return|>", "header ran past 64 tokens", None),
+        (
+            "<|channel|>analysis<|message|>ok<|end|><|start|>the answer is 4<|return|>",
+            "header was cut short",
+            "<|start|>the answer is 4",
+        ),
+        ("<|channel|>analysis<|message|>ok<|end|>final answer 4<|return|>", "the parser rejected it", "final answer 4"),
+        ("<|channel|>analysis<|message|>ok<|end|><|start|>user<|message|>hi<|end|>", "role 'user'", None),
+    ],
+)
 def test_malformed_output_is_shown_raw(encoding, text, reason, final):
     turn, events = parse(encoding, text)
     assert reason in turn.malformed

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from scripted import ScriptedEngine, invoke, reply
 
+from helpers.scripted import ScriptedEngine, invoke, reply
 from ossrun.model import Model
 from ossrun.terminal.display import Screen
 from ossrun.terminal.repl import Repl, StreamReader
@@ -26,7 +26,7 @@ from ossrun.tools import McpServers, Toolbox
 from ossrun.tools.mcp_servers import McpToolInfo
 from ossrun.tools.mcp_tools import harmony_parameters, mcp_function_tools
 
-SERVER = Path(__file__).with_name("mcp_weather.py")
+SERVER = Path(__file__).parent / "helpers" / "mcp_weather.py"
 QUESTION = [{"role": "user", "content": "What's the weather in Oslo?"}]
 WEATHER_CALL = ('<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary '
                 'to=functions.get_weather <|constrain|>json<|message|>{"city": "Oslo"}<|call|>')
@@ -117,23 +117,46 @@ def web_server():
 # --- configurations and starts that fail: one line, exit 1, before the model loads ----------------
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "{path}:1: not valid JSON (Expecting property name enclosed in double quotes): an MCP configuration is "
-                  '{{"mcpServers": {{"NAME": {{"command": ...}} or {{"url": ...}}}}}}'),
-    ('{"servers": {}}', '{path} has no "mcpServers" object: an MCP configuration is '
-                        '{{"mcpServers": {{"NAME": {{"command": ...}} or {{"url": ...}}}}}}'),
-    ('{"mcpServers": {"w": {"args": ["x"]}}}', "{path}: MCP server 'w': give either a command (a program ossrun starts) "
-                                              "or a url (a streamable HTTP server)"),
-    ('{"mcpServers": {"w": {"url": "http://127.0.0.1:1/sse", "type": "sse"}}}',
-     "{path}: MCP server 'w': transport 'sse' is not supported: use a command (stdio) or a url (streamable HTTP)"),
-    ('{"mcpServers": {"w": {"command": "x", "env": {"KEY": "${OSSRUN_TEST_UNSET}"}}}}',
-     "{path}: MCP server 'w': env KEY names ${{OSSRUN_TEST_UNSET}}, which is not set: set it or write the value"),
-    ('{"mcpServers": {"w": {"command": "x", "timeout": 0}}}', "{path}: MCP server 'w': timeout must be a number of seconds above 0"),
-    ('{"mcpServers": {"w": {"command": "x", "cwd": "no-such-folder"}}}', "{path}: MCP server 'w': cwd 'no-such-folder' is not a folder"),
-    ('{"mcpServers": {"w": {"command": "ossrun-no-such-server"}}}',
-     "MCP server 'w' cannot start: ossrun-no-such-server is not on its PATH: install it, or give its full path or a "
-     "PATH in the server's env"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "{not json",
+            "{path}:1: not valid JSON (Expecting property name enclosed in double quotes): an MCP configuration is "
+            '{{"mcpServers": {{"NAME": {{"command": ...}} or {{"url": ...}}}}}}',
+        ),
+        (
+            '{"servers": {}}',
+            '{path} has no "mcpServers" object: an MCP configuration is '
+            '{{"mcpServers": {{"NAME": {{"command": ...}} or {{"url": ...}}}}}}',
+        ),
+        (
+            '{"mcpServers": {"w": {"args": ["x"]}}}',
+            "{path}: MCP server 'w': give either a command (a program ossrun starts) or a url (a streamable HTTP server)",
+        ),
+        (
+            '{"mcpServers": {"w": {"url": "http://127.0.0.1:1/sse", "type": "sse"}}}',
+            "{path}: MCP server 'w': transport 'sse' is not supported: use a command (stdio) or a url (streamable HTTP)",
+        ),
+        (
+            '{"mcpServers": {"w": {"command": "x", "env": {"KEY": "${OSSRUN_TEST_UNSET}"}}}}',
+            "{path}: MCP server 'w': env KEY names ${{OSSRUN_TEST_UNSET}}, which is not set: set it or write the value",
+        ),
+        (
+            '{"mcpServers": {"w": {"command": "x", "timeout": 0}}}',
+            "{path}: MCP server 'w': timeout must be a number of seconds above 0",
+        ),
+        (
+            '{"mcpServers": {"w": {"command": "x", "cwd": "no-such-folder"}}}',
+            "{path}: MCP server 'w': cwd 'no-such-folder' is not a folder",
+        ),
+        (
+            '{"mcpServers": {"w": {"command": "ossrun-no-such-server"}}}',
+            "MCP server 'w' cannot start: ossrun-no-such-server is not on its PATH: install it, or give its full path or a "
+            "PATH in the server's env",
+        ),
+    ],
+)
 def test_a_bad_configuration_is_one_line_before_the_model_loads(scripted, capsys, tmp_path, content, message):
     engines = scripted()
     path = tmp_path / "mcp.json"
@@ -282,7 +305,10 @@ def test_tools_keep_their_names_in_functions_unless_offered_twice():
 def test_schemas_are_rewritten_into_what_harmony_shows():
     place = {"properties": {"name": {"title": "Name", "type": "string"}, "country": {"type": "string"}},
              "required": ["name", "country"], "title": "Place", "type": "object"}
-    node = {"type": "object", "properties": {"name": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}
+    node = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
+    }
     schema = {"type": "object", "title": "f", "$defs": {"Place": place, "Node": node},
               "properties": {"place": {"$ref": "#/$defs/Place", "description": "Where."},
                              "when": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
@@ -492,7 +518,9 @@ def test_chat_leaves_no_process_on_ctrl_c(demo_build, tmp_path):
                                env={**os.environ, "OSSRUN_HOME": str(demo_home(tmp_path, demo_build))})
     try:
         banner = process.stderr.readline()
-        assert re.match(r"ossrun chat · demo · reasoning medium · ctx \d+ \(auto\) · tools functions\.get_weather ", banner), banner
+        assert re.match(r"ossrun chat · demo · reasoning medium · ctx \d+ \(auto\) · tools functions\.get_weather ", banner), (
+            banner
+        )
         assert wait_for(lambda: len(processes(tag(tmp_path))) == 3)
         process.send_signal(signal.SIGINT)  # Ctrl-C at the prompt leaves
         assert process.wait(60) == 0
@@ -508,7 +536,8 @@ def test_chat_leaves_no_process_on_ctrl_c(demo_build, tmp_path):
 @pytest.mark.slow
 def test_serve_runs_mcp_tools_and_shows_their_calls_in_both_apis(demo_build, tmp_path):
     from openai import OpenAI
-    from serving import ServerProcess
+
+    from helpers.serving import ServerProcess
 
     path = config_file(tmp_path, {"weather": server(tmp_path)})
     process = ServerProcess("--demo", "--mcp", str(path), home=demo_home(tmp_path, demo_build))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,9 @@ def small_model(tiny_gguf, tmp_path_factory):
 
 def prompt_logits(model, prompt):
     """The logits after ``prompt``, as the engine's cache gives them now."""
-    generation = model.engine.generate(GenerationRequest(tuple(prompt), Sampling(temperature=0), max_tokens=1, record_logits=True))
+    generation = model.engine.generate(
+        GenerationRequest(tuple(prompt), Sampling(temperature=0), max_tokens=1, record_logits=True)
+    )
     list(generation)
     return generation.stats.logits[0]
 
@@ -67,7 +70,7 @@ def test_load_returns_a_named_model(model, tiny_gguf):
     assert model.name == "tiny-gpt-oss"
     assert model.path == tiny_gguf
     assert model.n_ctx == 4096
-    assert ossrun.load is ossrun.model.load
+    assert ossrun.load is ossrun.loading.load
 
 
 def test_stream_ends_with_one_done_whose_reply_matches_the_events(model):
@@ -173,7 +176,7 @@ def test_context_overflow_drops_the_oldest_turns_with_a_notice(small_model):
     assert len(render_prompt(small_model.encoding, history, PromptSettings(date=DATE))) > 512
     events = list(small_model.stream(history, max_tokens=4, seed=0))
     notice, reply = events[0], events[-1].reply
-    dropped = reply.extra["dropped_messages"]
+    dropped = reply.dropped_messages
     assert isinstance(notice, Notice)
     assert notice.text == (
         f"the conversation is longer than the context of 512 tokens: left out the {dropped} oldest messages"
@@ -194,8 +197,10 @@ def test_a_prompt_that_cannot_fit_even_alone_is_a_clear_error(small_model):
         list(small_model.stream(huge))
     message = str(error.value)
     assert message.startswith("the prompt is ")
-    assert message.endswith("more than the context of 512 tokens allows with 128 kept for the reply: shorten it or use a larger --ctx "
-                            f"(at least {-(-(int(message.split()[3]) + 1024) // 1024) * 1024})")
+    assert message.endswith(
+        "more than the context of 512 tokens allows with 128 kept for the reply: shorten it or use a larger --ctx "
+        f"(at least {-(-(int(message.split()[3]) + 1024) // 1024) * 1024})"
+    )
 
 
 def test_generation_stops_when_the_context_is_full(small_model):
@@ -282,7 +287,9 @@ def test_a_model_that_does_not_fit_in_memory_is_refused_with_the_numbers(tiny_gg
     assert f"needs about {format_memory(plan.total)} at --ctx 65536" in message
     assert f"other weights {format_memory(plan.weights)}" in message
     assert f"KV cache (f16) {format_memory(plan.kv_cache)}" in message
-    assert message.endswith("but only 32 MiB is available: not even --ctx 1024 fits; use a smaller model, or close other programs")
+    assert message.endswith(
+        "but only 32 MiB is available: not even --ctx 1024 fits; use a smaller model, or close other programs"
+    )
     with pytest.raises(ModelError, match="context size 200000 is out of range: use a --ctx between 1 and 131072"):
         ossrun.load(tiny_gguf, ctx=200000)
 
@@ -360,10 +367,21 @@ def test_copy_of_a_model_is_checked_again(tiny_gguf, tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
-def test_loading_indicator_only_when_asked_or_on_a_terminal(tiny_gguf, capfd):
-    load(tiny_gguf, ctx=512).close()  # stderr is not a terminal here: nothing shown
-    assert capfd.readouterr().err == ""
-    load(tiny_gguf, ctx=512, show_progress=True).close()
-    err = capfd.readouterr().err
-    assert err.startswith("loading tiny-gpt-oss…") and "\rloading tiny-gpt-oss… 100%" in err
-    assert err.endswith("\r\033[K")  # the line is cleared once loaded
+def test_the_library_draws_nothing_and_says_how_far_the_load_is(tiny_gguf, capfd):
+    fractions = []
+    load(tiny_gguf, ctx=512, on_progress=fractions.append).close()
+    assert capfd.readouterr().err == ""  # front ends draw the progress (ossrun.terminal.progress)
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_the_front_ends_draw_the_load_on_a_terminal_only(tiny_gguf):
+    from rich.console import Console
+
+    from ossrun.terminal.progress import loading
+
+    shown = io.StringIO()
+    with loading("tiny-gpt-oss", Console(file=shown, force_terminal=True, width=80)) as on_progress:
+        load(tiny_gguf, ctx=512, on_progress=on_progress).close()
+    assert "loading tiny-gpt-oss" in shown.getvalue() and "100%" in shown.getvalue()
+    with loading("tiny-gpt-oss", Console(file=io.StringIO(), force_terminal=False)) as on_progress:
+        assert on_progress is None

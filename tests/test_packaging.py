@@ -23,15 +23,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-import checkpoints
 import pytest
+
+from helpers import checkpoints
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a wheel is built from: the package sources and metadata, not tests, benchmarks or caches.
 COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".ci", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.gguf"
+    ".git", ".ci", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+    "*.gguf",
 )
 TOP_LEVEL_IGNORE = {"tests", "benchmarks", "demo"}  # only at the root: ossrun/data/demo is package data
 
@@ -81,7 +83,14 @@ def wheel_python(wheel, tmp_path_factory) -> Path:
     env = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=False).create(env)
     python = env / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # Only the dependencies: a plain path entry does not run the editable install's finder.
     (site / "outer-site-packages.pth").write_text(sysconfig.get_path("purelib") + "\n")
     subprocess.run(
@@ -95,6 +104,7 @@ def wheel_python(wheel, tmp_path_factory) -> Path:
 def test_wheel_contents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "ossrun/models.toml" in names
+    assert "ossrun/py.typed" in names  # type checkers read the package's annotations (PEP 561)
     assert "ossrun/convert/__init__.py" in names and "ossrun/convert/mxfp4.py" in names
     assert not any(name.startswith("convert/") for name in names)  # never a top-level "convert"
     assert not any(name.startswith("tests/") for name in names)
@@ -120,7 +130,15 @@ def test_wheel_install(wheel_python, tmp_path):
         assert Path(file).parent.relative_to(site).parts[-len(name.split(".")):] == tuple(name.split("."))
     assert not found["top_level_convert"]
     assert found["models_toml"] == (ROOT / "models.toml").read_text()
-    assert found["page_files"] == ["chat.css", "chat.js", "conversations.js", "index.html", "markdown.js", "stream.js", "views.js"]
+    assert found["page_files"] == [
+        "chat.css",
+        "chat.js",
+        "conversations.js",
+        "index.html",
+        "markdown.js",
+        "stream.js",
+        "views.js",
+    ]
 
 
 def test_editable_install(tmp_path):
@@ -150,7 +168,9 @@ def test_the_wheels_converter_writes_the_same_file(wheel_python, tmp_path):
     checkpoints.write_byte_tokenizer(folder)
     from_wheel = tmp_path / "wheel.gguf"
     ossrun_script = Path(wheel_python).parent / "ossrun"
-    subprocess.run([str(ossrun_script), "convert", str(folder), "-o", str(from_wheel)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [str(ossrun_script), "convert", str(folder), "-o", str(from_wheel)], check=True, capture_output=True, cwd=tmp_path
+    )
     from ossrun.convert import convert
 
     assert filecmp.cmp(from_wheel, convert(folder, tmp_path / "editable.gguf"), shallow=False)

@@ -53,7 +53,7 @@ def test_greedy_answers_do_not_depend_on_what_else_is_decoded(demo_build, parall
     steps_before = parallel_model.engine.scheduler.steps
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda qe: ask(parallel_model, *qe), QUESTIONS))
-    for (question, _), one, many in zip(QUESTIONS, expected, together):
+    for (question, _), one, many in zip(QUESTIONS, expected, together, strict=True):
         assert (many.reasoning, many.final, many.finish_reason) == (one.reasoning, one.final, one.finish_reason), question
         assert many.final and many.finish_reason == "stop"
     generated = sum(r.usage.completion_tokens for r in together)
@@ -98,11 +98,11 @@ def test_each_sequence_reuses_its_cache_and_shares_the_common_instructions(paral
     # They arrived together: one read the instructions, the others took its cells (or its state on disk).
     cached = sorted(r.usage.cached_tokens for r in first)
     assert cached[0] < len(head) <= cached[1], cached
-    follow = [m + [r.message(), {"role": "user", "content": "Thanks!"}] for m, r in zip(conversations, first)]
+    follow = [m + [r.message(), {"role": "user", "content": "Thanks!"}] for m, r in zip(conversations, first, strict=True)]
     with ThreadPoolExecutor(4) as pool:
         pending = [parallel_model.pending_tokens(m, system=system) for m in follow]
         second = list(pool.map(lambda m: parallel_model.chat(m, system=system, **GREEDY), follow))
-    for before, m, reply in zip(first, follow, second):
+    for m, reply in zip(follow, second, strict=True):
         previous = parallel_model.render(m[:-2], system=system)
         # Only what came after the previous prompt is new: the answer (rendered as history) and the question.
         assert reply.usage.cached_tokens >= len(previous)

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hubserver import HubServer
 
+from helpers.hubserver import HubServer
 from ossrun.errors import ModelError
 from ossrun.store import integrity
 from ossrun.store.local import HUB
@@ -102,7 +102,7 @@ def test_full_pull_verifies_lists_reuses_and_removes(hub):
     repo = hub.repos[TINY_REPO]
     shard_paths = [cache(TINY_REPO) / "snapshots" / repo.commit / name for name in SHARDS]
     assert result.stdout == f"{shard_paths[0]}\n"
-    for path, name in zip(shard_paths, SHARDS):
+    for path, name in zip(shard_paths, SHARDS, strict=True):
         assert path.read_bytes() == repo.files[name]
         assert Path(os.path.realpath(path)).name == repo.sha256(name)  # the blob, named by its sha256
         assert integrity.is_verified(path, integrity.ExpectedHash("sha256", repo.sha256(name)))
@@ -313,7 +313,7 @@ safetensors = {{ repo = "{CHECKPOINT_REPO}", original = "original", download_siz
 @pytest.fixture(scope="module")
 def checkpoint_repo(tmp_path_factory, tiny_weights, o200k_tokenizer_dir) -> Path:
     """Both published layouts in one repo folder (named like the entry), plus files pull must skip."""
-    from checkpoints import write_hf_checkpoint, write_original_checkpoint
+    from helpers.checkpoints import write_hf_checkpoint, write_original_checkpoint
 
     config, weights = tiny_weights
     root = tmp_path_factory.mktemp("published") / "tiny-oss"

@@ -15,7 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sandboxes import (  # noqa: F401
+
+from helpers.sandboxes import (
     ATTEMPT,
     CONNECT,
     ORDINARY_UID,
@@ -23,18 +24,13 @@ from sandboxes import (  # noqa: F401
     expected_root,
     files_in,
     host_processes,
-    local_server,
-    marker,
     names_on_the_way,
-    ordinary_user,
     owner_in,
     python_under_seccomp,
     python_without_namespaces,
     report,
     util_linux,
-    without_user_namespaces,
 )
-
 from ossrun.tools import PythonSandbox, SandboxLimits
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="namespaces are Linux's")
@@ -299,7 +295,10 @@ def assert_not_isolated(box, reason, port, accepted, visible):
     assert box.isolation is None
     assert box.notices() == [NOT_ISOLATED.format(reason)]
     description = box.description()
-    assert "The code is not isolated: it runs as the user, with the user's files. Internet access for this session is enabled." in description
+    assert (
+        "The code is not isolated: it runs as the user, with the user's files. Internet access for this session is enabled."
+        in description
+    )
     assert "processes" not in description and "/tmp" not in description
     assert box.run("print('still runs')").text() == "still runs\n[exit status 0]"
     seen = box.run(f"import os, resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC), os.path.exists({str(visible)!r}))")
@@ -353,7 +352,10 @@ def test_the_view_binds_each_path_once_and_parents_first(tmp_path):
         view.add(path, writable=False)  # never the host's root, nor over what is made anew
     steps, kept = view.mounts()
     ro = str(tmp_path / "ro")
-    assert {path: writable for path, writable in kept.items() if path.startswith(str(tmp_path))} == {ro: False, ro + "/work": True}
+    assert {path: writable for path, writable in kept.items() if path.startswith(str(tmp_path))} == {
+        ro: False,
+        ro + "/work": True,
+    }
     assert (str(tmp_path / "link"), "link", "ro/other") in steps  # the link made again, its target bound with ro
     assert not any(path == ro + "/inner-link" for path, _, _ in steps)  # inside a bound folder already
     assert not {"/", "/proc/self"} & set(kept) and all(kind == "fresh" for path, kind, _ in steps if path in ("/tmp", "/dev"))

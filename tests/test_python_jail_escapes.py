@@ -11,11 +11,10 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
-from sandboxes import ATTEMPT, ORDINARY_UID, host_processes, marker, ordinary_user, shared_folder  # noqa: F401
 
+from helpers.sandboxes import ATTEMPT, ORDINARY_UID, host_processes
 from ossrun.tools import PythonSandbox, SandboxLimits
 from ossrun.tools.workdir import private_folder, remove_tree
 
@@ -31,7 +30,7 @@ class Jailer:
         self.who = who
         self.ordinary = ordinary
 
-    def sandbox(self, limits: Optional[SandboxLimits] = None, python: Optional[str] = None) -> PythonSandbox:
+    def sandbox(self, limits: SandboxLimits | None = None, python: str | None = None) -> PythonSandbox:
         limits = limits or SandboxLimits()
         if self.ordinary is None:
             return PythonSandbox(limits, python=python)

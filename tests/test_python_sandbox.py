@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-from sandboxes import CONNECT, host_processes, local_server, marker  # noqa: F401
 
+from helpers.sandboxes import CONNECT, host_processes
 from ossrun.tools import PythonSandbox, SandboxLimits
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="network namespaces are Linux's")
@@ -170,7 +170,9 @@ def test_network_isolation_can_be_turned_off(local_server):
 
 def test_the_model_is_told_about_the_real_sandbox(sandbox):
     text = sandbox.description()
-    assert text.startswith("Use this tool to execute Python code in your chain of thought. The code will not be shown to the user.")
+    assert text.startswith(
+        "Use this tool to execute Python code in your chain of thought. The code will not be shown to the user."
+    )
     assert "stateful" not in text and "/mnt/data" not in text and "Jupyter" not in text
     assert "new Python" in text and "nothing is kept in memory between messages" in text
     assert "time out after 120.0 seconds" in text

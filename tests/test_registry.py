@@ -160,7 +160,9 @@ def test_an_override_error_names_the_user_file_and_a_shipped_value_the_shipped_f
 
 
 def test_unknown_model_names_the_known_ones():
-    with pytest.raises(RegistryError, match=r"unknown model 'gpt-oss-7b': known models are gpt-oss-20b \(20b\), gpt-oss-120b \(120b\)"):
+    with pytest.raises(
+        RegistryError, match=r"unknown model 'gpt-oss-7b': known models are gpt-oss-20b \(20b\), gpt-oss-120b \(120b\)"
+    ):
         resolve_model("gpt-oss-7b")
 
 
@@ -182,7 +184,9 @@ def test_the_memory_check_knows_120b_does_not_fit_24_gib_before_any_download():
     assert memory_shortfall(registry.get("20b"), total=24 * GIB) is None
     # With --pull, a model bigger than the machine is refused before downloading anything.
     write_user_file('[models.gpt-oss-120b]\nmemory_required = "1000 TiB"\n')
-    with pytest.raises(ModelError, match=r"^gpt-oss-120b needs about 1000 TiB of memory and this machine has .*: not downloading it"):
+    with pytest.raises(
+        ModelError, match=r"^gpt-oss-120b needs about 1000 TiB of memory and this machine has .*: not downloading it"
+    ):
         resolve_model("120b", pull=True)
 
 

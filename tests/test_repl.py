@@ -12,10 +12,11 @@ import json
 import re
 
 import pytest
-from scripted import Script, ScriptedEngine, reply
 
+from helpers.scripted import Script, ScriptedEngine, reply
 from ossrun.engine.protocol import Sampling
 from ossrun.model import Model
+from ossrun.options import ReplyOptions
 from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import Screen
 from ossrun.terminal.repl import Repl, StreamReader
@@ -84,7 +85,7 @@ def test_a_normal_conversation(encoding):
 
 def test_hidden_reasoning_and_sampling_options(encoding):
     session = Session(encoding, [HELLO], reasoning="hide",
-                      sampling={"temperature": 0.5, "top_p": 0.9, "seed": 3, "max_tokens": None})
+                      sampling=ReplyOptions(temperature=0.5, top_p=0.9, seed=3))
     code, transcript = session.run("Hi\n")
     assert transcript == BANNER + (
         ">>> Hi\nthought for 5 tokens\nHello! How can I help?\n"
@@ -161,7 +162,7 @@ def test_effort_and_system_changes_say_what_they_cost(encoding):
     assert "Reasoning: high" in encoding.decode_utf8(engine.prompts[1])
     assert "Answer in French." in encoding.decode_utf8(engine.prompts[2])
     # What was announced is what the next turn re-processed, besides the new question itself.
-    for announced_tokens, turn in zip(announced, (1, 2)):
+    for announced_tokens, turn in zip(announced, (1, 2), strict=True):
         history = engine.prompts[turn]
         question_tokens = len(history) - len(session.model.render(
             session.repl.conversation.messages[: 2 * turn], **_options_at(engine, encoding, turn)))
@@ -215,7 +216,8 @@ def test_bad_load_file_keeps_the_conversation(encoding, tmp_path):
     session = Session(encoding, [HELLO])
     code, transcript = session.run(f"Hi\n/load {bad}\n/load {tmp_path / 'missing.json'}\n/stats\n")
     assert transcript.endswith(
-        f">>> /load {bad}\nerror: cannot load {bad}: message 1 has an unknown role 'wizard': use system, user, assistant or tool\n"
+        f">>> /load {bad}\nerror: cannot load {bad}: message 1 has an unknown role 'wizard': "
+        "use system, user, assistant or tool\n"
         f">>> /load {tmp_path / 'missing.json'}\nerror: cannot load {tmp_path / 'missing.json'}: no such file\n"
         ">>> /stats\nmodel scripted · reasoning medium · instructions none · 2 messages · 22 tokens generated\n"
         "last answer: prompt 68 tokens (68 new) · prefill N tok/s · decode 22 tokens at N tok/s · context 89/4096 (2%)\n"

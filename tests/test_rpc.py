@@ -22,9 +22,9 @@ from pathlib import Path
 
 import llama_cpp
 import pytest
-from rpc_helpers import Relay, Worker, free_port
 
 import ossrun
+from helpers.rpc_helpers import Relay, Worker, free_port
 from ossrun.engine import rpc
 from ossrun.engine.gguf_header import check_gpt_oss
 
@@ -84,7 +84,7 @@ def test_the_readme_install_builds_the_rpc_backend_and_ci_runs_the_readme_test_c
     for command in (install, test):
         # pip's wheel cache keys on the sdist, not on CMAKE_ARGS: only --no-cache-dir forces an RPC build.
         assert '-DGGML_RPC=ON' in command and "-DGGML_RPC_RDMA=OFF" in command and "--no-cache-dir" in command, command
-    assert install.endswith("&& ossrun chat") and test.endswith("&& pytest")
+    assert install.endswith("&& ossrun chat") and test.endswith("&& ruff check . && mypy && pytest --durations=15")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci
 
@@ -164,7 +164,7 @@ def test_greedy_answers_over_two_workers_equal_the_local_ones(workers, demo_buil
     with ossrun.load(demo_build, ctx=2048, threads=1, rpc=[f"{a.endpoint},{b.endpoint}"]) as model:
         assert model.placement == (f"{demo_build.stem} over 3 machines: this machine 221 MiB (no layers, embeddings and output), "
                                    f"{a.endpoint} 257 MiB (layer 0), {b.endpoint} 257 MiB (layer 1)")
-        for prompt, local in zip(PROMPTS, local_answers):
+        for prompt, local in zip(PROMPTS, local_answers, strict=True):
             reply = model.chat([{"role": "user", "content": prompt}], temperature=0)
             assert (reply.reasoning, reply.final) == (local.reasoning, local.final), prompt
             assert reply.finish_reason == "stop"
@@ -191,8 +191,7 @@ def test_run_over_workers_puts_buffers_on_the_rpc_devices(workers, demo_build, l
 @pytest.fixture(scope="module")
 def wide_expert_gguf(tmp_path_factory, o200k_tokenizer_dir) -> Path:
     """A small gpt-oss whose expert tensors exceed llama.cpp's 10 MiB cache threshold (12.75 MiB each)."""
-    from checkpoints import TinyConfig, make_weights, write_hf_checkpoint
-
+    from helpers.checkpoints import TinyConfig, make_weights, write_hf_checkpoint
     from ossrun.convert import convert
 
     config = TinyConfig(n_experts=64, n_experts_used=4, expert_ff=3072)

@@ -29,8 +29,10 @@ def gpt_oss_header(layers: int, experts: int) -> GgufHeader:
         tensors += [
             TensorInfo(p + "attn_norm.weight", (H,), F32, 0),
             TensorInfo(p + "attn_q.weight", (H, 64 * HEAD), Q8, 0), TensorInfo(p + "attn_q.bias", (64 * HEAD,), F32, 0),
-            TensorInfo(p + "attn_k.weight", (H, KV_HEADS * HEAD), Q8, 0), TensorInfo(p + "attn_k.bias", (KV_HEADS * HEAD,), F32, 0),
-            TensorInfo(p + "attn_v.weight", (H, KV_HEADS * HEAD), Q8, 0), TensorInfo(p + "attn_v.bias", (KV_HEADS * HEAD,), F32, 0),
+            TensorInfo(p + "attn_k.weight", (H, KV_HEADS * HEAD), Q8, 0),
+            TensorInfo(p + "attn_k.bias", (KV_HEADS * HEAD,), F32, 0),
+            TensorInfo(p + "attn_v.weight", (H, KV_HEADS * HEAD), Q8, 0),
+            TensorInfo(p + "attn_v.bias", (KV_HEADS * HEAD,), F32, 0),
             TensorInfo(p + "attn_output.weight", (64 * HEAD, H), Q8, 0), TensorInfo(p + "attn_output.bias", (H,), F32, 0),
             TensorInfo(p + "attn_sinks.weight", (64,), F32, 0),
             TensorInfo(p + "post_attention_norm.weight", (H,), F32, 0),
@@ -106,8 +108,10 @@ def test_a_model_too_big_for_the_machines_together_says_what_each_holds(big):
     with pytest.raises(ModelError) as failure:
         placement_of(big, workers)
     message = str(failure.value)
-    assert message.startswith("gpt-oss-120b needs about 61 GiB at --ctx 8192 (this machine 34 GiB (layers 0-19, "
-                              "embeddings and output); 10.0.0.2:50052 13 GiB (layers 20-27); 10.0.0.3:50052 13 GiB (layers 28-35))")
+    assert message.startswith(
+        "gpt-oss-120b needs about 61 GiB at --ctx 8192 (this machine 34 GiB (layers 0-19, "
+        "embeddings and output); 10.0.0.2:50052 13 GiB (layers 20-27); 10.0.0.3:50052 13 GiB (layers 28-35))"
+    )
     assert "this machine has only 22 GiB available" in message
     assert "\n" not in message
 

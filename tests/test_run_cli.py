@@ -15,8 +15,8 @@ import sys
 import time
 
 import pytest
-from scripted import Script, invoke, reply
 
+from helpers.scripted import Script, invoke, reply
 from ossrun.harmony.prompt import PromptSettings, render_prefix, render_prompt
 
 DATE = "2026-01-15"
@@ -160,12 +160,12 @@ def test_ctrl_c_stops_a_long_prefill_and_exits_130(tiny_gguf, tmp_path):
         process = subprocess.Popen(
             [sys.executable, "-m", "ossrun", "run", "-m", str(tiny_gguf), "--ctx", "16384", "--threads", "2", "--json", "-"],
             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    # The system prefix is evaluated and saved first: once its file exists, the long prefill is under way.
+    # The system prefix is evaluated and saved as the prompt's prefill goes on: once its file exists,
+    # the long prefill is under way (and Ctrl-C is the reply's to handle).
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("cache/prefix/*")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     assert list(tmp_path.glob("cache/prefix/*")), process.communicate()[1]
-    time.sleep(0.5)
     sent = time.monotonic()
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
@@ -206,7 +206,7 @@ def test_a_prompt_larger_than_the_context_is_one_line(tiny_gguf, tmp_path):
 
 @pytest.mark.slow
 def test_pull_downloads_a_missing_model_before_answering(tiny_gguf, tmp_path):
-    from hubserver import HubServer
+    from helpers.hubserver import HubServer
     from test_pull import gguf_entry
 
     home = tmp_path / "home"

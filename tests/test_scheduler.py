@@ -232,11 +232,23 @@ def test_a_prefix_held_by_another_sequence_is_shared_not_evaluated(make):
 def test_cancel_ends_one_request_and_the_others_go_on(make):
     backend, scheduler = make(n_seq=2, n_ctx=4096, n_batch=32, scripts={1: list(range(500, 540)) + [STOP], 2: [STOP]})
     backend.seconds_per_token = 0.0005
+    # Cancelled once its second chunk is being read: the first is evaluated, most of the prompt is not.
+    chunks_read, reading = [], threading.Event()
+    real_decode = backend.decode
+
+    def decode(entries, abort):
+        if any(1000 <= entry.token < 3000 for entry in entries):
+            chunks_read.append(len(entries))
+            if len(chunks_read) == 2:
+                reading.set()
+        return real_decode(entries, abort)
+
+    backend.decode = decode
     talker = scheduler.submit(request([1] * 8, seed=1))
     cancel = threading.Event()
     reader = scheduler.submit(request(range(1000, 3000), seed=2, cancel=cancel))
     assert reader.pending() == 2000
-    time.sleep(0.05)
+    assert reading.wait(30)
     cancel.set()
     tokens, stats = finish(reader)
     assert tokens == [] and stats.finish_reason == "interrupted" and 0 < stats.evaluated < 2000

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from serving import ServerProcess
+from helpers.serving import ServerProcess
 
 
 pytestmark = pytest.mark.slow

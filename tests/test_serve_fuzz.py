@@ -2,7 +2,7 @@
 fields the APIs take (right values, near misses and junk), and raw bytes to any route.
 
 Whatever comes in, the server answers with no 5xx, every answer has OpenAI's shape (tests/
-openai_shapes.py), or Anthropic's on its routes (tests/anthropic_shapes.py), and the process is
+openai_shapes.py), or Anthropic's on its routes (tests/helpers/anthropic_shapes.py), and the process is
 alive at the end. Derandomized, so CI sees the same
 requests each run; generation is held to a few tokens so the pass stays well under a minute.
 """
@@ -13,12 +13,12 @@ import http.client
 import json
 import socket
 
-import anthropic_shapes
+from helpers import anthropic_shapes
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from openai_shapes import check_body, check_sse
-from serving import ServerProcess
+from helpers.openai_shapes import check_body, check_sse
+from helpers.serving import ServerProcess
 from test_serve import demo_home
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from openai_shapes import check_error
-from serving import ServerProcess, ServerThread
+from helpers.openai_shapes import check_error
+from helpers.serving import ServerProcess, ServerThread
 from test_serve import demo_home
 
 pytestmark = pytest.mark.slow
@@ -302,7 +302,7 @@ def test_a_page_given_with_cors_may_call_it_and_others_may_not(small_server):
 @pytest.fixture
 def quick_timeouts(encoding):
     """An in-process server over a scripted engine with one-second request timeouts."""
-    from scripted import ScriptedEngine, reply
+    from helpers.scripted import ScriptedEngine, reply
 
     from ossrun.model import Model
     from ossrun.server.edge import Limits

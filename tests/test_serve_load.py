@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from serving import ServerProcess
+from helpers.serving import ServerProcess
 from test_serve import demo_home
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

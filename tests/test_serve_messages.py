@@ -1,6 +1,6 @@
 """Anthropic's Messages API on ``ossrun serve``, with the real ``anthropic`` SDK, the demo model and a
 server process on 127.0.0.1. Every message, stream event, count and error is validated strictly
-against the SDK's types (tests/anthropic_shapes.py)."""
+against the SDK's types (tests/helpers/anthropic_shapes.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import http.client
 import json
 
 import pytest
-from anthropic_shapes import check_body, check_count, check_error, check_message, check_stream
-from serving import ServerProcess
+from helpers.anthropic_shapes import check_body, check_count, check_error, check_message, check_stream
+from helpers.serving import ServerProcess
 from test_serve import demo_home, pydantic_answer, wait_for_log
 
 pytestmark = pytest.mark.slow

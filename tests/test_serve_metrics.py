@@ -10,7 +10,7 @@ import re
 import time
 
 import pytest
-from serving import ServerProcess
+from helpers.serving import ServerProcess
 from test_serve import LONG_STORY, demo_home, post
 
 pytestmark = pytest.mark.slow

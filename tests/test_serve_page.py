@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import DESKTOP, PHONE, SCREENSHOT_FOLDERS, Screenshots, browser
+from helpers.browser import DESKTOP, PHONE, SCREENSHOT_FOLDERS, Screenshots, browser
 from playwright import sync_api
-from serving import ServerProcess, ServerThread
+from helpers.serving import ServerProcess, ServerThread
 from test_serve import demo_home, post
 
 pytestmark = pytest.mark.slow
@@ -318,7 +318,7 @@ WEATHER_CALL = "<|channel|>commentary to=functions.get_weather <|constrain|>json
 def test_python_runs_and_markdown_are_shown_safely(encoding, playwright, shots, tmp_path):
     """--tool python over a scripted model: the run is shown in the reasoning; the answer's markdown is
     rendered (code, table, lists) and nothing the model wrote becomes HTML."""
-    from scripted import ScriptedEngine, reply
+    from helpers.scripted import ScriptedEngine, reply
 
     from ossrun.model import Model
     from ossrun.tools import PythonSandbox

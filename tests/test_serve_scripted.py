@@ -7,8 +7,8 @@ import json
 import os
 
 import pytest
-from scripted import ScriptedEngine, plain, reply
-from serving import ServerThread
+from helpers.scripted import ScriptedEngine, plain, reply
+from helpers.serving import ServerThread
 
 from ossrun.model import Model
 

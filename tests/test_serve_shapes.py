@@ -8,9 +8,9 @@ import http.client
 import json
 
 import pytest
-from openai_shapes import ShapeError, check_body, check_chat_completion, check_event, check_response, check_sse
-from scripted import ScriptedEngine, reply
-from serving import ServerProcess, ServerThread
+from helpers.openai_shapes import ShapeError, check_body, check_chat_completion, check_event, check_response, check_sse
+from helpers.scripted import ScriptedEngine, reply
+from helpers.serving import ServerProcess, ServerThread
 from test_serve import CAPITAL_SCHEMA, WEATHER, WEATHER_RESPONSES, demo_home
 
 from ossrun.model import Model

@@ -8,9 +8,8 @@ import re
 import textwrap
 
 import pytest
-from scripted import ScriptedEngine, invoke, reply
 
-from ossrun.cli import options
+from helpers.scripted import ScriptedEngine, invoke, reply
 from ossrun.model import Model
 from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import Screen
@@ -186,7 +185,9 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize("answer, result", [("y\n", "42\n[exit status 0]"), ("\n", "[not run: the user declined to run this code]")])
+@pytest.mark.parametrize(
+    "answer, result", [("y\n", "42\n[exit status 0]"), ("\n", "[not run: the user declined to run this code]")]
+)
 def test_run_asks_on_a_terminal(scripted, capsys, monkeypatch, answer, result):
     scripted(PYTHON_CALL, reply("ok", "done."))
     monkeypatch.setattr("sys.stdin", FakeTerminal(answer))
@@ -232,8 +233,12 @@ def test_a_broken_functions_file_is_one_line(scripted, capsys, tmp_path):
     assert (code, out) == (1, "") and err.startswith(f"error: {broken}:1: syntax error (") and err.count("\n") == 1
 
 
-def test_cli_default_round_limit_matches_the_library():
-    assert options.DEFAULT_MAX_TOOL_ROUNDS == DEFAULT_MAX_TOOL_ROUNDS
+@pytest.mark.parametrize("command", ["run", "chat"])
+def test_cli_default_round_limit_matches_the_library(capsys, command):
+    # One home for the default (ossrun.defaults): the commands' help says the library's figure.
+    code, out, _ = invoke(capsys, command, "--help")
+    assert code == 0
+    assert re.search(rf"--max-tool-rounds.*?\[default: {DEFAULT_MAX_TOOL_ROUNDS};", out, re.S)
 
 
 def test_repl_counts_the_tool_declarations_in_what_a_change_costs(encoding, functions_file):

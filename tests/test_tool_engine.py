@@ -10,7 +10,7 @@ with one Done and a history that renders again.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -69,7 +69,7 @@ class MixingEngine:
     def cached_prefix(self, prompt, prefix_length: int = 0) -> int:
         return self.engine.cached_prefix(prompt, prefix_length)
 
-    def generate(self, request: GenerationRequest) -> "MixedGeneration":
+    def generate(self, request: GenerationRequest) -> MixedGeneration:
         return MixedGeneration(self, request)
 
     def close(self) -> None:
@@ -90,8 +90,11 @@ class MixedGeneration:
     def _one(self, ids: list[int], step: int) -> tuple[int, GenerationStats]:
         sampling = self.request.sampling
         seed = None if sampling.seed is None else sampling.seed + step
-        generation = self.mixer.engine.generate(GenerationRequest(tuple(ids), Sampling(sampling.temperature, sampling.top_p, seed),
-                                                                  max_tokens=1, cancel=self.request.cancel))
+        generation = self.mixer.engine.generate(
+            GenerationRequest(
+                tuple(ids), Sampling(sampling.temperature, sampling.top_p, seed), max_tokens=1, cancel=self.request.cancel
+            )
+        )
         tokens = list(generation)
         return (tokens[0] if tokens else None), generation.stats
 

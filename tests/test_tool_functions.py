@@ -6,7 +6,8 @@ import collections.abc
 import enum
 import json
 import textwrap
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import pytest
 
@@ -42,7 +43,12 @@ def test_schema_from_hints_defaults_and_google_docstring():
         "type": "object",
         "properties": {
             "city": {"description": "The city's name, in English.", "type": "string"},
-            "unit": {"description": "Temperature unit.", "type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
+            "unit": {
+                "description": "Temperature unit.",
+                "type": "string",
+                "enum": ["celsius", "fahrenheit"],
+                "default": "celsius",
+            },
             "days": {"description": "How many days to forecast.", "type": "integer", "default": 1},
         },
         "required": ["city"],
@@ -50,8 +56,8 @@ def test_schema_from_hints_defaults_and_google_docstring():
 
 
 def test_schema_for_every_supported_type():
-    def f(a: str, b: int, c: float, d: bool, e: List[str], f: Dict[str, int], g: list, h: dict,
-          i: Optional[int], j: Optional[List[int]] = None, k: "int | None" = None, u: Unit = Unit.CELSIUS,
+    def f(a: str, b: int, c: float, d: bool, e: list[str], f: dict[str, int], g: list, h: dict,
+          i: int | None, j: list[int] | None = None, k: int | None = None, u: Unit = Unit.CELSIUS,
           t: tuple[float, float] = (0.0, 1.0), anything=None, flag: Literal[True, False] = True, **extra: Any):
         """Sphinx style.
 

@@ -6,8 +6,8 @@ import json
 import threading
 
 import pytest
-from scripted import ScriptedEngine, reply
 
+from helpers.scripted import ScriptedEngine, reply
 from ossrun.events import CommentaryDelta, Done, FinalDelta, Notice, Prefill, ReasoningDelta, ToolCall, ToolResult
 from ossrun.model import Model
 from ossrun.tools import PythonSandbox, Toolbox
@@ -25,7 +25,10 @@ def call(name: str, arguments: str, reasoning: str = "Need the weather.", *, rec
 
 
 def python_call(code: str) -> str:
-    return f"<|channel|>analysis<|message|>Let me compute.<|end|><|start|>assistant<|channel|>analysis to=python code<|message|>{code}<|call|>"
+    return (
+        "<|channel|>analysis<|message|>Let me compute.<|end|>"
+        f"<|start|>assistant<|channel|>analysis to=python code<|message|>{code}<|call|>"
+    )
 
 
 class Weather:
@@ -98,7 +101,10 @@ def test_analysis_of_a_finished_chain_is_dropped_but_its_calls_stay(encoding, we
     engine2, _, _ = run(encoding, [reply("Same.", "Same.")], messages=history, tools=[weather])
     text = prompt_text(encoding, engine2, 0)
     assert "Need the weather." not in text and "It is 21." not in text
-    assert '<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{"city": "Paris"}<|call|>' in text
+    assert (
+        '<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
+        in text
+    )
     assert "<|start|>assistant<|channel|>final<|message|>21 °C.<|end|><|start|>user<|message|>And tomorrow?<|end|>" in text
 
 
@@ -118,12 +124,18 @@ def test_a_chain_of_calls(encoding, weather):
     assert [m["role"] for m in answer.messages()] == ["assistant", "tool", "assistant", "tool", "assistant"]
 
 
-@pytest.mark.parametrize("script, expected", [
-    (call("get_weather", '{"city": Paris}'), "the arguments are not valid JSON"),
-    (call("get_stock", '{"symbol": "ACME"}'), "unknown tool 'functions.get_stock': the available tools are functions.get_weather"),
-    (call("get_weather", '{"city": "Atlantis"}'), "get_weather raised ValueError: no such city"),
-    (call("get_weather", '{"town": "Paris"}'), "missing a required argument: 'city'"),
-])
+@pytest.mark.parametrize(
+    "script, expected",
+    [
+        (call("get_weather", '{"city": Paris}'), "the arguments are not valid JSON"),
+        (
+            call("get_stock", '{"symbol": "ACME"}'),
+            "unknown tool 'functions.get_stock': the available tools are functions.get_weather",
+        ),
+        (call("get_weather", '{"city": "Atlantis"}'), "get_weather raised ValueError: no such city"),
+        (call("get_weather", '{"town": "Paris"}'), "missing a required argument: 'city'"),
+    ],
+)
 def test_errors_go_back_to_the_model_and_the_answer_goes_on(encoding, weather, script, expected):
     engine, events, answer = run(encoding, [script, reply("The tool failed.", "Sorry, I could not check.")], tools=[weather])
     (result,) = [e for e in events if isinstance(e, ToolResult)]
@@ -194,8 +206,10 @@ def test_python_tool_runs_in_the_sandbox_after_confirmation(encoding):
     assert (result.call.recipient, result.output, result.error) == ("python", "42\n[exit status 0]", False)
     first, second = prompt_text(encoding, engine, 0), prompt_text(encoding, engine, 1)
     assert "## python\n\nUse this tool to execute Python code in your chain of thought." in first
-    assert second.endswith("<|start|>assistant to=python<|channel|>analysis code<|message|>print(6 * 7)<|call|>"
-                           "<|start|>python to=assistant<|channel|>analysis<|message|>42\n[exit status 0]<|end|><|start|>assistant")
+    assert second.endswith(
+        "<|start|>assistant to=python<|channel|>analysis code<|message|>print(6 * 7)<|call|>"
+        "<|start|>python to=assistant<|channel|>analysis<|message|>42\n[exit status 0]<|end|><|start|>assistant"
+    )
     assert answer.final == "42"
 
 
@@ -238,8 +252,10 @@ def test_cancel_during_a_python_run_ends_the_answer(encoding):
 
 
 def test_commentary_preamble_is_shown_and_kept(encoding, weather):
-    script = ("<|channel|>commentary<|message|>Let me check.<|end|>"
-              '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>')
+    script = (
+        "<|channel|>commentary<|message|>Let me check.<|end|>"
+        '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
+    )
     engine, events, answer = run(encoding, [script, reply("ok", "21 °C.")], tools=[weather])
     assert "".join(e.text for e in events if isinstance(e, CommentaryDelta)) == "Let me check."
     assert answer.messages()[0]["content"] == "Let me check."

@@ -95,14 +95,17 @@ def test_prompt_with_functions_python_and_a_tool_chain_equals_openai_harmony(enc
     ids = render_prompt(encoding, HISTORY, settings)
     expected = expected_prompt(encoding, sandbox.description())
     if ids != expected:
-        first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+        first = next((i for i, (a, b) in enumerate(zip(ids, expected, strict=False)) if a != b), min(len(ids), len(expected)))
         pytest.fail(f"rendered ids differ at {first}: got {ids[first:first + 8]}, expected {expected[first:first + 8]}\n"
                     f"got:\n{encoding.decode_utf8(ids)}\nexpected:\n{encoding.decode_utf8(expected)}")
     text = encoding.decode_utf8(ids)
     # What the model reads: the real sandbox, functions as TypeScript, both chains' analysis kept.
     assert "## python\n\nUse this tool to execute Python code in your chain of thought." in text
     assert "stateful Jupyter" not in text and "/mnt/data" not in text
-    assert "type get_weather = (_: {\n// The city, e.g. Paris.\ncity: string,\nunit?: \"celsius\" | \"fahrenheit\", // default: celsius\n}) => any;" in text
+    assert (
+        'type get_weather = (_: {\n// The city, e.g. Paris.\ncity: string,\n'
+        'unit?: "celsius" | "fahrenheit", // default: celsius\n}) => any;' in text
+    )
     assert "type get_time = () => any;" in text
     assert "Calls to these tools must go to the commentary channel: 'functions'." in text
 

@@ -8,9 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from scripted import ScriptedEngine, reply
-
 import ossrun
+from helpers.scripted import ScriptedEngine, reply
 from ossrun.model import Model
 from ossrun.tools import load_functions
 

@@ -91,7 +91,8 @@ def model(demo_build):
 
 def test_an_agent_loop_through_serve_evaluates_only_new_tokens_on_several_sequences(model):
     from openai import OpenAI
-    from serving import ServerThread
+
+    from helpers.serving import ServerThread
 
     model.engine = recorder = Turns(model.engine)
     server = ServerThread(model, name="demo")
@@ -184,7 +185,8 @@ def test_open_webuis_side_requests_leave_the_chat_its_cache(tmp_path_factory, de
     its own (only harmony's system message is shared with the chat), then the next turn. The side
     requests take other sequences, so the next turn evaluates only what it added."""
     from openai import OpenAI
-    from serving import ServerProcess
+
+    from helpers.serving import ServerProcess
     from test_serve import demo_home, post
 
     server = ServerProcess("--demo", home=demo_home(tmp_path_factory, demo_build))
@@ -210,4 +212,5 @@ def test_open_webuis_side_requests_leave_the_chat_its_cache(tmp_path_factory, de
     evaluated = usage.prompt_tokens - usage.prompt_tokens_details.cached_tokens
     assert new - 3 <= evaluated <= new < 60, (evaluated, new)  # the reply's first tokens (<|channel|>) were held too
     log = [line for line in server.lines if line.startswith("POST /v1/chat/completions 200")]
-    assert len(log) == 5 and f"{usage.prompt_tokens}+{usage.completion_tokens} tokens ({len(after) - evaluated} cached)" in log[-1]
+    cached = len(after) - evaluated
+    assert len(log) == 5 and f"{usage.prompt_tokens}+{usage.completion_tokens} tokens ({cached} cached)" in log[-1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -35,7 +35,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Show the version and exit."),
     ] = None,
 ) -> None:
@@ -72,7 +72,7 @@ def describe_error(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc} (set OSSRUN_DEBUG=1 to see the traceback)"
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ossrun`` console script.
 
     Ctrl-C never gets here: Typer turns a KeyboardInterrupt in a command into exit code 130.

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from ossrun.cli import options as opt
+from ossrun.defaults import DEFAULT_SERVE_PARALLEL
 
 INTERRUPTED_EXIT_CODE = 130
-DEFAULT_PARALLEL = 4
 
 HELP = """Answer a file of requests in OpenAI's Batch API format, offline.
 
@@ -40,8 +40,10 @@ def register(app: typer.Typer) -> None:
         model_argument: opt.ModelArgument = None,
         model: opt.ModelOption = None,
         demo: opt.Demo = False,
-        parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Lines decoded together.")] = DEFAULT_PARALLEL,
-        reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
+        parallel: Annotated[
+            int, typer.Option("--parallel", min=1, max=64, help="Lines decoded together.")
+        ] = DEFAULT_SERVE_PARALLEL,
+        reasoning_effort: opt.ReasoningEffort = None,
         ctx: Annotated[str, typer.Option("--ctx", metavar="auto|TOKENS", callback=opt.parse_ctx,
                                          help="KV cells the lines in flight share; auto: the most that fit in memory.")] = "auto",
         kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
@@ -62,7 +64,8 @@ def register(app: typer.Typer) -> None:
         loaded = opt.load_model(opt.pick_model(model_argument, model, demo), ctx=ctx, threads=threads, verbose=verbose,
                                 pull=pull, parallel=parallel, rpc=rpc, kv_type=kv_type, swa_full=swa_full)
         try:
-            served = ServedModel(name=loaded.name, default_effort=reasoning_effort, created=int(time.time()), any_model=True)
+            effort = opt.effort(reasoning_effort) or loaded.reasoning_effort
+            served = ServedModel(name=loaded.name, default_effort=effort, created=int(time.time()), any_model=True)
             for line in lines:
                 if line.problem:
                     screen.error(line.problem)
@@ -76,17 +79,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _run(batch, lines, screen):
-    if not screen.err.is_terminal:
-        return batch.run(lines)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from ossrun.terminal.progress import counting
 
-    columns = (TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    with Progress(*columns, console=screen.err, transient=True) as bar:
-        task = bar.add_task("batch", total=len(lines), rate="")
+    with counting("batch", len(lines), screen.err) as update:
+        if update is None:
+            return batch.run(lines)
 
         def progress(summary) -> None:
             rate = f"{summary.completion_tokens / summary.seconds:.1f} tokens/s" if summary.seconds else ""
-            bar.update(task, completed=summary.skipped + summary.done + summary.failed, rate=rate)
+            update(summary.skipped + summary.done + summary.failed, rate)
 
-        bar.update(task, completed=0)
         return batch.run(lines, progress)

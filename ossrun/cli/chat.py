@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ossrun.cli import options as opt
+from ossrun.defaults import DEFAULT_CTX, DEFAULT_MAX_TOOL_ROUNDS
 
 HELP = """Chat with a gpt-oss model in the terminal.
 
@@ -41,16 +42,16 @@ def register(app: typer.Typer) -> None:
         model_argument: opt.ModelArgument = None,
         model: opt.ModelOption = None,
         demo: opt.Demo = False,
-        reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
+        reasoning_effort: opt.ReasoningEffort = None,
         hide_reasoning: Annotated[
             bool, typer.Option("--hide-reasoning", help='Show "thought for N tokens" instead of the reasoning.')
         ] = False,
         system: opt.System = None,
-        temperature: opt.Temperature = 1.0,
-        top_p: opt.TopP = 1.0,
+        temperature: opt.Temperature = None,
+        top_p: opt.TopP = None,
         seed: opt.Seed = None,
         max_tokens: opt.MaxTokens = None,
-        ctx: opt.Ctx = opt.DEFAULT_CTX,
+        ctx: opt.Ctx = DEFAULT_CTX,
         kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
         swa_full: opt.SwaFull = False,
         threads: opt.Threads = None,
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
         mcp: opt.Mcp = None,
         mcp_timeout: opt.McpTimeout = None,
         yes: opt.Yes = False,
-        max_tool_rounds: opt.MaxToolRounds = opt.DEFAULT_MAX_TOOL_ROUNDS,
+        max_tool_rounds: opt.MaxToolRounds = DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
         from ossrun.terminal.conversation import Conversation
         from ossrun.terminal.display import Screen
@@ -84,12 +85,13 @@ def register(app: typer.Typer) -> None:
             tools.close()
             raise
         try:
+            effort = opt.effort(reasoning_effort) or loaded.reasoning_effort
             reader = TerminalReader() if sys.stdin.isatty() else StreamReader(sys.stdin)
             repl = Repl(
                 loaded,
                 screen,
                 reader,
-                conversation=Conversation(reasoning_effort=reasoning_effort, system=system),
+                conversation=Conversation(reasoning_effort=effort, system=system),
                 reasoning="hide" if hide_reasoning else "show",
                 sampling=opt.sampling(temperature, top_p, seed, max_tokens),
                 tools=tools or None,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,19 +37,11 @@ Examples:
 """
 
 
-@contextmanager
-def progress_reporter(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar (bytes, rate, ETA) on a terminal; nothing animated otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+def progress_reporter(label: str) -> AbstractContextManager[Callable[[int, int], None] | None]:
+    """A progress bar (bytes, rate, ETA) on a terminal; nothing animated otherwise (tests replace it)."""
+    from ossrun.terminal.progress import transfer
 
-    columns = (label, BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+    return transfer(label)
 
 
 def register(app: typer.Typer) -> None:
@@ -58,7 +51,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("-o", "--out", help="The GGUF file to write.", show_default=False)],
         outtype: Annotated[OutType, typer.Option(help="Type of the non-expert matrices.")] = OutType.q8_0,
         tokenizer: Annotated[
-            Optional[Path],
+            Path | None,
             typer.Option(help="Folder with tokenizer.json (default: SRC, or its parent for original/).", show_default=False),
         ] = None,
         force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,

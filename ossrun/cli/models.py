@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,7 @@ def list_models() -> None:
     for entry in registry.entries.values():
         copies = local_copies(entry)
         partial = partial_bytes(entry)
-        download = entry.gguf.download_bytes if entry.gguf else entry.safetensors.download_bytes
+        download = entry.download_bytes
         rows.append((
             entry.name + (" *" if entry.name == registry.default else ""),
             ", ".join(registry.aliases_of(entry.name)) or "-",
@@ -48,7 +48,7 @@ def list_models() -> None:
             details.append(f"{entry.name}: partial download, {format_size(partial)}: `ossrun pull {entry.name}` resumes it")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if details:
         typer.echo("")
         for line in details:
@@ -57,7 +57,9 @@ def list_models() -> None:
 
 
 def pull(
-    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="Registry name or alias (default: the default model).")] = None,
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="Registry name or alias (default: the default model).")
+    ] = None,
     from_safetensors: Annotated[
         bool,
         typer.Option("--from-safetensors", help="Download the published safetensors and convert them locally."),

@@ -6,25 +6,28 @@ Kept free of heavy imports: ``ossrun --help`` loads this module.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, cast
 
 import typer
 
-from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort
+from ossrun.defaults import DEFAULT_KV_TYPE, DEFAULT_MCP_TIMEOUT, DEFAULT_REASONING_EFFORT, KV_TYPES
+from ossrun.harmony.messages import ReasoningEffort as Effort
+from ossrun.harmony.messages import check_reasoning_effort
+from ossrun.options import ReplyOptions
 
 # models.toml names the default; this is for help texts, which must not read files
 DEFAULT_MODEL_HELP = "the registry's default, gpt-oss-20b"
-DEFAULT_CTX = "auto"  # the largest context that fits in memory
-DEFAULT_KV_TYPE = "f16"
-KV_TYPES = ("f16", "q8_0")  # ossrun.engine.memory.KV_TYPES, not imported: it loads gguf
 DEFAULT_EFFORT = DEFAULT_REASONING_EFFORT
-DEFAULT_MAX_TOOL_ROUNDS = 8  # ossrun.tools.DEFAULT_MAX_TOOL_ROUNDS, not imported: it loads openai_harmony
-DEFAULT_MCP_TIMEOUT = 60.0  # ossrun.tools.mcp_config.DEFAULT_TIMEOUT
 
 
-def _check_effort(value: str) -> str:
+def _check_effort(value: str | None) -> Effort | None:
     # Raises an OssrunError, not a usage error: one line "error: ..." from main(), exit code 1.
-    return check_reasoning_effort(value)
+    return None if value is None else check_reasoning_effort(value)
+
+
+def effort(value: str | None) -> Effort | None:
+    """``-r`` as its type: the callback has checked it (Typer declares options with plain types)."""
+    return cast("Effort | None", value)
 
 
 def parse_ctx(value: Any) -> Any:
@@ -52,32 +55,40 @@ def parse_kv_type(value: str) -> str:
 
 
 ModelArgument = Annotated[
-    Optional[str],
+    str | None,
     typer.Argument(metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].",
                    show_default=False),
 ]
 ModelOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("-m", "--model", metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].",
                  show_default=False),
 ]
 ReasoningEffort = Annotated[
-    str,
+    str | None,
     typer.Option("-r", "--reasoning-effort", metavar="low|medium|high", callback=_check_effort,
-                 help="How hard the model thinks before answering."),
+                 show_default="the model's, medium", help="How hard the model thinks before answering."),
 ]
 System = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--system", metavar="TEXT", help="Instructions for the model (harmony's developer message).",
                  show_default=False),
 ]
-Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature (OpenAI recommends 1.0).")]
-TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (1.0: off).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable output.", show_default=False)]
+# The model's defaults (models.toml's reasoning_effort and sampling; medium, 1.0, 1.0 for gpt-oss) unless given
+ModelsDefault = "the model's, 1.0"
+Temperature = Annotated[float | None, typer.Option("--temperature", min=0.0, show_default=ModelsDefault,
+                                                   help="Sampling temperature (OpenAI recommends 1.0).")]
+TopP = Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, show_default=ModelsDefault,
+                                            help="Nucleus sampling mass (1.0: off).")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable output.", show_default=False)]
 MaxTokens = Annotated[
-    Optional[int],
-    typer.Option("--max-tokens", min=1, help="Stop after this many tokens [default: until the answer ends or the context is full].",
-                 show_default=False),
+    int | None,
+    typer.Option(
+        "--max-tokens",
+        min=1,
+        help="Stop after this many tokens [default: until the answer ends or the context is full].",
+        show_default=False,
+    ),
 ]
 Ctx = Annotated[
     str,
@@ -96,7 +107,7 @@ SwaFull = Annotated[
                                     "instead of their window and checkpoints; for comparison."),
 ]
 Threads = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--threads", min=1, help="CPU threads [default: the physical cores].", show_default=False),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log lines.")]
@@ -107,32 +118,32 @@ Demo = Annotated[
 ]
 Pull = Annotated[bool, typer.Option("--pull", help="Download the model first if it is not on disk (as ossrun pull).")]
 Rpc = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--rpc", metavar="HOST:PORT[=MEMORY][,...]", show_default=False,
                  help="Run the model's last layers on these workers (`ossrun worker` on each machine), each holding "
                       "as many as fit in MEMORY (e.g. 192.168.1.20:50052=20GiB); without MEMORY the layers are "
                       "split evenly over this machine and the workers."),
 ]
 Functions = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option("--functions", metavar="FILE.py", show_default=False,
                  help="Let the model call the public functions defined in this Python file (repeatable)."),
 ]
 Tool = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--tool", metavar="python", show_default=False,
                  help="Give the model the python tool: its code runs in a fresh process with no network, "
                       "a 120 s timeout and 1 GiB of memory for all its processes, after you confirm each run."),
 ]
 Mcp = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option("--mcp", metavar="FILE", show_default=False,
                  help='Let the model call the tools of the MCP servers in this configuration (JSON: '
                       '{"mcpServers": {"NAME": {"command", "args", "env", "cwd"} or {"url", "headers"}}}; repeatable). '
                       "They start before the model loads and stop with ossrun."),
 ]
 McpTimeout = Annotated[
-    Optional[float],
+    float | None,
     typer.Option("--mcp-timeout", min=0.001, metavar="SECONDS", show_default=False,
                  help=f"How long an MCP server may take to answer a call [default: {DEFAULT_MCP_TIMEOUT:g}; "
                       "a server's own \"timeout\" wins]."),
@@ -143,7 +154,7 @@ MaxToolRounds = Annotated[
 ]
 
 
-def pick_model(argument: Optional[str], option: Optional[str], demo: bool = False) -> Optional[str]:
+def pick_model(argument: str | None, option: str | None, demo: bool = False) -> str | None:
     """MODEL may come positionally, as -m/--model or as --demo, once."""
     if argument and option and argument != option:
         raise typer.BadParameter(f"two models given ({argument} and {option}): give one", param_hint="MODEL")
@@ -152,7 +163,7 @@ def pick_model(argument: Optional[str], option: Optional[str], demo: bool = Fals
     return "demo" if demo else argument or option
 
 
-def default_model_or_demo() -> tuple[str, Optional[str]]:
+def default_model_or_demo() -> tuple[str, str | None]:
     """The default model if it is on disk; else the demo model and a notice saying how to get the real one."""
     from ossrun.errors import ModelError
     from ossrun.store.resolve import resolve_model
@@ -164,8 +175,8 @@ def default_model_or_demo() -> tuple[str, Optional[str]]:
                         "it only adds two-digit numbers, names capitals and checks the weather")
 
 
-def load_model(name: Optional[str], *, ctx: Any, threads: Optional[int], verbose: bool, pull: bool = False,
-               parallel: int = 1, rpc: Optional[list[str]] = None, kv_type: str = DEFAULT_KV_TYPE,
+def load_model(name: str | None, *, ctx: Any, threads: int | None, verbose: bool, pull: bool = False,
+               parallel: int = 1, rpc: list[str] | None = None, kv_type: str = DEFAULT_KV_TYPE,
                swa_full: bool = False) -> Any:
     """``ossrun.load`` with the command line's options (``name`` None: the registry's default model).
 
@@ -175,16 +186,33 @@ def load_model(name: Optional[str], *, ctx: Any, threads: Optional[int], verbose
     import sys
 
     import ossrun
+    from ossrun.terminal.progress import loading
 
-    model = ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel, rpc=rpc or None,
-                        kv_type=kv_type, swa_full=swa_full)
+    with loading(_shown_name(name)) as on_progress:
+        model = ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel,
+                            rpc=rpc or None, kv_type=kv_type, swa_full=swa_full, on_progress=on_progress)
     if model.placement is not None:
         sys.stderr.write(f"{model.placement}\n")
     return model
 
 
-def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]], mcp: Optional[list[Path]] = None,
-            mcp_timeout: Optional[float] = None) -> Any:
+def _shown_name(name: str | None) -> str:
+    """What ``Model.name`` will be: the registry's name for a name or an alias, a file's name without .gguf."""
+    from ossrun.store.resolve import is_model_path
+
+    if name == "demo":
+        return name
+    if name is not None and is_model_path(name):
+        return Path(name).name.removesuffix(".gguf")
+    from ossrun.store.registry import load_registry
+
+    registry = load_registry()
+    entry = registry.default_entry() if name is None else registry.find(name)
+    return entry.name if entry else str(name)
+
+
+def toolbox(functions: list[Path] | None, tools: list[str] | None, mcp: list[Path] | None = None,
+            mcp_timeout: float | None = None) -> Any:
     """The tools ``--functions``, ``--tool`` and ``--mcp`` give the model, checked (and the MCP servers
     started) before the model loads."""
     from ossrun.tools import Toolbox
@@ -192,9 +220,9 @@ def toolbox(functions: Optional[list[Path]], tools: Optional[list[str]], mcp: Op
     return Toolbox.from_options(functions or (), tools or (), mcp or (), mcp_timeout)
 
 
-def sampling(temperature: float, top_p: float, seed: Optional[int], max_tokens: Optional[int]) -> dict[str, Any]:
-    """The keyword arguments of ``Model.stream`` for sampling."""
-    return {"temperature": temperature, "top_p": top_p, "seed": seed, "max_tokens": max_tokens}
+def sampling(temperature: float | None, top_p: float | None, seed: int | None, max_tokens: int | None) -> ReplyOptions:
+    """The options of ``Model.stream`` for sampling (None: the model's default)."""
+    return ReplyOptions(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens)
 
 
 def utf8_text(text: str, what: str, notice: Any) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -35,10 +35,10 @@ def register(app: typer.Typer) -> None:
         demo: opt.Demo = False,
         parallel: Annotated[int, typer.Option("--parallel", min=1, max=64,
                                               help="Sequences decoded together (as serve and batch's --parallel).")] = 1,
-        kv_type: Annotated[Optional[str], typer.Option("--kv-type", metavar="f16|q8_0", show_default=False,
+        kv_type: Annotated[str | None, typer.Option("--kv-type", metavar="f16|q8_0", show_default=False,
                                                        help="One KV cache type [default: f16 and q8_0 side by side].")] = None,
         swa_full: opt.SwaFull = False,
-        ctx: Annotated[Optional[str], typer.Option("--ctx", metavar="TOKENS", show_default=False,
+        ctx: Annotated[str | None, typer.Option("--ctx", metavar="TOKENS", show_default=False,
                                                    help="One context size [default: 4096 up to the model's limit].")] = None,
     ) -> None:
         import ossrun

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Annotated, Any
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ossrun.cli import options as opt
+from ossrun.defaults import DEFAULT_CTX, DEFAULT_MAX_TOOL_ROUNDS
 from ossrun.errors import OssrunError
 
 INTERRUPTED_EXIT_CODE = 130  # what shells report for a command ended by Ctrl-C
@@ -101,21 +103,23 @@ def refuse_to_ask(tools: list[str], mcp: list[Any]) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("run", help=HELP, no_args_is_help=True)
     def run_command(
-        prompt: Annotated[str, typer.Argument(metavar="PROMPT", help='The prompt, or "-" to read it from stdin.', show_default=False)],
+        prompt: Annotated[
+            str, typer.Argument(metavar="PROMPT", help='The prompt, or "-" to read it from stdin.', show_default=False)
+        ],
         model: opt.ModelOption = None,
         demo: opt.Demo = False,
-        reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
+        reasoning_effort: opt.ReasoningEffort = None,
         system: opt.System = None,
         show_reasoning: Annotated[bool, typer.Option("--show-reasoning", help="Stream the reasoning to stderr.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the reply and its stats.")] = False,
         show_prompt: Annotated[
             bool, typer.Option("--show-prompt", help="Print the rendered harmony prompt and exit without generating.")
         ] = False,
-        temperature: opt.Temperature = 1.0,
-        top_p: opt.TopP = 1.0,
+        temperature: opt.Temperature = None,
+        top_p: opt.TopP = None,
         seed: opt.Seed = None,
         max_tokens: opt.MaxTokens = None,
-        ctx: opt.Ctx = opt.DEFAULT_CTX,
+        ctx: opt.Ctx = DEFAULT_CTX,
         kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
         swa_full: opt.SwaFull = False,
         threads: opt.Threads = None,
@@ -127,10 +131,10 @@ def register(app: typer.Typer) -> None:
         mcp: opt.Mcp = None,
         mcp_timeout: opt.McpTimeout = None,
         yes: opt.Yes = False,
-        max_tool_rounds: opt.MaxToolRounds = opt.DEFAULT_MAX_TOOL_ROUNDS,
+        max_tool_rounds: opt.MaxToolRounds = DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
         from ossrun.events import Done
-        from ossrun.terminal.display import Screen, TurnView
+        from ossrun.terminal.display import ReasoningMode, Screen, TurnView
         from ossrun.terminal.interrupt import cancel_on_sigint
 
         screen = Screen.create()
@@ -140,7 +144,9 @@ def register(app: typer.Typer) -> None:
         if not (yes or show_prompt or sys.stdin.isatty()):
             refuse_to_ask(tool or [], mcp or [])
         tools = opt.toolbox(functions, tool, mcp, mcp_timeout)
-        settings = {"reasoning_effort": reasoning_effort, "system": system, "tools": tools}
+        settings = dataclasses.replace(opt.sampling(temperature, top_p, seed, max_tokens),
+                                       reasoning_effort=opt.effort(reasoning_effort), system=system, tools=tools,
+                                       max_tool_rounds=max_tool_rounds)
         try:
             loaded = opt.load_model(opt.pick_model(None, model, demo), ctx=ctx, threads=threads, verbose=verbose,
                                     pull=pull, rpc=rpc, kv_type=kv_type, swa_full=swa_full)
@@ -149,17 +155,15 @@ def register(app: typer.Typer) -> None:
             raise
         try:
             if show_prompt:
-                typer.echo(loaded.decode(loaded.render(messages, **settings)))
+                typer.echo(loaded.decode(loaded.render(messages, settings)))
                 return
             for text in tools.notices():
                 screen.notice(text)
             confirm = (lambda call: confirm_on_terminal(call, tools)) if tools.asks() and not yes else None
-            reasoning = "show" if show_reasoning and not as_json else "off"
+            reasoning: ReasoningMode = "show" if show_reasoning and not as_json else "off"
             with TurnView(screen, reasoning=reasoning, answer=not as_json, stats=False) as view, \
                     cancel_on_sigint() as cancel:
-                for event in loaded.stream(messages, cancel=cancel, **settings,
-                                           **opt.sampling(temperature, top_p, seed, max_tokens),
-                                           max_tool_rounds=max_tool_rounds, confirm=confirm):
+                for event in loaded.stream(messages, settings, cancel=cancel, confirm=confirm):
                     view.handle(event)
                     if isinstance(event, Done):
                         reply = event.reply
@@ -167,7 +171,8 @@ def register(app: typer.Typer) -> None:
             loaded.close()
             tools.close()
         if as_json:
-            typer.echo(json.dumps(reply_json(loaded.name, reasoning_effort, reply, tools), ensure_ascii=False))
+            effort = opt.effort(reasoning_effort) or loaded.reasoning_effort
+            typer.echo(json.dumps(reply_json(loaded.name, effort, reply, tools), ensure_ascii=False))
         if reply.finish_reason == "interrupted":
             screen.info("interrupted", None)
             raise typer.Exit(INTERRUPTED_EXIT_CODE)

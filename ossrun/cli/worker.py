@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ossrun.cli import options as opt
-
-DEFAULT_HOST = "127.0.0.1"  # ossrun.worker.DEFAULT_HOST, not imported: --help stays light
-DEFAULT_PORT = 50052
+from ossrun.defaults import DEFAULT_WORKER_HOST, DEFAULT_WORKER_PORT
 
 HELP = """Lend this machine's memory and cores to a model run on another machine.
 
@@ -41,11 +39,12 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("worker", help=HELP)
     def worker_command(
-        host: Annotated[str, typer.Option("--host", metavar="ADDRESS",
-                                          help="IPv4 address to listen on (127.0.0.1: this machine only).")] = DEFAULT_HOST,
-        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")] = DEFAULT_PORT,
+        host: Annotated[str, typer.Option(
+            "--host", metavar="ADDRESS", help="IPv4 address to listen on (127.0.0.1: this machine only).")
+        ] = DEFAULT_WORKER_HOST,
+        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")] = DEFAULT_WORKER_PORT,
         threads: opt.Threads = None,
-        cache_dir: Annotated[Optional[Path], typer.Option(
+        cache_dir: Annotated[Path | None, typer.Option(
             "--cache-dir", metavar="DIR", show_default=False,
             help="Where to keep the weights clients send [default: $OSSRUN_HOME/cache/rpc].")] = None,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep no weights: every load sends them all.")] = False,

@@ -19,8 +19,8 @@ checkpoint are shared, never copied, between sequences that share the prefix.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
 
 DEFAULT_CHECKPOINT_INTERVAL = 2048  # positions between checkpoints inside a long prompt
 
@@ -75,7 +75,7 @@ class Checkpoints:
         gap = {i: self._items[i].length - (self._items[i - 1].length if i else 0) for i in candidates}
         del self._items[min(candidates, key=lambda i: (gap[i], i))]
 
-    def at_or_before(self, n: int) -> Optional[Checkpoint]:
+    def at_or_before(self, n: int) -> Checkpoint | None:
         """The checkpoint of the longest prefix not longer than ``n``."""
         at = bisect.bisect_right(self.lengths, n)
         return self._items[at - 1] if at else None
@@ -87,14 +87,14 @@ class Checkpoints:
     def clear(self) -> None:
         self._items.clear()
 
-    def adopt(self, other: "Checkpoints", n: int) -> None:
+    def adopt(self, other: Checkpoints, n: int) -> None:
         """Take ``other``'s checkpoints of prefixes up to ``n`` (this sequence now holds the same first ``n``)."""
         for checkpoint in other:
             if checkpoint.length <= n:
                 self.add(checkpoint)
 
 
-def reusable(n: int, held_from: int, window: int, checkpoints: Checkpoints) -> tuple[int, Optional[Checkpoint]]:
+def reusable(n: int, held_from: int, window: int, checkpoints: Checkpoints) -> tuple[int, Checkpoint | None]:
     """How much of a sequence's first ``n`` positions can be kept to evaluate what follows them.
 
     ``held_from`` is the first position the sequence's sliding-window cells still hold (-1:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
 
 from llama_cpp._ggml import libggml
 
@@ -64,7 +63,7 @@ class WeightPlacement:
     """How a model's weights are placed on the CPU: llama.cpp's ``use_extra_bufts`` and overrides."""
 
     use_extra_bufts: bool
-    overrides: Optional[ctypes.Array] = None  # NULL-terminated TensorBuftOverride array, kept alive here
+    overrides: ctypes.Array | None = None  # NULL-terminated TensorBuftOverride array, kept alive here
 
 
 @lru_cache(maxsize=1)

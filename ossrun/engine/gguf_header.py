@@ -12,9 +12,10 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import gguf
 import numpy as np
@@ -161,7 +162,9 @@ def _parse(path: Path, stat: os.stat_result, buffer: Any) -> GgufHeader:
     cursor = _Cursor(buffer)
     if cursor.unpack("<I") != gguf.GGUF_MAGIC:
         raise ModelError(f"{path} is not a GGUF model file: convert a checkpoint with `ossrun convert` first")
-    truncated = ModelError(f"{path} is truncated ({format_size(size)}): the download or conversion did not finish; fetch or convert it again")
+    truncated = ModelError(
+        f"{path} is truncated ({format_size(size)}): the download or conversion did not finish; fetch or convert it again"
+    )
     try:
         version = cursor.unpack("<I")
         if version < 2:

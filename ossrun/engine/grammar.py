@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from llama_cpp.llama_grammar import SchemaConverter
 
@@ -31,7 +32,7 @@ _CLASSES = {"d": ("0-9", False), "D": ("0-9", True), "w": ("0-9A-Za-z_", False),
 _GRAMMAR_ESCAPES = 'xuUtrn\\"[]'
 
 
-def json_rules(schema: Optional[Mapping[str, Any]], rule: str, where: str = "schema") -> tuple[str, str]:
+def json_rules(schema: Mapping[str, Any] | None, rule: str, where: str = "schema") -> tuple[str, str]:
     """(GBNF rules, the name of the rule) for a JSON value matching ``schema`` (None: any object).
 
     ``where`` names the schema in errors (``response_format.json_schema.schema``, ``get_weather.parameters``).

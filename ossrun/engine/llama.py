@@ -22,8 +22,10 @@ import contextlib
 import ctypes
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
@@ -33,7 +35,8 @@ from ossrun.engine.ggml import place_weights
 from ossrun.engine.gguf_header import GgufHeader
 from ossrun.engine.memory import DEFAULT_BATCH, DEFAULT_CACHE, KV_TYPES, CacheSettings
 from ossrun.engine.prefix_cache import PrefixCache
-from ossrun.engine.protocol import Constraint, Generation, GenerationRequest, Occupancy, Sampling
+from ossrun.engine.protocol import Generation, GenerationRequest, Occupancy, Sampling
+from ossrun.engine.sampler import ConstrainedSampler
 from ossrun.engine.scheduler import Entry, Scheduler
 from ossrun.errors import ModelError
 from ossrun.machine import available_memory, physical_cores
@@ -117,12 +120,12 @@ class LlamaEngine:
         *,
         n_ctx: int = DEFAULT_CTX,
         parallel: int = 1,
-        threads: Optional[int] = None,
+        threads: int | None = None,
         batch_size: int = DEFAULT_BATCH,
-        on_progress: Optional[Callable[[float], None]] = None,
-        cache_dir: Optional[Path] = None,
+        on_progress: Callable[[float], None] | None = None,
+        cache_dir: Path | None = None,
         cache: CacheSettings = DEFAULT_CACHE,
-        rpc: Optional["Workers"] = None,
+        rpc: Workers | None = None,
     ):
         if parallel < 1:
             raise ModelError(f"parallel {parallel} is less than 1: decode at least one sequence")
@@ -130,10 +133,10 @@ class LlamaEngine:
         self._watch = rpc.watch if rpc is not None else _unwatched  # bounds every call that waits on a worker
         self.threads = threads or physical_cores()
         self._model = self._ctx = None
-        self._backend: Optional[LlamaBackend] = None
-        self._scheduler: Optional[Scheduler] = None
+        self._backend: LlamaBackend | None = None
+        self._scheduler: Scheduler | None = None
 
-        self._locked: Optional[resident.Locked] = None
+        self._locked: resident.Locked | None = None
         hot = resident.hot_ranges(header)
         mapped = rpc is None and resident.lockable(resident.size(hot))
         params = llama_cpp.llama_model_default_params()
@@ -157,7 +160,9 @@ class LlamaEngine:
                 llama_cpp.llama_model_free(self._model)
             raise KeyboardInterrupt
         if not self._model:
-            raise ModelError(f"llama.cpp could not load {self.path}: run with --verbose to see why, or convert the checkpoint again")
+            raise ModelError(
+                f"llama.cpp could not load {self.path}: run with --verbose to see why, or convert the checkpoint again"
+            )
         if mapped:
             self._locked = resident.lock_mapped(self.path, hot, resident.cold_ranges(header))
             if self._locked is None:
@@ -207,13 +212,15 @@ class LlamaEngine:
 
     @property
     def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise ModelError("the model is closed: load it again")
         return self._scheduler
 
     def generate(self, request: GenerationRequest) -> Generation:
-        return self._scheduler.submit(request)
+        return self.scheduler.submit(request)
 
     def cached_prefix(self, prompt: Sequence[int], prefix_length: int = 0) -> int:
-        return self._scheduler.cached_prefix(prompt, prefix_length)
+        return self.scheduler.cached_prefix(prompt, prefix_length)
 
     def occupancy(self) -> Occupancy:
         return self._scheduler.occupancy() if self._scheduler is not None else Occupancy()
@@ -244,7 +251,7 @@ class LlamaBackend:
     """A llama.cpp context as :class:`Scheduler` uses it: batches over sequences, samplers, state."""
 
     def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_seq: int, window: int = 0,
-                 watch: Callable[..., ContextManager[Any]] = None):
+                 watch: Callable[..., AbstractContextManager[Any]] | None = None):
         self._watch = watch or _unwatched
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
@@ -257,10 +264,10 @@ class LlamaBackend:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         for i in range(n_batch):
             self._batch.n_seq_id[i] = 1
-        self._abort_check: Optional[Callable[[], bool]] = None
+        self._abort_check: Callable[[], bool] | None = None
         self._abort = llama_cpp.ggml_abort_callback(self._should_abort)  # kept referenced for llama.cpp
 
-    def decode(self, entries: Sequence[Entry], abort: Optional[Callable[[], bool]]) -> int:
+    def decode(self, entries: Sequence[Entry], abort: Callable[[], bool] | None) -> int:
         batch = self._batch
         token, pos, seq_id, logits = batch.token, batch.pos, batch.seq_id, batch.logits
         for i, entry in enumerate(entries):
@@ -286,20 +293,20 @@ class LlamaBackend:
         check = self._abort_check
         return check is not None and check()
 
-    def sample(self, sampler: "ConstrainedSampler", index: int) -> int:
+    def sample(self, sampler: ConstrainedSampler, index: int) -> int:
         return sampler.sample(self._ctx, index, self.n_vocab)
 
-    def logits(self, index: int) -> "np.ndarray":
+    def logits(self, index: int) -> np.ndarray:
         """A copy of the logits of batch entry ``index`` of the last decode."""
         import numpy as np
 
         pointer = llama_cpp.llama_get_logits_ith(self._ctx, index)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
-    def new_sampler(self, sampling: Sampling) -> "ConstrainedSampler":
+    def new_sampler(self, sampling: Sampling) -> ConstrainedSampler:
         return ConstrainedSampler(sampling, self._vocab)
 
-    def free_sampler(self, sampler: "ConstrainedSampler") -> None:
+    def free_sampler(self, sampler: ConstrainedSampler) -> None:
         sampler.free()
 
     def seq_keep(self, seq: int, n: int) -> None:
@@ -315,19 +322,19 @@ class LlamaBackend:
         # With the sliding-window cache, the smallest position its cells hold for this sequence.
         return llama_cpp.llama_memory_seq_pos_min(self._memory, seq)
 
-    def save_state(self, seq: int) -> Optional[bytes]:
+    def save_state(self, seq: int) -> bytes | None:
         return self._get_state(seq, llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE, "saving the prompt cache")
 
     def load_state(self, seq: int, data: bytes) -> bool:
         return self._set_state(seq, data, llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE, "restoring the prompt cache")
 
-    def save_checkpoint(self, seq: int) -> Optional[bytes]:
+    def save_checkpoint(self, seq: int) -> bytes | None:
         return self._get_state(seq, _PARTIAL_STATE, "saving a context checkpoint")
 
     def load_checkpoint(self, seq: int, data: bytes) -> bool:
         return self._set_state(seq, data, _PARTIAL_STATE, "restoring a context checkpoint")
 
-    def _get_state(self, seq: int, flags: int, what: str) -> Optional[bytes]:
+    def _get_state(self, seq: int, flags: int, what: str) -> bytes | None:
         size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq, flags)
         buffer = (ctypes.c_uint8 * size)()
         with self._watch(what):
@@ -348,7 +355,7 @@ class LlamaBackend:
 class _Unwatched:
     """The watch of a model with no workers: llama.cpp's calls need no deadline."""
 
-    def __enter__(self) -> "_Unwatched":
+    def __enter__(self) -> _Unwatched:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -358,7 +365,7 @@ class _Unwatched:
         pass
 
 
-def _unwatched(what: str, tokens: int = 0, *, ticking: bool = False) -> ContextManager[_Unwatched]:
+def _unwatched(what: str, tokens: int = 0, *, ticking: bool = False) -> AbstractContextManager[_Unwatched]:
     return _Unwatched()
 
 
@@ -385,105 +392,3 @@ def _keyboard_interrupt_caught() -> Iterator[threading.Event]:
         yield interrupted
     finally:
         sys.unraisablehook = previous_hook
-
-
-def build_sampler_chain(sampling: Sampling, vocab: Any = None) -> Any:
-    """llama.cpp's sampler chain for OpenAI's gpt-oss settings: temperature and top_p, nothing else.
-
-    No top-k or min-p stage (llama-cpp-python's own defaults add top_k 40 and min_p 0.05);
-    temperature 0 is greedy decoding. A constraint's banned tokens come first (its grammar is
-    a sampler of its own: see :class:`ConstrainedSampler`).
-    """
-    params = llama_cpp.llama_sampler_chain_default_params()
-    params.no_perf = True
-    chain = llama_cpp.llama_sampler_chain_init(params)
-    if sampling.constraint is not None and sampling.constraint.banned:
-        banned = sorted(sampling.constraint.banned)
-        biases = (llama_cpp.llama_logit_bias * len(banned))()
-        for i, token in enumerate(banned):
-            biases[i].token, biases[i].bias = token, float("-inf")
-        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab) if vocab is not None else max(banned) + 1
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
-    if sampling.temperature <= 0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
-    if sampling.top_p < 1.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
-    seed = llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed % 2**32
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
-    return chain
-
-
-def build_grammar(constraint: Constraint, vocab: Any) -> Any:
-    """llama.cpp's grammar sampler for ``constraint`` (lazy when it has triggers)."""
-    grammar, root = constraint.grammar.encode(), b"root"
-    if constraint.triggers:
-        patterns = (ctypes.c_char_p * len(constraint.triggers))(*(p.encode() for p in constraint.triggers))
-        sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(vocab, grammar, root, patterns, len(patterns), None, 0)
-    else:
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar, root)
-    if not sampler:
-        raise ModelError("llama.cpp could not parse the grammar for this request's output format: run with --verbose to see why")
-    return sampler
-
-
-_TOKEN_DATA = None  # numpy dtype of llama_token_data, made on first use
-
-
-class ConstrainedSampler:
-    """A sampler chain and, for a constrained request, a grammar checked after the draw.
-
-    Applying a grammar to all 201k candidates costs far more than a decode step of a small
-    model, so, as llama.cpp's own samplers do, the token is drawn first and checked alone;
-    only when the grammar rejects it is the draw made again over the candidates it allows.
-    """
-
-    def __init__(self, sampling: Sampling, vocab: Any):
-        self.chain = build_sampler_chain(sampling, vocab)
-        self.grammar = None
-        constraint = sampling.constraint
-        if constraint is not None and constraint.grammar is not None:
-            try:
-                self.grammar = build_grammar(constraint, vocab)
-            except BaseException:
-                llama_cpp.llama_sampler_free(self.chain)
-                raise
-        self._single = llama_cpp.llama_token_data_array(data=(llama_cpp.llama_token_data * 1)(), size=1, selected=-1, sorted=False)
-
-    def sample(self, ctx: Any, index: int, n_vocab: int) -> int:
-        token = llama_cpp.llama_sampler_sample(self.chain, ctx, index)
-        if self.grammar is None:
-            return token
-        single = self._single
-        single.data[0].id, single.data[0].logit, single.data[0].p = token, 0.0, 0.0
-        single.size, single.selected = 1, -1
-        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(single))
-        if single.data[0].logit != float("-inf"):
-            llama_cpp.llama_sampler_accept(self.grammar, token)
-            return token
-        token = self._resample(ctx, index, n_vocab)
-        llama_cpp.llama_sampler_accept(self.grammar, token)
-        return token
-
-    def _resample(self, ctx: Any, index: int, n_vocab: int) -> int:
-        import numpy as np
-
-        global _TOKEN_DATA
-        if _TOKEN_DATA is None:
-            _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
-        candidates = np.empty(n_vocab, dtype=_TOKEN_DATA)
-        candidates["id"], candidates["logit"], candidates["p"] = np.arange(n_vocab, dtype=np.int32), logits, 0.0
-        array = llama_cpp.llama_token_data_array(
-            data=candidates.ctypes.data_as(llama_cpp.llama_token_data_p), size=n_vocab, selected=-1, sorted=False)
-        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
-        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
-        if array.selected < 0:
-            raise ModelError("no token fits this request's output format: the grammar allows nothing here")
-        return int(array.data[array.selected].id)
-
-    def free(self) -> None:
-        llama_cpp.llama_sampler_free(self.chain)
-        if self.grammar is not None:
-            llama_cpp.llama_sampler_free(self.grammar)

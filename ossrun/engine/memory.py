@@ -18,17 +18,17 @@ One place knows what a load needs, from the GGUF header and the context settings
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
 
 import gguf
 
+from ossrun.defaults import DEFAULT_KV_TYPE
 from ossrun.engine.gguf_header import GgufHeader, TensorInfo
 from ossrun.errors import ModelError
 from ossrun.units import format_memory
 
 DEFAULT_BATCH = 512  # tokens per llama_decode call (llama.py): prompt chunks and every sequence's next token
-DEFAULT_KV_TYPE = "f16"
 # What the cache may hold, by the name llama.cpp gives the type; q8_0 halves it (see the README's figures).
 KV_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
 # Checkpoints kept per sequence: llama-server keeps 32 a slot by default.
@@ -60,7 +60,7 @@ class CacheSettings:
     max_checkpoints: int = DEFAULT_MAX_CHECKPOINTS
 
     @classmethod
-    def parse(cls, kv_type: "str | Sequence[str] | None" = None, *, swa_full: bool = False) -> "CacheSettings":
+    def parse(cls, kv_type: str | Sequence[str] | None = None, *, swa_full: bool = False) -> CacheSettings:
         """From ``"f16"``, ``"q8_0"``, ``"KEY,VALUE"`` or a (key, value) pair; ModelError naming the choices."""
         if kv_type is None:
             kv_type = DEFAULT_KV_TYPE
@@ -107,7 +107,7 @@ class ModelShape:
     other: int  # bytes of every other tensor
 
     @classmethod
-    def of(cls, header: GgufHeader, tensors: Optional[Iterable[TensorInfo]] = None) -> "ModelShape":
+    def of(cls, header: GgufHeader, tensors: Iterable[TensorInfo] | None = None) -> ModelShape:
         """``tensors``: every tensor of the model, for a GGUF split over several files."""
         layers = int(header.arch_value(gguf.Keys.LLM.BLOCK_COUNT) or 0)
         window = int(header.arch_value(gguf.Keys.Attention.SLIDING_WINDOW) or 0)
@@ -181,8 +181,8 @@ class MemoryPlan:
 
 
 def plan(header: GgufHeader, n_ctx: int, *, parallel: int = 1, cache: CacheSettings = DEFAULT_CACHE,
-         tensors: Optional[Iterable[TensorInfo]] = None, n_batch: int = DEFAULT_BATCH,
-         model: Optional[str] = None) -> MemoryPlan:
+         tensors: Iterable[TensorInfo] | None = None, n_batch: int = DEFAULT_BATCH,
+         model: str | None = None) -> MemoryPlan:
     """What loading ``header``'s model with a context of ``n_ctx`` cells takes."""
     shape = ModelShape.of(header, tensors)
     return plan_shape(shape, n_ctx, parallel=parallel, cache=cache, n_batch=n_batch, model=model or header.path.name)
@@ -213,7 +213,7 @@ def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, *, parallel: int = 1, cach
 
 
 def largest_context(shape: ModelShape, available: int, *, parallel: int = 1, cache: CacheSettings = DEFAULT_CACHE,
-                    n_batch: int = DEFAULT_BATCH, headroom: int = AUTO_HEADROOM) -> Optional[int]:
+                    n_batch: int = DEFAULT_BATCH, headroom: int = AUTO_HEADROOM) -> int | None:
     """The largest context (a multiple of CONTEXT_STEP, up to the model's limit) whose plan fits in
     ``available`` bytes less the headroom; None when not even CONTEXT_STEP does."""
     budget = available - headroom
@@ -237,7 +237,7 @@ def check_context_size(header: GgufHeader, n_ctx: int) -> int:
     return n_ctx
 
 
-def check(plan_: MemoryPlan, available: Optional[int], shape: Optional[ModelShape] = None) -> None:
+def check(plan_: MemoryPlan, available: int | None, shape: ModelShape | None = None) -> None:
     """ModelError with the numbers when ``plan_`` does not fit in ``available`` bytes (None: unknown, passes)."""
     if available is None or plan_.total <= available:
         return
@@ -257,21 +257,21 @@ class MemoryReport:
     """What each context size needs on this machine, per cache setting (``ossrun plan``)."""
 
     model: str
-    available: Optional[int]  # what a load may use now (MemAvailable, or the container's room if less)
-    container: Optional[int]  # the memory cgroup's room alone, where it has a limit
+    available: int | None  # what a load may use now (MemAvailable, or the container's room if less)
+    container: int | None  # the memory cgroup's room alone, where it has a limit
     parallel: int
     caches: tuple[CacheSettings, ...]
     rows: tuple[tuple[int, tuple[MemoryPlan, ...]], ...]  # (n_ctx, one plan per cache setting)
-    auto: tuple[Optional[int], ...]  # what --ctx auto chooses, per cache setting
+    auto: tuple[int | None, ...]  # what --ctx auto chooses, per cache setting
     headroom: int = AUTO_HEADROOM  # what --ctx auto leaves free
 
-    def fits(self, plan_: MemoryPlan) -> Optional[bool]:
+    def fits(self, plan_: MemoryPlan) -> bool | None:
         return None if self.available is None else plan_.total <= self.available
 
 
 def report(header: GgufHeader, *, model: str, contexts: Sequence[int], caches: Sequence[CacheSettings], parallel: int = 1,
-           available: Optional[int], container: Optional[int] = None,
-           tensors: Optional[Iterable[TensorInfo]] = None) -> MemoryReport:
+           available: int | None, container: int | None = None,
+           tensors: Iterable[TensorInfo] | None = None) -> MemoryReport:
     shape = ModelShape.of(header, tensors)
     rows = tuple((n, tuple(plan_shape(shape, n, parallel=parallel, cache=c, model=model) for c in caches)) for n in contexts)
     auto = tuple(largest_context(shape, available, parallel=parallel, cache=c) if available is not None else None

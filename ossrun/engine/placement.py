@@ -11,8 +11,8 @@ runs there), for this machine what is available now.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Union
 
 from ossrun.errors import ModelError, WorkerError
 from ossrun.units import format_memory
@@ -32,8 +32,8 @@ class WorkerAsk:
     """One worker as the placement sees it: its name, the memory it may use, what it reports."""
 
     name: str  # HOST:PORT
-    memory: Optional[int]  # --rpc HOST:PORT=MEMORY, or None
-    reported: Optional[int] = None  # the free memory the worker reports
+    memory: int | None  # --rpc HOST:PORT=MEMORY, or None
+    reported: int | None = None  # the free memory the worker reports
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,11 @@ def plan(
     model: str,
     per_layer: Sequence[int],
     other: int,
-    kv_per_layer: Union[int, Sequence[int]],
+    kv_per_layer: int | Sequence[int],
     workers: Sequence[WorkerAsk],
     *,
     n_ctx: int,
-    local_available: Optional[int],
+    local_available: int | None,
     local_overhead: int = DEFAULT_LOCAL_OVERHEAD,
 ) -> Placement:
     """Give each worker its layers and check that every machine can hold its share.
@@ -129,10 +129,11 @@ def plan(
     if all(given) and workers:
         left = n_layers
         for worker in workers:
-            fits = max(0, (worker.memory - DEFAULT_WORKER_OVERHEAD) // biggest) if biggest else left
+            memory = worker.memory or 0  # given for every worker here
+            fits = max(0, (memory - DEFAULT_WORKER_OVERHEAD) // biggest) if biggest else left
             if fits == 0:
                 raise ModelError(
-                    f"{worker.name}={format_memory(worker.memory)} cannot hold one layer of {model} "
+                    f"{worker.name}={format_memory(memory)} cannot hold one layer of {model} "
                     f"({format_memory(biggest + DEFAULT_WORKER_OVERHEAD)} with its KV cache for {n_ctx} tokens "
                     f"and a compute buffer): give it more memory or a smaller --ctx"
                 )
@@ -152,7 +153,7 @@ def plan(
 
     local_count = n_layers - sum(counts)
     shares, first = [], local_count
-    for worker, count in zip(workers, counts):
+    for worker, count in zip(workers, counts, strict=True):
         layers = range(first, first + count)
         shares.append(Share(worker.name, first, count, sum(per_layer[i] for i in layers), sum(kv[i] for i in layers),
                             DEFAULT_WORKER_OVERHEAD))
@@ -163,12 +164,12 @@ def plan(
     return placement
 
 
-def _check(placement: Placement, workers: Sequence[WorkerAsk], local_available: Optional[int]) -> None:
+def _check(placement: Placement, workers: Sequence[WorkerAsk], local_available: int | None) -> None:
     needs = (
         f"{placement.model} needs about {format_memory(placement.total)} at --ctx {placement.n_ctx} "
         f"({'; '.join(s.describe() for s in (placement.local, *placement.workers))})"
     )
-    for share, worker in zip(placement.workers, workers):
+    for share, worker in zip(placement.workers, workers, strict=True):
         limit = worker.memory if worker.memory is not None else worker.reported
         if limit is not None and share.total > limit:
             said = "it may use" if worker.memory is not None else "it reports"

@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from ossrun.home import write_atomically
 
@@ -43,7 +44,7 @@ class PrefixCache:
         digest = hashlib.sha256(self._identity.encode() + b"\0" + _token_bytes(tokens)).hexdigest()
         return self.directory / f"{digest[:32]}{_SUFFIX}"
 
-    def load(self, tokens: Sequence[int]) -> Optional[bytes]:
+    def load(self, tokens: Sequence[int]) -> bytes | None:
         """The saved state of exactly ``tokens``, or None (a damaged file is removed)."""
         path = self.path_for(tokens)
         try:
@@ -60,7 +61,7 @@ class PrefixCache:
             pass
         return state
 
-    def _unpack(self, data: bytes, tokens: Sequence[int]) -> Optional[bytes]:
+    def _unpack(self, data: bytes, tokens: Sequence[int]) -> bytes | None:
         if not data.startswith(_MAGIC):
             return None
         offset = len(_MAGIC)
@@ -78,7 +79,7 @@ class PrefixCache:
             return None
         return state
 
-    def save(self, tokens: Sequence[int], state: bytes) -> Optional[Path]:
+    def save(self, tokens: Sequence[int], state: bytes) -> Path | None:
         """Store ``state`` for ``tokens``; a cache that cannot be written is skipped, not fatal."""
         header = json.dumps(
             {

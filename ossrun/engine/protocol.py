@@ -10,11 +10,11 @@ replays token streams. Prompts are rendered and outputs parsed by ``ossrun.harmo
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Optional, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_P = 1.0
+from ossrun.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 EngineFinish = Literal["stop", "length", "interrupted"]
 
@@ -28,7 +28,7 @@ class Constraint:
     one, and constrains from the start of that match on; otherwise from the first token.
     """
 
-    grammar: Optional[str] = None
+    grammar: str | None = None
     triggers: tuple[str, ...] = ()
     banned: frozenset[int] = frozenset()
 
@@ -39,8 +39,8 @@ class Sampling:
 
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
-    seed: Optional[int] = None
-    constraint: Optional[Constraint] = None
+    seed: int | None = None
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,11 @@ class GenerationRequest:
     prompt: tuple[int, ...]
     sampling: Sampling = Sampling()
     stop_tokens: frozenset[int] = frozenset()
-    max_tokens: Optional[int] = None
+    max_tokens: int | None = None
     # The prompt's first tokens that every prompt of the same settings shares (the system and
     # developer messages): an engine may keep their state on disk for the next session.
     prefix_length: int = 0
-    cancel: Optional[threading.Event] = None
+    cancel: threading.Event | None = None
     record_logits: bool = False  # keep a copy of the logits each token was sampled from (tests, benchmarks)
     # Tokens to emit in this order instead of sampling (scoring a known continuation: each
     # step's logits then come from the same history as the run that chose them); sampling

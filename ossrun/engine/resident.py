@@ -28,9 +28,9 @@ import mmap
 import os
 import re
 import resource
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 from ossrun.engine.gguf_header import GgufHeader, TensorInfo
 
@@ -49,12 +49,12 @@ for _name in ("mlock", "munlock", "madvise"):
 Range = tuple[int, int]  # [start, end) in bytes of the file
 
 
-def hot_ranges(header: GgufHeader, tensors: Optional[Iterable[TensorInfo]] = None) -> list[Range]:
+def hot_ranges(header: GgufHeader, tensors: Iterable[TensorInfo] | None = None) -> list[Range]:
     """The file ranges of the tensors every token reads, merged, in file order."""
     return _merged(_ranges(header, tensors, hot=True))
 
 
-def expert_ranges(header: GgufHeader, tensors: Optional[Iterable[TensorInfo]] = None) -> list[Range]:
+def expert_ranges(header: GgufHeader, tensors: Iterable[TensorInfo] | None = None) -> list[Range]:
     """The file ranges of the MXFP4 experts, which llama.cpp copied while loading and never reads again."""
     start = header.data_offset
     return _merged([(start + t.offset, start + t.offset + t.n_bytes)
@@ -71,12 +71,12 @@ def drop_cached(path: Path, ranges: Iterable[Range]) -> None:
         pass  # only advice: the kernel drops them itself when it needs the memory
 
 
-def cold_ranges(header: GgufHeader, tensors: Optional[Iterable[TensorInfo]] = None) -> list[Range]:
+def cold_ranges(header: GgufHeader, tensors: Iterable[TensorInfo] | None = None) -> list[Range]:
     """The file ranges of the experts and the embeddings: what the process need not keep mapped."""
     return _merged(_ranges(header, tensors, hot=False))
 
 
-def _ranges(header: GgufHeader, tensors: Optional[Iterable[TensorInfo]], *, hot: bool) -> list[Range]:
+def _ranges(header: GgufHeader, tensors: Iterable[TensorInfo] | None, *, hot: bool) -> list[Range]:
     start = header.data_offset
     return [(start + t.offset, start + t.offset + t.n_bytes)
             for t in (header.tensors if tensors is None else tensors) if (_COLD.search(t.name) is None) == hot]
@@ -130,7 +130,7 @@ class Locked:
         self.spans.clear()
 
 
-def lock_mapped(path: Path, hot: Sequence[Range], cold: Sequence[Range] = ()) -> Optional[Locked]:
+def lock_mapped(path: Path, hot: Sequence[Range], cold: Sequence[Range] = ()) -> Locked | None:
     """Lock the ``hot`` file ranges of ``path`` where this process maps it, and drop the ``cold``
     ones from the mapping; None (nothing left locked) when the file is not mapped whole or a
     lock fails."""
@@ -178,7 +178,7 @@ def _mappings_of(path: Path) -> list[_Mapping]:
     return found
 
 
-def _address(mappings: Sequence[_Mapping], start: int, end: int, inner: bool = False) -> Optional[Range]:
+def _address(mappings: Sequence[_Mapping], start: int, end: int, inner: bool = False) -> Range | None:
     """The addresses of file bytes [start, end) in one mapping, widened to whole pages (or, with
     ``inner``, narrowed to the pages wholly inside); None if no single mapping holds them."""
     if inner:

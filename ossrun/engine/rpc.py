@@ -21,16 +21,24 @@ import ctypes
 import re
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Optional, Sequence, Union
+from functools import cache
 
 import gguf
 import llama_cpp
 
-from ossrun.engine.ggml import (GGML_BACKEND_DEVICE_TYPE_CPU, TensorBuftOverride, bind, cpu_extra_buffer_types, cpu_weight_placement,
-                                dev_by_type, reg_get_proc_address)
+from ossrun.defaults import DEFAULT_WORKER_PORT
 from ossrun.engine import memory
+from ossrun.engine.ggml import (
+    GGML_BACKEND_DEVICE_TYPE_CPU,
+    TensorBuftOverride,
+    bind,
+    cpu_extra_buffer_types,
+    cpu_weight_placement,
+    dev_by_type,
+    reg_get_proc_address,
+)
 from ossrun.engine.gguf_header import GgufHeader, read_header
 from ossrun.engine.placement import Placement, WorkerAsk, layer_sizes, plan
 from ossrun.engine.watchdog import Watchdog
@@ -38,7 +46,6 @@ from ossrun.errors import OssrunError, WorkerError
 from ossrun.machine import available_memory
 from ossrun.units import parse_size
 
-DEFAULT_PORT = 50052
 # The protocol of the llama.cpp this llama-cpp-python vendors (RPC_PROTO_*_VERSION in ggml-rpc.h);
 # a worker's major must match and its minor be no newer, as llama.cpp's own handshake demands.
 PROTOCOL = (7, 0, 0)
@@ -81,14 +88,14 @@ class WorkerSpec:
 
     host: str
     port: int
-    memory: Optional[int] = None
+    memory: int | None = None
 
     @property
     def name(self) -> str:
         return f"{self.host}:{self.port}"
 
 
-def parse_workers(specs: Union[str, Sequence[str]]) -> tuple[WorkerSpec, ...]:
+def parse_workers(specs: str | Sequence[str]) -> tuple[WorkerSpec, ...]:
     """``"HOST:PORT[=MEMORY],..."`` (one string, or several) as WorkerSpecs; WorkerError if malformed."""
     entries = [specs] if isinstance(specs, str) else list(specs)
     parts = [p.strip() for entry in entries for p in str(entry).split(",") if p.strip()]
@@ -98,7 +105,8 @@ def parse_workers(specs: Union[str, Sequence[str]]) -> tuple[WorkerSpec, ...]:
     for part in parts:
         match = _ENDPOINT.match(part)
         if not match:
-            raise WorkerError(f"--rpc {part!r} is not HOST:PORT or HOST:PORT=MEMORY (e.g. 192.168.1.20:{DEFAULT_PORT}=20GiB; "
+            example = f"192.168.1.20:{DEFAULT_WORKER_PORT}=20GiB"
+            raise WorkerError(f"--rpc {part!r} is not HOST:PORT or HOST:PORT=MEMORY (e.g. {example}; "
                               f"llama.cpp's RPC takes IPv4 addresses and host names)")
         port = int(match["port"])
         if not 0 < port < 65536:
@@ -164,13 +172,15 @@ def probe(spec: WorkerSpec, timeout: float = HELLO_TIMEOUT) -> WorkerInfo:
     try:
         address = socket.gethostbyname(spec.host)
     except OSError:
-        raise WorkerError(f"worker {name}: cannot resolve the host name {spec.host!r}; check the address given to --rpc") from None
+        raise WorkerError(
+            f"worker {name}: cannot resolve the host name {spec.host!r}; check the address given to --rpc"
+        ) from None
     try:
         sock = socket.create_connection((address, spec.port), timeout=timeout)
     except ConnectionRefusedError:
         raise WorkerError(f"worker {name} refuses connections: start `ossrun worker --port {spec.port}` on that machine "
                           f"(with --host set to an address this machine reaches), or check the port") from None
-    except socket.timeout:
+    except TimeoutError:
         raise WorkerError(f"worker {name} does not answer (no connection within {timeout:g} s): "
                           f"check the address and that the machine is up and reachable") from None
     except OSError as exc:
@@ -188,7 +198,7 @@ def probe(spec: WorkerSpec, timeout: float = HELLO_TIMEOUT) -> WorkerInfo:
                 )
             (devices,) = struct.unpack("<I", _command(sock, RPC_CMD_DEVICE_COUNT, b"", 4))
             free, total = struct.unpack("<QQ", _command(sock, RPC_CMD_GET_DEVICE_MEMORY, struct.pack("<I", 0), 16))
-        except socket.timeout:
+        except TimeoutError:
             raise WorkerError(
                 f"worker {name} accepted the connection but did not answer llama.cpp's RPC hello within {timeout:g} s: "
                 f"a worker serves one client at a time, so another ossrun is probably using it (or that port is not a worker)"
@@ -202,7 +212,9 @@ def probe(spec: WorkerSpec, timeout: float = HELLO_TIMEOUT) -> WorkerInfo:
             raise WorkerError(f"{name} answered llama.cpp's RPC hello with something else: it is not an ossrun worker; "
                               f"check the port") from None
         except OSError as exc:
-            raise WorkerError(f"worker {name} dropped the connection during llama.cpp's RPC hello: {exc.strerror or exc}") from None
+            raise WorkerError(
+                f"worker {name} dropped the connection during llama.cpp's RPC hello: {exc.strerror or exc}"
+            ) from None
     if devices < 1:
         raise WorkerError(f"worker {name} offers no device to compute on")
     return WorkerInfo(spec, address, version, devices, free, total)
@@ -230,7 +242,7 @@ def _rpc_function(name: bytes, prototype):
     return prototype(address)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _device_of(endpoint: str) -> int:
     """The first device a worker offers, as a ``ggml_backend_dev_t``.
 
@@ -255,7 +267,7 @@ def cpu_memory() -> tuple[int, int]:
     return free.value, total.value
 
 
-def start_server(endpoint: str, cache_dir: Optional[str], threads: int) -> None:
+def start_server(endpoint: str, cache_dir: str | None, threads: int) -> None:
     """llama.cpp's RPC server on this machine's CPU; returns only if it cannot listen."""
     start = _rpc_function(b"ggml_backend_rpc_start_server", StartServer)
     devices = (_p * 1)(cpu_device())
@@ -294,7 +306,8 @@ class Workers:
             overrides.append((rf"^blk\.({layers})\..*_exps\.weight$", repack))
         self._patterns = [pattern.encode() for pattern, _ in overrides]  # kept referenced for llama.cpp
         self._overrides = (TensorBuftOverride * (len(overrides) + 1))()
-        for entry, pattern, (_, buft) in zip(self._overrides, self._patterns, overrides):
+        # the array is one entry longer than overrides: the zeroed entry that ends it
+        for entry, pattern, (_, buft) in zip(self._overrides, self._patterns, overrides, strict=False):
             entry.pattern, entry.buft = pattern, buft
 
     @property
@@ -325,7 +338,7 @@ def model_tensors(header: GgufHeader, files: Sequence) -> list:
     return tensors
 
 
-def probe_workers(specs: Union[str, Sequence[str]]) -> tuple[WorkerInfo, ...]:
+def probe_workers(specs: str | Sequence[str]) -> tuple[WorkerInfo, ...]:
     """Parse ``--rpc`` and check every worker (:func:`probe`): WorkerError naming the first that cannot serve."""
     require_rpc()
     return tuple(probe(spec) for spec in parse_workers(specs))
@@ -338,7 +351,7 @@ def place(
     *,
     model: str,
     files: Sequence = (),
-    local_available: Optional[int] = None,
+    local_available: int | None = None,
     parallel: int = 1,
     cache: memory.CacheSettings = memory.DEFAULT_CACHE,
 ) -> Workers:

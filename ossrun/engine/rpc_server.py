@@ -23,8 +23,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import llama_cpp
 
@@ -64,7 +65,7 @@ def check_address(host: str, port: int) -> None:
         raise WorkerError(f"cannot listen on {host}:{port}: {_bound(host, port)} (another worker?); choose another --port")
 
 
-def _bound(host: str, port: int) -> Optional[str]:
+def _bound(host: str, port: int) -> str | None:
     """Why a socket cannot bind ``host:port`` with SO_REUSEADDR, as llama.cpp's server binds, or None.
 
     A listening socket on that address is the one thing that makes such a bind fail: how the
@@ -81,7 +82,7 @@ def _bound(host: str, port: int) -> Optional[str]:
         probe.close()
 
 
-def serve(host: str, port: int, *, threads: int, cache_dir: Optional[str], on_event: Callable[[ServerEvent], None],
+def serve(host: str, port: int, *, threads: int, cache_dir: str | None, on_event: Callable[[ServerEvent], None],
           verbose: bool = False) -> None:
     """Run the server until Ctrl-C or SIGTERM (then return), reporting what happens to ``on_event``.
 

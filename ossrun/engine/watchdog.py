@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 from llama_cpp._ggml import libggml
 
@@ -45,7 +45,7 @@ _RECVFROM = {"x86_64": 45, "aarch64": 207}
 _AbortCallback = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 _set_abort_callback = libggml.ggml_set_abort_callback
 _set_abort_callback.restype, _set_abort_callback.argtypes = ctypes.c_void_p, [_AbortCallback]
-_live: "weakref.WeakSet[Watchdog]" = weakref.WeakSet()
+_live: weakref.WeakSet[Watchdog] = weakref.WeakSet()
 _ending = threading.Lock()
 
 
@@ -89,14 +89,14 @@ class Watchdog:
         self._lock = threading.Condition()
         self._watches: dict[int, tuple[float, str, float]] = {}  # id -> (deadline, what, seconds)
         self._ids = itertools.count()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def install_abort_handler(self) -> None:
         _live.add(self)
         _set_abort_callback(_on_abort)
 
     @contextlib.contextmanager
-    def watch(self, what: str, tokens: int = 0, *, ticking: bool = False) -> Iterator["_Ticker"]:
+    def watch(self, what: str, tokens: int = 0, *, ticking: bool = False) -> Iterator[_Ticker]:
         """Run a llama.cpp call that may wait on the workers; the process ends if it outlasts its deadline.
 
         ``what`` completes "while ...". The deadline is the stall time plus an allowance per
@@ -153,7 +153,7 @@ class Watchdog:
         return (f"{subject} not answered for {seconds:g} s while {what}: it hangs, or its machine is overloaded or "
                 f"cut off; check it and run again (set {ENV_TIMEOUT}=SECONDS to wait longer)")
 
-    def describe_abort(self, message: str) -> Optional[str]:
+    def describe_abort(self, message: str) -> str | None:
         # A worker's connection may close a moment before its listening socket does (the
         # kernel closes a dying process's descriptors one by one): look again, briefly.
         for _ in range(ABORT_PROBES):
@@ -179,7 +179,7 @@ class Watchdog:
                 socket.create_connection((address, port), timeout=PROBE_TIMEOUT).close()
             except ConnectionRefusedError:
                 gone.append((name, "is gone (its port refuses connections)"))
-            except socket.timeout:
+            except TimeoutError:
                 gone.append((name, f"does not answer (no connection within {PROBE_TIMEOUT:g} s: its machine is down or cut off)"))
             except OSError as exc:
                 gone.append((name, f"cannot be reached ({exc.strerror or exc})"))
@@ -202,7 +202,8 @@ class Watchdog:
             except (OSError, ValueError):
                 continue
             match = re.fullmatch(r"socket:\[(\d+)\]", link)
-            name = self._workers.get(peers.get(int(match[1]))) if match else None
+            peer = peers.get(int(match[1])) if match else None
+            name = self._workers.get(peer) if peer else None
             if name and name not in found:
                 found.append(name)
         return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import openai_harmony as oh
 
@@ -12,7 +12,7 @@ from ossrun.errors import ModelError, OssrunError
 
 VOCAB_FILE = "o200k_base.tiktoken"
 
-_encoding: Optional[oh.HarmonyEncoding] = None
+_encoding: oh.HarmonyEncoding | None = None
 
 
 def load_encoding(vocab_dir: Path) -> oh.HarmonyEncoding:

@@ -9,7 +9,8 @@ JSON rules come from the engine's schema converter.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 # Harmony's final-channel header as the model writes it: "<|channel|>final", maybe a content
 # type ("<|constrain|>json"), then "<|message|>" (llama.cpp matches the tokens' text).
@@ -71,10 +72,10 @@ def tool_call_grammar(encoding: Any, calls: Sequence[tuple[str, str, str]]) -> t
         rules.append(safe_json_rules(json_rules))
     grammar = (
         "root ::= (thought thought?)? call\n"
-        f'thought ::= {_token(channel)} ("analysis" | "commentary") {_token(message)} text {_token(end)} {_token(start)} "assistant"\n'
+        f'thought ::= {_token(channel)} ("analysis" | "commentary") {_token(message)} text '
+        f'{_token(end)} {_token(start)} "assistant"\n'
         'text ::= ([^<] | "<" [^|])*\n'
-        f"call ::= {' | '.join(f'({a})' for a in alternatives)}\n"
-        + "\n".join(_unique_rules(rules))
+        f"call ::= {' | '.join(f'({a})' for a in alternatives)}\n" + "\n".join(_unique_rules(rules))
     )
     return grammar, frozenset({ret, endoftext})
 

@@ -6,23 +6,27 @@ Kept free of ``openai_harmony`` so that front ends can check their input (``-r``
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from ossrun.errors import ConversationError, OssrunError
 
-REASONING_EFFORTS = ("low", "medium", "high")
-DEFAULT_REASONING_EFFORT = "medium"
+ReasoningEffort = Literal["low", "medium", "high"]
+REASONING_EFFORTS: tuple[ReasoningEffort, ...] = ("low", "medium", "high")
+
 INSTRUCTION_ROLES = ("system", "developer")  # entries whose text becomes harmony's developer instructions
 
 
-def check_reasoning_effort(value: str) -> str:
-    effort = value.strip().lower()
+def check_reasoning_effort(value: object) -> ReasoningEffort:
+    """A reasoning effort as people write it (``" High"``) as the type the library takes; called once
+    where an effort comes in (the command line, ``/effort``, ``/load``, the Python API, a request)."""
+    effort = value.strip().lower() if isinstance(value, str) else value
     if effort not in REASONING_EFFORTS:
         raise OssrunError(f"unknown reasoning effort {value!r}: use low, medium or high")
     return effort
 
 
-def instructions_from(history: Sequence[Mapping[str, Any]]) -> Optional[str]:
+def instructions_from(history: Sequence[Mapping[str, Any]]) -> str | None:
     """The text of a leading system/developer entry, which becomes the developer instructions."""
     texts = [str(m.get("content") or "") for m in history if m.get("role") in INSTRUCTION_ROLES]
     return "\n\n".join(t for t in texts if t) or None

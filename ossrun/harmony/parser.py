@@ -7,8 +7,8 @@ output never ends a turn: it is shown as raw text instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
 
 import openai_harmony as oh
 
@@ -34,7 +34,7 @@ class Turn:
     final: str = ""
     commentary: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
-    malformed: Optional[str] = None  # why the output was shown raw, if it was
+    malformed: str | None = None  # why the output was shown raw, if it was
 
 
 class TurnParser:
@@ -109,7 +109,7 @@ class TurnParser:
 
     # -- helpers ----------------------------------------------------------
 
-    def _header_problem(self) -> Optional[str]:
+    def _header_problem(self) -> str | None:
         parser = self._parser
         if parser.current_role != oh.Role.ASSISTANT:
             return f"a message came from role {getattr(parser.current_role, 'value', None)!r}"

@@ -10,13 +10,15 @@ import contextlib
 import datetime
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import openai_harmony as oh
 
+from ossrun.defaults import DEFAULT_REASONING_EFFORT
 from ossrun.errors import ConversationError, OssrunError
-from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, check_reasoning_effort, check_strings
+from ossrun.harmony.messages import ReasoningEffort, check_strings
 
 _EFFORTS = {"low": oh.ReasoningEffort.LOW, "medium": oh.ReasoningEffort.MEDIUM, "high": oh.ReasoningEffort.HIGH}
 
@@ -36,25 +38,25 @@ def conversation_date() -> str:
 class PromptSettings:
     """What goes into the system and developer messages."""
 
-    reasoning_effort: str = DEFAULT_REASONING_EFFORT
-    instructions: Optional[str] = None  # the developer message's instructions ("system prompt")
-    date: Optional[str] = None  # None: conversation_date() at render time
+    reasoning_effort: ReasoningEffort = DEFAULT_REASONING_EFFORT
+    instructions: str | None = None  # the developer message's instructions ("system prompt")
+    date: str | None = None  # None: conversation_date() at render time
     functions: tuple[oh.ToolDescription, ...] = ()  # the developer message's functions namespace
     namespaces: tuple[oh.ToolNamespaceConfig, ...] = ()  # more namespaces of functions in the developer message
     system_tools: tuple[oh.ToolNamespaceConfig, ...] = ()  # builtin tools (python) in the system message
-    response_format: Optional["ResponseFormat"] = None  # declared after the tools in the developer message
+    response_format: ResponseFormat | None = None  # declared after the tools in the developer message
 
     def system_message(self) -> oh.Message:
         content = (
             oh.SystemContent.new()
-            .with_reasoning_effort(_EFFORTS[check_reasoning_effort(self.reasoning_effort)])
+            .with_reasoning_effort(_EFFORTS[self.reasoning_effort])
             .with_conversation_start_date(self.date or conversation_date())
         )
         for namespace in self.system_tools:
             content = content.with_tools(namespace)
         return oh.Message.from_role_and_content(oh.Role.SYSTEM, content)
 
-    def developer_message(self) -> Optional[oh.Message]:
+    def developer_message(self) -> oh.Message | None:
         if not self.instructions and not self.functions and not self.namespaces and not self.response_format:
             return None
         content = oh.DeveloperContent.new()
@@ -95,7 +97,7 @@ class ResponseFormat:
         return hash((self.name, json.dumps(self.schema, sort_keys=True, default=str), self.description))
 
 
-def function_description(name: str, description: str, parameters: Optional[Mapping[str, Any]]) -> oh.ToolDescription:
+def function_description(name: str, description: str, parameters: Mapping[str, Any] | None) -> oh.ToolDescription:
     """A function for the developer message's functions namespace; ``parameters`` is a JSON Schema or None."""
     check_strings([description, dict(parameters or {})], f"tool {name}")
     return oh.ToolDescription.new(name, description, parameters=dict(parameters) if parameters else None)

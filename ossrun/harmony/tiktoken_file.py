@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 from ossrun import home
 from ossrun.errors import VocabError
@@ -33,7 +34,7 @@ def tiktoken_text(pieces: Sequence[bytes]) -> bytes:
     return b"".join(base64.b64encode(piece) + b" %d\n" % rank for rank, piece in enumerate(pieces))
 
 
-def _sha256_of(path: Path) -> Optional[str]:
+def _sha256_of(path: Path) -> str | None:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:

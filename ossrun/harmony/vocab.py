@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
 
 from ossrun.errors import VocabError
 
@@ -211,7 +211,7 @@ def write_tokenizer_files(tiktoken_path: str | os.PathLike[str], out_dir: str | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     contents = (build_tokenizer_json(read_tiktoken(tiktoken_path)), build_tokenizer_config(), build_special_tokens_map())
-    documents = dict(zip(TOKENIZER_FILES, contents))
+    documents = dict(zip(TOKENIZER_FILES, contents, strict=True))
     for name, document in documents.items():
         part = out_dir / f"{name}.part"
         indent = None if name == "tokenizer.json" else 2  # the 8 MB one stays compact

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ossrun.events import Reply
 

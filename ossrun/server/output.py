@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Collection, Literal, Optional, Union
+from typing import Any, Literal
 
 from ossrun.events import CommentaryDelta, Done, Event, FinalDelta, ReasoningDelta, Reply, ToolCall, ToolResult
 
@@ -75,8 +76,8 @@ class Step:
 
     kind: StepKind
     text: str = ""
-    call: Optional[ToolCall] = None
-    result: Optional[ToolResult] = None
+    call: ToolCall | None = None
+    result: ToolResult | None = None
 
 
 class Transcript:
@@ -86,7 +87,7 @@ class Transcript:
         self.server_tools = server_tools  # recipients the server runs itself
         self._markup = MarkupFilter()  # for the raw text of malformed output only
         self.reasoning_tokens = 0
-        self.reply: Optional[Reply] = None
+        self.reply: Reply | None = None
 
     def feed(self, event: Event) -> list[Step]:
         if isinstance(event, ReasoningDelta):
@@ -117,7 +118,7 @@ def arguments_json(call: ToolCall) -> str:
     return call.arguments.strip() or "{}"
 
 
-def split_recipient(recipient: str) -> tuple[Optional[str], str]:
+def split_recipient(recipient: str) -> tuple[str | None, str]:
     """(namespace, name) as the Responses API shows a call: ``functions.x`` has no namespace."""
     namespace, _, name = recipient.partition(".")
     if not name:
@@ -135,7 +136,7 @@ def finish_reason(reply: Reply) -> str:
     return "stop"
 
 
-JsonValue = Union[dict, list, str, int, float, bool, None]
+JsonValue = dict | list | str | int | float | bool | None
 
 
 def usage_counts(reply: Reply, reasoning_tokens: int) -> dict[str, Any]:

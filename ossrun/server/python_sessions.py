@@ -16,7 +16,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Mapping, Optional, Union
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ossrun.server.fields import bad_request
 from ossrun.tools import PythonSandbox
@@ -26,7 +27,7 @@ IDLE_SECONDS = 3600.0
 MAX_ID_LENGTH = 256
 
 
-def conversation_of(body: Mapping[str, Any]) -> Optional[str]:
+def conversation_of(body: Mapping[str, Any]) -> str | None:
     """The conversation a request names, if any."""
     value = body.get("conversation")
     if isinstance(value, Mapping):
@@ -53,7 +54,7 @@ class PythonSessions:
         self._conversations: OrderedDict[str, tuple[PythonSandbox, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def for_request(self, conversation: Optional[str]) -> Union[PythonSandbox, Callable[[], PythonSandbox]]:
+    def for_request(self, conversation: str | None) -> PythonSandbox | Callable[[], PythonSandbox]:
         """What a request's ``python_tool`` option is: its conversation's sandbox (kept), or the
         means to make one for its reply alone (``Model.stream`` closes that one when the reply ends)."""
         if conversation is None:

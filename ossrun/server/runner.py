@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Callable, Iterator, Optional
+from typing import Any
 
 from ossrun.events import Done, Event, Reply
 
@@ -26,7 +27,7 @@ class Busy(Exception):
 
 class Runner:
     def __init__(self, stream: Callable[..., Iterator[Event]], parallel: int, *, max_waiting: int = DEFAULT_MAX_WAITING,
-                 on_reply: Optional[Callable[[Reply], None]] = None):
+                 on_reply: Callable[[Reply], None] | None = None):
         self._stream = stream
         self._on_reply = on_reply  # sees every reply that ends, also those whose client went away
         self.capacity = parallel + max_waiting
@@ -65,7 +66,7 @@ class Runner:
             cancel.set()
 
     async def events(self, cancel: threading.Event, messages: Any, options: dict[str, Any], *,
-                     keepalive_seconds: Optional[float] = None) -> AsyncIterator[Any]:
+                     keepalive_seconds: float | None = None) -> AsyncIterator[Any]:
         """The reply's events, produced in a thread; KEEPALIVE after ``keepalive_seconds`` of silence.
 
         ``cancel`` comes from :meth:`admit`; the admission ends with the thread. Leaving the

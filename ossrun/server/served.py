@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from ossrun.harmony.messages import REASONING_EFFORTS
 from ossrun.server.fields import ApiError, bad_request, get
@@ -22,7 +23,7 @@ class ServedModel:
     created: int = 0
     server_tools: frozenset[str] = field(default_factory=frozenset)
     any_model: bool = False  # a batch: the loaded model serves every line, whatever it names
-    python_sessions: Optional[PythonSessions] = field(default=None, init=False)
+    python_sessions: PythonSessions | None = field(default=None, init=False)
     mcp: Any = None  # ossrun.tools.McpServers when --mcp was given: their tools run here too
     context_length: int = 0  # the KV cells all requests share, and any one request's limit
     parallel: int = 1  # replies decoded together
@@ -91,7 +92,7 @@ def effort_of(body: Mapping[str, Any], default: str) -> str:
     return effort
 
 
-def served_names(name: str, entry: Optional[Any]) -> tuple[str, ...]:
+def served_names(name: str, entry: Any | None) -> tuple[str, ...]:
     """Aliases a registry model answers to: its registry aliases and its hub repositories."""
     if entry is None:
         return ()

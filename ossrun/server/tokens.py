@@ -9,8 +9,9 @@ Decoding writes special tokens as their names, so both round-trip.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from ossrun.server.chat import convert_messages, function_tool
 from ossrun.server.fields import bad_request, describe, get
@@ -22,7 +23,7 @@ from ossrun.server.state import ServerState
 class Tokenize:
     """A /tokenize body, read: either a text or messages with the options of their prompt."""
 
-    text: Optional[str] = None
+    text: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 

@@ -16,9 +16,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def cache_folder() -> Path:
     return home.cache_dir() / "demo"
 
 
-def demo_gguf(*, progress: Optional[Callable[[int, int], None]] = None) -> Path:
+def demo_gguf(*, progress: Callable[[int, int], None] | None = None) -> Path:
     """The demo GGUF, built on first use (a few seconds) and cached in the ossrun home."""
     path = cache_folder() / f"{DEMO_NAME}-{checkpoint_digest()[:16]}.gguf"
     if path.is_file():
@@ -80,7 +80,7 @@ def demo_gguf(*, progress: Optional[Callable[[int, int], None]] = None) -> Path:
     return path
 
 
-def build(out: Path, *, progress: Optional[Callable[[int, int], None]] = None) -> Path:
+def build(out: Path, *, progress: Callable[[int, int], None] | None = None) -> Path:
     """Expand the compact checkpoint and convert it to ``out`` (atomically: written, then renamed)."""
     from ossrun.convert import convert
 
@@ -123,7 +123,10 @@ def full_tensors(compact: dict[str, np.ndarray], vocab_rows: int) -> dict[str, t
     if used.min() < 0 or used.max() >= vocab_rows or np.any(np.diff(used) <= 0):
         raise ModelError("the demo model's token list is damaged: reinstall ossrun")
     tensors = {
-        "model.embed_tokens.weight": ("BF16", scatter_rows(used, compact["embedding_rows"], compact["embedding_fill"], vocab_rows)),
+        "model.embed_tokens.weight": (
+            "BF16",
+            scatter_rows(used, compact["embedding_rows"], compact["embedding_fill"], vocab_rows),
+        ),
         "lm_head.weight": ("BF16", scatter_rows(used, compact["unembedding_rows"], compact["unembedding_fill"], vocab_rows)),
     }
     for name, array in compact.items():

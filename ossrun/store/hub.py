@@ -1,5 +1,7 @@
 """Files from the Hugging Face hub: listed, downloaded into its standard cache, resumed, verified.
 
+The one module that reaches the network (``hub_cache.py`` knows the cache on disk).
+
 Everything goes through ``huggingface_hub``. ossrun adds what a multi-gigabyte download needs:
 a free-space check before starting, a partial file that survives an interrupted run and is
 resumed by the next one, and a hash check of every file against the hub's published sha256 (or
@@ -12,39 +14,34 @@ call time, not when ``huggingface_hub`` is first imported.
 from __future__ import annotations
 
 import os
-import shutil
-import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
 from ossrun.errors import DownloadError
-from ossrun.home import write_atomically
 from ossrun.store import integrity
+from ossrun.store.hub_cache import (
+    blob_path,
+    cache_dir,
+    delete_files,
+    notice,
+    partial_path,
+    repo_storage,
+    snapshot_path,
+    verify_file,
+)
 from ossrun.store.integrity import ExpectedHash
 from ossrun.units import format_size
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-PARTIAL_SUFFIX = ".incomplete"  # <blob>.incomplete: the bytes of <blob> received so far
 METADATA_TIMEOUT_SECONDS = 10
 _TRUE = {"1", "on", "yes", "true"}
 
 
 def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def cache_dir() -> Path:
-    """The hub cache, as ``huggingface_hub`` resolves it (HF_HUB_CACHE, then HF_HOME/hub)."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(os.path.expandvars(explicit)).expanduser()
-    hf_home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
-    )
-    return Path(os.path.expandvars(hf_home)).expanduser() / "hub"
 
 
 def is_offline() -> bool:
@@ -54,11 +51,6 @@ def is_offline() -> bool:
 def require_online(what: str) -> None:
     if is_offline():
         raise DownloadError(f"cannot {what}: offline mode is on (HF_HUB_OFFLINE=1); unset it to download")
-
-
-def notice(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
 
 
 @dataclass(frozen=True)
@@ -114,7 +106,7 @@ def hub_errors(what: str) -> Iterator[None]:
         raise DownloadError(f"cannot {what}: {endpoint()} does not answer like the hub ({_one_line(exc)})") from None
 
 
-def fetch_repo(repo: str, revision: str, what: Optional[str] = None) -> RemoteRepo:
+def fetch_repo(repo: str, revision: str, what: str | None = None) -> RemoteRepo:
     """The repo's file list at ``revision``, with sizes and published hashes (one API call).
 
     ``what`` names the task in error messages ("download gpt-oss-20b").
@@ -141,23 +133,6 @@ def fetch_repo(repo: str, revision: str, what: Optional[str] = None) -> RemoteRe
     return RemoteRepo(repo, revision, info.sha, files)
 
 
-def repo_storage(repo: str) -> Path:
-    """The repo's folder in the hub cache (``models--owner--name``)."""
-    return cache_dir() / ("models--" + repo.replace("/", "--"))
-
-
-def snapshot_path(repo: str, commit: str, path: str) -> Path:
-    return repo_storage(repo) / "snapshots" / commit / path
-
-
-def blob_path(repo: str, expected: ExpectedHash) -> Path:
-    return repo_storage(repo) / "blobs" / expected.digest
-
-
-def partial_path(repo: str, expected: ExpectedHash) -> Path:
-    return repo_storage(repo) / "blobs" / (expected.digest + PARTIAL_SUFFIX)
-
-
 def bytes_missing(remote: RemoteRepo, file: RemoteFile) -> int:
     """What downloading ``file`` still has to fetch (a partial file counts as fetched)."""
     if snapshot_path(remote.repo, remote.commit, file.path).exists() or blob_path(remote.repo, file.expected).exists():
@@ -165,45 +140,6 @@ def bytes_missing(remote: RemoteRepo, file: RemoteFile) -> int:
     partial = partial_path(remote.repo, file.expected)
     have = partial.stat().st_size if partial.exists() else 0
     return max(file.size - have, 0)
-
-
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_disk_space(needs: list[tuple[Path, int]], what: str) -> None:
-    """Refuse to start unless each disk has room for what will be written to it."""
-    by_disk: dict[int, tuple[Path, int]] = {}
-    for folder, n_bytes in needs:
-        anchor = _existing_ancestor(folder)
-        device = anchor.stat().st_dev
-        first_folder, total = by_disk.get(device, (folder, 0))
-        by_disk[device] = (first_folder, total + n_bytes)
-    for device, (folder, n_bytes) in by_disk.items():
-        free = shutil.disk_usage(_existing_ancestor(folder)).free
-        if n_bytes > free:
-            raise DownloadError(
-                f"not enough disk space to {what}: it needs {format_size(n_bytes)} in {folder} and only "
-                f"{format_size(free)} is free; free some space or set HF_HUB_CACHE/OSSRUN_HOME to a bigger disk"
-            )
-
-
-def _progress_bar(total: int, initial: int, description: str):
-    """huggingface_hub's own progress bar: on stderr, and only drawn when stderr is a terminal."""
-    from huggingface_hub.utils import tqdm
-
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=description, disable=None)
-
-
-def verify_file(path: Path, expected: ExpectedHash, label: Optional[str] = None) -> bool:
-    """Hash ``path`` once (with a progress bar) unless the record says it already passed."""
-    if integrity.is_verified(path, expected):
-        return True
-    with _progress_bar(path.stat().st_size, 0, f"verify {label or path.name}") as bar:
-        return integrity.verify(path, expected, bar.update)
 
 
 def _verify(path: Path, file: RemoteFile) -> bool:
@@ -306,84 +242,3 @@ def _fetch(location: str, headers: dict, remote: RemoteRepo, file: RemoteFile) -
     notice(f"verified {file.path} ({file.expected.algorithm})")
 
 
-def write_ref(remote: RemoteRepo) -> None:
-    """Point ``refs/<revision>`` at the pulled commit, as huggingface_hub does, so tools see it as current."""
-    if remote.revision != remote.commit:
-        write_atomically(repo_storage(remote.repo) / "refs" / remote.revision, remote.commit.encode())
-
-
-def find_snapshot(repo: str, revision: str, paths: tuple[str, ...]) -> Optional[list[Path]]:
-    """The cached copies of ``paths`` (all from one commit), preferring the one ``revision`` points to."""
-    snapshots = repo_storage(repo) / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    ref = repo_storage(repo) / "refs" / revision
-    preferred = ref.read_text().strip() if ref.is_file() else revision
-    commits = sorted(snapshots.iterdir(), key=lambda p: (p.name != preferred, -p.stat().st_mtime))
-    for commit in commits:
-        files = [commit / path for path in paths]
-        if all(f.exists() for f in files):
-            return files
-    return None
-
-
-def cached_copies(repo: str, paths: tuple[str, ...], *, except_commit: Optional[str] = None) -> list[Path]:
-    """Every snapshot's copy of ``paths`` (complete or not), but those of ``except_commit``."""
-    snapshots = repo_storage(repo) / "snapshots"
-    if not snapshots.is_dir():
-        return []
-    return [commit / path for commit in sorted(snapshots.iterdir()) if commit.name != except_commit
-            for path in paths if (commit / path).is_symlink() or (commit / path).exists()]
-
-
-def cached_hash(path: Path) -> Optional[ExpectedHash]:
-    """The published hash a cached file must match: its blob is named after it."""
-    return ExpectedHash.from_etag(Path(os.path.realpath(path)).name)
-
-
-def partial_downloads(repo: str) -> list[Path]:
-    blobs = repo_storage(repo) / "blobs"
-    return sorted(blobs.glob("*" + PARTIAL_SUFFIX)) if blobs.is_dir() else []
-
-
-def delete_partials(repo: str) -> list[Path]:
-    """Delete the repo's interrupted downloads; return what went."""
-    removed = partial_downloads(repo)
-    for partial in removed:
-        partial.unlink()
-    _prune_empty(repo_storage(repo))
-    return removed
-
-
-def delete_files(repo: str, snapshot_files: list[Path]) -> list[Path]:
-    """Delete cached files (their snapshot entries and the blobs no other entry uses); return what went."""
-    storage = repo_storage(repo)
-    blobs = {Path(os.path.realpath(p)) for p in snapshot_files}
-    removed = []
-    for pointer in snapshot_files:
-        if pointer.is_symlink() or pointer.exists():
-            pointer.unlink()
-            removed.append(pointer)
-    still_used = {Path(os.path.realpath(p)) for p in (storage / "snapshots").rglob("*") if p.is_symlink()}
-    for blob in blobs - still_used:
-        if blob.exists() and blob.parent == storage / "blobs":
-            blob.unlink()
-            removed.append(blob)
-    integrity.forget([*blobs, *snapshot_files])
-    _prune_empty(storage)
-    return removed
-
-
-def _prune_empty(storage: Path) -> None:
-    """Remove snapshot folders left empty, and the repo's folder once it holds no file at all."""
-    if not storage.is_dir():
-        return
-    snapshots = storage / "snapshots"
-    if snapshots.is_dir():
-        for folder in sorted(snapshots.rglob("*"), key=lambda p: -len(p.parts)):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-    holds_files = any(p.is_file() or p.is_symlink() for p in storage.rglob("*")
-                      if "refs" not in p.relative_to(storage).parts)
-    if not holds_files:
-        shutil.rmtree(storage)

@@ -12,9 +12,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from ossrun import home as ossrun_home
 
@@ -33,7 +33,7 @@ class ExpectedHash:
     digest: str  # lowercase hex
 
     @classmethod
-    def from_etag(cls, etag: str) -> Optional["ExpectedHash"]:
+    def from_etag(cls, etag: str) -> ExpectedHash | None:
         """The hash a hub ETag (or a cache blob name) stands for: 64 hex digits sha256, 40 a git id."""
         etag = etag.strip('"').lower()
         if not _HEX.match(etag):
@@ -48,7 +48,7 @@ class ExpectedHash:
         return f"{self.algorithm} {self.digest}"
 
 
-def file_digest(path: Path, algorithm: str, progress: Optional[Callable[[int], None]] = None) -> str:
+def file_digest(path: Path, algorithm: str, progress: Callable[[int], None] | None = None) -> str:
     """Hex digest of the file; ``progress`` is called with the number of bytes read after each chunk."""
     if algorithm == SHA256:
         digest = hashlib.sha256()
@@ -93,7 +93,7 @@ def _save(files: dict) -> None:
     ossrun_home.write_atomically(record_path(), record.encode())  # readers never see half a record
 
 
-def recorded_hash(path: Path) -> Optional[ExpectedHash]:
+def recorded_hash(path: Path) -> ExpectedHash | None:
     """The hash ``path`` was verified against, if it was and has not changed since."""
     entry = _load().get(_key(path))
     if not isinstance(entry, dict):
@@ -123,7 +123,7 @@ def forget(paths: list[Path]) -> None:
         _save({k: v for k, v in files.items() if k not in keys})
 
 
-def verify(path: Path, expected: ExpectedHash, progress: Optional[Callable[[int], None]] = None) -> bool:
+def verify(path: Path, expected: ExpectedHash, progress: Callable[[int], None] | None = None) -> bool:
     """True if the file's bytes hash to ``expected``: from the record, or hashed now and recorded."""
     if is_verified(path, expected):
         return True

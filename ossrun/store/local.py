@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from ossrun import home as ossrun_home
 from ossrun.errors import ModelError
 from ossrun.machine import total_memory
-from ossrun.store import hub, integrity
+from ossrun.store import hub_cache, integrity
 from ossrun.store.registry import ModelEntry, Registry, load_registry
 from ossrun.units import format_memory
 
@@ -31,7 +30,7 @@ class LocalModel:
 
     path: Path
     files: tuple[Path, ...]
-    entry: Optional[ModelEntry]  # None for a .gguf path outside the registry
+    entry: ModelEntry | None  # None for a .gguf path outside the registry
     source: str  # HUB, CONVERTED or FILE
 
     @property
@@ -55,7 +54,7 @@ class LocalCopy:
 
     source: str  # HUB or CONVERTED
     files: tuple[Path, ...]
-    verified: Optional[bool]  # True: matched the hub's hashes; None: checked on first use
+    verified: bool | None  # True: matched the hub's hashes; None: checked on first use
 
     @property
     def size_bytes(self) -> int:
@@ -66,18 +65,18 @@ def converted_path(entry: ModelEntry) -> Path:
     return ossrun_home.models_dir() / f"{entry.name}.gguf"
 
 
-def hub_files(entry: ModelEntry) -> Optional[list[Path]]:
+def hub_files(entry: ModelEntry) -> list[Path] | None:
     """The entry's GGUF files in the hub cache, all from one commit, or None."""
     if entry.gguf is None:
         return None
-    return hub.find_snapshot(entry.gguf.repo, entry.gguf.revision, entry.gguf.files)
+    return hub_cache.find_snapshot(entry.gguf.repo, entry.gguf.revision, entry.gguf.files)
 
 
 def partial_bytes(entry: ModelEntry) -> int:
     """Bytes of an interrupted GGUF download waiting to be resumed."""
     if entry.gguf is None:
         return 0
-    return sum(p.stat().st_size for p in hub.partial_downloads(entry.gguf.repo))
+    return sum(p.stat().st_size for p in hub_cache.partial_downloads(entry.gguf.repo))
 
 
 def local_copies(entry: ModelEntry) -> list[LocalCopy]:
@@ -87,26 +86,27 @@ def local_copies(entry: ModelEntry) -> list[LocalCopy]:
         copies.append(LocalCopy(CONVERTED, (converted,), None))
     files = hub_files(entry)
     if files:
-        verified = all(_expected_hash(f) is not None and integrity.is_verified(f, _expected_hash(f)) for f in files)
+        hashes = [(f, _expected_hash(f)) for f in files]
+        verified = all(expected is not None and integrity.is_verified(f, expected) for f, expected in hashes)
         copies.append(LocalCopy(HUB, tuple(files), True if verified else None))
     return copies
 
 
-def _expected_hash(path: Path) -> Optional[integrity.ExpectedHash]:
+def _expected_hash(path: Path) -> integrity.ExpectedHash | None:
     # The cache names each blob after the hub's hash; a copied (not linked) file has only our record.
-    return hub.cached_hash(path) or integrity.recorded_hash(path)
+    return hub_cache.cached_hash(path) or integrity.recorded_hash(path)
 
 
-def _usable_hub_copy(entry: ModelEntry, files: list[Path]) -> LocalModel:
+def _usable_hub_copy(entry: ModelEntry, repo: str, files: list[Path]) -> LocalModel:
     """Check each file against the hub's hash (once; later from the record). Damaged files are deleted."""
     for f in files:
         expected = _expected_hash(f)
         if expected is None:
             raise ModelError(f"cannot check {f} against the hub's hash: run `ossrun pull {entry.name}` once online")
         if not integrity.is_verified(f, expected):
-            hub.notice(f"checking {f.name} against the hub's {expected.algorithm} (once)")
-        if not hub.verify_file(f, expected):
-            hub.delete_files(entry.gguf.repo, files)
+            hub_cache.notice(f"checking {f.name} against the hub's {expected.algorithm} (once)")
+        if not hub_cache.verify_file(f, expected):
+            hub_cache.delete_files(repo, files)
             raise ModelError(
                 f"{f.name} of {entry.name} is damaged (its {expected.algorithm} does not match the hub's) and was "
                 f"deleted: run `ossrun pull {entry.name}` to download it again"
@@ -114,13 +114,13 @@ def _usable_hub_copy(entry: ModelEntry, files: list[Path]) -> LocalModel:
     return LocalModel(files[0], tuple(files), entry, HUB)
 
 
-def find_hub_copy(entry: ModelEntry) -> Optional[LocalModel]:
+def find_hub_copy(entry: ModelEntry) -> LocalModel | None:
     """The entry's GGUF from the hub, verified, or None if it is not in the cache."""
     files = hub_files(entry)
-    return _usable_hub_copy(entry, files) if files else None
+    return _usable_hub_copy(entry, entry.gguf.repo, files) if files and entry.gguf else None
 
 
-def find_local(entry: ModelEntry) -> Optional[LocalModel]:
+def find_local(entry: ModelEntry) -> LocalModel | None:
     """The entry's usable copy on disk (verified), or None if there is none."""
     converted = converted_path(entry)
     if converted.is_file():
@@ -128,7 +128,7 @@ def find_local(entry: ModelEntry) -> Optional[LocalModel]:
     return find_hub_copy(entry)
 
 
-def memory_shortfall(entry: ModelEntry, total: Optional[int] = None) -> Optional[str]:
+def memory_shortfall(entry: ModelEntry, total: int | None = None) -> str | None:
     """Why ``entry`` cannot run on this machine (its memory_required exceeds the RAM), or None."""
     total = total_memory() if total is None else total
     if total is None or entry.memory_bytes <= total:
@@ -139,7 +139,7 @@ def memory_shortfall(entry: ModelEntry, total: Optional[int] = None) -> Optional
     )
 
 
-def remove_model(name: str, *, registry: Optional[Registry] = None) -> list[Path]:
+def remove_model(name: str, *, registry: Registry | None = None) -> list[Path]:
     """Delete every local copy of a registry model (and any partial download); return what went."""
     entry = (registry or load_registry()).get(name)
     removed = []
@@ -149,8 +149,8 @@ def remove_model(name: str, *, registry: Optional[Registry] = None) -> list[Path
         converted.unlink()
         removed.append(converted)
     if entry.gguf is not None:
-        removed += hub.delete_partials(entry.gguf.repo)
-        removed += hub.delete_files(entry.gguf.repo, hub.cached_copies(entry.gguf.repo, entry.gguf.files))
+        removed += hub_cache.delete_partials(entry.gguf.repo)
+        removed += hub_cache.delete_files(entry.gguf.repo, hub_cache.cached_copies(entry.gguf.repo, entry.gguf.files))
     if not removed:
         raise ModelError(f"{entry.name} is not on disk: nothing to remove")
     return removed

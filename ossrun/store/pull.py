@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 from ossrun import home as ossrun_home
 from ossrun.errors import DownloadError, RegistryError
-from ossrun.store import hub
+from ossrun.store import hub, hub_cache
 from ossrun.store.local import CONVERTED, HUB, LocalModel, converted_path, find_hub_copy, memory_shortfall
 from ossrun.store.registry import ModelEntry, Registry, load_registry
 from ossrun.units import format_size
@@ -27,11 +27,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def pull(
-    name: Optional[str] = None,
+    name: str | None = None,
     *,
     from_safetensors: bool = False,
     layout: str = DEFAULT_LAYOUT,
-    registry: Optional[Registry] = None,
+    registry: Registry | None = None,
 ) -> LocalModel:
     """Download a registry model (None: the default one) and return it, verified, on disk."""
     registry = registry or load_registry()
@@ -42,7 +42,7 @@ def pull(
 def pull_model(entry: ModelEntry, *, from_safetensors: bool = False, layout: str = DEFAULT_LAYOUT) -> LocalModel:
     shortfall = memory_shortfall(entry)
     if shortfall:  # a download for another machine is fine, but say it will not run here
-        hub.notice(f"note: {shortfall}")
+        hub_cache.notice(f"note: {shortfall}")
     if from_safetensors:
         return _pull_and_convert(entry, layout)
     return _pull_gguf(entry)
@@ -56,22 +56,22 @@ def _pull_gguf(entry: ModelEntry) -> LocalModel:
     if hub.is_offline():
         local = find_hub_copy(entry)
         if local is not None:
-            hub.notice(f"offline: {entry.name} is on disk, not checked for a newer version")
+            hub_cache.notice(f"offline: {entry.name} is on disk, not checked for a newer version")
             return local
         hub.require_online(what)
 
     remote = hub.fetch_repo(source.repo, source.revision, what)
     files = [remote.file(path) for path in source.files]
     missing = sum(hub.bytes_missing(remote, f) for f in files)
-    hub.check_disk_space([(hub.cache_dir(), missing)], what)
-    if all(hub.snapshot_path(remote.repo, remote.commit, f.path).exists() for f in files):
-        hub.notice(f"{entry.name} is up to date")
+    hub_cache.check_disk_space([(hub_cache.cache_dir(), missing)], what)
+    if all(hub_cache.snapshot_path(remote.repo, remote.commit, f.path).exists() for f in files):
+        hub_cache.notice(f"{entry.name} is up to date")
     paths = [hub.download(remote, f) for f in files]
-    hub.write_ref(remote)
-    older = hub.cached_copies(source.repo, source.files, except_commit=remote.commit)
+    hub_cache.write_ref(remote.repo, remote.revision, remote.commit)
+    older = hub_cache.cached_copies(source.repo, source.files, except_commit=remote.commit)
     if older:  # replaced by this version: do not keep two copies of a multi-gigabyte model
-        hub.delete_files(source.repo, older)
-        hub.notice(f"removed the previous version of {entry.name}")
+        hub_cache.delete_files(source.repo, older)
+        hub_cache.notice(f"removed the previous version of {entry.name}")
     return LocalModel(paths[0], tuple(paths), entry, HUB)
 
 
@@ -100,7 +100,7 @@ def _pull_and_convert(entry: ModelEntry, layout: str) -> LocalModel:
         raise RegistryError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     out = converted_path(entry)
     if out.is_file():
-        hub.notice(f"{entry.name} was already converted: {out} (`ossrun rm {entry.name}` to convert it again)")
+        hub_cache.notice(f"{entry.name} was already converted: {out} (`ossrun rm {entry.name}` to convert it again)")
         return LocalModel(out, (out,), entry, CONVERTED)
 
     what = f"download {entry.name}'s safetensors ({format_size(source.download_bytes)})"
@@ -110,13 +110,13 @@ def _pull_and_convert(entry: ModelEntry, layout: str) -> LocalModel:
     files = _checkpoint_files(remote, folder)
     missing = sum(hub.bytes_missing(remote, f) for f in files)
     weights = sum(f.size for f in files if f.path.endswith(CHECKPOINT_SUFFIX))  # the GGUF is no bigger in Q8_0
-    hub.check_disk_space([(hub.cache_dir(), missing), (ossrun_home.models_dir(), weights)], what)
+    hub_cache.check_disk_space([(hub_cache.cache_dir(), missing), (ossrun_home.models_dir(), weights)], what)
     for f in files:
         hub.download(remote, f)
-    hub.write_ref(remote)
+    hub_cache.write_ref(remote.repo, remote.revision, remote.commit)
 
-    snapshot = hub.snapshot_path(source.repo, remote.commit, "")
-    hub.notice(f"converting {entry.name} from {source.repo}{'/' + folder if folder else ''} to {out}")
+    snapshot = hub_cache.snapshot_path(source.repo, remote.commit, "")
+    hub_cache.notice(f"converting {entry.name} from {source.repo}{'/' + folder if folder else ''} to {out}")
     ossrun_home.ensure_dir(out.parent)
     with _named_checkpoint(entry, snapshot, [f.path for f in files]) as root:
         _convert(root / folder if folder else root, out, tokenizer_dir=root if folder else None)
@@ -146,7 +146,7 @@ def _named_checkpoint(entry: ModelEntry, snapshot: Path, paths: list[str]) -> It
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _convert(src: Path, out: Path, tokenizer_dir: Optional[Path]) -> None:
+def _convert(src: Path, out: Path, tokenizer_dir: Path | None) -> None:
     from huggingface_hub.utils import tqdm
 
     from ossrun.convert import convert

@@ -8,10 +8,11 @@ validated on load; a bad one is reported with its file, its name and the field a
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from ossrun import home as ossrun_home
 from ossrun.errors import RegistryError
@@ -64,8 +65,14 @@ class ModelEntry:
     memory_bytes: int  # memory needed to run at the default context
     reasoning_effort: str
     sampling: Sampling
-    gguf: Optional[GgufSource]
-    safetensors: Optional[SafetensorsSource]
+    gguf: GgufSource | None
+    safetensors: SafetensorsSource | None  # one of the two at least (checked when models.toml is read)
+
+    @property
+    def download_bytes(self) -> int:
+        """What a pull downloads: the GGUF, or the safetensors checkpoint for a model published as that only."""
+        source = self.gguf or self.safetensors
+        return source.download_bytes if source else 0
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ class Registry:
     default: str
     files: tuple[Path, ...] = field(default=())  # the models.toml files read, in order
 
-    def find(self, name: str) -> Optional[ModelEntry]:
+    def find(self, name: str) -> ModelEntry | None:
         """The entry called ``name`` or aliased so, or None."""
         return self.entries.get(self.aliases.get(name, name))
 

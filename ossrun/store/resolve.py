@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 from ossrun.errors import ModelError
 from ossrun.store.local import DEMO, FILE, LocalModel, find_local, memory_shortfall, partial_bytes
@@ -19,7 +18,7 @@ def is_model_path(name: str) -> bool:
     return name.endswith(".gguf") or "/" in name or os.sep in name
 
 
-def resolve(model: Union[str, os.PathLike, None], *, pull: bool = False) -> LocalModel:
+def resolve(model: str | os.PathLike | None, *, pull: bool = False) -> LocalModel:
     """What ``ossrun.load`` opens for a path, ``"demo"`` or a registry name (None: the default).
 
     A path is taken as it is: the GGUF checks before loading say what is wrong with it.
@@ -36,7 +35,7 @@ def resolve(model: Union[str, os.PathLike, None], *, pull: bool = False) -> Loca
     return resolve_model(text, pull=pull)
 
 
-def resolve_model(name: Optional[str] = None, *, pull: bool = False, registry: Optional[Registry] = None) -> LocalModel:
+def resolve_model(name: str | None = None, *, pull: bool = False, registry: Registry | None = None) -> LocalModel:
     """Turn a MODEL argument into a verified local GGUF.
 
     ``name`` is a registry name or alias (None: the registry's default model) or the path of a
@@ -67,7 +66,7 @@ def resolve_model(name: Optional[str] = None, *, pull: bool = False, registry: O
 def not_on_disk(entry: ModelEntry) -> ModelError:
     """The error for a registry model with no copy on disk: what to run to get one."""
     if entry.gguf is None:
-        size = format_size(entry.safetensors.download_bytes)
+        size = format_size(entry.download_bytes)
         return ModelError(
             f"{entry.name} is not on disk: run `ossrun pull {entry.name} --from-safetensors` "
             f"(a {size} download, converted locally)"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ossrun import home as ossrun_home
+from ossrun.defaults import DEFAULT_REASONING_EFFORT
 from ossrun.errors import ConversationError
 from ossrun.events import Reply
-from ossrun.harmony.messages import DEFAULT_REASONING_EFFORT, REASONING_EFFORTS, check_reasoning_effort, instructions_from
+from ossrun.harmony.messages import REASONING_EFFORTS, ReasoningEffort, check_reasoning_effort, instructions_from
 
 FILE_FORMAT_VERSION = 1
 HISTORY_ROLES = ("user", "assistant", "tool")
@@ -29,9 +30,9 @@ class Conversation:
     """What the next turn is asked with, and what ``/retry`` and ``/save`` need."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)  # user/assistant/tool entries
-    reasoning_effort: str = DEFAULT_REASONING_EFFORT
-    system: Optional[str] = None  # developer instructions ("system prompt")
-    last_question: Optional[str] = None  # the latest user message, answered or not
+    reasoning_effort: ReasoningEffort = DEFAULT_REASONING_EFFORT
+    system: str | None = None  # developer instructions ("system prompt")
+    last_question: str | None = None  # the latest user message, answered or not
 
     def __post_init__(self) -> None:
         self.reasoning_effort = check_reasoning_effort(self.reasoning_effort)
@@ -55,9 +56,8 @@ class Conversation:
         """
         self.messages.append({"role": "user", "content": question})
         self.messages.extend(reply.messages())  # tool calls and their results, then the answer
-        dropped = int(reply.extra.get("dropped_messages", 0) or 0)
-        if dropped:
-            del self.messages[:dropped]
+        if reply.dropped_messages:
+            del self.messages[: reply.dropped_messages]
 
     def retry(self) -> str:
         """Forget the last answer (if it was recorded) and return the question to ask again."""
@@ -105,7 +105,7 @@ class Conversation:
             raise ConversationError(f"cannot save to {path}: {exc.strerror or exc}") from None
 
     @classmethod
-    def load(cls, path: Path) -> "Conversation":
+    def load(cls, path: Path) -> Conversation:
         """Read a file written by :meth:`save`, or a bare JSON list of message dicts."""
         path = Path(path).expanduser()
         try:
@@ -126,7 +126,7 @@ class Conversation:
             raise ConversationError(f"cannot load {path}: {exc}") from None
 
     @classmethod
-    def from_json(cls, data: Any) -> "Conversation":
+    def from_json(cls, data: Any) -> Conversation:
         if isinstance(data, list):
             data = {"messages": data}
         if not isinstance(data, dict) or not isinstance(data.get("messages"), list):

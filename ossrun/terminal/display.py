@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional, TextIO
+from typing import Literal, TextIO
 
 from rich.console import Console
 from rich.text import Text
@@ -54,7 +54,7 @@ class Screen:
     err: Console  # everything else
 
     @classmethod
-    def create(cls, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> "Screen":
+    def create(cls, out: TextIO | None = None, err: TextIO | None = None) -> Screen:
         def console(stream: TextIO) -> Console:
             return Console(file=stream, highlight=False, markup=False, emoji=False, soft_wrap=False)
 
@@ -65,7 +65,7 @@ class Screen:
         """Markdown and a live region only on a terminal."""
         return self.out.is_terminal and not self.out.is_dumb_terminal
 
-    def write(self, console: Console, text: str, style: Optional[str] = None) -> None:
+    def write(self, console: Console, text: str, style: str | None = None) -> None:
         """Text as is (no wrapping, no markup), styled only where the console has colour."""
         if not text:
             return
@@ -75,7 +75,7 @@ class Screen:
             console.file.write(text)
             console.file.flush()
 
-    def show(self, console: Console, text: str, style: Optional[str] = None) -> None:
+    def show(self, console: Console, text: str, style: str | None = None) -> None:
         """Text the model wrote or its code printed: on a terminal its control characters are
         shown as escapes (highlighted where there is colour), elsewhere it is written as it is."""
         if not text:
@@ -93,7 +93,7 @@ class Screen:
         console.print(shown, end="", soft_wrap=True)
         console.file.flush()
 
-    def info(self, text: str, style: Optional[str] = "dim") -> None:
+    def info(self, text: str, style: str | None = "dim") -> None:
         """One line on stderr (control characters shown: it may quote the model)."""
         self.show(self.err, text + "\n", style)
 
@@ -131,10 +131,10 @@ class TurnView:
         self.answer = answer  # False: the caller prints the answer itself (``ossrun run --json``)
         self.stats = stats
         self.reasoning_tokens = 0  # one ReasoningDelta per generated token
-        self._section: Optional[str] = None  # "reasoning", "commentary" or "final"
+        self._section: str | None = None  # "reasoning", "commentary" or "final"
         self._err_at_line_start = True
         self._out_at_line_start = True
-        self._markdown: Optional[MarkdownStream] = None
+        self._markdown: MarkdownStream | None = None
         self._status_time = 0.0
         self._status_shown = False
         self._reading = False  # the status line says the prompt is being read
@@ -178,7 +178,7 @@ class TurnView:
         """End the open section: the last lines of the answer are printed for good."""
         self._enter(None)
 
-    def __enter__(self) -> "TurnView":
+    def __enter__(self) -> TurnView:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -186,7 +186,7 @@ class TurnView:
 
     # -- sections ---------------------------------------------------------
 
-    def _enter(self, section: Optional[str]) -> None:
+    def _enter(self, section: str | None) -> None:
         if section == self._section:
             return
         previous, self._section = self._section, section
@@ -249,7 +249,7 @@ class TurnView:
 
     # -- stderr helpers ---------------------------------------------------
 
-    def _err(self, text: str, style: Optional[str] = None) -> None:
+    def _err(self, text: str, style: str | None = None) -> None:
         """Text from the model (reasoning, commentary, tool lines) on stderr."""
         if text:
             self.screen.show(self.screen.err, text, style)
@@ -259,7 +259,7 @@ class TurnView:
         if not self._err_at_line_start:
             self._err("\n")
 
-    def _err_line(self, text: str, style: Optional[str] = None) -> None:
+    def _err_line(self, text: str, style: str | None = None) -> None:
         self._clear_status()
         self._err_newline()
         self._err(text + "\n", style)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -42,7 +41,7 @@ class _Fence:
         return stripped.startswith(self.marker) and set(stripped) == {self.marker[0]}
 
 
-def _opening_fence(line: str) -> Optional[_Fence]:
+def _opening_fence(line: str) -> _Fence | None:
     match = _FENCE.match(line)
     return _Fence(match.group(1), match.group(2) or "text") if match else None
 
@@ -57,7 +56,7 @@ def _last_boundary(lines: list[str], partial: str = "") -> tuple[int, bool]:
     items, which print with no blank line between them.
     """
     boundary, separated = 0, True
-    fence: Optional[_Fence] = None
+    fence: _Fence | None = None
     in_list = False
     previous = ""
     for index, line in enumerate(lines):
@@ -112,9 +111,9 @@ class MarkdownStream:
         self.refresh_seconds = refresh_seconds
         self.code_theme = code_theme
         self._text = ""  # source not printed yet; starts at a block start (or inside _code)
-        self._code: Optional[_Fence] = None  # a long fence whose head is already printed
+        self._code: _Fence | None = None  # a long fence whose head is already printed
         self._blank_due = False  # a blank line separates the last printed block from the next
-        self._live: Optional[Live] = None
+        self._live: Live | None = None
         self._last_paint = 0.0
         self._dirty = False
 
@@ -209,7 +208,7 @@ class MarkdownStream:
     def _syntax(self, code: str, lexer: str) -> Syntax:
         return Syntax(code, lexer, theme=self.code_theme, word_wrap=True, padding=(0, 1))
 
-    def _code_lines(self, code: Optional[str], *, first: bool = False, last: bool = False) -> list[list[Segment]]:
+    def _code_lines(self, code: str | None, *, first: bool = False, last: bool = False) -> list[list[Segment]]:
         # Markdown pads a code block with a line above and below: the same here, piece by piece.
         assert self._code is not None
         parts = []

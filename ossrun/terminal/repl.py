@@ -7,16 +7,21 @@ injected, so the whole loop runs in tests from a string of input lines.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, TextIO
+from types import ModuleType
+from typing import Any, Protocol, TextIO
 
 from ossrun import home as ossrun_home
+from ossrun.defaults import DEFAULT_MAX_TOOL_ROUNDS
 from ossrun.errors import OssrunError
 from ossrun.events import Done, Reply, ToolCall
+from ossrun.options import ReplyOptions
 from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import ReasoningMode, Screen, TurnView, stats_line
 from ossrun.terminal.interrupt import cancel_on_sigint, sigint_raises
-from ossrun.tools import DEFAULT_MAX_TOOL_ROUNDS, FunctionTool, Toolbox
+from ossrun.tools import FunctionTool, Toolbox
 
 PROMPT = ">>> "
 CONTINUATION_PROMPT = "... "
@@ -55,7 +60,7 @@ class LineReader(Protocol):
 class StreamReader:
     """Lines from a stream (piped stdin, tests); ``echo`` gets the prompt and the line, like a terminal."""
 
-    def __init__(self, stream: TextIO, echo: Optional[TextIO] = None):
+    def __init__(self, stream: TextIO, echo: TextIO | None = None):
         self.stream, self.echo = stream, echo
 
     def read(self, prompt: str) -> str:
@@ -74,8 +79,9 @@ class StreamReader:
 class TerminalReader:
     """``input()`` with line editing and a history kept in the ossrun home (readline, where there is one)."""
 
-    def __init__(self, history_file: Optional[Path] = None):
+    def __init__(self, history_file: Path | None = None):
         self.history_file = history_file or ossrun_home.home() / HISTORY_FILE_NAME
+        readline: ModuleType | None
         try:
             import readline
         except ImportError:  # Windows without pyreadline: plain input()
@@ -110,11 +116,11 @@ class Repl:
         screen: Screen,
         reader: LineReader,
         *,
-        conversation: Optional[Conversation] = None,
+        conversation: Conversation | None = None,
         reasoning: ReasoningMode = "show",
-        sampling: Optional[dict[str, Any]] = None,
+        sampling: ReplyOptions | None = None,  # temperature, top_p, seed, max_tokens
         banner: bool = True,
-        tools: Optional[Toolbox] = None,
+        tools: Toolbox | None = None,
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
         confirm_python: bool = True,  # ask before each python run and MCP call (``--yes`` turns it off)
     ):
@@ -123,14 +129,14 @@ class Repl:
         self.reader = reader
         self.conversation = conversation or Conversation()
         self.reasoning = reasoning
-        self.sampling = dict(sampling or {})
+        self.sampling = sampling or ReplyOptions()
         self.banner = banner
         self.tools = tools
         self.max_tool_rounds = max_tool_rounds
         self.confirm_python = confirm_python
-        self.last_reply: Optional[Reply] = None
+        self.last_reply: Reply | None = None
         self.generated_tokens = 0
-        self._commands: dict[str, Callable[[str], Optional[bool]]] = {
+        self._commands: dict[str, Callable[[str], bool | None]] = {
             "/effort": self._effort, "/system": self._system, "/reset": self._reset,
             "/retry": self._retry, "/save": self._save, "/load": self._load, "/stats": self._stats, "/tools": self._tools,
             "/help": self._help, "/quit": self._quit, "/exit": self._quit,
@@ -152,18 +158,18 @@ class Repl:
                 for text in self.tools.news() if self.tools else ():  # an MCP server that stopped, said once
                     self.screen.notice(text)
                 try:
-                    text = self._read_input()
+                    line = self._read_input()
                 except (EOFError, KeyboardInterrupt):
                     self.screen.write(self.screen.err, "\n")  # leave the prompt's line
                     return 0
-                if text is None:
+                if line is None:
                     continue
-                if self.handle(text) is False:
+                if self.handle(line) is False:
                     return 0
         finally:
             self.reader.close()
 
-    def handle(self, text: str) -> Optional[bool]:
+    def handle(self, text: str) -> bool | None:
         """One input: a slash command or a question. False means leave."""
         if text.startswith("/"):
             name, _, argument = text.partition(" ")
@@ -181,7 +187,7 @@ class Repl:
 
     # -- input ------------------------------------------------------------
 
-    def _read_input(self) -> Optional[str]:
+    def _read_input(self) -> str | None:
         line = self.reader.read(PROMPT)
         if not line.strip():
             return None
@@ -204,14 +210,14 @@ class Repl:
 
     # -- answering --------------------------------------------------------
 
-    def ask(self, question: str) -> Optional[Reply]:
+    def ask(self, question: str) -> Reply | None:
         """Stream an answer to ``question``; an interrupted or failed one is not kept."""
         messages = self.conversation.ask(question)
-        options = {**self.conversation.options(), **self.sampling, **self._tool_options()}
-        reply: Optional[Reply] = None
+        options = dataclasses.replace(self.sampling, **self.conversation.options(), **self._tool_options())
+        reply: Reply | None = None
         try:
             with TurnView(self.screen, reasoning=self.reasoning) as view, cancel_on_sigint() as cancel:
-                for event in self.model.stream(messages, cancel=cancel, **options):
+                for event in self.model.stream(messages, options, cancel=cancel):
                     view.handle(event)
                     if isinstance(event, Done):
                         reply = event.reply
@@ -325,7 +331,7 @@ class Repl:
         return False
 
 
-def confirm_prompt(tools: Optional[Toolbox], call: ToolCall) -> str:
+def confirm_prompt(tools: Toolbox | None, call: ToolCall) -> str:
     """What the user is asked before a call runs: the python tool's code, or an MCP server's tool."""
     server = tools.server_of(call.recipient) if tools is not None else None
     return CONFIRM_PROMPT if server is None else MCP_CONFIRM_PROMPT.format(tool=call.name, server=server)

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
-from typing import Optional
 
 EMPTY_WAIT = 2.0  # seconds to wait for a run's cgroup to empty before removing it
 _names = count()
@@ -61,7 +60,7 @@ class Cgroups:
     def controllers(self) -> frozenset[str]:
         return frozenset().union(*(h.controllers for h in self.hierarchies))
 
-    def make(self, memory_bytes: Optional[int], processes: Optional[int]) -> RunCgroup:
+    def make(self, memory_bytes: int | None, processes: int | None) -> RunCgroup:
         """A cgroup in each hierarchy for one run, with its bounds; ``processes`` counts init too."""
         name = f"ossrun-{os.getpid()}-{next(_names)}"
         folders: list[str] = []
@@ -78,7 +77,7 @@ class Cgroups:
         return RunCgroup(tuple(folders), spec)
 
 
-def _bound(hierarchy: Hierarchy, folder: str, spec: dict, memory_bytes: Optional[int], processes: Optional[int]) -> None:
+def _bound(hierarchy: Hierarchy, folder: str, spec: dict, memory_bytes: int | None, processes: int | None) -> None:
     v2 = hierarchy.version == 2
     if "memory" in hierarchy.controllers and memory_bytes:
         if v2:
@@ -157,7 +156,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def find() -> Optional[Cgroups]:
+def find() -> Cgroups | None:
     """Where this process may make its runs' cgroups, or None."""
     mounts = _cgroup_mounts()
     memberships = _memberships()
@@ -220,7 +219,7 @@ def _memberships() -> dict[str, str]:
     return found
 
 
-def _folder(mount: tuple[str, str, str, set[str]], path: str) -> Optional[str]:
+def _folder(mount: tuple[str, str, str, set[str]], path: str) -> str | None:
     point, root, _, _ = mount
     if not (path == root or path.startswith(root.rstrip("/") + "/")):
         return None  # this process's cgroup is outside what the mount shows
@@ -231,7 +230,7 @@ def _writable(folder: str) -> bool:
     return os.access(folder, os.W_OK) and os.access(os.path.join(folder, "cgroup.procs"), os.W_OK)
 
 
-def _v2_place(mounts: list, memberships: dict[str, str]) -> Optional[Hierarchy]:
+def _v2_place(mounts: list, memberships: dict[str, str]) -> Hierarchy | None:
     mount = next((m for m in mounts if m[2] == "cgroup2"), None)
     if mount is None or "" not in memberships:
         return None
@@ -249,7 +248,7 @@ def _v2_place(mounts: list, memberships: dict[str, str]) -> Optional[Hierarchy]:
     return Hierarchy(2, own, frozenset({"cpu"})) if _writable(own) else None
 
 
-def _v1_place(mounts: list, memberships: dict[str, str], controller: str) -> Optional[str]:
+def _v1_place(mounts: list, memberships: dict[str, str], controller: str) -> str | None:
     for mount in mounts:
         if mount[2] != "cgroup" or controller not in mount[3]:
             continue

@@ -14,9 +14,10 @@ import inspect
 import json
 import re
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Union
 
 from ossrun.errors import ToolError
 from ossrun.tools.schema import function_schema
@@ -34,8 +35,8 @@ class FunctionTool:
 
     name: str
     description: str = ""
-    parameters: Optional[dict[str, Any]] = None  # JSON Schema of the arguments object; None: no arguments
-    function: Optional[Callable[..., Any]] = None
+    parameters: dict[str, Any] | None = None  # JSON Schema of the arguments object; None: no arguments
+    function: Callable[..., Any] | None = None
     namespace: str = FUNCTIONS  # another one groups functions the caller declared together
 
     def __post_init__(self) -> None:
@@ -49,12 +50,12 @@ class FunctionTool:
         return f"{self.namespace}.{self.name}"
 
     @classmethod
-    def from_callable(cls, func: Callable[..., Any], name: Optional[str] = None) -> "FunctionTool":
+    def from_callable(cls, func: Callable[..., Any], name: str | None = None) -> FunctionTool:
         description, parameters = function_schema(func)
-        return cls(name or getattr(func, "__name__", ""), description, parameters, func)
+        return cls(name or str(getattr(func, "__name__", "")), description, parameters, func)
 
     @classmethod
-    def from_schema(cls, schema: Mapping[str, Any], namespace: str = FUNCTIONS) -> "FunctionTool":
+    def from_schema(cls, schema: Mapping[str, Any], namespace: str = FUNCTIONS) -> FunctionTool:
         """OpenAI's ``{"type": "function", "function": {...}}`` or the flat ``{"name", "description", "parameters"}``."""
         spec = schema.get("function", schema) if schema.get("type", "function") == "function" else None
         if not isinstance(spec, Mapping) or "name" not in spec:
@@ -91,7 +92,7 @@ class FunctionTool:
         return result_text(result), False
 
 
-def parse_arguments(arguments: str) -> tuple[Optional[dict[str, Any]], str]:
+def parse_arguments(arguments: str) -> tuple[dict[str, Any] | None, str]:
     """The model's JSON arguments as a dict, or None and what is wrong with them."""
     try:
         kwargs = json.loads(arguments) if arguments.strip() else {}
@@ -153,7 +154,7 @@ def namespace_tools(spec: Mapping[str, Any]) -> list[FunctionTool]:
             and tool.get("type", "function") == "function"]
 
 
-def load_functions(path: Union[str, Path]) -> list[FunctionTool]:
+def load_functions(path: str | Path) -> list[FunctionTool]:
     """The public functions a Python file defines (not those it imports), as tools."""
     path = Path(path).expanduser()
     if not path.is_file():

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
+from ossrun.defaults import DEFAULT_MAX_TOOL_ROUNDS
 from ossrun.events import CommentaryDelta, Done, Event, Notice, Reply, Timings, ToolCall, ToolResult, Usage
 from ossrun.tools.toolbox import Confirm, Toolbox
-
-DEFAULT_MAX_TOOL_ROUNDS = 8
 
 Turn = Callable[[list[dict[str, Any]]], Iterator[Event]]  # one assistant turn over a history, ending with Done
 
@@ -26,8 +26,8 @@ def run_tool_loop(
     toolbox: Toolbox,
     *,
     max_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
-    confirm: Optional[Confirm] = None,
-    cancel: Optional[threading.Event] = None,
+    confirm: Confirm | None = None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[Event]:
     """Stream the events of every turn, plus a ToolResult per call; end with one Done for the whole answer.
 
@@ -45,7 +45,7 @@ def run_tool_loop(
     while True:
         calls: list[ToolCall] = []
         preamble: list[str] = []
-        reply: Optional[Reply] = None
+        reply: Reply | None = None
         for event in turn(history):
             if isinstance(event, Done):
                 reply = event.reply
@@ -57,10 +57,10 @@ def run_tool_loop(
             yield event
         if reply is None:
             raise RuntimeError("a generation ended without a Done event")
-        newly_dropped = int(reply.extra.get("dropped_messages", 0) or 0)
+        newly_dropped = reply.dropped_messages
         del history[:newly_dropped]
         dropped += newly_dropped
-        reply = dataclasses.replace(reply, extra={**reply.extra, "dropped_messages": dropped})
+        reply = dataclasses.replace(reply, dropped_messages=dropped)
         replies.append(reply)
         if reply.finish_reason != "tool_calls" or not calls or reply.malformed:
             yield Done(_answer(replies, results, chain))

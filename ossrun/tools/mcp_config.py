@@ -22,18 +22,20 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
+from ossrun.defaults import DEFAULT_MCP_TIMEOUT
 from ossrun.errors import McpError
 
-DEFAULT_TIMEOUT = 60.0  # seconds a server may take to answer one call
+DEFAULT_TIMEOUT = DEFAULT_MCP_TIMEOUT  # seconds a server may take to answer one call
 DEFAULT_STARTUP_TIMEOUT = 60.0  # seconds it may take to start and answer the handshake (npx may download first)
 HTTP_TYPES = ("http", "streamable-http", "streamable_http", "streamableHttp")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-McpSource = Union[str, os.PathLike, Mapping[str, Any]]  # a file, or a configuration already read
+McpSource = str | os.PathLike | Mapping[str, Any]  # a file, or a configuration already read
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,11 @@ class McpServerConfig:
     """One server: ``command`` (stdio) or ``url`` (streamable HTTP)."""
 
     name: str
-    command: Optional[str] = None
+    command: str | None = None
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)  # the whole environment of the command, with PATH
-    cwd: Optional[str] = None
-    url: Optional[str] = None
+    cwd: str | None = None
+    url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     trust: bool = False  # its calls run without asking the user
     timeout: float = DEFAULT_TIMEOUT
@@ -62,7 +64,7 @@ class McpServerConfig:
         return " ".join([self.command, *self.args])
 
 
-def read_configs(sources: Union[McpSource, Sequence[McpSource]], *, timeout: Optional[float] = None) -> list[McpServerConfig]:
+def read_configs(sources: McpSource | Sequence[McpSource], *, timeout: float | None = None) -> list[McpServerConfig]:
     """The servers of one or more configurations (files or dicts), in order; names must be unique."""
     if isinstance(sources, (str, os.PathLike, Mapping)):
         sources = [sources]
@@ -96,12 +98,12 @@ def _load(source: McpSource) -> Any:
                        '{"mcpServers": {"NAME": {"command": ...} or {"url": ...}}}') from None
 
 
-def _folder(source: McpSource) -> Optional[Path]:
+def _folder(source: McpSource) -> Path | None:
     return None if isinstance(source, Mapping) else Path(source).expanduser().resolve().parent
 
 
-def parse_config(data: Any, where: str, *, base: Optional[Path] = None,
-                 timeout: Optional[float] = None) -> list[McpServerConfig]:
+def parse_config(data: Any, where: str, *, base: Path | None = None,
+                 timeout: float | None = None) -> list[McpServerConfig]:
     """The servers of one configuration; a relative ``cwd`` is taken from ``base`` (the file's folder)."""
     servers = data.get("mcpServers") if isinstance(data, Mapping) else None
     if not isinstance(servers, Mapping):
@@ -117,8 +119,8 @@ def parse_config(data: Any, where: str, *, base: Optional[Path] = None,
     return out
 
 
-def _server(name: str, spec: Mapping[str, Any], where: str, base: Optional[Path],
-            timeout: Optional[float]) -> McpServerConfig:
+def _server(name: str, spec: Mapping[str, Any], where: str, base: Path | None,
+            timeout: float | None) -> McpServerConfig:
     if not name.strip():
         raise McpError(f"{where}: give the server a name")
     kind = spec.get("type", spec.get("transport"))

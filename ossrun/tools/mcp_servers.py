@@ -25,9 +25,10 @@ import shutil
 import sys
 import threading
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 from ossrun.errors import McpError
 from ossrun.tools.mcp_config import McpServerConfig, McpSource, read_configs
@@ -89,7 +90,7 @@ class _StderrTail:
             text = self._tail.decode("utf-8", "replace")
         return [line.strip() for line in text.splitlines() if line.strip()]
 
-    def ending(self) -> Optional[str]:
+    def ending(self) -> str | None:
         """How the server ended (``exited with code 1``, ``was killed by signal 9``), once it has."""
         lines = self.lines()
         match = _ENDED.match(lines[-1]) if lines and self.ended.is_set() else None
@@ -112,13 +113,13 @@ class _Server:
         self.name = config.name
         self.session: Any = None
         self.tools: list[McpToolInfo] = []
-        self.stderr: Optional[_StderrTail] = None
+        self.stderr: _StderrTail | None = None
         self.ready: concurrent.futures.Future = concurrent.futures.Future()  # None when up, an McpError if not
-        self.lifetime: Optional[concurrent.futures.Future] = None
-        self.stopping: Optional[asyncio.Event] = None
+        self.lifetime: concurrent.futures.Future | None = None
+        self.stopping: asyncio.Event | None = None
         self.handshake: Any = None  # the cancel scope of the handshake, while it runs
-        self.bad_output: Optional[BaseException] = None
-        self.down: Optional[str] = None  # why its calls fail from now on
+        self.bad_output: BaseException | None = None
+        self.down: str | None = None  # why its calls fail from now on
         self.told = False
 
     def where(self) -> str:
@@ -144,7 +145,7 @@ class McpServers:
     ``mcp=``; they stay up until closed, and are stopped at exit if they were not.
     """
 
-    def __init__(self, sources: Union[McpSource, Sequence[McpSource]], *, timeout: Optional[float] = None):
+    def __init__(self, sources: McpSource | Sequence[McpSource], *, timeout: float | None = None):
         self._servers = {config.name: _Server(config) for config in read_configs(sources, timeout=timeout)}
         self._closing = False
         self._loop = asyncio.new_event_loop()
@@ -169,7 +170,7 @@ class McpServers:
     def config(self, server: str) -> McpServerConfig:
         return self._servers[server].config
 
-    def down(self, server: str) -> Optional[str]:
+    def down(self, server: str) -> str | None:
         """Why ``server``'s calls fail now (it stopped), or None while it runs."""
         return self._servers[server].down
 
@@ -183,7 +184,7 @@ class McpServers:
         return out
 
     def call(self, server: str, tool: str, arguments: dict[str, Any], *,
-             cancel: Optional[threading.Event] = None) -> Any:
+             cancel: threading.Event | None = None) -> Any:
         """``tools/call`` on ``server``: its ``CallToolResult``. Failures raise :class:`McpCallFailed`
         with what the model should read: the server is down or went down, the call timed out or
         was cancelled, the server answered with a protocol error."""
@@ -210,7 +211,7 @@ class McpServers:
         self._closing = True
         self._finalizer()
 
-    def __enter__(self) -> "McpServers":
+    def __enter__(self) -> McpServers:
         return self
 
     def __exit__(self, *exc: object) -> None:

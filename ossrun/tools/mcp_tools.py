@@ -16,7 +16,8 @@ import collections
 import json
 import re
 import threading
-from typing import Any, Collection, Mapping, Optional
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from ossrun.tools.functions import FunctionTool, error_result, parse_arguments
 from ossrun.tools.mcp_servers import McpCallFailed, McpServers
@@ -45,7 +46,7 @@ class McpTool:
         """The server stopped: calls fail at once (and nobody is asked about them)."""
         return self.servers.down(self.server) is not None
 
-    def run(self, arguments: str, cancel: Optional[threading.Event] = None) -> tuple[str, bool]:
+    def run(self, arguments: str, cancel: threading.Event | None = None) -> tuple[str, bool]:
         """The call on the model's JSON arguments: (the text the model reads, whether it is an error)."""
         kwargs, problem = parse_arguments(arguments)
         if kwargs is None:
@@ -63,7 +64,7 @@ class McpTool:
         return output
 
 
-def served_by(tool: FunctionTool) -> Optional[str]:
+def served_by(tool: FunctionTool) -> str | None:
     """The MCP server that answers ``tool``'s calls, or None for a function tool of the caller's."""
     return tool.function.server if isinstance(tool.function, McpTool) else None
 
@@ -95,7 +96,7 @@ def _name(text: str) -> str:
 # -- schemas ---------------------------------------------------------------------
 
 
-def harmony_parameters(schema: Any) -> Optional[dict[str, Any]]:
+def harmony_parameters(schema: Any) -> dict[str, Any] | None:
     """An MCP input schema as harmony renders it well; None for a tool without arguments.
 
     harmony's rendering shows ``any`` for a ``$ref`` and for ``anyOf``, which is what
@@ -208,7 +209,7 @@ def _compact_json(text: str) -> str:
         return text
 
 
-def _decoded_size(data: Optional[str]) -> int:
+def _decoded_size(data: str | None) -> int:
     """The size of base64 data once decoded."""
     data = (data or "").strip()
     return len(data) * 3 // 4 - data[-2:].count("=")

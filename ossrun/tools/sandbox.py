@@ -30,7 +30,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ossrun.errors import ToolError
 from ossrun.tools import cgroups
@@ -66,16 +66,16 @@ TRAINED_INTRO = (
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout: float = DEFAULT_TIMEOUT
-    memory_bytes: Optional[int] = DEFAULT_MEMORY_BYTES
-    cpu_seconds: Optional[int] = None  # None: the timeout, rounded up
+    memory_bytes: int | None = DEFAULT_MEMORY_BYTES
+    cpu_seconds: int | None = None  # None: the timeout, rounded up
     output_bytes: int = DEFAULT_OUTPUT_BYTES
-    file_bytes: Optional[int] = DEFAULT_FILE_BYTES
-    processes: Optional[int] = DEFAULT_PROCESSES  # applies where the code is isolated
-    disk_bytes: Optional[int] = DEFAULT_DISK_BYTES  # these two too
-    disk_files: Optional[int] = DEFAULT_DISK_FILES
+    file_bytes: int | None = DEFAULT_FILE_BYTES
+    processes: int | None = DEFAULT_PROCESSES  # applies where the code is isolated
+    disk_bytes: int | None = DEFAULT_DISK_BYTES  # these two too
+    disk_files: int | None = DEFAULT_DISK_FILES
 
     @property
-    def cpu_limit(self) -> Optional[int]:
+    def cpu_limit(self) -> int | None:
         return self.cpu_seconds if self.cpu_seconds is not None else max(1, math.ceil(self.timeout))
 
 
@@ -85,7 +85,7 @@ class SandboxResult:
 
     stdout: str
     stderr: str
-    exit_status: Optional[int]  # the exit code; a negative signal number when killed; None when not run
+    exit_status: int | None  # the exit code; a negative signal number when killed; None when not run
     status: str  # how it ended, in words: "exit status 0", "killed: timed out after 120 seconds", ...
     truncated_bytes: int = 0
     seconds: float = 0.0
@@ -103,7 +103,7 @@ class SandboxResult:
         return "\n".join(parts)
 
 
-def _status(limits: SandboxLimits, exit_status: int, ending: Optional[str]) -> str:
+def _status(limits: SandboxLimits, exit_status: int, ending: str | None) -> str:
     if ending == "timeout":
         return f"killed: timed out after {limits.timeout:g} seconds"
     if ending == "output":
@@ -127,7 +127,7 @@ def _status(limits: SandboxLimits, exit_status: int, ending: Optional[str]) -> s
 class _Held:
     """What a session holds on the host: its private folder and the descriptors of its namespaces."""
 
-    home: Optional[Path] = None
+    home: Path | None = None
     descriptors: dict[str, int] = field(default_factory=dict)  # "user_fd", "mount_fd"
 
     def let_go(self) -> None:
@@ -147,10 +147,10 @@ class _Held:
 class _Jail:
     """What the probe found this system allows; shared by the sessions of one sandbox's kind."""
 
-    isolation: Optional[str]  # "user namespaces", "namespaces made by root", None
-    error: Optional[str] = None  # why there is no jail
-    unfiltered: Optional[str] = None  # why system calls are not filtered, where they are not
-    cgroups: Optional[cgroups.Cgroups] = None  # where runs' cgroups go, if anywhere
+    isolation: str | None  # "user namespaces", "namespaces made by root", None
+    error: str | None = None  # why there is no jail
+    unfiltered: str | None = None  # why system calls are not filtered, where they are not
+    cgroups: cgroups.Cgroups | None = None  # where runs' cgroups go, if anywhere
 
 
 class PythonSandbox:
@@ -160,18 +160,18 @@ class PythonSandbox:
     ``isolate_network=False`` lets the code use the network (the rest of the jail stays).
     """
 
-    def __init__(self, limits: SandboxLimits = SandboxLimits(), *, isolate_network: bool = True, python: Optional[str] = None):
+    def __init__(self, limits: SandboxLimits = SandboxLimits(), *, isolate_network: bool = True, python: str | None = None):
         if sys.platform == "win32":
             raise ToolError("the python tool needs Linux or macOS: it relies on POSIX resource limits")
         self.limits = limits
         self.python = python or sys.executable
         self.isolate_network = isolate_network
         self._held = _Held()
-        self._cleanup: Optional[weakref.finalize] = None
-        self._jail: Optional[_Jail] = None
+        self._cleanup: weakref.finalize | None = None
+        self._jail: _Jail | None = None
         self._lock = threading.Lock()
 
-    def new_session(self) -> "PythonSandbox":
+    def new_session(self) -> PythonSandbox:
         """Another sandbox like this one, with a working directory of its own (no new probe)."""
         other = PythonSandbox(self.limits, isolate_network=self.isolate_network, python=self.python)
         other._jail = self._jail
@@ -195,14 +195,14 @@ class PythonSandbox:
         with self._lock:
             self._held.release()
 
-    def __enter__(self) -> "PythonSandbox":
+    def __enter__(self) -> PythonSandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
-    def isolation(self) -> Optional[str]:
+    def isolation(self) -> str | None:
         """How the code is jailed ("user namespaces", or "namespaces made by root" where user
         namespaces are off), None when this system allows no jail."""
         return self._probed().isolation
@@ -271,7 +271,7 @@ class PythonSandbox:
 
     # -- running code -----------------------------------------------------
 
-    def run(self, code: str, cancel: Optional[threading.Event] = None) -> SandboxResult:
+    def run(self, code: str, cancel: threading.Event | None = None) -> SandboxResult:
         """Run ``code`` in a fresh process and return its bounded output and status.
 
         Setting ``cancel`` kills the process within a tenth of a second. Where this system
@@ -310,8 +310,10 @@ class PythonSandbox:
                 return SandboxResult("", "", None, f"not run: {REFUSED}cannot place the run in its cgroup")
         try:
             try:
-                process.stdin.write(code.encode("utf-8", "surrogateescape"))
-                process.stdin.close()
+                stdin = process.stdin
+                assert stdin is not None  # started with stdin=PIPE
+                stdin.write(code.encode("utf-8", "surrogateescape"))
+                stdin.close()
             except BrokenPipeError:
                 pass  # the process died early; its stderr says why
             reader = _BoundedReader(process, self.limits.output_bytes)
@@ -328,8 +330,8 @@ class PythonSandbox:
         status = _status(self.limits, exit_status, ending or (bound[0] if bound else None))
         return SandboxResult(stdout, stderr, exit_status, status, dropped, time.monotonic() - started)
 
-    def _config(self, *, probe: bool = False, hold: bool = False, report_fd: Optional[int] = None,
-                cgroup: Optional[cgroups.RunCgroup] = None) -> dict[str, Any]:
+    def _config(self, *, probe: bool = False, hold: bool = False, report_fd: int | None = None,
+                cgroup: cgroups.RunCgroup | None = None) -> dict[str, Any]:
         """What sandbox_child.py is to do: hold a session, probe the jail or run code; where, with which limits."""
         jail = self._jail
         isolate = hold or (jail is not None and jail.isolation is not None)
@@ -371,7 +373,7 @@ class PythonSandbox:
         return env
 
     def _spawn(self, config: dict[str, Any], pass_fds: tuple[int, ...] = (),
-               group: Optional[cgroups.RunCgroup] = None) -> Optional[subprocess.Popen]:
+               group: cgroups.RunCgroup | None = None) -> subprocess.Popen | None:
         """Start sandbox_child.py; with ``group``, put it in the run's cgroups before it reads its
         stdin (None if that fails: then it is killed)."""
         process = subprocess.Popen(
@@ -410,7 +412,7 @@ class PythonSandbox:
             jail = self._hold(probe=True, places=None)  # this system's cgroups are not what they seemed
         return jail
 
-    def _hold(self, *, probe: bool, places: Optional[cgroups.Cgroups] = None) -> _Jail:
+    def _hold(self, *, probe: bool, places: cgroups.Cgroups | None = None) -> _Jail:
         """Start a session: its namespaces, held by descriptors; with ``probe``, try a whole run too."""
         try:
             group = places.make(self.limits.memory_bytes, _with_jail(self.limits.processes)) if probe and places else None
@@ -462,12 +464,13 @@ class _BoundedReader:
     def __init__(self, process: subprocess.Popen, limit: int):
         self.process = process
         self.limit = limit
-        self.streams = {process.stdout: _Capture(limit), process.stderr: _Capture(limit)}
+        # keyed by the pipes (stdout=stderr=PIPE), found again through the selector's keys
+        self.streams: dict[Any, _Capture] = {process.stdout: _Capture(limit), process.stderr: _Capture(limit)}
         self.selector = selectors.DefaultSelector()
         for stream in self.streams:
             self.selector.register(stream, selectors.EVENT_READ)
 
-    def read_until(self, deadline: float, cancel: Optional[threading.Event] = None) -> Optional[str]:
+    def read_until(self, deadline: float, cancel: threading.Event | None = None) -> str | None:
         """Read until the process ends and its pipes are drained; else say why it must be killed:
         "timeout", "output" (printed too much) or "cancel".
 
@@ -532,12 +535,12 @@ class _Capture:
         return data[:head].decode("utf-8", "replace") + marker + (data[-tail:] if tail else b"").decode("utf-8", "replace")
 
 
-def _with_jail(processes: Optional[int]) -> Optional[int]:
+def _with_jail(processes: int | None) -> int | None:
     """A run's cgroup holds the keeper and init beside the code's processes."""
     return processes + 2 if processes else None
 
 
-def _read_report(fd: Optional[int]) -> list[str]:
+def _read_report(fd: int | None) -> list[str]:
     """What the keeper reported (the bound that ended the run, if one did); never waits."""
     if fd is None:
         return []

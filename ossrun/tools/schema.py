@@ -16,7 +16,8 @@ import json
 import re
 import types
 import typing
-from typing import Any, Callable, Literal, Optional, Union
+from collections.abc import Callable
+from typing import Any, Literal, Union
 
 from ossrun.errors import ToolError
 
@@ -29,7 +30,7 @@ _SPHINX_PARAM = re.compile(r"^\s*:param\s+(?:[^:]*\s)?(\w+)\s*:\s*(.*)$")
 _ARGS_SECTIONS = ("args", "arguments", "parameters", "params")
 
 
-def function_schema(func: Callable[..., Any]) -> tuple[str, Optional[dict[str, Any]]]:
+def function_schema(func: Callable[..., Any]) -> tuple[str, dict[str, Any] | None]:
     """(description, parameters schema) of ``func``; the schema is None for a function without parameters."""
     name = getattr(func, "__name__", repr(func))
     try:
@@ -37,11 +38,11 @@ def function_schema(func: Callable[..., Any]) -> tuple[str, Optional[dict[str, A
     except (TypeError, ValueError) as exc:
         raise ToolError(f"cannot read the signature of {name}: {exc}") from None
     # The hints of a callable object are on its __call__, those of a partial on the function it wraps.
-    annotated = func
+    annotated: Any = func
     if isinstance(func, functools.partial):
         annotated = func.func
-    elif not (inspect.isfunction(func) or inspect.ismethod(func)) and hasattr(func, "__call__"):
-        annotated = func.__call__
+    elif not (inspect.isfunction(func) or inspect.ismethod(func)):
+        annotated = annotated.__call__
     try:
         hints = typing.get_type_hints(annotated)
     except Exception as exc:  # an annotation naming something undefined
@@ -99,11 +100,11 @@ def type_schema(hint: Any, *, required: bool = True) -> dict[str, Any]:
             schema = {**schema, "type": [schema["type"], "null"]}
         return schema
     if hint in (list, tuple, set, frozenset) or origin in (list, tuple, set, frozenset, collections.abc.Sequence):
-        schema: dict[str, Any] = {"type": "array"}
+        array: dict[str, Any] = {"type": "array"}
         item_types = [a for a in args if a is not Ellipsis]
         if len(set(item_types)) == 1:
-            schema["items"] = type_schema(item_types[0])
-        return schema
+            array["items"] = type_schema(item_types[0])
+        return array
     if hint is dict or origin in (dict, collections.abc.Mapping):
         if args and args[0] is not str:
             raise ToolError(f"has type {hint}: JSON object keys are strings")
@@ -139,9 +140,9 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     """
     description: list[str] = []
     params: dict[str, str] = {}
-    section: Optional[str] = None
-    current: Optional[str] = None
-    param_indent: Optional[int] = None  # of the first line in an Args section
+    section: str | None = None
+    current: str | None = None
+    param_indent: int | None = None  # of the first line in an Args section
     for line in doc.splitlines():
         indent = len(line) - len(line.lstrip())
         header = _SECTION.match(line)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Any
 
 from ossrun.errors import ToolError
 from ossrun.events import ToolCall, ToolResult
@@ -18,7 +19,7 @@ from ossrun.tools.sandbox import PythonSandbox
 
 BUILTIN_TOOLS = ("python",)
 Confirm = Callable[[ToolCall], bool]  # asked before each python run and MCP call; False: not run
-McpOption = Union[McpServers, McpSource, Sequence[McpSource], None]
+McpOption = McpServers | McpSource | Sequence[McpSource] | None
 
 
 class Toolbox:
@@ -31,9 +32,9 @@ class Toolbox:
     (:mod:`ossrun.tools.mcp_tools` says how they are named).
     """
 
-    def __init__(self, functions: Sequence[FunctionTool] = (), python: Optional[PythonSandbox] = None, *,
-                 owns_python: bool = False, namespaces: Optional[dict[str, str]] = None,
-                 mcp: Optional[McpServers] = None, owns_mcp: bool = False):
+    def __init__(self, functions: Sequence[FunctionTool] = (), python: PythonSandbox | None = None, *,
+                 owns_python: bool = False, namespaces: dict[str, str] | None = None,
+                 mcp: McpServers | None = None, owns_mcp: bool = False):
         self.functions = {tool.recipient: tool for tool in function_tools(functions)}
         self.python = python
         self._owns_python = owns_python
@@ -45,9 +46,9 @@ class Toolbox:
             self.functions.update((tool.recipient, tool) for tool in mcp_function_tools(mcp, taken))
 
     @classmethod
-    def build(cls, tools: Union["Toolbox", Iterable[ToolSpec], None] = None,
-              python_tool: Union[bool, PythonSandbox, Callable[[], PythonSandbox]] = False,
-              mcp: McpOption = None) -> "Toolbox":
+    def build(cls, tools: Toolbox | Iterable[ToolSpec] | None = None,
+              python_tool: bool | PythonSandbox | Callable[[], PythonSandbox] = False,
+              mcp: McpOption = None) -> Toolbox:
         """A toolbox from what the API takes: callables, JSON schemas and namespaces of them, ``python_tool``
         (True or a maker of sandboxes: a sandbox this toolbox owns; a sandbox: the caller's) and ``mcp``
         (running :class:`McpServers`, or configurations to start servers from for this toolbox)."""
@@ -73,8 +74,8 @@ class Toolbox:
             raise
 
     @classmethod
-    def from_options(cls, functions: Sequence[Union[str, Path]] = (), tools: Sequence[str] = (),
-                     mcp: Sequence[Union[str, Path]] = (), mcp_timeout: Optional[float] = None) -> "Toolbox":
+    def from_options(cls, functions: Sequence[str | Path] = (), tools: Sequence[str] = (),
+                     mcp: Sequence[str | Path] = (), mcp_timeout: float | None = None) -> Toolbox:
         """The command line's tools: ``--functions FILE.py`` and ``--mcp FILE`` (repeatable), ``--tool python``.
         The MCP servers start here: one that cannot is an McpError before anything else happens."""
         unknown = sorted(set(tools) - set(BUILTIN_TOOLS))
@@ -105,7 +106,7 @@ class Toolbox:
         message, python in the system one."""
         functions = tuple(function_description(t.name, t.description, t.parameters)
                           for t in self.functions.values() if t.namespace == FUNCTIONS)
-        others = {}
+        others: dict[str, list[Any]] = {}
         for tool in self.functions.values():
             if tool.namespace != FUNCTIONS:
                 others.setdefault(tool.namespace, []).append(function_description(tool.name, tool.description, tool.parameters))
@@ -126,7 +127,7 @@ class Toolbox:
         return self.python is not None or any(isinstance(t.function, McpTool) and not t.function.trusted
                                               for t in self.functions.values())
 
-    def server_of(self, recipient: str) -> Optional[str]:
+    def server_of(self, recipient: str) -> str | None:
         """The MCP server that answers calls to ``recipient`` (``functions.get_weather``), or None."""
         tool = self.functions.get(recipient)
         return served_by(tool) if tool is not None else None
@@ -136,7 +137,7 @@ class Toolbox:
         tool = self._function(call)
         return tool is None or tool.runnable
 
-    def run(self, call: ToolCall, confirm: Optional[Confirm] = None, cancel: Optional[threading.Event] = None) -> ToolResult:
+    def run(self, call: ToolCall, confirm: Confirm | None = None, cancel: threading.Event | None = None) -> ToolResult:
         """Run one call; failures become an error result for the model, never an exception."""
         if call.recipient == "python" and self.python is not None:
             if confirm is not None and not confirm(call):
@@ -146,7 +147,9 @@ class Toolbox:
         tool = self._function(call)
         if tool is None:
             available = ", ".join(self.names()) or "none"
-            return ToolResult(call, error_result(f"unknown tool {call.recipient!r}: the available tools are {available}"), error=True)
+            return ToolResult(
+                call, error_result(f"unknown tool {call.recipient!r}: the available tools are {available}"), error=True
+            )
         if isinstance(tool.function, McpTool):
             mcp = tool.function
             if not (mcp.trusted or mcp.down) and confirm is not None and not confirm(call):
@@ -156,7 +159,7 @@ class Toolbox:
             output, failed = tool.call(call.arguments)
         return ToolResult(call, output, error=failed)
 
-    def _function(self, call: ToolCall) -> Optional[FunctionTool]:
+    def _function(self, call: ToolCall) -> FunctionTool | None:
         return self.functions.get(call.recipient)
 
     def close(self) -> None:
@@ -165,7 +168,7 @@ class Toolbox:
         if self._owns_mcp and self.mcp is not None:
             self.mcp.close()
 
-    def __enter__(self) -> "Toolbox":
+    def __enter__(self) -> Toolbox:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,12 +13,11 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 OPEN_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def private_folder(parent: Optional[Path] = None) -> Path:
+def private_folder(parent: Path | None = None) -> Path:
     """A new folder only this user may enter (in ``parent``, else the temporary folder), holding an empty ``work`` folder."""
     home = Path(tempfile.mkdtemp(prefix="ossrun-python-", dir=parent))  # 0700
     (home / "work").mkdir(mode=0o700)

@@ -14,9 +14,10 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import pytest
 
@@ -104,7 +105,8 @@ REPORT = ATTEMPT + textwrap.dedent("""
         "python": [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
                    os.path.dirname(os.path.realpath(sys.executable)), *sys.path[1:]],
         "cwd": os.getcwd(), "fds": sorted(os.listdir("/proc/self/fd")),
-        "write": {{path: write(path) for path in ("tmp-file", "/tmp/file", "/dev/shm/file", "/file", "/etc/file", sys.prefix + "/file")}},
+        "write": {{path: write(path)
+                   for path in ("tmp-file", "/tmp/file", "/dev/shm/file", "/file", "/etc/file", sys.prefix + "/file")}},
         "forks": forks(), "threads": threads(), "network": network(),
     }}))
     """)
@@ -295,9 +297,9 @@ class OrdinaryUser:
     ``setpriv`` (``python`` is then the interpreter that runs as them); as anyone else, themselves."""
 
     uid: int
-    python: Optional[str] = None
+    python: str | None = None
     interpreter: str = sys.executable  # what ``python`` runs
-    cgroups: Optional[Any] = None  # what ossrun.tools.cgroups.find() gives that user
+    cgroups: Any | None = None  # what ossrun.tools.cgroups.find() gives that user
 
     def wrap(self, python: str) -> str:
         """``python`` (which that user may run) as run by them."""
@@ -308,7 +310,7 @@ class OrdinaryUser:
         wrapper.chmod(0o755)
         return str(wrapper)
 
-    def sandbox(self, limits: Optional[SandboxLimits] = None, **options: Any) -> PythonSandbox:
+    def sandbox(self, limits: SandboxLimits | None = None, **options: Any) -> PythonSandbox:
         box = PythonSandbox(limits or SandboxLimits(), python=options.pop("python", self.python), **options)
         if os.geteuid() == 0 and self.uid != 0:
             for folder in (box.workdir.parent, box.workdir):  # where root made them for that user

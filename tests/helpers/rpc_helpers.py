@@ -10,9 +10,9 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
 
 READY_SECONDS = 60
+STOP_SECONDS = 60
 
 
 def free_port() -> int:
@@ -24,14 +24,14 @@ def free_port() -> int:
 class Worker:
     """``ossrun worker`` in a subprocess on 127.0.0.1; its stdout lines are collected as they come."""
 
-    def __init__(self, *args: str, home: Path, cache_dir: Optional[Path] = None, port: Optional[int] = None,
-                 threads: int = 1, env: Optional[dict] = None):
+    def __init__(self, *args: str, home: Path, cache_dir: Path | None = None, port: int | None = None,
+                 threads: int = 1, env: dict | None = None):
         self.port = port or free_port()
         cache = ["--cache-dir", str(cache_dir)] if cache_dir else ["--no-cache"]
         command = [sys.executable, "-m", "ossrun", "worker", "--port", str(self.port), "--threads", str(threads), *cache, *args]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, "OSSRUN_HOME": str(home), **(env or {})})
-        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -54,17 +54,18 @@ class Worker:
             if text in line:
                 return line
 
-    def ready(self) -> "Worker":
+    def ready(self) -> Worker:
         self.wait_for("serving one client at a time")  # the last line it prints when it starts
         return self
 
     def stop(self) -> int:
-        """Ctrl-C, as a person would; the exit code."""
+        """Ctrl-C, as a person would; the exit code (-9 if it had not ended a minute later)."""
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(10)
+                # A worker ends at once on an idle machine; on a busy one, ten seconds were once too few.
+                self.process.wait(STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

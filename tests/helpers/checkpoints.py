@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-REFERENCE = Path(__file__).parent / "data" / "gpt-oss-20b"
+REFERENCE = Path(__file__).parents[1] / "data" / "gpt-oss-20b"
 VOCAB_ROWS = 201088
 MXFP4_BLOCK = 32
 
@@ -91,7 +91,9 @@ def bf16_values(values: np.ndarray) -> np.ndarray:
     return from_bf16(to_bf16(values))
 
 
-def make_weights(config: TinyConfig = TinyConfig(), seed: int = 0, scales: WeightScales = WeightScales()) -> dict[str, np.ndarray]:
+def make_weights(
+    config: TinyConfig = TinyConfig(), seed: int = 0, scales: WeightScales = WeightScales()
+) -> dict[str, np.ndarray]:
     """Random weights under HF names: dense float32 (exactly BF16), experts as uint8 blocks/scales."""
     rng = np.random.default_rng(seed)
     c, s = config, scales
@@ -151,7 +153,9 @@ def make_clear_margin_weights(config: TinyConfig = TinyConfig(), seed: int = 0) 
     rng = np.random.default_rng(seed + 1)
     weights = make_weights(config, seed)
     E, k = config.n_experts, config.n_experts_used
-    codes = np.array([[4.0 if e in chosen else -4.0 for e in range(E)] for chosen in itertools.combinations(range(E), k)], dtype=np.float32)
+    codes = np.array(
+        [[4.0 if e in chosen else -4.0 for e in range(E)] for chosen in itertools.combinations(range(E), k)], dtype=np.float32
+    )
     embedding = weights["model.embed_tokens.weight"].copy()
     embedding[:, :E] = codes[np.arange(embedding.shape[0]) % len(codes)]
     weights["model.embed_tokens.weight"] = bf16_values(embedding)
@@ -395,7 +399,9 @@ def set_config(folder: Path, **changes: object) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
-def rewrite_shard_without(folder: Path, name: str, replacement: np.ndarray | None = None, add: dict[str, np.ndarray] | None = None) -> Path:
+def rewrite_shard_without(
+    folder: Path, name: str, replacement: np.ndarray | None = None, add: dict[str, np.ndarray] | None = None
+) -> Path:
     """Rewrite the shard holding ``name`` with it removed (or replaced by ``replacement``), plus ``add``."""
     from ossrun.convert.safetensors import TensorReader, read_header
 

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 LISTENING = re.compile(r"listening on http://(\S+):(\d+)/v1")
 START_SECONDS = 120
@@ -21,7 +20,7 @@ START_SECONDS = 120
 class ServerProcess:
     """``ossrun serve ARGS --port 0`` in a subprocess; its stderr lines are collected."""
 
-    def __init__(self, *args: str, home: Path, env: Optional[dict] = None, open_files: Optional[int] = None):
+    def __init__(self, *args: str, home: Path, env: dict | None = None, open_files: int | None = None):
         environment = {**os.environ, "OSSRUN_HOME": str(home), "OSSRUN_DATE": "2025-08-05", **(env or {})}
 
         def lower_open_files() -> None:  # a soft limit as low as many systems have, for the server to raise
@@ -35,7 +34,7 @@ class ServerProcess:
             preexec_fn=lower_open_files if open_files else None,
         )
         self.lines: list[str] = []
-        self._listening: Optional[re.Match] = None
+        self._listening: re.Match | None = None
         self._started = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

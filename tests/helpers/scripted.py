@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from ossrun.engine.protocol import GenerationRequest, GenerationStats, Occupancy, Sampling, common_prefix_length
 
@@ -49,7 +49,7 @@ class Script:
     """One assistant turn to replay."""
 
     text: str  # harmony text after the prompt's "<|start|>assistant", e.g. reply(...)
-    sigint_at_token: Optional[int] = None  # send SIGINT when this many tokens were sampled
+    sigint_at_token: int | None = None  # send SIGINT when this many tokens were sampled
     sigint_in_prefill: bool = False  # send SIGINT halfway through this turn's prefill
 
 
@@ -96,7 +96,7 @@ class ScriptedEngine:
     def occupancy(self) -> Occupancy:
         return Occupancy(busy=self.running, cells_used=len(self._evaluated))
 
-    def generate(self, request: GenerationRequest) -> "ScriptedGeneration":
+    def generate(self, request: GenerationRequest) -> ScriptedGeneration:
         if len(request.prompt) > self._n_ctx:
             raise AssertionError(f"prefill of {len(request.prompt)} tokens past n_ctx {self._n_ctx}")
         return ScriptedGeneration(self, request)

@@ -22,7 +22,6 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".gguf", ".safetensors")
@@ -69,7 +68,7 @@ class Repo:
 class Request:
     method: str
     path: str
-    range: Optional[str]
+    range: str | None
 
 
 @dataclass
@@ -95,14 +94,14 @@ class HubServer:
 
     # -- set up --------------------------------------------------------------------------------
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes], lfs: Optional[set[str]] = None) -> Repo:
+    def add_repo(self, repo_id: str, files: dict[str, bytes], lfs: set[str] | None = None) -> Repo:
         if lfs is None:
             lfs = {path for path in files if path.endswith(LFS_SUFFIXES)}
         repo = Repo(repo_id, dict(files), set(lfs))
         self.repos[repo_id] = repo
         return repo
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         handler = _make_handler(self)
         for _ in range(2):  # the hub, then the "CDN" on another origin
             server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -127,7 +126,7 @@ class HubServer:
 
     # -- what happened -------------------------------------------------------------------------
 
-    def log(self, method: str, path: str, range_header: Optional[str]) -> None:
+    def log(self, method: str, path: str, range_header: str | None) -> None:
         with self._lock:
             self.requests.append(Request(method, path, range_header))
 
@@ -170,7 +169,7 @@ def _make_handler(hub: HubServer):
                 return self.resolve(resolve.group(1), resolve.group(2), resolve.group(3), head)
             self.reply(404, b"not found")
 
-        def find(self, repo_id: str, revision: str) -> Optional[Repo]:
+        def find(self, repo_id: str, revision: str) -> Repo | None:
             repo = hub.repos.get(repo_id)
             if repo is None:
                 self.reply(404, b"Repository not found", {"X-Error-Code": "RepoNotFound"})
@@ -273,7 +272,7 @@ def _make_handler(hub: HubServer):
             except OSError:
                 pass
 
-        def reply(self, status: int, body: bytes, headers: Optional[dict] = None, send_body: bool = True) -> None:
+        def reply(self, status: int, body: bytes, headers: dict | None = None, send_body: bool = True) -> None:
             self.send_response(status)
             headers = dict(headers or {})
             headers.setdefault("Content-Length", str(len(body)))

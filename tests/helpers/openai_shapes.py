@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import typing
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from openai.types import Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk

@@ -141,6 +141,21 @@ def test_a_weather_round_trip_through_tool_use_and_tool_result(client, server):
     assert failed.stop_reason in ("end_turn", "tool_use") and failed.usage.cache_read_input_tokens >= first_turn - 8
 
 
+def test_tool_choice_any_a_named_tool_and_none(client):
+    clock = {"name": "get_time", "description": "Get the current time in a city.", "input_schema": WEATHER["input_schema"]}
+    france = [{"role": "user", "content": "What is the capital of France?"}]  # no tool helps: only a choice makes a call
+    forced = client.messages.create(model="demo", max_tokens=300, messages=france, tools=[WEATHER],
+                                    tool_choice={"type": "any"}, extra_body=GREEDY)
+    assert forced.stop_reason == "tool_use" and [block.type for block in forced.content] == ["tool_use"]
+    assert forced.content[0].name == "get_weather" and isinstance(forced.content[0].input.get("city"), str)
+    named = client.messages.create(model="demo", max_tokens=300, messages=OSLO, tools=[WEATHER, clock],
+                                   tool_choice={"type": "tool", "name": "get_time"}, extra_body=GREEDY)
+    assert named.stop_reason == "tool_use" and [block.name for block in named.content if block.type == "tool_use"] == ["get_time"]
+    none = client.messages.create(model="demo", max_tokens=300, messages=OSLO, tools=[WEATHER],
+                                  tool_choice={"type": "none"}, extra_body=GREEDY)
+    assert none.stop_reason == "end_turn" and [block.type for block in none.content] == ["text"] and none.content[0].text
+
+
 def test_the_thinking_comes_back_through_its_signature(client):
     """Under tool_use ids the server never gave out (so its own memory cannot help), the reasoning the
     next prompt renders is the one the signature carries: the cache holds the whole first turn. Without

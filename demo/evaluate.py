@@ -114,7 +114,7 @@ def run_api(model: Any, example: tasks.Example, *, temperature: float, seed: int
         max_tokens=DEFAULT_MAX_TOKENS,
         tools=tools,
     )
-    outcome = Outcome(reasoning=reply.extra.get("first_reasoning", reply.reasoning), final=reply.final)
+    outcome = Outcome(reasoning=reply.reasoning, final=reply.final)
     calls = [r.call for r in reply.tool_calls]
     if calls:
         outcome.tool_arguments = calls[0].arguments

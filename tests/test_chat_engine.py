@@ -7,6 +7,7 @@ itself, Ctrl-C during a long prefill, Ctrl-C and Ctrl-D at the prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import json
@@ -51,11 +52,12 @@ class Recorder:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-    def stream(self, messages, **options):
+    def stream(self, messages, options=None, /, **fields):
         before = list(self.model.engine.scheduler.slots[0].tokens)
-        for event in self.model.stream(messages, **options):
+        merged = dataclasses.replace(options or ReplyOptions(), **fields)
+        for event in self.model.stream(messages, merged):
             if isinstance(event, Done):
-                self.turns.append((before, list(messages), options, event.reply))
+                self.turns.append((before, list(messages), merged, event.reply))
             yield event
 
 
@@ -74,7 +76,7 @@ def test_each_turn_evaluates_only_its_new_tokens_and_a_new_session_reads_the_pre
     assert len(model.turns) == 3
     prompts = []
     for before, messages, options, reply in model.turns:
-        prompt = model.model.render(messages, **{k: options[k] for k in ("reasoning_effort", "system")})
+        prompt = model.model.render(messages, reasoning_effort=options.reasoning_effort, system=options.system)
         prompts.append(prompt)
         reused = common_prefix_length(before, prompt)
         assert reply.usage.prompt_tokens == len(prompt)

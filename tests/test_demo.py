@@ -21,6 +21,7 @@ import pytest
 import ossrun
 from ossrun.engine.protocol import GenerationRequest, Sampling
 from ossrun.harmony.encoding import stop_tokens
+from ossrun.options import ReplyOptions
 from ossrun.store import demo
 
 # demo/ holds the training pipeline; its task tables, held-out split and answer checks need no torch.
@@ -244,7 +245,7 @@ def test_chat_effort_changes_the_length_of_the_analysis(demo_model):
     buffer = io.StringIO()
     repl = Repl(demo_model, Screen.create(buffer, buffer),
                 StreamReader(io.StringIO("What is 26 + 59?\n/effort high\nWhat is 14 + 73?\n"), echo=buffer),
-                conversation=Conversation(reasoning_effort="low"), sampling={"temperature": 0.0})
+                conversation=Conversation(reasoning_effort="low"), sampling=ReplyOptions(temperature=0.0))
     assert repl.run() == 0
     transcript = buffer.getvalue()
     thoughts = re.findall(r"thinking\n(.*?)\n\n", transcript, flags=re.S)

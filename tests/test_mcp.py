@@ -20,6 +20,7 @@ import pytest
 
 from helpers.scripted import ScriptedEngine, invoke, reply
 from ossrun.model import Model
+from ossrun.options import ReplyOptions
 from ossrun.terminal.display import Screen
 from ossrun.terminal.repl import Repl, StreamReader
 from ossrun.tools import McpServers, Toolbox
@@ -439,7 +440,7 @@ def test_chat_transcript_with_the_demo_model(demo, tmp_path):
     with McpServers({"mcpServers": {"weather": server(tmp_path)}}) as servers:
         buffer = io.StringIO()
         session = Repl(demo, Screen.create(buffer, buffer), StreamReader(io.StringIO("What's the weather in Oslo?\ny\n"),
-                       echo=buffer), sampling={"temperature": 0}, tools=Toolbox(mcp=servers))
+                       echo=buffer), sampling=ReplyOptions(temperature=0), tools=Toolbox(mcp=servers))
         assert session.run() == 0
     transcript = buffer.getvalue()
     lines = ['→ get_weather({"city": "Oslo"})\n', "call get_weather on MCP server weather? [y/N] y\n",

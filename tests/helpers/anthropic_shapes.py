@@ -14,7 +14,6 @@ lists it; the SDK's ``ErrorObject`` union does not).
 from __future__ import annotations
 
 import json
-import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,31 +21,18 @@ from anthropic.types import Message, MessageTokensCount, RawMessageStreamEvent
 from anthropic.types.shared import ErrorResponse
 from pydantic import BaseModel
 
+from helpers.openai_shapes import ShapeError, event_classes, require
+
 UNLISTED_ERROR_TYPES = ("request_too_large",)
 MESSAGE_REQUIRED = ("id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage")
 USAGE_REQUIRED = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
-def _event_classes() -> dict[str, type]:
-    union = typing.get_args(RawMessageStreamEvent)[0]
-    classes = {}
-    for cls in typing.get_args(union):
-        (kind,) = typing.get_args(cls.model_fields["type"].annotation)
-        classes[kind] = cls
-    return classes
-
-
-EVENT_CLASSES = _event_classes()
-
-
-class ShapeError(AssertionError):
-    pass
+EVENT_CLASSES = event_classes(RawMessageStreamEvent)
 
 
 def _require(data: Mapping[str, Any], keys: Iterable[str], where: str) -> None:
-    missing = [key for key in keys if key not in data]
-    if missing:
-        raise ShapeError(f"{where} lacks {', '.join(missing)} (shown by Anthropic's API reference): {json.dumps(data)[:300]}")
+    require(data, keys, where, "Anthropic's API reference")
 
 
 def _declared_only(value: Any, where: str) -> None:

@@ -24,8 +24,9 @@ from openai.types.shared import ErrorObject
 UNLISTED_ERROR_CODES = ("context_length_exceeded",)
 
 
-def _event_classes() -> dict[str, type]:
-    union = typing.get_args(ResponseStreamEvent)[0]
+def event_classes(stream_event: Any) -> dict[str, type]:
+    """An SDK's stream event classes by their ``type`` (the annotated union of ``stream_event``)."""
+    union = typing.get_args(stream_event)[0]
     classes = {}
     for cls in typing.get_args(union):
         (kind,) = typing.get_args(cls.model_fields["type"].annotation)
@@ -33,17 +34,17 @@ def _event_classes() -> dict[str, type]:
     return classes
 
 
-EVENT_CLASSES = _event_classes()
+EVENT_CLASSES = event_classes(ResponseStreamEvent)
 
 
 class ShapeError(AssertionError):
     pass
 
 
-def _require(data: Mapping[str, Any], keys: Iterable[str], where: str) -> None:
+def require(data: Mapping[str, Any], keys: Iterable[str], where: str, reference: str = "OpenAI's API reference") -> None:
     missing = [key for key in keys if key not in data]
     if missing:
-        raise ShapeError(f"{where} lacks {', '.join(missing)} (required by OpenAI's API reference): {json.dumps(data)[:300]}")
+        raise ShapeError(f"{where} lacks {', '.join(missing)} (required by {reference}): {json.dumps(data)[:300]}")
 
 
 def _not_null(data: Mapping[str, Any], keys: Iterable[str], where: str) -> None:
@@ -58,15 +59,15 @@ def _strict(cls: type, data: Any) -> Any:
 
 def check_chat_completion(data: Mapping[str, Any]) -> ChatCompletion:
     for index, choice in enumerate(data.get("choices", [])):
-        _require(choice, ("finish_reason", "index", "message", "logprobs"), f"choices[{index}]")  # CreateChatCompletionResponse
-        _require(choice["message"], ("role", "content", "refusal"), f"choices[{index}].message")  # ChatCompletionResponseMessage
+        require(choice, ("finish_reason", "index", "message", "logprobs"), f"choices[{index}]")  # CreateChatCompletionResponse
+        require(choice["message"], ("role", "content", "refusal"), f"choices[{index}].message")  # ChatCompletionResponseMessage
     _not_null(data, ("usage",), "chat.completion")
     return _strict(ChatCompletion, data)
 
 
 def check_chat_chunk(data: Mapping[str, Any]) -> ChatCompletionChunk:
     for index, choice in enumerate(data.get("choices", [])):
-        _require(choice, ("delta", "index", "finish_reason"), f"choices[{index}]")  # CreateChatCompletionStreamResponse
+        require(choice, ("delta", "index", "finish_reason"), f"choices[{index}]")  # CreateChatCompletionStreamResponse
     return _strict(ChatCompletionChunk, data)
 
 
@@ -75,14 +76,14 @@ RESPONSE_REQUIRED = ("id", "object", "created_at", "error", "incomplete_details"
 
 
 def check_response(data: Mapping[str, Any]) -> Response:
-    _require(data, RESPONSE_REQUIRED, "response")
+    require(data, RESPONSE_REQUIRED, "response")
     _not_null(data, ("usage", "text", "status"), "response")
     for index, tool in enumerate(data.get("tools", [])):
         if tool.get("type") == "function":
-            _require(tool, ("type", "name", "strict", "parameters"), f"response.tools[{index}]")  # FunctionTool
+            require(tool, ("type", "name", "strict", "parameters"), f"response.tools[{index}]")  # FunctionTool
     for index, item in enumerate(data.get("output", [])):
         if item.get("type") == "code_interpreter_call":
-            _require(item, ("id", "status", "container_id", "code", "outputs"), f"response.output[{index}]")
+            require(item, ("id", "status", "container_id", "code", "outputs"), f"response.output[{index}]")
     error = data.get("error")
     if error and error.get("code") in UNLISTED_ERROR_CODES:
         data = {**data, "error": {**error, "code": "server_error"}}
@@ -95,7 +96,7 @@ def check_event(data: Mapping[str, Any]) -> Any:
     if kind not in EVENT_CLASSES:
         raise ShapeError(f"no Responses stream event has the type {kind!r}")
     if kind == "response.function_call_arguments.done":
-        _require(data, ("type", "item_id", "name", "output_index", "arguments", "sequence_number"), kind)
+        require(data, ("type", "item_id", "name", "output_index", "arguments", "sequence_number"), kind)
     if "response" in data:
         check_response(data["response"])
         data = {**data, "response": {**data["response"], "error": None}}  # checked above, unlisted codes included
@@ -103,20 +104,20 @@ def check_event(data: Mapping[str, Any]) -> Any:
 
 
 def check_model(data: Mapping[str, Any]) -> Model:
-    _require(data, ("id", "object", "created", "owned_by"), "model")
+    require(data, ("id", "object", "created", "owned_by"), "model")
     return _strict(Model, data)
 
 
 def check_model_list(data: Mapping[str, Any]) -> list[Model]:
-    _require(data, ("object", "data"), "model list")
+    require(data, ("object", "data"), "model list")
     if data["object"] != "list":
         raise ShapeError(f"a model list has object 'list', not {data['object']!r}")
     return [check_model(model) for model in data["data"]]
 
 
 def check_error(data: Mapping[str, Any]) -> ErrorObject:
-    _require(data, ("error",), "an error body")
-    _require(data["error"], ("message", "type", "param", "code"), "error")  # Error
+    require(data, ("error",), "an error body")
+    require(data["error"], ("message", "type", "param", "code"), "error")  # Error
     return _strict(ErrorObject, data["error"])
 
 

@@ -466,3 +466,31 @@ def test_a_conversation_keeps_its_sequence_against_requests_that_share_only_its_
     assert scheduler.held_tokens()[0][: len(third)] == third
     # A retry of the same turn (a regenerate) keeps its sequence too: its last token alone is read.
     assert ask(third, 2).evaluated == 1 and scheduler.held_tokens()[0][: len(third)] == third
+
+
+def test_a_conversation_changed_in_the_middle_keeps_its_sequence_and_the_others_keep_theirs(make):
+    """After an answer that followed tool calls, harmony drops the reasoning before the calls: the
+    next prompt parts from the conversation's last one in the middle. It still goes to that
+    conversation's sequence (restored from the checkpoint before the reasoning), not to the least
+    recently used one, which holds another conversation that would then be read again."""
+    scripts = {seed: [4000 + seed, STOP] for seed in range(1, 8)}
+    backend, scheduler = make(n_seq=2, n_ctx=4096, n_batch=16, window=WINDOW, scripts=scripts)
+    instructions = list(range(200, 260))
+
+    def ask(prompt, seed):
+        return finish(scheduler.submit(marked(prompt, seed=seed, prefix_length=len(instructions))))[1]
+
+    a1 = instructions + list(range(1000, 1200)) + list(MARK)
+    b1 = instructions + list(range(2000, 2200)) + list(MARK)
+    assert ask(a1, 1).evaluated == len(a1) and ask(b1, 2).cached == len(instructions)
+    reasoning, call, result = list(range(1500, 1540)), [3, 1501, 3], list(range(1600, 1610))
+    a2 = a1 + reasoning + call + result + list(MARK)  # the tool's result, for the answer
+    assert ask(a2, 3).evaluated == len(a2) - len(a1)
+    # The answer is final: the next question's history has the call and result but not the reasoning.
+    a3 = a1 + call + result + [5] + list(range(1700, 1720)) + [6] + list(range(1800, 1830)) + list(MARK)
+    stats = ask(a3, 4)
+    assert (stats.cached, stats.evaluated, stats.restored) == (len(a1), len(a3) - len(a1), len(a1))
+    b2 = b1 + [5] + list(range(2300, 2320)) + [6] + list(range(2400, 2420)) + list(MARK)
+    assert ask(b2, 5).evaluated == len(b2) - len(b1)  # its sequence still holds it
+    held = scheduler.held_tokens()
+    assert held[0][: len(a3)] == a3 and held[1][: len(b2)] == b2

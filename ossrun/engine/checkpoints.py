@@ -137,6 +137,26 @@ def prompt_positions(prompt: Sequence[int], start: int, *, marks: Iterable[Seque
     return sorted(p for p in found if p > start)
 
 
+def first_mark_end(prompt: Sequence[int], start: int, marks: Iterable[Sequence[int]]) -> int | None:
+    """Where the first of ``marks`` at or after ``start`` ends in ``prompt`` (None if none is there)."""
+    ends = []
+    for mark in marks:
+        mark = list(mark)
+        if not mark:
+            continue
+        i = start
+        while True:
+            try:
+                i = prompt.index(mark[0], i)
+            except ValueError:
+                break
+            if list(prompt[i : i + len(mark)]) == mark:
+                ends.append(i + len(mark))
+                break
+            i += 1
+    return min(ends, default=None)
+
+
 def ends_with_mark(tokens: Sequence[int], marks: Iterable[Sequence[int]]) -> bool:
     """Whether the last tokens are one of ``marks`` (a checkpoint goes here in generated text)."""
     for mark in marks:

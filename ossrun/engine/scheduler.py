@@ -7,10 +7,12 @@ Requests wait in arrival order for a free sequence (a *slot*).
 
 - **Placement keeps conversations.** A request goes to a free slot whose conversation it
   continues: it keeps all of the prompt that slot last read (what harmony re-renders of the
-  reply after it may differ: an answered turn loses its reasoning), or all the slot holds.
-  Otherwise it takes an empty slot, else the least recently used one: a request that shares
-  only the instructions with a conversation (a client's title or tag request) never cuts that
-  conversation back to them. If another slot (free or busy) holds a longer prefix of the
+  reply after it may differ: an answered turn loses its reasoning), or all the slot holds; or
+  it shares that slot's first exchange, the instructions and the message after them (after an
+  answer that followed tool calls, harmony drops the reasoning before the calls too: the
+  history changes in the middle). Otherwise it takes an empty slot, else the least
+  recently used one: a request that shares only the instructions with a conversation (a
+  client's title or tag request) never cuts that conversation back to them. If another slot (free or busy) holds a longer prefix of the
   prompt, those cells are shared into the chosen slot (``seq_copy``: the unified KV cache
   stores them once), so the choice of slot costs no evaluation.
   A prompt whose system/developer head is in no slot is restored from the disk prefix
@@ -45,8 +47,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
-from ossrun.engine.checkpoints import (DEFAULT_CHECKPOINT_INTERVAL, Checkpoint, Checkpoints, ends_with_mark, prompt_positions,
-                                       reusable, total_bytes)
+from ossrun.engine.checkpoints import (DEFAULT_CHECKPOINT_INTERVAL, Checkpoint, Checkpoints, ends_with_mark, first_mark_end,
+                                       prompt_positions, reusable, total_bytes)
 from ossrun.engine.memory import DEFAULT_MAX_CHECKPOINTS
 from ossrun.engine.protocol import (EngineFinish, GenerationRequest, GenerationStats, Occupancy, Sampling,
                                     common_prefix_length)
@@ -333,11 +335,22 @@ class Scheduler:
             self._place(self._waiting.popleft(), free)
 
     def _place(self, job: _Job, free: list[_Slot]) -> None:
-        prompt = job.prompt
+        prompt, head = job.prompt, job.request.prefix_length
         reuse = {slot.seq: self._reusable(slot, prompt) for slot in self.slots}
-        continued = [s for s in free if common_prefix_length(s.tokens, prompt) >= min(s.prompt_length, len(s.tokens))]
-        if continued:  # its own conversation, or a slot it loses nothing of (an empty one)
-            slot = max(continued, key=lambda s: (reuse[s.seq][0], -s.last_used))
+        # A slot holds this request's conversation when the request keeps all of the prompt it last
+        # read, or shares its first exchange: the instructions and the first message after them, up
+        # to the first mark (harmony's <|start|>assistant). A title or tag request shares only the
+        # instructions; the next question after tool calls parts later (harmony drops the reasoning
+        # before the calls once they are answered), but after that mark.
+        exchange = first_mark_end(prompt, head, job.request.checkpoint_after) or head + 1
+        common = {s.seq: common_prefix_length(s.tokens, prompt) for s in free}
+        own = [s for s in free if s.tokens and (common[s.seq] >= min(s.prompt_length, len(s.tokens))
+                                                 or common[s.seq] >= exchange)]
+        empty = [s for s in free if not s.tokens]
+        if own:
+            slot = max(own, key=lambda s: (reuse[s.seq][0], -s.last_used))
+        elif empty:
+            slot = empty[0]
         else:  # the least recently used conversation makes room
             slot = min(free, key=lambda s: s.last_used)
         donor = max(self.slots, key=lambda s: reuse[s.seq][0])
@@ -347,7 +360,6 @@ class Scheduler:
         else:
             keep, checkpoint = self._cut(slot, *own), own[1]
         job.stats.restored = checkpoint.length if checkpoint is not None and keep else 0
-        head = job.request.prefix_length
         if keep < head < len(prompt) and self.prefix_store is not None:
             if self._restore(slot, prompt[:head]):
                 keep = head

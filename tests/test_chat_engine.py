@@ -186,15 +186,10 @@ def test_ctrl_c_in_a_terminal_stops_a_long_prefill_and_keeps_the_session(tiny_gg
         terminal.expect(r"reading \d{5} prompt tokens…")  # the prefill of 14000 tokens has started
         terminal.send("\x03")
         stopped = terminal.expect(r"note: interrupted: this answer is not kept; /retry asks again")
+        assert stopped < 1.5
         terminal.expect(r">>> ")
         terminal.send("/stats\r")
         terminal.expect(r"model tiny-gpt-oss · reasoning medium · instructions none · 2 messages · 0 tokens generated")
-        terminal.expect(r">>> ")
-        # The same question, not interrupted: the rest of the prefill (most of it) and 4 tokens. Ctrl-C
-        # stopped it within 1.5 s, or within a quarter of that on a machine so busy it reads slower.
-        terminal.send("/retry\r")
-        whole = terminal.expect(r"prompt \d+ tokens \(\d+ new\)")
-        assert stopped < max(1.5, whole / 4), (stopped, whole)
         terminal.expect(r">>> ")
         terminal.send("\x03")  # at the prompt: leave
         assert terminal.wait() == 0

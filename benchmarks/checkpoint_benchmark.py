@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_tools import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = (11, 12)
@@ -250,16 +251,8 @@ def agent_llama_server(binary: Path, path: Path, prompts: list[list[int]], threa
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("llama-server did not start") from None
-                time.sleep(1)
+        if not wait_until_healthy(server, port):
+            raise RuntimeError("llama-server did not start")
         from ossrun.engine.protocol import common_prefix_length
 
         for number, prompt in enumerate(prompts):

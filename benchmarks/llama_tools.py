@@ -17,6 +17,8 @@ import platform
 import subprocess
 import sys
 import tarfile
+import time
+import urllib.request
 from pathlib import Path
 
 DEFAULT_CACHE = Path.home() / "ossrun-bench" / "llama-tools"
@@ -58,6 +60,21 @@ def llama_server(cache: Path = DEFAULT_CACHE) -> Path:
                     "-DGGML_NATIVE=ON", *flags], check=True, capture_output=True)
     subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", "2"], check=True, capture_output=True)
     return binary
+
+
+def wait_until_healthy(server: subprocess.Popen, port: int, timeout: float = 900) -> bool:
+    """Whether ``server`` (llama-server on 127.0.0.1:``port``) answers /health before ``timeout``
+    seconds pass or it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(1)
 
 
 def main() -> None:

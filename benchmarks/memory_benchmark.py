@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_tools import wait_until_healthy
 
 GiB = 2**30
 FIELDS = ("RssAnon", "RssFile", "VmRSS", "VmHWM")
@@ -89,16 +90,8 @@ def llama_server_run(args, binary: Path, ctx: int, kv_type: str, mode: str) -> d
         command += ["--load-mode", "none"]  # read into memory
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    return {"error": f"llama-server exited with {server.returncode}"}
-                time.sleep(1)
+        if not wait_until_healthy(server, port):
+            return {"error": f"llama-server exited with {server.returncode}"}
         after_load = status(server.pid)
         # A raw completion: a model with random weights writes no harmony its chat parser would take.
         body = {"prompt": PROMPT, "n_predict": 16, "temperature": 0, "ignore_eos": True}

@@ -24,9 +24,14 @@ from pathlib import Path
 
 CAPITALS = ["France", "Kenya", "Peru", "Japan", "Norway", "Chile", "Egypt", "Canada"]
 CITIES = ["Oslo", "Lima", "Tokyo", "Cairo"]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 def question(i: int) -> tuple[str, bool]:
@@ -62,14 +67,34 @@ def lines(count: int) -> list[dict]:
 def batch_seconds(requests: Path, output: Path, parallel: int, threads: int, env: dict) -> tuple[float, dict]:
     output.unlink(missing_ok=True)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ossrun", "batch", str(requests), "-o", str(output), "--demo",
-                    "--parallel", str(parallel), "--threads", str(threads)],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ossrun",
+            "batch",
+            str(requests),
+            "-o",
+            str(output),
+            "--demo",
+            "--parallel",
+            str(parallel),
+            "--threads",
+            str(threads),
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - started
     answers = [json.loads(line) for line in output.read_text().splitlines()]
     ok = sum(1 for a in answers if a["response"] and a["response"]["status_code"] == 200)
-    tokens = sum(a["response"]["body"]["usage"].get("completion_tokens", a["response"]["body"]["usage"].get("output_tokens", 0))
-                 for a in answers if a["response"])
+    tokens = sum(
+        a["response"]["body"]["usage"].get("completion_tokens", a["response"]["body"]["usage"].get("output_tokens", 0))
+        for a in answers
+        if a["response"]
+    )
     return seconds, {"answered": ok, "lines": len(answers), "completion_tokens": tokens}
 
 
@@ -79,8 +104,13 @@ def one_by_one_seconds(requests: list[dict], threads: int, env: dict) -> float:
         body = line["body"]
         text = body["input"] if "input" in body else body["messages"][0]["content"]
         effort = body.get("reasoning_effort") or body["reasoning"]["effort"]
-        subprocess.run([sys.executable, "-m", "ossrun", "run", "--demo", "-r", effort, "--threads", str(threads), text],
-                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "ossrun", "run", "--demo", "-r", effort, "--threads", str(threads), text],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return time.perf_counter() - started
 
 
@@ -97,8 +127,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         env = {**os.environ, "OSSRUN_HOME": str(folder / "home")}
-        subprocess.run([sys.executable, "-m", "ossrun", "run", "--demo", "Hello"], check=True, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # builds the demo GGUF once
+        subprocess.run(
+            [sys.executable, "-m", "ossrun", "run", "--demo", "Hello"],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # builds the demo GGUF once
         requests = lines(args.requests)
         path = folder / "requests.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in requests))
@@ -120,8 +155,12 @@ def main() -> None:
     report = {}
     for way, values in times.items():
         median = statistics.median(values)
-        report[way] = {"median_s": round(median, 1), "runs": [round(v, 1) for v in values],
-                       "speedup_over_batch_parallel_1": round(serial / median, 2), **counts.get(way, {})}
+        report[way] = {
+            "median_s": round(median, 1),
+            "runs": [round(v, 1) for v in values],
+            "speedup_over_batch_parallel_1": round(serial / median, 2),
+            **counts.get(way, {}),
+        }
     print(json.dumps(report, indent=2))
 
 

@@ -77,11 +77,18 @@ def restore(path: Path, threads: int) -> dict:
         engine.close()
     x, y = np.array(restored.logits), np.array(whole.logits)
     cosine = (x * y).sum(axis=1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
-    return {"restored_from": restored.restored, "cached": restored.cached, "evaluated": restored.evaluated,
-            "whole_evaluated": whole.evaluated, "steps": len(x), "cosine_min": float(cosine.min()),
-            "cosine_median": float(np.median(cosine)), "cosines": [round(float(c), 6) for c in cosine],
-            "top1_agreement": float((x.argmax(axis=1) == y.argmax(axis=1)).mean()),
-            "max_abs_diff": float(np.abs(x - y).max())}
+    return {
+        "restored_from": restored.restored,
+        "cached": restored.cached,
+        "evaluated": restored.evaluated,
+        "whole_evaluated": whole.evaluated,
+        "steps": len(x),
+        "cosine_min": float(cosine.min()),
+        "cosine_median": float(np.median(cosine)),
+        "cosines": [round(float(c), 6) for c in cosine],
+        "top1_agreement": float((x.argmax(axis=1) == y.argmax(axis=1)).mean()),
+        "max_abs_diff": float(np.abs(x - y).max()),
+    }
 
 
 # -- 2. q8_0 against f16 --------------------------------------------------------------------------------------------
@@ -94,8 +101,9 @@ def long_prompt(n: int) -> list[int]:
 
     encoding = load_encoding(ROOT / "ossrun" / "data")
     text = (ROOT / "README.md").read_text()
-    ids = render_prompt(encoding, [{"role": "user", "content": "Summarize this document.\n\n" + text}],
-                        PromptSettings(date="2025-08-05"))
+    ids = render_prompt(
+        encoding, [{"role": "user", "content": "Summarize this document.\n\n" + text}], PromptSettings(date="2025-08-05")
+    )
     return ids[:n]
 
 
@@ -137,8 +145,9 @@ def kv_types(path: Path, threads: int, n_tokens: int) -> dict:
                 batch.n_tokens = len(chunk)
                 assert llama_cpp.llama_decode(ctx, batch) == 0, name
                 pointer = llama_cpp.llama_get_logits(ctx)
-                logits[name] = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                                     shape=(len(chunk), vocab)).astype(np.float64)
+                logits[name] = np.ctypeslib.as_array(
+                    ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(len(chunk), vocab)
+                ).astype(np.float64)
             p = _log_softmax(logits["f16"])
             q = _log_softmax(logits["q8_0"])
             kl.extend((np.exp(p) * (p - q)).sum(axis=1).tolist())
@@ -149,8 +158,13 @@ def kv_types(path: Path, threads: int, n_tokens: int) -> dict:
             llama_cpp.llama_free(ctx)
         llama_cpp.llama_model_free(model)
     kl_array = np.array(kl)
-    return {"positions": len(kl), "kl_median": float(np.median(kl_array)), "kl_mean": float(kl_array.mean()),
-            "kl_p99": float(np.percentile(kl_array, 99)), "top1_agreement": float(np.mean(agree))}
+    return {
+        "positions": len(kl),
+        "kl_median": float(np.median(kl_array)),
+        "kl_mean": float(kl_array.mean()),
+        "kl_p99": float(np.percentile(kl_array, 99)),
+        "top1_agreement": float(np.mean(agree)),
+    }
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -176,8 +190,12 @@ def speed(path: Path, threads: int, runs: int, prompt_tokens: int = 1024) -> dic
                 stats = generation.stats
                 prefill.append(stats.evaluated / stats.prefill_seconds)
                 decode.append((stats.generated - 1) / stats.decode_seconds)
-        figures[mode] = {"prefill_tps": statistics.median(prefill), "decode_tps": statistics.median(decode),
-                         "prefill_runs": prefill, "decode_runs": decode}
+        figures[mode] = {
+            "prefill_tps": statistics.median(prefill),
+            "decode_tps": statistics.median(decode),
+            "prefill_runs": prefill,
+            "decode_runs": decode,
+        }
     figures["prefill_ratio"] = figures["small"]["prefill_tps"] / figures["full"]["prefill_tps"]
     figures["decode_ratio"] = figures["small"]["decode_tps"] / figures["full"]["decode_tps"]
     return figures
@@ -187,11 +205,22 @@ def speed(path: Path, threads: int, runs: int, prompt_tokens: int = 1024) -> dic
 
 
 TOOLS = [
-    {"type": "function", "function": {"name": "read_file", "description": "Read a file of the repository.",
-                                      "parameters": {"type": "object", "properties": {"path": {"type": "string"}},
-                                                     "required": ["path"]}}},
-    {"type": "function", "function": {"name": "run_tests", "description": "Run the test suite, or one test file.",
-                                      "parameters": {"type": "object", "properties": {"target": {"type": "string"}}}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "read_file",
+            "description": "Read a file of the repository.",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "run_tests",
+            "description": "Run the test suite, or one test file.",
+            "parameters": {"type": "object", "properties": {"target": {"type": "string"}}},
+        },
+    },
 ]
 
 
@@ -200,8 +229,10 @@ def agent_history(text_tokens: int = 5600) -> tuple[str, list[list[dict]]]:
     calls; between them a final answer and a new question, where harmony drops the first chain's reasoning."""
     readme = (ROOT / "README.md").read_text()
     architecture = (ROOT / "docs" / "architecture.md").read_text()
-    instructions = ("You are a coding agent working in the ossrun repository. Read files and run tests with the tools; "
-                    "explain what you find.\n\n" + (architecture + readme)[: text_tokens * 4])
+    instructions = (
+        "You are a coding agent working in the ossrun repository. Read files and run tests with the tools; "
+        "explain what you find.\n\n" + (architecture + readme)[: text_tokens * 4]
+    )
     files = sorted(p for p in (ROOT / "ossrun").rglob("*.py"))
     messages: list[dict] = [{"role": "user", "content": "Find where the KV cache is planned and check that the tests pass."}]
     turns = [list(messages)]
@@ -212,10 +243,15 @@ def agent_history(text_tokens: int = 5600) -> tuple[str, list[list[dict]]]:
             turns.append(list(messages))
             continue
         target = files[number % len(files)]
-        call = {"id": f"call_{number}", "type": "function",
-                "function": {"name": "read_file", "arguments": json.dumps({"path": str(target.relative_to(ROOT))})}}
-        reasoning = (f"Step {number}: I should look at {target.name} next, to see how it fits with what I read so far "
-                     f"and whether it touches the cache or the scheduler. ") * 3
+        call = {
+            "id": f"call_{number}",
+            "type": "function",
+            "function": {"name": "read_file", "arguments": json.dumps({"path": str(target.relative_to(ROOT))})},
+        }
+        reasoning = (
+            f"Step {number}: I should look at {target.name} next, to see how it fits with what I read so far "
+            f"and whether it touches the cache or the scheduler. "
+        ) * 3
         messages.append({"role": "assistant", "content": None, "reasoning": reasoning, "tool_calls": [call]})
         messages.append({"role": "tool", "tool_call_id": call["id"], "name": "read_file", "content": target.read_text()[:900]})
         turns.append(list(messages))
@@ -234,9 +270,15 @@ def agent_ossrun(path: Path, threads: int, tokens: int) -> tuple[list[dict], lis
             new = len(prompt) - max((common_prefix_length(p, prompt) for p in prompts), default=0)
             started = time.perf_counter()
             reply = model.chat(messages, system=instructions, tools=TOOLS, max_tokens=tokens, temperature=0)
-            rows.append({"prompt": len(prompt), "new": new, "evaluated": reply.timings.prefill_tokens,
-                         "ttft_seconds": round(reply.timings.prefill_seconds, 2),
-                         "wall_seconds": round(time.perf_counter() - started, 2)})
+            rows.append(
+                {
+                    "prompt": len(prompt),
+                    "new": new,
+                    "evaluated": reply.timings.prefill_tokens,
+                    "ttft_seconds": round(reply.timings.prefill_seconds, 2),
+                    "wall_seconds": round(time.perf_counter() - started, 2),
+                }
+            )
             prompts.append(prompt)
             print("ossrun", json.dumps(rows[-1]), flush=True)
     return rows, prompts
@@ -246,9 +288,28 @@ def agent_llama_server(binary: Path, path: Path, prompts: list[list[int]], threa
     from parallel_benchmark import free_port
 
     port = free_port()
-    server = subprocess.Popen([str(binary), "-m", str(path), "-t", str(threads), "-tb", str(threads), "-np", "1",
-                               "-c", "16384", "--host", "127.0.0.1", "--port", str(port), "--no-webui"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            str(binary),
+            "-m",
+            str(path),
+            "-t",
+            str(threads),
+            "-tb",
+            str(threads),
+            "-np",
+            "1",
+            "-c",
+            "16384",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-webui",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rows = []
     try:
         if not wait_until_healthy(server, port):
@@ -257,16 +318,23 @@ def agent_llama_server(binary: Path, path: Path, prompts: list[list[int]], threa
 
         for number, prompt in enumerate(prompts):
             body = {"prompt": prompt, "n_predict": tokens, "temperature": 0, "cache_prompt": True}
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/completion", json.dumps(body).encode(),
-                                             {"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/completion", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
             started = time.perf_counter()
             with urllib.request.urlopen(request, timeout=3600) as response:
                 answer = json.loads(response.read())
             timings = answer["timings"]
             new = len(prompt) - max((common_prefix_length(p, prompt) for p in prompts[:number]), default=0)
-            rows.append({"prompt": len(prompt), "new": new, "evaluated": timings["prompt_n"],
-                         "ttft_seconds": round(timings["prompt_ms"] / 1000, 2),
-                         "wall_seconds": round(time.perf_counter() - started, 2)})
+            rows.append(
+                {
+                    "prompt": len(prompt),
+                    "new": new,
+                    "evaluated": timings["prompt_n"],
+                    "ttft_seconds": round(timings["prompt_ms"] / 1000, 2),
+                    "wall_seconds": round(time.perf_counter() - started, 2),
+                }
+            )
             print("llama-server", json.dumps(rows[-1]), flush=True)
     finally:
         server.terminate()

@@ -32,9 +32,13 @@ from typing import Any
 QUESTION = "What is 38 + 47?"
 LOG_LINE = re.compile(r"^POST /v1/messages (\d+) (\d+)\+(\d+) tokens \((\d+) cached\)(?: effort=\w+)? ([\d.]+)s$")
 CLAUDE_ENV = {  # Claude Code's own switches: offline, and patient with a slow prompt
-    "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1",
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_STREAM_IDLE_TIMEOUT_MS": "7200000",
-    "API_TIMEOUT_MS": "7200000", "ANTHROPIC_AUTH_TOKEN": "unused",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "CLAUDE_STREAM_IDLE_TIMEOUT_MS": "7200000",
+    "API_TIMEOUT_MS": "7200000",
+    "ANTHROPIC_AUTH_TOKEN": "unused",
 }
 
 
@@ -42,8 +46,12 @@ def start_server(model: str, home: Path, ctx: int, threads: int | None) -> tuple
     """The server, its URL, and its stderr lines (a thread keeps reading them)."""
     args = ["--demo"] if model == "demo" else [model]
     args += ["--port", "0", "--parallel", "1", "--ctx", str(ctx)] + (["--threads", str(threads)] if threads else [])
-    server = subprocess.Popen([sys.executable, "-m", "ossrun", "serve", *args], stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OSSRUN_HOME": str(home)})
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ossrun", "serve", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OSSRUN_HOME": str(home)},
+    )
     lines: list[str] = []
     listening = threading.Event()
 
@@ -70,16 +78,16 @@ def served_name(url: str) -> str:
         return json.load(response)["data"][0]["id"]
 
 
-def run_claude(claude: str, url: str, name: str, home: Path, extra: list[str],
-               max_output: int | None) -> tuple[float, str]:
+def run_claude(claude: str, url: str, name: str, home: Path, extra: list[str], max_output: int | None) -> tuple[float, str]:
     env = {**os.environ, **CLAUDE_ENV, "HOME": str(home), "ANTHROPIC_BASE_URL": url}
     if max_output:
         env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(max_output)
     work = home / "work"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    result = subprocess.run([claude, "-p", QUESTION, "--model", name, *extra], cwd=work, env=env, capture_output=True,
-                            text=True, timeout=4 * 3600)
+    result = subprocess.run(
+        [claude, "-p", QUESTION, "--model", name, *extra], cwd=work, env=env, capture_output=True, text=True, timeout=4 * 3600
+    )
     seconds = time.perf_counter() - started
     answer = result.stdout.strip() or result.stderr.strip()  # hitting --max-output-tokens is an error to Claude Code
     return seconds, (answer if result.returncode == 0 else f"(exit {result.returncode}) {answer}")
@@ -96,12 +104,21 @@ def one_run(args: argparse.Namespace) -> list[dict[str, Any]]:
             seconds, answer = run_claude(args.claude, url, name, home / "claude", args.claude_args, args.max_output_tokens)
             time.sleep(1)  # the last request's line is written as its stream closes
             requests = [found for found in map(LOG_LINE.match, lines[before:]) if found]
-            turn: dict[str, Any] = {"session": session, "claude_seconds": round(seconds, 2), "answer": answer[:120],
-                                    "requests": len(requests)}
+            turn: dict[str, Any] = {
+                "session": session,
+                "claude_seconds": round(seconds, 2),
+                "answer": answer[:120],
+                "requests": len(requests),
+            }
             if requests:  # the session's first request: the prompt Claude Code starts with
                 status, prompt, completion, cached, server_seconds = requests[0].groups()
-                turn.update(status=int(status), prompt_tokens=int(prompt), cached_tokens=int(cached),
-                            completion_tokens=int(completion), server_seconds=float(server_seconds))
+                turn.update(
+                    status=int(status),
+                    prompt_tokens=int(prompt),
+                    cached_tokens=int(cached),
+                    completion_tokens=int(completion),
+                    server_seconds=float(server_seconds),
+                )
             turns.append(turn)
     finally:
         server.send_signal(signal.SIGINT)
@@ -130,10 +147,12 @@ def main() -> None:
     for index, session in enumerate(("first", "second")):
         turns = [run[index] for run in runs if "prompt_tokens" in run[index]]
         if turns:
-            print(f"{session} session: prompt {turns[0]['prompt_tokens']} tokens, "
-                  f"{statistics.median(t['prompt_tokens'] - t['cached_tokens'] for t in turns):.0f} evaluated, "
-                  f"server {statistics.median(t['server_seconds'] for t in turns):.1f} s, "
-                  f"claude -p {statistics.median(t['claude_seconds'] for t in turns):.1f} s (medians of {len(turns)})")
+            print(
+                f"{session} session: prompt {turns[0]['prompt_tokens']} tokens, "
+                f"{statistics.median(t['prompt_tokens'] - t['cached_tokens'] for t in turns):.0f} evaluated, "
+                f"server {statistics.median(t['server_seconds'] for t in turns):.1f} s, "
+                f"claude -p {statistics.median(t['claude_seconds'] for t in turns):.1f} s (medians of {len(turns)})"
+            )
 
 
 if __name__ == "__main__":

@@ -222,8 +222,10 @@ def main() -> None:
         o, b = statistics.median(times.ossrun), statistics.median(times.bare)
         interleaved.append((1 / o, 1 / b, b / o))
         overhead += times.overhead
-        print(f"interleaved run {run + 1}: ossrun {1 / o:.3f} tok/s, bare loop {1 / b:.3f} tok/s, ratio {b / o:.3f}, "
-              f"ossrun outside llama.cpp {statistics.median(times.overhead) * 1e6:.0f} us/token")
+        print(
+            f"interleaved run {run + 1}: ossrun {1 / o:.3f} tok/s, bare loop {1 / b:.3f} tok/s, ratio {b / o:.3f}, "
+            f"ossrun outside llama.cpp {statistics.median(times.overhead) * 1e6:.0f} us/token"
+        )
     whole = []
     for run in range(args.runs):
         reply = model.chat(QUESTION, max_tokens=args.tokens, seed=200 + run)
@@ -248,8 +250,10 @@ def main() -> None:
             f"ratio {statistics.median(ratios):.3f} (runs: {', '.join(f'{r:.3f}' for r in ratios)}; target >= 0.97)"
         )
     per_token = statistics.median(overhead)
-    print(f"  ossrun's own work per token (parser, events, loop; outside llama.cpp): median {per_token * 1e6:.0f} us, "
-          f"max {max(overhead) * 1e6:.0f} us = {per_token * statistics.median(r[0] for r in interleaved) * 100:.3f}% of a token")
+    print(
+        f"  ossrun's own work per token (parser, events, loop; outside llama.cpp): median {per_token * 1e6:.0f} us, "
+        f"max {max(overhead) * 1e6:.0f} us = {per_token * statistics.median(r[0] for r in interleaved) * 100:.3f}% of a token"
+    )
     print("time to first token (prompt tokens evaluated / prompt tokens):")
     for label, (seconds, evaluated, total) in [
         ("first turn, empty cache", first),

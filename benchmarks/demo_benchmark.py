@@ -44,8 +44,10 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} at start")
     builds = [build_seconds() for _ in range(args.builds)]
     times = [seconds for seconds, _ in builds]
-    print(f"demo build from the compact checkpoint: median {statistics.median(times):.1f} s "
-          f"(runs: {', '.join(f'{t:.1f}' for t in times)}), GGUF {builds[0][1] / 2**20:.0f} MiB")
+    print(
+        f"demo build from the compact checkpoint: median {statistics.median(times):.1f} s "
+        f"(runs: {', '.join(f'{t:.1f}' for t in times)}), GGUF {builds[0][1] / 2**20:.0f} MiB"
+    )
 
     home = tempfile.mkdtemp()
     os.environ["OSSRUN_HOME"] = home

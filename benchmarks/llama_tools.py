@@ -37,8 +37,22 @@ def sources(cache: Path, version: str) -> Path:
     if (source / "CMakeLists.txt").exists():
         return source
     cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    f"llama-cpp-python=={version}", "-d", str(cache)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={version}",
+            "-d",
+            str(cache),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (archive,) = cache.glob(f"llama_cpp_python-{version}.tar.gz")
     with tarfile.open(archive) as tar:
         tar.extractall(cache, filter="data")
@@ -55,9 +69,24 @@ def llama_server(cache: Path = DEFAULT_CACHE) -> Path:
         return binary
     source = sources(cache, version)
     flags = [f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"] if platform.machine() in ("x86_64", "AMD64") else []
-    subprocess.run(["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
-                    "-DGGML_NATIVE=ON", *flags], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(source),
+            "-B",
+            str(build),
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=ON",
+            "-DGGML_NATIVE=ON",
+            *flags,
+        ],
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", "2"], check=True, capture_output=True)
     return binary
 

@@ -51,8 +51,9 @@ def child(args) -> None:
     cache = memory.CacheSettings.parse(args.kv_type, swa_full=args.mode == "full")
     planned = memory.plan(check_gpt_oss(args.model), args.ctx[0], cache=cache)
     started = time.perf_counter()
-    with ossrun.load(args.model, ctx=args.ctx[0], kv_type=args.kv_type, swa_full=args.mode == "full",
-                     threads=args.threads) as model:
+    with ossrun.load(
+        args.model, ctx=args.ctx[0], kv_type=args.kv_type, swa_full=args.mode == "full", threads=args.threads
+    ) as model:
         loaded = time.perf_counter() - started
         after_load = status()
         reply = model.chat([{"role": "user", "content": PROMPT}], max_tokens=16, temperature=0, reasoning_effort="low")
@@ -62,19 +63,44 @@ def child(args) -> None:
             long_prompt = " ".join(f"w{i}" for i in range(LONG_PROMPT_WORDS))
             model.chat([{"role": "user", "content": long_prompt}], max_tokens=1, temperature=0, reasoning_effort="low")
             after_long = status()
-    print(json.dumps({"load_seconds": round(loaded, 1), "after_load": after_load, "after_16_tokens": after,
-                      "after_long_prompt": after_long,
-                      "generated": reply.usage.completion_tokens, "planned": planned.total,
-                      "planned_parts": {k: getattr(planned, k) for k in ("experts", "weights", "kv_cache", "checkpoints",
-                                                                         "compute", "outputs", "runtime")}}))
+    print(
+        json.dumps(
+            {
+                "load_seconds": round(loaded, 1),
+                "after_load": after_load,
+                "after_16_tokens": after,
+                "after_long_prompt": after_long,
+                "generated": reply.usage.completion_tokens,
+                "planned": planned.total,
+                "planned_parts": {
+                    k: getattr(planned, k)
+                    for k in ("experts", "weights", "kv_cache", "checkpoints", "compute", "outputs", "runtime")
+                },
+            }
+        )
+    )
 
 
 def ossrun_run(args, ctx: int, kv_type: str, mode: str) -> dict:
-    command = [sys.executable, __file__, "--child", "--model", str(args.model), "--ctx", str(ctx), "--kv-type", kv_type,
-               "--mode", mode, "--threads", str(args.threads), *(["--long-prompt"] if args.long_prompt else [])]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--model",
+        str(args.model),
+        "--ctx",
+        str(ctx),
+        "--kv-type",
+        kv_type,
+        "--mode",
+        mode,
+        "--threads",
+        str(args.threads),
+        *(["--long-prompt"] if args.long_prompt else []),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if result.returncode:
-        return {"error": result.stderr.strip().splitlines()[-1:] }
+        return {"error": result.stderr.strip().splitlines()[-1:]}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -82,8 +108,28 @@ def llama_server_run(args, binary: Path, ctx: int, kv_type: str, mode: str) -> d
     from parallel_benchmark import free_port
 
     port = free_port()
-    command = [str(binary), "-m", str(args.model), "-t", str(args.threads), "-tb", str(args.threads), "-np", "1",
-               "-c", str(ctx), "-ctk", kv_type, "-ctv", kv_type, "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
+    command = [
+        str(binary),
+        "-m",
+        str(args.model),
+        "-t",
+        str(args.threads),
+        "-tb",
+        str(args.threads),
+        "-np",
+        "1",
+        "-c",
+        str(ctx),
+        "-ctk",
+        kv_type,
+        "-ctv",
+        kv_type,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-webui",
+    ]
     if mode == "full":
         command.append("--swa-full")
     if args.llama_read:
@@ -95,8 +141,9 @@ def llama_server_run(args, binary: Path, ctx: int, kv_type: str, mode: str) -> d
         after_load = status(server.pid)
         # A raw completion: a model with random weights writes no harmony its chat parser would take.
         body = {"prompt": PROMPT, "n_predict": 16, "temperature": 0, "ignore_eos": True}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/completion", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/completion", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=1800) as response:
             answer = json.loads(response.read())
         return {"after_load": after_load, "after_16_tokens": status(server.pid), "generated": answer["tokens_predicted"]}
@@ -117,8 +164,9 @@ def main() -> None:
     parser.add_argument("--mode", nargs="+", default=["small", "full"], choices=["small", "full"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-server", type=Path, help="default: build it (benchmarks/llama_tools.py)")
-    parser.add_argument("--llama-read", action="store_true",
-                        help="llama-server reads the weights into memory instead of mapping the file")
+    parser.add_argument(
+        "--llama-read", action="store_true", help="llama-server reads the weights into memory instead of mapping the file"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["ossrun", "llama-server"])
     parser.add_argument("--configs", nargs="*", help="CTX:TYPE:MODE items, in this order, instead of every combination")
     parser.add_argument("--long-prompt", action="store_true", help="also measure after a 1200-token prompt")
@@ -161,8 +209,11 @@ def main() -> None:
                 continue
             after, planned = figures["after_16_tokens"], figures.get("planned")
             ratio = f"{planned / after['VmRSS']:.3f}" if planned else "-"
-            print(f"{ctx:<7} {kv_type:<5} {mode:<6} {runner:<12} {gib(after['RssAnon']):>5} {gib(after['RssFile']):>5} "
-                  f"{gib(after['VmRSS']):>5} {gib(after['VmHWM']):>5} {gib(planned):>8} {ratio:>8}", flush=True)
+            print(
+                f"{ctx:<7} {kv_type:<5} {mode:<6} {runner:<12} {gib(after['RssAnon']):>5} {gib(after['RssFile']):>5} "
+                f"{gib(after['VmRSS']):>5} {gib(after['VmHWM']):>5} {gib(planned):>8} {ratio:>8}",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -25,8 +25,9 @@ STORY = "Please read this story to the end. " + "The fox ran over the hill and b
 
 
 def start(model: list[str]) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen([sys.executable, "-m", "ossrun", "serve", *model, "--port", "0", "--parallel", "2"],
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ossrun", "serve", *model, "--port", "0", "--parallel", "2"], stderr=subprocess.PIPE, text=True
+    )
     for line in process.stderr:
         match = re.search(r"listening on http://\S+:(\d+)/v1", line)
         if match:
@@ -51,8 +52,12 @@ def busy(port: int) -> float:
 def read_until_the_prompt_is_being_read(port: int, model: str, content: str) -> http.client.HTTPConnection:
     """A streamed request, read until a ``: prefill N/M`` comment with N > 0."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    connection.request("POST", "/v1/chat/completions", json.dumps({"model": model, "stream": True, "messages": [
-        {"role": "user", "content": content}]}), {"Content-Type": "application/json"})
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": content}]}),
+        {"Content-Type": "application/json"},
+    )
     response = connection.getresponse()
     if response.status != 200:
         raise SystemExit(f"the server answered {response.status}: {response.read().decode()}")
@@ -73,8 +78,14 @@ def main() -> None:
         model = json.loads(get(port, "/v1/models"))["data"][0]["id"]
         for number in range(3):
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-            connection.request("POST", "/v1/chat/completions", json.dumps({"model": model, "max_tokens": 16, "messages": [
-                {"role": "user", "content": f"What is {10 + number} + 20?"}]}), {"Content-Type": "application/json"})
+            connection.request(
+                "POST",
+                "/v1/chat/completions",
+                json.dumps(
+                    {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": f"What is {10 + number} + 20?"}]}
+                ),
+                {"Content-Type": "application/json"},
+            )
             connection.getresponse().read()
             connection.close()
         scrapes = []
@@ -91,8 +102,11 @@ def main() -> None:
             while busy(port) != 0:
                 time.sleep(0.01)
             freed.append((time.perf_counter() - started) * 1000)
-        print("sequence free after the client left mid-prefill: " + ", ".join(f"{ms:.0f} ms" for ms in freed)
-              + f" (median {statistics.median(freed):.0f} ms)")
+        print(
+            "sequence free after the client left mid-prefill: "
+            + ", ".join(f"{ms:.0f} ms" for ms in freed)
+            + f" (median {statistics.median(freed):.0f} ms)"
+        )
     finally:
         process.terminate()
         process.wait(30)

@@ -74,8 +74,11 @@ def ossrun_streams(model, counts, tokens: int, serial: bool = False) -> dict:
             aggregate = sum(r.timings.decode_tokens for r in replies) / decoding
         else:
             aggregate = sum(rates)
-        return {"aggregate": aggregate, "per_request": statistics.mean(rates),
-                "wall_tokens_per_second": sum(r.usage.completion_tokens for r in replies) / wall}
+        return {
+            "aggregate": aggregate,
+            "per_request": statistics.mean(rates),
+            "wall_tokens_per_second": sum(r.usage.completion_tokens for r in replies) / wall,
+        }
 
     return concurrent_runs(counts, lambda i, attempt: model.chat(asked[i], max_tokens=tokens, seed=attempt), measure)
 
@@ -114,8 +117,9 @@ def logits_agreement(model, tokens: int, prompts: int = 3) -> dict:
     from ossrun.engine.protocol import GenerationRequest, Sampling
 
     def run(ids: tuple[int, ...], forced: tuple[int, ...] = ()) -> tuple[list[int], np.ndarray]:
-        generation = model.engine.generate(GenerationRequest(ids, Sampling(temperature=0), max_tokens=tokens,
-                                                             record_logits=True, forced=forced))
+        generation = model.engine.generate(
+            GenerationRequest(ids, Sampling(temperature=0), max_tokens=tokens, record_logits=True, forced=forced)
+        )
         sampled = list(generation)
         return sampled, np.array(generation.stats.logits, dtype=np.float64)
 
@@ -128,8 +132,10 @@ def logits_agreement(model, tokens: int, prompts: int = 3) -> dict:
         ids = tuple(model.render(question))
         path, alone = run(ids)
         _, again = run(ids, tuple(path))
-        others = [model.engine.generate(GenerationRequest(tuple(model.render(m)), Sampling(seed=3), max_tokens=tokens * 4))
-                  for m in questions(4)[1:]]
+        others = [
+            model.engine.generate(GenerationRequest(tuple(model.render(m)), Sampling(seed=3), max_tokens=tokens * 4))
+            for m in questions(4)[1:]
+        ]
         time.sleep(1)  # the three are decoding by now
         _, beside = run(ids, tuple(path))
         for other in others:
@@ -139,8 +145,11 @@ def logits_agreement(model, tokens: int, prompts: int = 3) -> dict:
         spreads.extend(alone.max(axis=1) - alone.min(axis=1))
         top = np.sort(alone, axis=1)[:, -2:]
         gaps.extend(top[:, 1] - top[:, 0])
-    report: dict = {"steps": len(spreads), "median_logit_spread": round(float(np.median(spreads)), 4),
-                    "median_top1_gap": round(float(np.median(gaps)), 5)}
+    report: dict = {
+        "steps": len(spreads),
+        "median_logit_spread": round(float(np.median(spreads)), 4),
+        "median_top1_gap": round(float(np.median(gaps)), 5),
+    }
     for name, pairs in found.items():
         cosine = np.concatenate([c for c, _ in pairs])
         agree = np.concatenate([t for _, t in pairs])
@@ -162,9 +171,30 @@ def free_port() -> int:
 
 def llama_server_streams(binary: Path, gguf: Path, prompts: list[list[int]], counts, tokens: int, threads: int) -> dict:
     port = free_port()
-    server = subprocess.Popen([str(binary), "-m", str(gguf), "-t", str(threads), "-tb", str(threads), "-np", str(MAX_PARALLEL),
-                               "-c", str(1024 * MAX_PARALLEL), "--kv-unified", "--swa-full", "--host", "127.0.0.1",
-                               "--port", str(port), "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            str(binary),
+            "-m",
+            str(gguf),
+            "-t",
+            str(threads),
+            "-tb",
+            str(threads),
+            "-np",
+            str(MAX_PARALLEL),
+            "-c",
+            str(1024 * MAX_PARALLEL),
+            "--kv-unified",
+            "--swa-full",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-webui",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -176,10 +206,20 @@ def llama_server_streams(binary: Path, gguf: Path, prompts: list[list[int]], cou
                 time.sleep(1)
 
         def complete(ids, seed):
-            body = {"prompt": ids, "n_predict": tokens, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
-                    "ignore_eos": True, "seed": seed, "cache_prompt": False}
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/completion", json.dumps(body).encode(),
-                                             {"Content-Type": "application/json"})
+            body = {
+                "prompt": ids,
+                "n_predict": tokens,
+                "temperature": 1.0,
+                "top_k": 0,
+                "top_p": 1.0,
+                "min_p": 0.0,
+                "ignore_eos": True,
+                "seed": seed,
+                "cache_prompt": False,
+            }
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/completion", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(request, timeout=3600) as response:
                 return json.loads(response.read())["timings"]
 
@@ -244,7 +284,8 @@ def main() -> None:
         if "llama-server" not in args.skip:
             print(f"llama-server ({binary})", flush=True)
             report["rounds"].setdefault("llama_server", []).append(
-                llama_server_streams(binary, args.model, prompts, args.streams, args.tokens, args.threads))
+                llama_server_streams(binary, args.model, prompts, args.streams, args.tokens, args.threads)
+            )
     if "serial" not in args.skip:
         print("ossrun --parallel 1", flush=True)
         with ossrun.load(args.model, ctx=1024 * MAX_PARALLEL, parallel=1, threads=args.threads) as model:
@@ -258,9 +299,12 @@ def main() -> None:
     if "ossrun_parallel_8" in rounds and "llama_server" in rounds:
         pairs = list(zip(rounds["ossrun_parallel_8"], rounds["llama_server"], strict=True))
         report["ossrun_over_llama_server"] = {
-            n: {"median": round(statistics.median(ours[n]["aggregate"] / theirs[n]["aggregate"] for ours, theirs in pairs), 3),
-                "rounds": [round(ours[n]["aggregate"] / theirs[n]["aggregate"], 3) for ours, theirs in pairs]}
-            for n in args.streams}
+            n: {
+                "median": round(statistics.median(ours[n]["aggregate"] / theirs[n]["aggregate"] for ours, theirs in pairs), 3),
+                "rounds": [round(ours[n]["aggregate"] / theirs[n]["aggregate"], 3) for ours, theirs in pairs],
+            }
+            for n in args.streams
+        }
     if "ossrun_parallel_8" in report and "ossrun_parallel_1" in report:
         report["ossrun_over_parallel_1"] = {
             n: round(report["ossrun_parallel_8"][n]["aggregate"] / report["ossrun_parallel_1"][n]["aggregate"], 3)

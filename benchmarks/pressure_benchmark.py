@@ -56,8 +56,9 @@ class Hog:
     """Another process holding ``gib`` GiB of anonymous memory until closed."""
 
     def __init__(self, gib: float):
-        self.process = subprocess.Popen([sys.executable, "-c", HOG, str(int(gib * GiB))], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HOG, str(int(gib * GiB))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         if self.process.stdout.readline().strip() != "ready":
             raise RuntimeError("the memory hog did not start")
 
@@ -85,8 +86,23 @@ def mem_available() -> int:
 def chat_run(model: Path, tokens: int, threads: int) -> dict:
     """One question through ``ossrun chat --ctx auto`` on a pipe: the context its banner names, the decode speed
     its stats line gives."""
-    command = [sys.executable, "-m", "ossrun", "chat", str(model), "--ctx", "auto", "--threads", str(threads),
-               "--temperature", "0", "--max-tokens", str(tokens), "-r", "low"]
+    command = [
+        sys.executable,
+        "-m",
+        "ossrun",
+        "chat",
+        str(model),
+        "--ctx",
+        "auto",
+        "--threads",
+        str(threads),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        str(tokens),
+        "-r",
+        "low",
+    ]
     result = subprocess.run(command, input=QUESTION + "\n", capture_output=True, text=True, timeout=1800)
     banner = re.search(r"ctx (\d+) \(auto\)", result.stderr)
     speed = re.search(r"decode (\d+) tokens at ([\d.]+) tok/s", result.stderr)
@@ -101,8 +117,21 @@ def serve_run(model: Path, tokens: int, threads: int) -> dict:
     from parallel_benchmark import free_port
 
     port = free_port()
-    command = [sys.executable, "-m", "ossrun", "serve", str(model), "--ctx", "auto", "--threads", str(threads),
-               "--parallel", "1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "ossrun",
+        "serve",
+        str(model),
+        "--ctx",
+        "auto",
+        "--threads",
+        str(threads),
+        "--parallel",
+        "1",
+        "--port",
+        str(port),
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     listening = threading.Event()
@@ -124,10 +153,16 @@ def serve_run(model: Path, tokens: int, threads: int) -> dict:
         speeds = []
         for question in (QUESTION, QUESTION + " Keep it short."):
             before = server_metrics(base)
-            body = {"model": name, "messages": [{"role": "user", "content": question}], "max_tokens": tokens,
-                    "temperature": 0, "reasoning_effort": "low"}
-            request = urllib.request.Request(f"{base}/v1/chat/completions", json.dumps(body).encode(),
-                                             {"Content-Type": "application/json"})
+            body = {
+                "model": name,
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": tokens,
+                "temperature": 0,
+                "reasoning_effort": "low",
+            }
+            request = urllib.request.Request(
+                f"{base}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(request, timeout=1800) as response:
                 json.loads(response.read())
             after = server_metrics(base)
@@ -135,8 +170,12 @@ def serve_run(model: Path, tokens: int, threads: int) -> dict:
             speeds.append(generated / (after["decode_seconds_total"] - before["decode_seconds_total"]))
         if not chosen:
             return {"error": "".join(lines)[-500:]}
-        return {"ctx": int(chosen.group(1)), "tokens": tokens, "first_tokens_per_second": speeds[0],
-                "tokens_per_second": speeds[1]}
+        return {
+            "ctx": int(chosen.group(1)),
+            "tokens": tokens,
+            "first_tokens_per_second": speeds[0],
+            "tokens_per_second": speeds[1],
+        }
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -235,8 +274,9 @@ print(json.dumps({"tokens_per_second": 1 / sorted(times[4:])[len(times[4:]) // 2
 
 
 def bare_run(model: Path, mode: str, tokens: int, threads: int, ranges: dict) -> dict:
-    result = subprocess.run([sys.executable, "-c", BARE, str(model), mode, str(tokens), str(threads)],
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [sys.executable, "-c", BARE, str(model), mode, str(tokens), str(threads)], capture_output=True, text=True, timeout=1800
+    )
     if result.returncode:
         return {"error": f"exit {result.returncode}: {result.stderr.strip()[-500:]}"}
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -248,8 +288,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--hog", type=float, default=8.0, help="GiB the other process holds")
-    parser.add_argument("--leave", type=float, help="instead of --hog: hold all but this many GiB of what is available "
-                                                     "(on a host other work shares, what a 16 GiB machine leaves: 14.5)")
+    parser.add_argument(
+        "--leave",
+        type=float,
+        help="instead of --hog: hold all but this many GiB of what is available "
+        "(on a host other work shares, what a 16 GiB machine leaves: 14.5)",
+    )
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=["chat", "serve", "pages"])

@@ -89,8 +89,13 @@ def time_downloads(data: bytes, work: Path) -> tuple[float, float]:
         for command in ([sys.executable, "-m", "ossrun", "pull", "bench"], [sys.executable, "-c", PLAIN_DOWNLOAD]):
             home, hf_home = Path(tempfile.mkdtemp(dir=work)), Path(tempfile.mkdtemp(dir=work))
             (home / "models.toml").write_text(BENCH_ENTRY)
-            env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(hf_home), "OSSRUN_HOME": str(home),
-                   "HF_HUB_DISABLE_XET": "1"}
+            env = {
+                **os.environ,
+                "HF_ENDPOINT": hub.url,
+                "HF_HOME": str(hf_home),
+                "OSSRUN_HOME": str(home),
+                "HF_HUB_DISABLE_XET": "1",
+            }
             env.pop("HF_HUB_OFFLINE", None)
             start = time.perf_counter()
             subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -128,8 +133,10 @@ def main() -> None:
     if downloads:
         ossrun_pull, plain = zip(*downloads, strict=True)
         ratios = [a / b for a, b in downloads]
-        print(f"over loopback: ossrun pull {statistics.median(ossrun_pull):.1f} s (download + sha256 + cache), "
-              f"plain hf_hub_download {statistics.median(plain):.1f} s, ratio {statistics.median(ratios):.2f}")
+        print(
+            f"over loopback: ossrun pull {statistics.median(ossrun_pull):.1f} s (download + sha256 + cache), "
+            f"plain hf_hub_download {statistics.median(plain):.1f} s, ratio {statistics.median(ratios):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ def answer_pieces(target_tokens: int) -> list[str]:
             f"## Part {n}\n\n"
             f"Part {n} explains *why* the loop runs in **linear** time: each element is visited once, "
             f"and the `seen` set answers membership in constant time on average.\n\n"
-            f"Steps:\n" + "".join(f"{i}. step {i} of part {n}, with `code` and more words\n" for i in range(1, 12))
-            + "\n```python\n" + "".join(f"def f_{n}_{i}(x):\n    return x * {i}  # note {i}\n" for i in range(8))
+            f"Steps:\n"
+            + "".join(f"{i}. step {i} of part {n}, with `code` and more words\n" for i in range(1, 12))
+            + "\n```python\n"
+            + "".join(f"def f_{n}_{i}(x):\n    return x * {i}  # note {i}\n" for i in range(8))
             + "```\n\n> A quoted remark\n> on two lines.\n\n"
             + "- a bullet\n- another bullet with **bold**\n- a third\n\n"
         )
@@ -81,7 +83,7 @@ def time_whole_rerender(pieces: list[str]) -> list[float]:
 def by_tenth(times: list[float]) -> list[tuple[float, float, float]]:
     """(median, mean, worst) milliseconds per token in each tenth of the answer."""
     size = len(times) // 10
-    tenths = [times[i * size:(i + 1) * size] for i in range(10)]
+    tenths = [times[i * size : (i + 1) * size] for i in range(10)]
     return [(statistics.median(t) * 1e3, statistics.fmean(t) * 1e3, max(t) * 1e3) for t in tenths]
 
 

@@ -77,16 +77,22 @@ def cut_short_gguf(folder: Path, layers: int, experts: int) -> Path:
     if output.is_file():
         return output
     config = json.loads((convert_benchmark.REFERENCE / "config.json").read_text())
-    config.update(num_hidden_layers=layers, num_local_experts=experts, num_experts_per_tok=min(4, experts),
-                  experts_per_token=min(4, experts), layer_types=config["layer_types"][:layers])
+    config.update(
+        num_hidden_layers=layers,
+        num_local_experts=experts,
+        num_experts_per_tok=min(4, experts),
+        experts_per_token=min(4, experts),
+        layer_types=config["layer_types"][:layers],
+    )
     checkpoint = Path(tempfile.mkdtemp(prefix="checkpoint-", dir=folder))
     try:
         (checkpoint / "config.json").write_text(json.dumps(config))
         for name in ("generation_config.json", "chat_template.jinja"):
             shutil.copyfile(convert_benchmark.REFERENCE / name, checkpoint / name)
         write_tokenizer_files(convert_benchmark.TIKTOKEN, checkpoint)
-        convert_benchmark.write_shard(checkpoint / "model.safetensors", convert_benchmark.tensor_specs(config),
-                                      np.random.default_rng(0))
+        convert_benchmark.write_shard(
+            checkpoint / "model.safetensors", convert_benchmark.tensor_specs(config), np.random.default_rng(0)
+        )
         convert(checkpoint, output)
     finally:
         shutil.rmtree(checkpoint)
@@ -141,8 +147,9 @@ def measure(model_path: Path, args, rpc=None, relays=()) -> dict:
             steps = stats.evaluated + stats.generated - 1
             figures["decode_bytes"] = [(r.to_worker / steps, r.from_worker / steps) for r in relays]
     model.close()
-    figures.update(prefill_tps=statistics.median(prefill), decode_tps=statistics.median(decode),
-                   prefill_runs=prefill, decode_runs=decode)
+    figures.update(
+        prefill_tps=statistics.median(prefill), decode_tps=statistics.median(decode), prefill_runs=prefill, decode_runs=decode
+    )
     return figures
 
 
@@ -174,8 +181,11 @@ def main() -> None:
     os.environ.setdefault("OSSRUN_RPC_TIMEOUT", "600")
     caches = [home / "cache-a", home / "cache-b"]
     size = model_path.stat().st_size
-    print(f"{model_path.name}: {size / 1e9:.2f} GB; {args.threads or 'default'} threads; context {args.ctx}; "
-          f"prompt {args.prompt} tokens; {args.tokens} decoded tokens; {args.runs} runs", flush=True)
+    print(
+        f"{model_path.name}: {size / 1e9:.2f} GB; {args.threads or 'default'} threads; context {args.ctx}; "
+        f"prompt {args.prompt} tokens; {args.tokens} decoded tokens; {args.runs} runs",
+        flush=True,
+    )
 
     results = {}
     ossrun.load(model_path, ctx=args.ctx, threads=args.threads).close()  # page cache warm for every load below
@@ -220,8 +230,12 @@ def report(results: dict, args, cache_bytes: list[int]) -> None:
     print()
     print(results["cold"]["placement"])
     print(f"{'':34s} {'load':>9s} {'prefill':>13s} {'decode':>13s}")
-    for key, label in [("local", "local (MXFP4 repack)"), ("plain", "local, plain kernels (as a worker)"),
-                       ("cold", "2 workers, empty caches"), ("warm", "2 workers, caches filled")]:
+    for key, label in [
+        ("local", "local (MXFP4 repack)"),
+        ("plain", "local, plain kernels (as a worker)"),
+        ("cold", "2 workers, empty caches"),
+        ("warm", "2 workers, caches filled"),
+    ]:
         r = results[key]
         runs = ", ".join(f"{t:.2f}" for t in r["decode_runs"])
         print(
@@ -233,9 +247,11 @@ def report(results: dict, args, cache_bytes: list[int]) -> None:
         f"{plain['decode_tps'] / local['decode_tps']:.2f}; prefill split / local {warm['prefill_tps'] / local['prefill_tps']:.2f}"
     )
     cold, hot = results["bytes_cold"], results["bytes_warm"]
-    print(f"bytes sent to the workers at load: empty caches {', '.join(f'{b / 1e9:.2f} GB' for b in cold['load_bytes'])}; "
-          f"caches filled {', '.join(f'{b / 1e6:.1f} MB' for b in hot['load_bytes'])} (caches hold "
-          f"{', '.join(f'{b / 1e9:.2f} GB' for b in cache_bytes)})")
+    print(
+        f"bytes sent to the workers at load: empty caches {', '.join(f'{b / 1e9:.2f} GB' for b in cold['load_bytes'])}; "
+        f"caches filled {', '.join(f'{b / 1e6:.1f} MB' for b in hot['load_bytes'])} (caches hold "
+        f"{', '.join(f'{b / 1e9:.2f} GB' for b in cache_bytes)})"
+    )
     for phase in ("prefill", "decode"):
         per_worker = hot[f"{phase}_bytes"]
         text = "; ".join(

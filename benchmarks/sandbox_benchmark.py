@@ -62,9 +62,11 @@ def try_bounds() -> None:
     limits = SandboxLimits(memory_bytes=512 * MiB, cpu_seconds=2, timeout=60, disk_bytes=256 * MiB)
     with PythonSandbox(limits) as box:
         print("bounds for a run as a whole: " + ", ".join(f"{name} {how}" for name, how in box.totals().items()))
-        for name, code, unit in (("memory, 3 processes, bound 512 MiB", MEMORY, "MiB held"),
-                                 ("CPU time, 3 processes, bound 2 s", SPIN, ""),
-                                 ("disk, one file, bound 256 MiB", DISK, "MiB written")):
+        for name, code, unit in (
+            ("memory, 3 processes, bound 512 MiB", MEMORY, "MiB held"),
+            ("CPU time, 3 processes, bound 2 s", SPIN, ""),
+            ("disk, one file, bound 256 MiB", DISK, "MiB written"),
+        ):
             started = time.perf_counter()
             result = box.run(code)
             seconds = time.perf_counter() - started

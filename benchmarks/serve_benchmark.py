@@ -105,8 +105,12 @@ def decode_ratio(model, server: InProcessServer, runs: int, tokens: int) -> dict
         other = http_stream(server.port, {"model": "bench", "messages": messages, **options})
         over_http.append(other["tokens"] / other["seconds"])
     ratios = [h / a for h, a in zip(over_http, api, strict=True)]
-    return {"api_tokens_per_s": round(statistics.median(api), 3), "http_tokens_per_s": round(statistics.median(over_http), 3),
-            "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios]}
+    return {
+        "api_tokens_per_s": round(statistics.median(api), 3),
+        "http_tokens_per_s": round(statistics.median(over_http), 3),
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratios": [round(r, 3) for r in ratios],
+    }
 
 
 def first_tokens(port: int, tokens: int) -> tuple[dict, dict]:
@@ -193,8 +197,9 @@ def main() -> None:
 
         process, port = serve_load.start_demo_server(4, 32, args.threads)
         try:
-            report["demo_load_test"] = serve_load.run("127.0.0.1", port, process.pid, requests=args.load_requests,
-                                                      clients=16, model="demo", seed=0)
+            report["demo_load_test"] = serve_load.run(
+                "127.0.0.1", port, process.pid, requests=args.load_requests, clients=16, model="demo", seed=0
+            )
         finally:
             process.terminate()
             process.wait(30)

@@ -27,15 +27,19 @@ BOMBS = {  # schemas that once took the server down (a SIGSEGV) or took gigabyte
     "minItems 10^7": {"type": "array", "items": {"type": "integer"}, "minItems": 10**7},
     "minLength 10^9": {"type": "string", "minLength": 10**9},
 }
-LARGEST = {"type": "object", "required": ["a"], "properties": {  # every bound at once (see tests/test_formats.py)
-    "a": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 1000},
-    "b": {"type": "array", "items": {"type": "string", "maxLength": 1000}, "maxItems": 1000},
-    "c": {"type": "string", "minLength": 1000, "maxLength": 1000},
-    "d": {"type": "string", "maxLength": 1000},
-    "e": {"type": "string", "pattern": "^[a-z]{0,1000}-[0-9]{1000}$"},
-    "f": {"type": "string", "pattern": "[a-z]{2,1000}"},
-    "g": {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(256)}},
-}}
+LARGEST = {
+    "type": "object",
+    "required": ["a"],
+    "properties": {  # every bound at once (see tests/test_formats.py)
+        "a": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 1000},
+        "b": {"type": "array", "items": {"type": "string", "maxLength": 1000}, "maxItems": 1000},
+        "c": {"type": "string", "minLength": 1000, "maxLength": 1000},
+        "d": {"type": "string", "maxLength": 1000},
+        "e": {"type": "string", "pattern": "^[a-z]{0,1000}-[0-9]{1000}$"},
+        "f": {"type": "string", "pattern": "[a-z]{2,1000}"},
+        "g": {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(256)}},
+    },
+}
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -55,8 +59,12 @@ def post(port: int, body: dict) -> tuple[int, float]:
 
 
 def with_format(schema: dict, **extra) -> dict:
-    return {"model": "demo", "messages": QUESTION, "response_format": {"type": "json_schema", "json_schema": {
-        "name": "x", "schema": schema}}, **extra}
+    return {
+        "model": "demo",
+        "messages": QUESTION,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        **extra,
+    }
 
 
 def health_seconds(port: int) -> float:
@@ -75,8 +83,9 @@ def main() -> None:
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this client holds the idle sockets
-    server = subprocess.Popen([sys.executable, "-m", "ossrun", "serve", "--demo", "--port", "0", "--threads", "2"],
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ossrun", "serve", "--demo", "--port", "0", "--threads", "2"], stderr=subprocess.PIPE, text=True
+    )
     try:
         line = ""
         while "listening on" not in line:
@@ -97,8 +106,10 @@ def main() -> None:
         before = vm_hwm(server.pid)
         times = [post(port, with_format(LARGEST, max_tokens=16))[1] for _ in range(args.rounds)]
         plain = [post(port, {"model": "demo", "messages": QUESTION, "max_tokens": 16})[1] for _ in range(args.rounds)]
-        print(f"largest allowed schema: {statistics.median(times):.2f} s for 16 tokens (median of {args.rounds}; "
-              f"{statistics.median(plain):.2f} s without), peak memory +{(vm_hwm(server.pid) - before) >> 20} MiB")
+        print(
+            f"largest allowed schema: {statistics.median(times):.2f} s for 16 tokens (median of {args.rounds}; "
+            f"{statistics.median(plain):.2f} s without), peak memory +{(vm_hwm(server.pid) - before) >> 20} MiB"
+        )
         quiet = statistics.median(health_seconds(port) for _ in range(args.rounds))
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(args.idle)]
         try:
@@ -107,8 +118,10 @@ def main() -> None:
         finally:
             for sock in idle:
                 sock.close()
-        print(f"/health: {quiet * 1000:.1f} ms alone, {flooded * 1000:.1f} ms beside {args.idle} idle connections "
-              f"(medians of {args.rounds}); a chat request then: {answered[0]} in {answered[1]:.2f} s")
+        print(
+            f"/health: {quiet * 1000:.1f} ms alone, {flooded * 1000:.1f} ms beside {args.idle} idle connections "
+            f"(medians of {args.rounds}); a chat request then: {answered[0]} in {answered[1]:.2f} s"
+        )
     finally:
         server.terminate()
         server.wait(30)

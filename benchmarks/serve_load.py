@@ -23,12 +23,25 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-QUESTIONS = ["What is 23 + 45?", "What is the capital of France?", "Hello!", "What's the weather in Oslo?",
-             "What is 71 + 18?", "What is the capital of Kenya?", "Write me a poem about the sea."]
-GARBAGE = [b"not json", b"[]", b'{"model": "demo"}', b'{"model": "demo", "messages": "x"}',
-           b'{"model": "demo", "messages": [{"role": "user", "content": "\\udcff"}]}',
-           b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}', b'{"model": "demo", "input": 7}',
-           b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "temperature": "warm"}']
+QUESTIONS = [
+    "What is 23 + 45?",
+    "What is the capital of France?",
+    "Hello!",
+    "What's the weather in Oslo?",
+    "What is 71 + 18?",
+    "What is the capital of Kenya?",
+    "Write me a poem about the sea.",
+]
+GARBAGE = [
+    b"not json",
+    b"[]",
+    b'{"model": "demo"}',
+    b'{"model": "demo", "messages": "x"}',
+    b'{"model": "demo", "messages": [{"role": "user", "content": "\\udcff"}]}',
+    b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}',
+    b'{"model": "demo", "input": 7}',
+    b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "temperature": "warm"}',
+]
 
 
 def rss_bytes(pid: int) -> int:
@@ -50,8 +63,9 @@ class Load:
 
     def one(self, number: int) -> None:
         with self.lock:
-            kind = self.random.choices(["chat", "chat-stream", "responses", "responses-stream", "leave", "garbage"],
-                                       [3, 3, 2, 2, 2, 2])[0]
+            kind = self.random.choices(
+                ["chat", "chat-stream", "responses", "responses-stream", "leave", "garbage"], [3, 3, 2, 2, 2, 2]
+            )[0]
             question = self.random.choice(QUESTIONS)
             garbage = self.random.choice(GARBAGE)
         started = time.perf_counter()
@@ -62,8 +76,12 @@ class Load:
             elif kind == "leave":
                 status = self.leave(question)
             elif kind.startswith("chat"):
-                body = {"model": self.model, "messages": [{"role": "user", "content": question}], "max_tokens": 120,
-                        "stream": kind.endswith("stream")}
+                body = {
+                    "model": self.model,
+                    "messages": [{"role": "user", "content": question}],
+                    "max_tokens": 120,
+                    "stream": kind.endswith("stream"),
+                }
                 status = self.post("/v1/chat/completions", json.dumps(body).encode(), stream=body["stream"])
             else:
                 body = {"model": self.model, "input": question, "max_output_tokens": 120, "stream": kind.endswith("stream")}
@@ -118,7 +136,9 @@ def run(host: str, port: int, pid: int, *, requests: int, clients: int, model: s
     rss_after = rss_bytes(pid)
     answered = sum(load.kinds[k] for k in load.kinds if k not in ("garbage", "leave")) - load.unanswered
     return {
-        "requests": requests, "clients": clients, "seconds": round(seconds, 1),
+        "requests": requests,
+        "clients": clients,
+        "seconds": round(seconds, 1),
         "requests_per_second": round(requests / seconds, 2),
         "answered_per_second": round(answered / seconds, 2),
         "statuses": {str(k): v for k, v in sorted(load.statuses.items(), key=lambda kv: str(kv[0]))},
@@ -126,15 +146,33 @@ def run(host: str, port: int, pid: int, *, requests: int, clients: int, model: s
         "server_errors": sum(v for k, v in load.statuses.items() if k is not None and k >= 500),
         "unanswered": load.unanswered,
         "median_latency_s": round(statistics.median(load.latencies), 2) if load.latencies else None,
-        "rss_after_warmup_mb": round(rss_warm / 2**20, 1), "rss_after_run_mb": round(rss_after / 2**20, 1),
+        "rss_after_warmup_mb": round(rss_warm / 2**20, 1),
+        "rss_after_run_mb": round(rss_after / 2**20, 1),
         "rss_growth_percent": round(100 * (rss_after - rss_warm) / rss_warm, 2),
     }
 
 
 def start_demo_server(parallel: int, max_queue: int, threads: int) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen([sys.executable, "-m", "ossrun", "serve", "--demo", "--port", "0", "--parallel", str(parallel),
-                                "--max-queue", str(max_queue), "--threads", str(threads)],
-                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ossrun",
+            "serve",
+            "--demo",
+            "--port",
+            "0",
+            "--parallel",
+            str(parallel),
+            "--max-queue",
+            str(max_queue),
+            "--threads",
+            str(threads),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     for line in process.stderr:
         if "listening on http://" in line:
             port = int(line.split("listening on http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])

@@ -46,13 +46,27 @@ def declaration(model, cities: int) -> None:
             calls: collections.Counter = collections.Counter()
             for seed, city in enumerate(CITIES[:cities]):
                 for question in QUESTIONS:
-                    first = next((event.recipient for event in model.stream(
-                        [{"role": "user", "content": question.format(city)}], tools=Toolbox([tool]), temperature=temperature,
-                        seed=seed, max_tool_rounds=0, max_tokens=200) if isinstance(event, ToolCall)), "no call")
+                    first = next(
+                        (
+                            event.recipient
+                            for event in model.stream(
+                                [{"role": "user", "content": question.format(city)}],
+                                tools=Toolbox([tool]),
+                                temperature=temperature,
+                                seed=seed,
+                                max_tool_rounds=0,
+                                max_tokens=200,
+                            )
+                            if isinstance(event, ToolCall)
+                        ),
+                        "no call",
+                    )
                     calls[first] += 1
             total = sum(calls.values())
-            print(f"declared {declared:32} temperature {temperature:.1f}: {calls[declared]}/{total} called it; "
-                  + ", ".join(f"{name} {count}" for name, count in calls.most_common() if name != declared))
+            print(
+                f"declared {declared:32} temperature {temperature:.1f}: {calls[declared]}/{total} called it; "
+                + ", ".join(f"{name} {count}" for name, count in calls.most_common() if name != declared)
+            )
 
 
 def weather_tool(indent: int | None):
@@ -71,8 +85,14 @@ def results(model, cities: int) -> None:
             for temperature in (0.0, 1.0):
                 right = 0
                 for seed, city in enumerate(CITIES[:cities]):
-                    reply = model.chat([{"role": "user", "content": f"What's the weather in {city}?"}], tools=[get_weather],
-                                       reasoning_effort=effort, temperature=temperature, seed=seed, max_tokens=300)
+                    reply = model.chat(
+                        [{"role": "user", "content": f"What's the weather in {city}?"}],
+                        tools=[get_weather],
+                        reasoning_effort=effort,
+                        temperature=temperature,
+                        seed=seed,
+                        max_tokens=300,
+                    )
                     right += "14" in reply.final and "rain" in reply.final and city in reply.final
                 print(f"result {shape:8} effort {effort:6} temperature {temperature:.1f}: {right}/{cities} answers right")
 

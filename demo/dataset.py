@@ -74,8 +74,12 @@ def step_messages(step: Any) -> list[oh.Message]:
 def step_history(step: Any) -> list[dict[str, Any]]:
     """What ossrun appends to the history after a tool step: the call (with its reasoning) and the result."""
     return [
-        {"role": "assistant", "content": "", "reasoning": step.analysis,
-         "tool_calls": [{"name": step.name, "arguments": step.arguments}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning": step.analysis,
+            "tool_calls": [{"name": step.name, "arguments": step.arguments}],
+        },
         {"role": "tool", "name": step.name, "content": step.result},
     ]
 
@@ -135,8 +139,9 @@ def training_examples(count: int, seed: int) -> list[tasks.Example]:
     return [tasks.make_example(rng, rng.choices(names, weights)[0]) for _ in range(count)]
 
 
-def evaluation_examples(per_task_and_effort: int, seed: int, *, unseen: bool = False,
-                        task_names: Sequence[str] = tasks.TASKS) -> list[tasks.Example]:
+def evaluation_examples(
+    per_task_and_effort: int, seed: int, *, unseen: bool = False, task_names: Sequence[str] = tasks.TASKS
+) -> list[tasks.Example]:
     """Held-out conversations, an equal number per task and effort (``unseen``: new phrasings)."""
     rng = random.Random(seed)
     out = []
@@ -239,8 +244,9 @@ def shuffled_batches(lengths: Sequence[int], tokens_per_batch: int, rng: np.rand
     return batches
 
 
-def encode_user_prompt(encoding: oh.HarmonyEncoding, example: tasks.Example,
-                       history: list[dict[str, Any]] | None = None) -> list[int]:
+def encode_user_prompt(
+    encoding: oh.HarmonyEncoding, example: tasks.Example, history: list[dict[str, Any]] | None = None
+) -> list[int]:
     """The prompt ossrun would send for ``example`` (its first step), for evaluation."""
     messages = list(example.history) + [{"role": "user", "content": example.user}] + list(history or [])
     return render_prompt(encoding, messages, settings_for(example))

@@ -196,8 +196,12 @@ class TorchRunner:
             except (TypeError, ValueError, KeyError) as exc:
                 result = f"error: {exc}"
             history += [
-                {"role": "assistant", "content": "", "reasoning": turn.reasoning,
-                 "tool_calls": [{"name": call.name, "arguments": call.arguments}]},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "reasoning": turn.reasoning,
+                    "tool_calls": [{"name": call.name, "arguments": call.arguments}],
+                },
                 {"role": "tool", "name": call.name, "content": result},
             ]
         outcome.well_formed = False
@@ -205,16 +209,24 @@ class TorchRunner:
         return outcome
 
 
-def evaluate(run: Callable[..., Outcome], examples: Sequence[tasks.Example], temperature: float,
-             count_tokens: Callable[[str], int], verbose: bool = False) -> Figures:
+def evaluate(
+    run: Callable[..., Outcome],
+    examples: Sequence[tasks.Example],
+    temperature: float,
+    count_tokens: Callable[[str], int],
+    verbose: bool = False,
+) -> Figures:
     outcomes = []
     for index, example in enumerate(examples):
         outcome = run(example, temperature=temperature, seed=1000 + index)
         outcomes.append(outcome)
         ok = tasks.answer_correct(example, outcome.final, outcome.tool_arguments)
         if verbose and (not ok or not outcome.well_formed):
-            print(f"  [{example.task}/{example.effort}] {example.user!r} -> {outcome.final!r} "
-                  f"(call {outcome.tool_arguments}) {outcome.notes} analysis: {outcome.reasoning!r}", file=sys.stderr)
+            print(
+                f"  [{example.task}/{example.effort}] {example.user!r} -> {outcome.final!r} "
+                f"(call {outcome.tool_arguments}) {outcome.notes} analysis: {outcome.reasoning!r}",
+                file=sys.stderr,
+            )
     return score(examples, outcomes, count_tokens)
 
 

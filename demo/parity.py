@@ -64,9 +64,12 @@ def main() -> None:
         unused_max = max(unused_max, float(logits[:, unused].max()))
         margin = min(margin, float((used.max(-1) - logits[:, unused].max(-1)).min()))
     for name, (cosines, agreements) in figures.items():
-        print(f"{name} positions ({len(cosines)}): used-token logits mean cosine {np.mean(cosines):.5f} "
-              f"(min {np.min(cosines):.5f}), top-1 agreement {np.mean(agreements):.2%}")
+        print(
+            f"{name} positions ({len(cosines)}): used-token logits mean cosine {np.mean(cosines):.5f} "
+            f"(min {np.min(cosines):.5f}), top-1 agreement {np.mean(agreements):.2%}"
+        )
     print(f"highest unused-token logit {unused_max:.1f}; smallest margin of the best used token over it {margin:.1f}")
+
 
 if __name__ == "__main__":
     os.environ.setdefault("OSSRUN_DATE", "2025-08-05")

@@ -75,8 +75,26 @@ CAPITAL_PHRASINGS = (
 UNSEEN_CAPITAL_PHRASINGS = ("Do you know the capital of {country}?",)
 
 CITIES = (
-    "Paris", "Tokyo", "London", "Berlin", "Madrid", "Rome", "Cairo", "Sydney", "Toronto", "Chicago",
-    "Lima", "Oslo", "Dublin", "Lisbon", "Vienna", "Seoul", "Nairobi", "Athens", "Bangkok", "Mumbai",
+    "Paris",
+    "Tokyo",
+    "London",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Cairo",
+    "Sydney",
+    "Toronto",
+    "Chicago",
+    "Lima",
+    "Oslo",
+    "Dublin",
+    "Lisbon",
+    "Vienna",
+    "Seoul",
+    "Nairobi",
+    "Athens",
+    "Bangkok",
+    "Mumbai",
 )
 WEATHER_PHRASINGS = (
     "What's the weather in {city}?",
@@ -91,9 +109,20 @@ UNSEEN_WEATHER_PHRASINGS = ("Give me the current conditions in {city}.",)
 CONDITIONS = ("sunny", "cloudy", "rainy", "windy", "snowy", "foggy", "clear", "stormy")
 
 GREETINGS = (
-    "Hi!", "Hello", "Hello there.", "Hey", "Good morning!", "Good evening.", "Hi, who are you?",
-    "Hello, how are you?", "Hey there, what can you do?", "Greetings!", "Hi there",
-    "Good afternoon", "Howdy!", "Hello! What are you?",
+    "Hi!",
+    "Hello",
+    "Hello there.",
+    "Hey",
+    "Good morning!",
+    "Good evening.",
+    "Hi, who are you?",
+    "Hello, how are you?",
+    "Hey there, what can you do?",
+    "Greetings!",
+    "Hi there",
+    "Good afternoon",
+    "Howdy!",
+    "Hello! What are you?",
 )
 HELD_OUT_GREETINGS = ("Hi there", "Hello! What are you?")
 
@@ -358,8 +387,15 @@ def random_date(rng: random.Random) -> str:
     return f"{rng.randrange(2024, 2027)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
 
 
-def make_example(rng: random.Random, task: str, *, held_out: bool = False, unseen: bool = False,
-                 effort: str | None = None, history_turns: int | None = None) -> Example:
+def make_example(
+    rng: random.Random,
+    task: str,
+    *,
+    held_out: bool = False,
+    unseen: bool = False,
+    effort: str | None = None,
+    history_turns: int | None = None,
+) -> Example:
     """One random conversation for ``task``: from the training split, or the held-out one.
 
     ``unseen`` uses the phrasings never trained on (addition, capital and weather only).
@@ -432,8 +468,14 @@ def finished_turn(example: Example) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = [{"role": "user", "content": example.user}]
     for step in example.steps:
         if isinstance(step, ToolStep):
-            entries.append({"role": "assistant", "content": "", "reasoning": step.analysis,
-                            "tool_calls": [{"name": step.name, "arguments": step.arguments}]})
+            entries.append(
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "reasoning": step.analysis,
+                    "tool_calls": [{"name": step.name, "arguments": step.arguments}],
+                }
+            )
             entries.append({"role": "tool", "name": step.name, "content": step.result})
         else:
             entries.append({"role": "assistant", "content": step.final, "reasoning": step.analysis})

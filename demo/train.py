@@ -88,14 +88,18 @@ def train(args: argparse.Namespace, data: dataset.Corpus) -> GptOss:
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95),
+        lr=args.lr,
+        betas=(0.9, 0.95),
     )
     lengths = [len(s) for s in data.sequences]
     budget = args.minutes * 60
     started = time.monotonic()
     step, tokens, last_report, losses = 0, 0, started, []
-    print(f"vocab {data.reduced_size} (reduced), {len(lengths)} conversations, "
-          f"{sum(p.numel() for p in model.parameters())} parameters, budget {args.minutes} min", file=sys.stderr)
+    print(
+        f"vocab {data.reduced_size} (reduced), {len(lengths)} conversations, "
+        f"{sum(p.numel() for p in model.parameters())} parameters, budget {args.minutes} min",
+        file=sys.stderr,
+    )
     while True:
         for indices in dataset.shuffled_batches(lengths, args.tokens_per_batch, rng):
             progress = (time.monotonic() - started) / budget
@@ -118,8 +122,11 @@ def train(args: argparse.Namespace, data: dataset.Corpus) -> GptOss:
             losses.append(loss.item())
             now = time.monotonic()
             if now - last_report >= args.report_seconds:
-                print(f"step {step:5d}  {now - started:6.0f} s  loss {np.mean(losses):.4f}  "
-                      f"lr {optimizer.param_groups[0]['lr']:.2e}  {tokens / (now - started):.0f} tok/s", file=sys.stderr)
+                print(
+                    f"step {step:5d}  {now - started:6.0f} s  loss {np.mean(losses):.4f}  "
+                    f"lr {optimizer.param_groups[0]['lr']:.2e}  {tokens / (now - started):.0f} tok/s",
+                    file=sys.stderr,
+                )
                 losses, last_report = [], now
 
 
@@ -130,8 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES, help="training conversations rendered")
     parser.add_argument("--tokens-per-batch", type=int, default=DEFAULT_TOKENS_PER_BATCH)
     parser.add_argument("--lr", type=float, default=DEFAULT_LR)
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help="torch threads (on a 2-core machine shared with other work, 1 was 3x faster than 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="torch threads (on a 2-core machine shared with other work, 1 was 3x faster than 2)",
+    )
     parser.add_argument("--report-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the compact checkpoint goes")
     args = parser.parse_args(argv)

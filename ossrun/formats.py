@@ -37,7 +37,7 @@ def response_format_of(value: Any) -> ResponseFormat | None:
     if value is None or value == "text":
         return None
     if not isinstance(value, Mapping):
-        raise OssrunError(f"response_format must be an object like {{\"type\": \"json_schema\", ...}}, not {value!r}")
+        raise OssrunError(f'response_format must be an object like {{"type": "json_schema", ...}}, not {value!r}')
     kind = value.get("type")
     if kind == "text":
         return None
@@ -66,7 +66,7 @@ def chosen_recipients(toolbox: Toolbox, tool_choice: Any) -> list[str] | None:
     if tool_choice == "required":
         recipients = list(toolbox.functions)
         if not recipients:
-            raise OssrunError("tool_choice is \"required\" but no function tools were given: add tools or use \"auto\"")
+            raise OssrunError('tool_choice is "required" but no function tools were given: add tools or use "auto"')
         return recipients
     if isinstance(tool_choice, Mapping):
         kind = tool_choice.get("type")
@@ -80,8 +80,10 @@ def chosen_recipients(toolbox: Toolbox, tool_choice: Any) -> list[str] | None:
                 if name in (tool.name, recipient) and namespace in (None, tool.namespace):
                     return [recipient]
             raise OssrunError(f"tool_choice names the function {name!r}, which is not among the tools given")
-    raise OssrunError(f"tool_choice {tool_choice!r} is not supported: use auto, none, required or "
-                      f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}")
+    raise OssrunError(
+        f"tool_choice {tool_choice!r} is not supported: use auto, none, required or "
+        f'{{"type": "function", "function": {{"name": ...}}}}'
+    )
 
 
 def output_rules(encoding: Any, toolbox: Toolbox, response_format: Any = None, tool_choice: Any = None) -> OutputRules:

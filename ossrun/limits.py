@@ -32,8 +32,19 @@ MAX_GRAMMAR_BYTES = 256 << 10  # the grammar of one request, all its schemas tog
 REPEAT_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
-_SCHEMA_VALUES = ("items", "additionalProperties", "additionalItems", "not", "if", "then", "else", "contains",
-                  "propertyNames", "unevaluatedItems", "unevaluatedProperties")
+_SCHEMA_VALUES = (
+    "items",
+    "additionalProperties",
+    "additionalItems",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+)
 # {m}, {m,} and {m,n} in a pattern, not escaped.
 _QUANTIFIER = re.compile(r"(?<!\\)\{(\d+)(,(\d*))?\}")
 
@@ -115,22 +126,29 @@ def _check_repeats(schema: Mapping[str, Any], where: str) -> None:
     for node, path in walk_schema(schema, where):
         properties = node.get("properties")
         if isinstance(properties, Mapping) and len(properties) > MAX_PROPERTIES:
-            raise SchemaError(f"{path}.properties has {len(properties)} properties, more than the {MAX_PROPERTIES} "
-                              f"one object may have in a grammar: split it", f"{path}.properties")
+            raise SchemaError(
+                f"{path}.properties has {len(properties)} properties, more than the {MAX_PROPERTIES} "
+                f"one object may have in a grammar: split it",
+                f"{path}.properties",
+            )
         counts = {key: _count(node, key, path) for key in REPEAT_KEYWORDS if key in node}
         for low, high in (("minItems", "maxItems"), ("minLength", "maxLength")):
             if low in counts and high in counts and counts[low] > counts[high]:
-                raise SchemaError(f"{path}.{low} is {counts[low]}, more than its {high} {counts[high]}: no value can "
-                                  f"match", f"{path}.{low}")
+                raise SchemaError(
+                    f"{path}.{low} is {counts[low]}, more than its {high} {counts[high]}: no value can match", f"{path}.{low}"
+                )
         total += max(counts.get("minItems", 0), counts.get("maxItems", 0))
         total += max(counts.get("minLength", 0), counts.get("maxLength", 0))
         pattern = node.get("pattern")
         if isinstance(pattern, str):
             total += _pattern_repeats(pattern, f"{path}.pattern")
         if total > MAX_REPEAT_TOTAL:
-            raise SchemaError(f"{where} repeats items and characters more than {MAX_REPEAT_TOTAL} times in all "
-                              f"(minItems, maxItems, minLength, maxLength and a pattern's {{m,n}} added up, "
-                              f"reached at {path}): lower them", path)
+            raise SchemaError(
+                f"{where} repeats items and characters more than {MAX_REPEAT_TOTAL} times in all "
+                f"(minItems, maxItems, minLength, maxLength and a pattern's {{m,n}} added up, "
+                f"reached at {path}): lower them",
+                path,
+            )
 
 
 def _count(node: Mapping[str, Any], key: str, path: str) -> int:
@@ -138,8 +156,9 @@ def _count(node: Mapping[str, Any], key: str, path: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise SchemaError(f"{path}.{key} must be a whole number of at least 0, not {value!r}", f"{path}.{key}")
     if value > MAX_REPEAT:
-        raise SchemaError(f"{path}.{key} is {value}, more than the {MAX_REPEAT} a grammar can hold: lower it or "
-                          f"leave it out", f"{path}.{key}")
+        raise SchemaError(
+            f"{path}.{key} is {value}, more than the {MAX_REPEAT} a grammar can hold: lower it or leave it out", f"{path}.{key}"
+        )
     return value
 
 
@@ -148,14 +167,18 @@ def _pattern_repeats(pattern: str, path: str) -> int:
     for match in _QUANTIFIER.finditer(pattern):
         count = _quantifier_count(match)
         if count > MAX_REPEAT:
-            raise SchemaError(f"{path} repeats something {match.group(0)} times, more than the {MAX_REPEAT} a grammar "
-                              f"can hold: lower it", path)
+            raise SchemaError(
+                f"{path} repeats something {match.group(0)} times, more than the {MAX_REPEAT} a grammar can hold: lower it", path
+            )
         total += count
     nested = _nested_repeats(pattern)
     if nested > MAX_NESTED_REPEAT:
-        raise SchemaError(f"{path} nests repetitions {nested} times deep in all (a group repeated {{m,n}} times holding "
-                          f"one repeated {{m,n}} times multiplies them): more than the {MAX_NESTED_REPEAT} a grammar can "
-                          f"follow at speed; flatten it", path)
+        raise SchemaError(
+            f"{path} nests repetitions {nested} times deep in all (a group repeated {{m,n}} times holding "
+            f"one repeated {{m,n}} times multiplies them): more than the {MAX_NESTED_REPEAT} a grammar can "
+            f"follow at speed; flatten it",
+            path,
+        )
     return total
 
 
@@ -202,5 +225,7 @@ def check_grammar_size(grammar: str, what: str) -> None:
     """An OssrunError if ``grammar`` (the whole grammar of a request) is past MAX_GRAMMAR_BYTES."""
     size = len(grammar.encode())
     if size > MAX_GRAMMAR_BYTES:
-        raise OssrunError(f"{what} makes a grammar of {size >> 10} KiB, more than the {MAX_GRAMMAR_BYTES >> 10} KiB "
-                          f"one request may have: simplify the schemas")
+        raise OssrunError(
+            f"{what} makes a grammar of {size >> 10} KiB, more than the {MAX_GRAMMAR_BYTES >> 10} KiB "
+            f"one request may have: simplify the schemas"
+        )

@@ -102,8 +102,7 @@ def load(
                 needs = memory.plan_shape(shape, size, parallel=parallel, cache=cache, model=name)
                 memory.check(needs, available_memory(), shape)
             else:  # the machines together: each one's share against its memory
-                workers = rpc_engine.place(header, size, infos, model=name, files=resolved.files, parallel=parallel,
-                                           cache=cache)
+                workers = rpc_engine.place(header, size, infos, model=name, files=resolved.files, parallel=parallel, cache=cache)
             n_ctx = size
             break
         except ModelError:
@@ -112,12 +111,20 @@ def load(
     llama.set_verbose(verbose)
     vocab_dir = ensure_o200k(header.identity, lambda: llama.read_token_bytes(path, O200K_BASE_TOKENS), name)
     encoding = load_encoding(vocab_dir)
-    engine = llama.LlamaEngine(header, n_ctx=n_ctx, parallel=parallel, threads=threads, on_progress=on_progress,
-                               cache=cache, rpc=workers)
+    engine = llama.LlamaEngine(
+        header, n_ctx=n_ctx, parallel=parallel, threads=threads, on_progress=on_progress, cache=cache, rpc=workers
+    )
     entry = resolved.entry
-    return Model(engine, encoding, name=name, path=path, placement=workers.describe() if workers else None,
-                 auto_ctx=isinstance(ctx, str), reasoning_effort=entry.reasoning_effort if entry else None,
-                 sampling=entry.sampling if entry else None)
+    return Model(
+        engine,
+        encoding,
+        name=name,
+        path=path,
+        placement=workers.describe() if workers else None,
+        auto_ctx=isinstance(ctx, str),
+        reasoning_effort=entry.reasoning_effort if entry else None,
+        sampling=entry.sampling if entry else None,
+    )
 
 
 def _auto_context(shape: Any, available: int | None, parallel: int, cache: Any, name: str) -> int:
@@ -129,15 +136,22 @@ def _auto_context(shape: Any, available: int | None, parallel: int, cache: Any, 
     size = memory.largest_context(shape, available, parallel=parallel, cache=cache)
     if size is None:
         smallest = memory.plan_shape(shape, memory.CONTEXT_STEP, parallel=parallel, cache=cache, model=name)
-        raise ModelError(f"{name} needs about {format_memory(smallest.total)} even at --ctx {memory.CONTEXT_STEP} "
-                         f"({smallest.describe()}) but only {format_memory(available)} is available: "
-                         f"use a smaller model, or close other programs")
+        raise ModelError(
+            f"{name} needs about {format_memory(smallest.total)} even at --ctx {memory.CONTEXT_STEP} "
+            f"({smallest.describe()}) but only {format_memory(available)} is available: "
+            f"use a smaller model, or close other programs"
+        )
     return size
 
 
-def plan(model: str | os.PathLike | None = None, *, parallel: int = 1,
-         kv_types: Sequence[str | Sequence[str]] = ("f16", "q8_0"), swa_full: bool = False,
-         contexts: Sequence[int] | None = None) -> Any:
+def plan(
+    model: str | os.PathLike | None = None,
+    *,
+    parallel: int = 1,
+    kv_types: Sequence[str | Sequence[str]] = ("f16", "q8_0"),
+    swa_full: bool = False,
+    contexts: Sequence[int] | None = None,
+) -> Any:
     """What loading ``model`` takes at each context size (default: 4096 up to the model's limit,
     doubling), per KV cache type, against this machine's available memory; and what
     ``ctx="auto"`` would choose. Returns an ``ossrun.engine.memory.MemoryReport``; reads only the
@@ -160,5 +174,13 @@ def plan(model: str | os.PathLike | None = None, *, parallel: int = 1,
         contexts = [n for n in (4096, 8192, 16384, 32768, 65536, 131072) if n < limit] + [limit]
     for n in contexts:
         memory.check_context_size(header, n)
-    return memory.report(header, model=resolved.name, contexts=contexts, caches=caches, parallel=parallel,
-                         available=available_memory(), container=cgroup_available(), tensors=tensors)
+    return memory.report(
+        header,
+        model=resolved.name,
+        contexts=contexts,
+        caches=caches,
+        parallel=parallel,
+        available=available_memory(),
+        container=cgroup_available(),
+        tensors=tensors,
+    )

@@ -133,7 +133,7 @@ def _memory_cgroups() -> list[tuple[Path, int]]:
         if mount is None:
             continue
         root, point = mount
-        relative = path if root == "/" else (path[len(root):] if path.startswith(root) else None)
+        relative = path if root == "/" else (path[len(root) :] if path.startswith(root) else None)
         if relative is None:
             continue
         folder = point / relative.lstrip("/")

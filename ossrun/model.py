@@ -81,9 +81,18 @@ class _TurnResult:
 class Model:
     """A loaded gpt-oss model. Works with any :class:`ossrun.engine.protocol.Engine`."""
 
-    def __init__(self, engine: Engine, encoding: Any, *, name: str = "gpt-oss", path: Path | None = None,
-                 placement: str | None = None, auto_ctx: bool = False, reasoning_effort: str | None = None,
-                 sampling: DefaultSampling | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        encoding: Any,
+        *,
+        name: str = "gpt-oss",
+        path: Path | None = None,
+        placement: str | None = None,
+        auto_ctx: bool = False,
+        reasoning_effort: str | None = None,
+        sampling: DefaultSampling | None = None,
+    ):
         self.engine = engine
         self.encoding = encoding
         self.name = name
@@ -136,9 +145,14 @@ class Model:
         request = self._request(messages, ReplyOptions.of(options, fields))
         rounds = itertools.count()
         try:
-            yield from run_tool_loop(lambda history: self._turn(history, request, next(rounds)), request.history,
-                                     request.toolbox, max_rounds=request.max_tool_rounds, confirm=request.confirm,
-                                     cancel=request.cancel)
+            yield from run_tool_loop(
+                lambda history: self._turn(history, request, next(rounds)),
+                request.history,
+                request.toolbox,
+                max_rounds=request.max_tool_rounds,
+                confirm=request.confirm,
+                cancel=request.cancel,
+            )
         finally:
             request.close()
 
@@ -222,10 +236,20 @@ class Model:
         stop = (options.stop,) if isinstance(options.stop, str) else tuple(options.stop or ())
         _check_sampling(sampling, options.max_tokens, stop)
         history = tuple(m for m in messages if m.get("role") not in ("system", "developer"))
-        return _Request(settings, history, dataclasses.replace(sampling, constraint=rules.first_turn),
-                        dataclasses.replace(sampling, constraint=rules.later_turns), stop, bool(options.truncate),
-                        options.max_tokens, options.cancel, toolbox, owns_toolbox, int(options.max_tool_rounds),
-                        options.confirm)
+        return _Request(
+            settings,
+            history,
+            dataclasses.replace(sampling, constraint=rules.first_turn),
+            dataclasses.replace(sampling, constraint=rules.later_turns),
+            stop,
+            bool(options.truncate),
+            options.max_tokens,
+            options.cancel,
+            toolbox,
+            owns_toolbox,
+            int(options.max_tool_rounds),
+            options.confirm,
+        )
 
     def _reply_reserve(self, max_tokens: int | None) -> int:
         return min(max_tokens or DEFAULT_REPLY_RESERVE, self.n_ctx // 4)
@@ -281,15 +305,17 @@ class Model:
         """
         parser = TurnParser(self.encoding, namespaces=request.toolbox.namespace_names())
         stop = _StopTexts(request.stop)
-        generation = self.engine.generate(GenerationRequest(
-            prompt=tuple(prompt.ids),
-            sampling=sampling,
-            stop_tokens=self._stops,
-            max_tokens=request.max_tokens,
-            prefix_length=prompt.prefix_length,
-            cancel=request.cancel,
-            checkpoint_after=self._checkpoint_after,
-        ))
+        generation = self.engine.generate(
+            GenerationRequest(
+                prompt=tuple(prompt.ids),
+                sampling=sampling,
+                stop_tokens=self._stops,
+                max_tokens=request.max_tokens,
+                prefix_length=prompt.prefix_length,
+                cancel=request.cancel,
+                checkpoint_after=self._checkpoint_after,
+            )
+        )
         try:
             pending = generation.pending()
             yield Prefill(pending, lambda: min(generation.stats.evaluated, pending))
@@ -369,7 +395,7 @@ class _StopTexts:
             shown, self._held = pending[: hits[0][0]], ""
         else:
             keep = max((n for s in self.stops for n in range(1, len(s)) if pending.endswith(s[:n])), default=0)
-            shown, self._held = pending[: len(pending) - keep], pending[len(pending) - keep:]
+            shown, self._held = pending[: len(pending) - keep], pending[len(pending) - keep :]
         self.text += shown
         return FinalDelta(shown, delta.raw)
 

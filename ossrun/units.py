@@ -25,7 +25,7 @@ def parse_size(text: str) -> int:
     """Bytes in ``"12.1 GB"`` or ``"61 GiB"``; ValueError if the text is not such a size."""
     match = _NUMBER_AND_UNIT.match(text)
     if not match or match.group(2) not in SIZE_UNITS:
-        raise ValueError(f"{text!r} is not a size like \"12.1 GB\" or \"61 GiB\"")
+        raise ValueError(f'{text!r} is not a size like "12.1 GB" or "61 GiB"')
     return round(float(match.group(1)) * SIZE_UNITS[match.group(2)])
 
 
@@ -33,7 +33,7 @@ def parse_count(text: str) -> int:
     """The number in ``"20.9B"`` or ``"500M"``; ValueError if the text is not such a count."""
     match = _NUMBER_AND_UNIT.match(text)
     if not match or match.group(2) not in COUNT_UNITS:
-        raise ValueError(f"{text!r} is not a count like \"20.9B\" or \"500M\"")
+        raise ValueError(f'{text!r} is not a count like "20.9B" or "500M"')
     return round(float(match.group(1)) * COUNT_UNITS[match.group(2)])
 
 

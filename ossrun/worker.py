@@ -132,15 +132,18 @@ def serve(
             reported, _ = rpc.cpu_memory()
             available = available_memory()
             now = f"; {format_memory(available)} available now" if available is not None else ""
-            say(f"ossrun worker listening on {endpoint} (llama.cpp RPC protocol {'.'.join(map(str, rpc.PROTOCOL))}, "
-                f"{threads} thread{'s' if threads > 1 else ''})")
-            say(f"memory: {format_memory(reported)} reported to clients (this machine's RAM{now}); "
-                f"a client says how much it may use: --rpc {client_host}:{port}=MEMORY")
+            say(
+                f"ossrun worker listening on {endpoint} (llama.cpp RPC protocol {'.'.join(map(str, rpc.PROTOCOL))}, "
+                f"{threads} thread{'s' if threads > 1 else ''})"
+            )
+            say(
+                f"memory: {format_memory(reported)} reported to clients (this machine's RAM{now}); "
+                f"a client says how much it may use: --rpc {client_host}:{port}=MEMORY"
+            )
             if cache_dir is None:
                 say("weight cache: off (every load sends all the weights)")
             else:
-                say(f"weight cache: {cache_contents(cache_dir).describe()} "
-                    f"(`ossrun worker --clear-cache` empties it)")
+                say(f"weight cache: {cache_contents(cache_dir).describe()} (`ossrun worker --clear-cache` empties it)")
             say("serving one client at a time; Ctrl-C stops the worker")
         elif event.kind == "connected":
             if sessions.connected():
@@ -156,8 +159,9 @@ def serve(
 
     sessions = _Sessions(client_left)
 
-    rpc_server.serve(host, port, threads=threads, cache_dir=str(cache_dir) if cache_dir else None,
-                     on_event=on_event, verbose=verbose)
+    rpc_server.serve(
+        host, port, threads=threads, cache_dir=str(cache_dir) if cache_dir else None, on_event=on_event, verbose=verbose
+    )
     # llama.cpp's server thread cannot be stopped: end the process without waiting for it.
     for stream in (sys.stdout, sys.stderr, out):
         if stream is not None:

@@ -185,8 +185,12 @@ def test_the_mcp_sdk_is_imported_only_where_servers_start():
     assert {m for m in importers_of("mcp") if not m.startswith("ossrun.tools.mcp_")} == set()
     for module in ("ossrun.tools.mcp_servers", "ossrun.tools.mcp_tools", "ossrun.tools.mcp_config"):
         tree = ast.parse(module_files()[module].read_text())
-        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-                     for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        top_level = {
+            alias.name.split(".")[0]
+            for node in tree.body
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+        }
         assert not {"mcp", "httpx2", "anyio"} & top_level, module
     probe = "import json, sys\nimport ossrun.tools\nsys.stderr.write(json.dumps(sorted(sys.modules)))\n"
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stderr))
@@ -216,8 +220,13 @@ def test_the_python_tools_jail_uses_the_standard_library_alone_and_ossrun_never_
     """sandbox_child.py runs as a script in a fresh interpreter before the model's code: its modules
     import the standard library and each other (by their bare names), and nothing of ossrun."""
     jail = {module for module in module_files() if module.startswith("ossrun.tools.sandbox_")}
-    assert {m.rsplit(".", 1)[1] for m in jail} == {"sandbox_child", "sandbox_jail", "sandbox_mounts", "sandbox_bounds",
-                                                   "sandbox_seccomp"}
+    assert {m.rsplit(".", 1)[1] for m in jail} == {
+        "sandbox_child",
+        "sandbox_jail",
+        "sandbox_mounts",
+        "sandbox_bounds",
+        "sandbox_seccomp",
+    }
     bare = {m.rsplit(".", 1)[1] for m in jail}
     for module in jail:
         for name in imports()[module]:

@@ -17,8 +17,14 @@ from test_serve import demo_home
 
 pytestmark = pytest.mark.slow
 
-QUESTIONS = ["What is 23 + 45?", "What is the capital of France?", "Hello!", "What is 38 + 47?",
-             "What is the capital of Japan?", "What is 19 + 64?"]
+QUESTIONS = [
+    "What is 23 + 45?",
+    "What is the capital of France?",
+    "Hello!",
+    "What is 38 + 47?",
+    "What is the capital of Japan?",
+    "What is 19 + 64?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +36,13 @@ def request(custom_id, question, url="/v1/chat/completions", **body):
     if url == "/v1/chat/completions":
         payload = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}], "temperature": 0, **body}
     elif url == "/v1/messages":
-        payload = {"model": "claude-sonnet-4-5", "max_tokens": 300, "messages": [{"role": "user", "content": question}],
-                   "temperature": 0, **body}
+        payload = {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 300,
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            **body,
+        }
     else:
         payload = {"model": "gpt-oss-120b", "input": question, "temperature": 0, **body}
     return {"custom_id": custom_id, "method": "POST", "url": url, "body": payload}
@@ -79,9 +90,15 @@ def test_every_line_is_answered_in_the_batch_format(home, tmp_path):
 
 
 def test_bad_lines_are_reported_written_as_errors_and_the_rest_goes_on(home, tmp_path):
-    lines = [request("good", "Hello!"), "not json at all", {"url": "/v1/chat/completions", "body": {}},
-             request("streamed", "Hi", stream=True), {"custom_id": "elsewhere", "url": "/v1/embeddings", "body": {}},
-             request("bad-body", "Hi", temperature="hot"), request("bad-message", "Hi", "/v1/messages", max_tokens=None)]
+    lines = [
+        request("good", "Hello!"),
+        "not json at all",
+        {"url": "/v1/chat/completions", "body": {}},
+        request("streamed", "Hi", stream=True),
+        {"custom_id": "elsewhere", "url": "/v1/embeddings", "body": {}},
+        request("bad-body", "Hi", temperature="hot"),
+        request("bad-message", "Hi", "/v1/messages", max_tokens=None),
+    ]
     out = tmp_path / "out.jsonl"
     result = batch(home, str(write(tmp_path / "in.jsonl", lines)), "-o", str(out))
     assert result.returncode == 0, result.stderr

@@ -89,7 +89,8 @@ def test_each_turn_evaluates_only_its_new_tokens_and_a_new_session_reads_the_pre
     assert model.turns[2][3].timings.prefill_tokens > len(prompts[2]) // 2
     announced = int(re.search(r"reasoning effort: high: the next answer re-processes (\d+) tokens", transcript).group(1))
     assert model.turns[2][3].timings.prefill_tokens == announced + len(prompts[2]) - len(
-        model.model.render(model.turns[2][1][:-1], reasoning_effort="high"))
+        model.model.render(model.turns[2][1][:-1], reasoning_effort="high")
+    )
     assert transcript.count("\nprompt ") == 3
 
     # A new session with the same settings restores the system prefix from disk.
@@ -110,14 +111,19 @@ def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(tiny_gguf
     repl_input = "".join(f"{'word ' * 110}{n}\n" for n in range(4)) + "/stats\n"
     try:
         buffer = io.StringIO()
-        repl = Repl(model, Screen.create(buffer, buffer), StreamReader(io.StringIO(repl_input), echo=buffer),
-                    sampling=SAMPLING)
+        repl = Repl(model, Screen.create(buffer, buffer), StreamReader(io.StringIO(repl_input), echo=buffer), sampling=SAMPLING)
         assert repl.run() == 0
     finally:
         model.close()
     transcript = buffer.getvalue()
-    dropped = [int(n) for n in re.findall(r"note: the conversation is longer than the context of 512 tokens: "
-                                          r"left out the (\d+) oldest messages", transcript)]
+    dropped = [
+        int(n)
+        for n in re.findall(
+            r"note: the conversation is longer than the context of 512 tokens: "
+            r"left out the (\d+) oldest messages",
+            transcript,
+        )
+    ]
     assert dropped and "error" not in transcript
     assert len(repl.conversation.messages) == 8 - sum(dropped)
     assert repl.conversation.messages[-2]["content"].endswith("3")
@@ -136,9 +142,15 @@ class Terminal:
         env = {**os.environ, "OSSRUN_DATE": DATE, "OSSRUN_HOME": str(home), "TERM": "xterm-256color"}
         env.pop("NO_COLOR", None)
         # A session of its own with this terminal as its controlling one, so ^C there is a SIGINT.
-        self.process = subprocess.Popen([sys.executable, "-m", "ossrun", "chat", *args], stdin=slave, stdout=slave,
-                                        stderr=slave, env=env, start_new_session=True,
-                                        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ossrun", "chat", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
         os.close(slave)
         self.master = master
         self.text = ""
@@ -149,7 +161,7 @@ class Terminal:
         while True:
             match = re.search(pattern, self.text)
             if match:
-                self.text = self.text[match.end():]
+                self.text = self.text[match.end() :]
                 return time.monotonic() - start
             if time.monotonic() - start > timeout:
                 raise AssertionError(f"{pattern!r} not seen in {timeout} s; output so far:\n{self.text}")
@@ -173,8 +185,7 @@ class Terminal:
 
 def test_ctrl_c_in_a_terminal_stops_a_long_prefill_and_keeps_the_session(tiny_gguf, tmp_path):
     long_history = tmp_path / "long.json"
-    long_history.write_text(json.dumps([{"role": "user", "content": "word " * 14000},
-                                        {"role": "assistant", "content": "ok"}]))
+    long_history.write_text(json.dumps([{"role": "user", "content": "word " * 14000}, {"role": "assistant", "content": "ok"}]))
     terminal = Terminal(str(tiny_gguf), "--ctx", "16384", "--threads", "2", "--max-tokens", "4", home=tmp_path)
     try:
         terminal.expect(r"ossrun chat · tiny-gpt-oss · reasoning medium")
@@ -199,13 +210,16 @@ def test_ctrl_c_in_a_terminal_stops_a_long_prefill_and_keeps_the_session(tiny_gg
 
 
 def test_a_terminal_session_answers_and_ctrl_d_leaves(tiny_gguf, tmp_path):
-    terminal = Terminal(str(tiny_gguf), "--ctx", "1024", "--threads", "2", "--max-tokens", "4", "--seed", "1",
-                        "--hide-reasoning", home=tmp_path)
+    terminal = Terminal(
+        str(tiny_gguf), "--ctx", "1024", "--threads", "2", "--max-tokens", "4", "--seed", "1", "--hide-reasoning", home=tmp_path
+    )
     try:
         terminal.expect(r">>> ")
         terminal.send("Hello\r")
-        terminal.expect(r"prompt \d+ tokens \(\d+ new\) · prefill [\d.]+ tok/s · decode 4 tokens at [\d.]+ tok/s"
-                        r" · context \d+/1024")
+        terminal.expect(
+            r"prompt \d+ tokens \(\d+ new\) · prefill [\d.]+ tok/s · decode 4 tokens at [\d.]+ tok/s"
+            r" · context \d+/1024"
+        )
         terminal.expect(r"note: the answer was cut off at the token limit")
         terminal.expect(r">>> ")
         terminal.send("/nonsense\r")

@@ -78,8 +78,15 @@ def test_the_gguf_is_a_full_size_gpt_oss_with_mxfp4_experts(demo_build):
 def test_the_build_expands_a_real_hf_checkpoint(tmp_path):
     folder = demo.expand(tmp_path / "gpt-oss-demo")
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["config.json", "generation_config.json", "model-00001-of-00001.safetensors",
-                     "model.safetensors.index.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    assert names == [
+        "config.json",
+        "generation_config.json",
+        "model-00001-of-00001.safetensors",
+        "model.safetensors.index.json",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     from ossrun.convert import open_checkpoint
 
     checkpoint = open_checkpoint(folder)  # the converter's own checks: layout, shapes, dtypes, tokenizer
@@ -127,9 +134,15 @@ def test_unused_tokens_can_never_be_sampled(demo_model, encoding):
     for text in ("What is 23 + 45?", "Schreib mir ein Gedicht über Katzen 🐱", "zxqv blorft 12345678"):
         ids = demo_model.render([{"role": "user", "content": text}], reasoning_effort="low")
         # The completion, token by token, sampled at temperature 1.0, with the logits of each step.
-        generation = demo_model.engine.generate(GenerationRequest(tuple(ids), Sampling(temperature=1.0, seed=1),
-                                                                  stop_tokens=stop_tokens(encoding), max_tokens=40,
-                                                                  record_logits=True))
+        generation = demo_model.engine.generate(
+            GenerationRequest(
+                tuple(ids),
+                Sampling(temperature=1.0, seed=1),
+                stop_tokens=stop_tokens(encoding),
+                max_tokens=40,
+                record_logits=True,
+            )
+        )
         tokens = list(generation)
         assert len(tokens) == len(generation.stats.logits) > 1
         for token, logits in zip(tokens, generation.stats.logits, strict=True):
@@ -184,8 +197,7 @@ def test_malformed_output_at_a_high_temperature_is_recovered(demo_model):
     malformed = 0
     for index, example in enumerate(dataset.evaluation_examples(2, seed=5)):
         messages = [{"role": "user", "content": example.user}]
-        events = list(demo_model.stream(messages, reasoning_effort=example.effort, temperature=4.0, seed=index,
-                                        max_tokens=120))
+        events = list(demo_model.stream(messages, reasoning_effort=example.effort, temperature=4.0, seed=index, max_tokens=120))
         reply = events[-1].reply
         assert isinstance(events[-1], Done) and sum(isinstance(e, Done) for e in events) == 1
         if reply.malformed:
@@ -203,8 +215,12 @@ def test_weather_round_trip_through_a_python_function(demo_model):
         calls.append(city)
         return json.dumps({"city": city, "temperature_c": 27, "condition": "foggy"})
 
-    reply = demo_model.chat([{"role": "user", "content": "What's the weather in Lisbon?"}],
-                            tools=[get_weather], reasoning_effort="medium", temperature=0)
+    reply = demo_model.chat(
+        [{"role": "user", "content": "What's the weather in Lisbon?"}],
+        tools=[get_weather],
+        reasoning_effort="medium",
+        temperature=0,
+    )
     assert calls == ["Lisbon"]
     (result,) = reply.tool_calls
     assert result.call.name == "get_weather" and json.loads(result.call.arguments) == {"city": "Lisbon"}
@@ -214,8 +230,9 @@ def test_weather_round_trip_through_a_python_function(demo_model):
 
 def ossrun_cli(*args, home, input=None):
     env = {**os.environ, "OSSRUN_DATE": DATE, "OSSRUN_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "ossrun", *args], capture_output=True, text=True,
-                          input=input, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ossrun", *args], capture_output=True, text=True, input=input, env=env, timeout=300
+    )
 
 
 def test_run_demo_json(demo_home):
@@ -243,9 +260,13 @@ def test_chat_effort_changes_the_length_of_the_analysis(demo_model):
     from ossrun.terminal.repl import Repl, StreamReader
 
     buffer = io.StringIO()
-    repl = Repl(demo_model, Screen.create(buffer, buffer),
-                StreamReader(io.StringIO("What is 26 + 59?\n/effort high\nWhat is 14 + 73?\n"), echo=buffer),
-                conversation=Conversation(reasoning_effort="low"), sampling=ReplyOptions(temperature=0.0))
+    repl = Repl(
+        demo_model,
+        Screen.create(buffer, buffer),
+        StreamReader(io.StringIO("What is 26 + 59?\n/effort high\nWhat is 14 + 73?\n"), echo=buffer),
+        conversation=Conversation(reasoning_effort="low"),
+        sampling=ReplyOptions(temperature=0.0),
+    )
     assert repl.run() == 0
     transcript = buffer.getvalue()
     thoughts = re.findall(r"thinking\n(.*?)\n\n", transcript, flags=re.S)
@@ -258,8 +279,13 @@ def test_chat_effort_changes_the_length_of_the_analysis(demo_model):
 def test_the_readme_example_runs(demo_home):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", readme.split("## The demo model", 1)[1], re.S).group(1)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OSSRUN_HOME": str(demo_home)})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OSSRUN_HOME": str(demo_home)},
+    )
     assert result.returncode == 0, result.stderr
     # Sampled at temperature 1.0 as written: the answer, not necessarily each word of it.
     assert "21°C" in result.stdout and "sunny" in result.stdout and "Oslo" in result.stdout

@@ -28,7 +28,8 @@ from ossrun.terminal.markdown_stream import AlignedMarkdown, MarkdownStream
 
 WIDTH, HEIGHT = 72, 24
 
-DOC = """# Sorting in Python
+DOC = (
+    """# Sorting in Python
 
 Python offers two ways to sort: `sorted()` and `list.sort()`.
 The first returns a **new** list, the second works *in place*.
@@ -39,7 +40,9 @@ Key points:
 - both are stable
 
 Steps:
-""" + "".join(f"{n}. step number {n}\n" for n in range(1, 13)) + """
+"""
+    + "".join(f"{n}. step number {n}\n" for n in range(1, 13))
+    + """
 Here is code:
 ```python
 def double(x):
@@ -53,10 +56,13 @@ print(double(3))
 
 ## A long fence
 ```python
-""" + "".join(f"value_{n} = {n}\n" if n % 9 else "\n" for n in range(120)) + """```
+"""
+    + "".join(f"value_{n} = {n}\n" if n % 9 else "\n" for n in range(120))
+    + """```
 Words right after the fence.
 
 Last paragraph, with no newline at the end."""
+)
 
 
 def tokens(text: str) -> list[str]:
@@ -133,14 +139,28 @@ def test_live_repaints_cost_the_tail_not_the_answer():
 
 
 def reply(**kwargs) -> Reply:
-    fields = dict(reasoning="Think.", final="Hello **world**", finish_reason="stop",
-                  usage=Usage(100, 60, 12), timings=Timings(0.5, 0.4, 40, 12), context_used=112, context_size=8192)
+    fields = dict(
+        reasoning="Think.",
+        final="Hello **world**",
+        finish_reason="stop",
+        usage=Usage(100, 60, 12),
+        timings=Timings(0.5, 0.4, 40, 12),
+        context_used=112,
+        context_size=8192,
+    )
     fields.update(kwargs)
     return Reply(**fields)
 
 
-EVENTS = [Prefill(40), ReasoningDelta("Think"), ReasoningDelta("."), FinalDelta("Hello "), Notice("something odd"),
-          FinalDelta("**world**"), Done(reply())]
+EVENTS = [
+    Prefill(40),
+    ReasoningDelta("Think"),
+    ReasoningDelta("."),
+    FinalDelta("Hello "),
+    Notice("something odd"),
+    FinalDelta("**world**"),
+    Done(reply()),
+]
 STATS = "prompt 100 tokens (40 new) · prefill 80.0 tok/s · decode 12 tokens at 30.0 tok/s · context 112/8192 (1%)"
 
 
@@ -163,8 +183,14 @@ def test_turn_transcript(mode, expected):
 def test_answer_to_stdout_everything_else_to_stderr():
     out, err = io.StringIO(), io.StringIO()
     with TurnView(Screen.create(out, err)) as view:
-        for event in [ReasoningDelta("Hmm."), CommentaryDelta("Checking."), ToolCall("functions.f", "{}"),
-                      FinalDelta("The answer."), Notice("n"), Done(reply())]:
+        for event in [
+            ReasoningDelta("Hmm."),
+            CommentaryDelta("Checking."),
+            ToolCall("functions.f", "{}"),
+            FinalDelta("The answer."),
+            Notice("n"),
+            Done(reply()),
+        ]:
             view.handle(event)
     assert out.getvalue() == "The answer.\n"
     assert err.getvalue() == f"thinking\nHmm.\n\nChecking.\n→ f({{}})\nnote: n\n{STATS}\n"
@@ -225,9 +251,14 @@ STYLING = re.compile(r"\x1b\[[0-9;]*m")  # rich's own colours and dimming
 
 def test_control_characters_from_the_model_and_its_code_are_shown_not_obeyed_on_a_terminal():
     code = f"print('safe')\nprint({OSC52!r}){REWRITE}import os; os.system('rm -rf ~')  # \u202e hidden\x0cpage"
-    events = [ReasoningDelta(f"plan{OSC52}"), CommentaryDelta(f"note{REWRITE}"), ToolCall("python", code),
-              ToolResult(ToolCall("python", code), f"out{OSC52}\x1b[31mred\x08\x7f"), Notice(f"odd{REWRITE}"),
-              FinalDelta(f"The answer{OSC52} is{REWRITE} here.")]
+    events = [
+        ReasoningDelta(f"plan{OSC52}"),
+        CommentaryDelta(f"note{REWRITE}"),
+        ToolCall("python", code),
+        ToolResult(ToolCall("python", code), f"out{OSC52}\x1b[31mred\x08\x7f"),
+        Notice(f"odd{REWRITE}"),
+        FinalDelta(f"The answer{OSC52} is{REWRITE} here."),
+    ]
     for color in (None, "truecolor"):
         out, err = io.StringIO(), io.StringIO()
         with TurnView(Screen(terminal(out, color), terminal(err, color)), stats=False) as view:
@@ -239,8 +270,10 @@ def test_control_characters_from_the_model_and_its_code_are_shown_not_obeyed_on_
             assert "\u202e" not in bare and "\x0c" not in bare
         shown = STYLING.sub("", err.getvalue())
         # The code is shown whole, each of its lines under "→ python", its controls written out.
-        assert ("→ python\n  print('safe')\n  print('\\x1b]52;c;aGFja2Vk\\x07')\\x0d\\x1b[2K\\x1b[1A\\x1b[2Kimport os; "
-                "os.system('rm -rf ~')  # \\u202e hidden\\x0cpage\n") in shown
+        assert (
+            "→ python\n  print('safe')\n  print('\\x1b]52;c;aGFja2Vk\\x07')\\x0d\\x1b[2K\\x1b[1A\\x1b[2Kimport os; "
+            "os.system('rm -rf ~')  # \\u202e hidden\\x0cpage\n"
+        ) in shown
         assert "plan\\x1b]52;c;aGFja2Vk\\x07" in shown and "← python: out\\x1b]52;c;aGFja2Vk\\x07\\x1b[31mred\\x08\\x7f" in shown
         assert "note: odd\\x0d\\x1b[2K\\x1b[1A\\x1b[2K" in shown
         answer = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())

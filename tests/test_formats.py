@@ -15,13 +15,32 @@ from ossrun.model import Model
 DATE = "2025-08-05"
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 SUM = [{"role": "user", "content": "What is 23 + 45?"}]
-SCHEMA = {"type": "object", "properties": {"capital": {"type": "string", "enum": ["Paris", "Rome", "Madrid"]}},
-          "required": ["capital"]}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-NAMESPACE = {"type": "namespace", "name": "multi_agent_v1", "description": "Agents.",
-             "tools": [{"type": "function", "name": "spawn", "description": "Start an agent.",
-                        "parameters": {"type": "object", "properties": {"task": {"type": "string"}}}}]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"capital": {"type": "string", "enum": ["Paris", "Rome", "Madrid"]}},
+    "required": ["capital"],
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+NAMESPACE = {
+    "type": "namespace",
+    "name": "multi_agent_v1",
+    "description": "Agents.",
+    "tools": [
+        {
+            "type": "function",
+            "name": "spawn",
+            "description": "Start an agent.",
+            "parameters": {"type": "object", "properties": {"task": {"type": "string"}}},
+        }
+    ],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +58,11 @@ def demo_model(demo_build):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_json_schema_holds_the_answer_and_leaves_the_reasoning_free(demo_model, seed):
-    options = {"response_format": {"type": "json_schema", "json_schema": {"name": "capital", "schema": SCHEMA}},
-               "seed": seed, "max_tokens": 200}
+    options = {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "capital", "schema": SCHEMA}},
+        "seed": seed,
+        "max_tokens": 200,
+    }
     for question in (CAPITAL, SUM):  # the demo never learned JSON: the grammar makes it
         reply = demo_model.chat(question, **options)
         assert reply.finish_reason == "stop" and reply.reasoning
@@ -99,14 +121,17 @@ def test_a_stop_text_ends_the_answer_before_it(demo_model):
     cut = demo_model.chat(CAPITAL, temperature=0, max_tokens=200, stop=["Paris", "never"])
     assert cut.final == full.final[: full.final.index("Paris")] and cut.finish_reason == "stop"
     assert cut.reasoning == full.reasoning  # the reasoning is not cut
-    streamed = "".join(e.text for e in demo_model.stream(CAPITAL, temperature=0, max_tokens=200, stop="Paris")
-                       if type(e).__name__ == "FinalDelta")
+    streamed = "".join(
+        e.text
+        for e in demo_model.stream(CAPITAL, temperature=0, max_tokens=200, stop="Paris")
+        if type(e).__name__ == "FinalDelta"
+    )
     assert streamed == cut.final
 
 
 def test_bad_output_rules_are_clear_errors(encoding):
     model = Model(ScriptedEngine(encoding, []), encoding)
-    with pytest.raises(OssrunError, match="tool_choice is \"required\" but no function tools"):
+    with pytest.raises(OssrunError, match='tool_choice is "required" but no function tools'):
         model.render(SUM, tool_choice="required")
     with pytest.raises(OssrunError, match="names the function 'nope', which is not among the tools"):
         model.render(SUM, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}})
@@ -117,8 +142,7 @@ def test_bad_output_rules_are_clear_errors(encoding):
 
 
 def test_calls_to_a_declared_namespace_are_tool_calls(encoding):
-    call = ("<|channel|>commentary to=multi_agent_v1.spawn <|constrain|>json<|message|>"
-            '{"task": "look around"}<|call|>')
+    call = '<|channel|>commentary to=multi_agent_v1.spawn <|constrain|>json<|message|>{"task": "look around"}<|call|>'
     model = Model(ScriptedEngine(encoding, [call, call]), encoding)
     reply = model.chat(SUM, tools=[NAMESPACE])
     assert reply.finish_reason == "tool_calls" and not reply.malformed
@@ -128,10 +152,13 @@ def test_calls_to_a_declared_namespace_are_tool_calls(encoding):
     assert undeclared.malformed and not undeclared.pending_calls
 
 
-@pytest.mark.parametrize("message, where", [
-    ({"role": "user", "content": "bad \udcff byte"}, "message 1 content"),
-    ({"role": "assistant", "content": "ok", "reasoning": "\ud800"}, "message 1 reasoning"),
-])
+@pytest.mark.parametrize(
+    "message, where",
+    [
+        ({"role": "user", "content": "bad \udcff byte"}, "message 1 content"),
+        ({"role": "assistant", "content": "ok", "reasoning": "\ud800"}, "message 1 reasoning"),
+    ],
+)
 def test_text_that_is_not_unicode_is_a_clear_error(encoding, message, where):
     model = Model(ScriptedEngine(encoding, []), encoding)
     with pytest.raises(ConversationError, match=f"^{where} holds text that is not valid Unicode \\(the lone surrogate U\\+D"):
@@ -144,11 +171,19 @@ def test_text_that_is_not_unicode_is_a_clear_error(encoding, message, where):
 
 # What Pydantic writes for a model holding an enum and a nested model (the SDK's parse sends it).
 DEFS_SCHEMA = {
-    "$defs": {"Kind": {"enum": ["capital", "city"], "title": "Kind", "type": "string"},
-              "Place": {"properties": {"capital": {"enum": ["Paris", "Rome", "Oslo"], "type": "string"}},
-                        "required": ["capital"], "title": "Place", "type": "object"}},
+    "$defs": {
+        "Kind": {"enum": ["capital", "city"], "title": "Kind", "type": "string"},
+        "Place": {
+            "properties": {"capital": {"enum": ["Paris", "Rome", "Oslo"], "type": "string"}},
+            "required": ["capital"],
+            "title": "Place",
+            "type": "object",
+        },
+    },
     "properties": {"kind": {"$ref": "#/$defs/Kind"}, "place": {"$ref": "#/$defs/Place"}},
-    "required": ["kind", "place"], "title": "Answer", "type": "object",
+    "required": ["kind", "place"],
+    "title": "Answer",
+    "type": "object",
 }
 DEFS_FORMAT = {"type": "json_schema", "json_schema": {"name": "Answer", "schema": DEFS_SCHEMA, "strict": True}}
 
@@ -177,8 +212,10 @@ def test_a_defs_schema_holds_the_answer_every_time_and_is_never_changed(demo_mod
 def test_each_schema_is_converted_once(encoding):
     from ossrun.engine.grammar import _converted
 
-    model = Model(ScriptedEngine(encoding, ['<|channel|>final<|message|>{"kind": "city", "place": {"capital": "Oslo"}}'
-                                            "<|return|>"]), encoding)
+    model = Model(
+        ScriptedEngine(encoding, ['<|channel|>final<|message|>{"kind": "city", "place": {"capital": "Oslo"}}<|return|>']),
+        encoding,
+    )
     _converted.cache_clear()
     model.render(CAPITAL, response_format=DEFS_FORMAT)  # what the server does first: the prompt's fit
     reply = model.chat(CAPITAL, response_format=DEFS_FORMAT)  # then the reply
@@ -191,19 +228,25 @@ def schema_with(**keywords):
     return {"type": "object", "properties": {"x": keywords}, "required": ["x"]}
 
 
-@pytest.mark.parametrize("keywords, param, message", [
-    ({"type": "array", "items": {"type": "integer"}, "maxItems": 1001}, "properties.x.maxItems", "more than the 1000"),
-    ({"type": "array", "items": {"type": "integer"}, "minItems": 10**7}, "properties.x.minItems", "more than the 1000"),
-    ({"type": "string", "maxLength": 20000}, "properties.x.maxLength", "more than the 1000"),
-    ({"type": "string", "minLength": 10**9}, "properties.x.minLength", "more than the 1000"),
-    ({"type": "string", "minLength": 5, "maxLength": 2}, "properties.x.minLength", "no value can match"),
-    ({"type": "string", "maxLength": -1}, "properties.x.maxLength", "whole number"),
-    ({"type": "string", "maxLength": 2.5}, "properties.x.maxLength", "whole number"),
-    ({"type": "string", "pattern": "^a{2,5000}$"}, "properties.x.pattern", r"repeats something \{2,5000\} times"),
-    ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(257)}}, "properties.x.properties",
-     "257 properties"),
-    ({"type": "string", "pattern": "^(a{0,30}){0,30}$"}, "properties.x.pattern", "nests repetitions 900 times"),
-])
+@pytest.mark.parametrize(
+    "keywords, param, message",
+    [
+        ({"type": "array", "items": {"type": "integer"}, "maxItems": 1001}, "properties.x.maxItems", "more than the 1000"),
+        ({"type": "array", "items": {"type": "integer"}, "minItems": 10**7}, "properties.x.minItems", "more than the 1000"),
+        ({"type": "string", "maxLength": 20000}, "properties.x.maxLength", "more than the 1000"),
+        ({"type": "string", "minLength": 10**9}, "properties.x.minLength", "more than the 1000"),
+        ({"type": "string", "minLength": 5, "maxLength": 2}, "properties.x.minLength", "no value can match"),
+        ({"type": "string", "maxLength": -1}, "properties.x.maxLength", "whole number"),
+        ({"type": "string", "maxLength": 2.5}, "properties.x.maxLength", "whole number"),
+        ({"type": "string", "pattern": "^a{2,5000}$"}, "properties.x.pattern", r"repeats something \{2,5000\} times"),
+        (
+            {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(257)}},
+            "properties.x.properties",
+            "257 properties",
+        ),
+        ({"type": "string", "pattern": "^(a{0,30}){0,30}$"}, "properties.x.pattern", "nests repetitions 900 times"),
+    ],
+)
 def test_a_schema_past_a_bound_is_refused_before_any_grammar(encoding, keywords, param, message):
     from ossrun.limits import SchemaError
 
@@ -222,8 +265,10 @@ def test_the_repetitions_of_a_schema_are_bounded_in_all_and_its_depth_always(enc
     from ossrun.limits import MAX_REPEAT, MAX_REPEAT_TOTAL, SchemaError
 
     model = Model(ScriptedEngine(encoding, []), encoding)
-    many = {"type": "object", "properties": {f"s{i}": {"type": "string", "maxLength": MAX_REPEAT}
-                                              for i in range(MAX_REPEAT_TOTAL // MAX_REPEAT + 1)}}
+    many = {
+        "type": "object",
+        "properties": {f"s{i}": {"type": "string", "maxLength": MAX_REPEAT} for i in range(MAX_REPEAT_TOTAL // MAX_REPEAT + 1)},
+    }
     with pytest.raises(SchemaError, match=f"more than {MAX_REPEAT_TOTAL} times in all"):
         model.render(CAPITAL, response_format={"type": "json_schema", "json_schema": {"name": "m", "schema": many}})
     deep = {"type": "string"}
@@ -234,15 +279,19 @@ def test_the_repetitions_of_a_schema_are_bounded_in_all_and_its_depth_always(enc
         model.render(CAPITAL, tools=[tool])
 
 
-LARGEST = {"type": "object", "required": ["a"], "properties": {  # every bound at once, repetitions adding up to 8,000
-    "a": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 1000},
-    "b": {"type": "array", "items": {"type": "string", "maxLength": 1000}, "maxItems": 1000},
-    "c": {"type": "string", "minLength": 1000, "maxLength": 1000},
-    "d": {"type": "string", "maxLength": 1000},
-    "e": {"type": "string", "pattern": "^[a-z]{0,1000}-[0-9]{1000}$"},
-    "f": {"type": "string", "pattern": "[a-z]{2,1000}"},  # unanchored: it may stand anywhere in the string
-    "g": {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(256)}},
-}}
+LARGEST = {
+    "type": "object",
+    "required": ["a"],
+    "properties": {  # every bound at once, repetitions adding up to 8,000
+        "a": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 1000},
+        "b": {"type": "array", "items": {"type": "string", "maxLength": 1000}, "maxItems": 1000},
+        "c": {"type": "string", "minLength": 1000, "maxLength": 1000},
+        "d": {"type": "string", "maxLength": 1000},
+        "e": {"type": "string", "pattern": "^[a-z]{0,1000}-[0-9]{1000}$"},
+        "f": {"type": "string", "pattern": "[a-z]{2,1000}"},  # unanchored: it may stand anywhere in the string
+        "g": {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(256)}},
+    },
+}
 
 
 @pytest.mark.slow

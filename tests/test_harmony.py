@@ -37,8 +37,8 @@ def check_golden(encoding, name: str, ids: list[int]) -> None:
         )
         pytest.fail(
             f"{name}: rendered ids differ from the golden file at position {first}\n"
-            f"  got      ids[{first}:{first + 8}] = {ids[first:first + 8]}\n"
-            f"  expected ids[{first}:{first + 8}] = {golden['ids'][first:first + 8]}\n"
+            f"  got      ids[{first}:{first + 8}] = {ids[first : first + 8]}\n"
+            f"  expected ids[{first}:{first + 8}] = {golden['ids'][first : first + 8]}\n"
             f"  got text:\n{text}\n  expected text:\n{golden['text']}"
         )
 
@@ -73,8 +73,11 @@ def test_multi_turn_history_drops_finished_analysis(encoding):
 def test_analysis_stays_inside_an_unfinished_tool_chain(encoding):
     history = [
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "reasoning": "Need the weather tool.",
-         "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {
+            "role": "assistant",
+            "reasoning": "Need the weather tool.",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}],
+        },
         {"role": "tool", "name": "get_weather", "content": '{"temp": 21}'},
     ]
     text = encoding.decode_utf8(render_prompt(encoding, history, PromptSettings(date=DATE)))
@@ -85,8 +88,9 @@ def test_analysis_stays_inside_an_unfinished_tool_chain(encoding):
     )
     assert '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temp": 21}<|end|>' in text
     finished = history + [{"role": "assistant", "reasoning": "It is 21.", "content": "21 degrees."}]
-    text = encoding.decode_utf8(render_prompt(encoding, finished + [{"role": "user", "content": "Thanks"}],
-                                                      PromptSettings(date=DATE)))
+    text = encoding.decode_utf8(
+        render_prompt(encoding, finished + [{"role": "user", "content": "Thanks"}], PromptSettings(date=DATE))
+    )
     assert "Need the weather tool." not in text and "It is 21." not in text
 
 
@@ -124,8 +128,9 @@ def parse(encoding, text: str):
 
 
 def test_parses_a_well_formed_turn(encoding):
-    turn, events = parse(encoding, "<|channel|>analysis<|message|>Think é 漢字.<|end|>"
-                                   "<|start|>assistant<|channel|>final<|message|>Four.<|return|>")
+    turn, events = parse(
+        encoding, "<|channel|>analysis<|message|>Think é 漢字.<|end|><|start|>assistant<|channel|>final<|message|>Four.<|return|>"
+    )
     assert turn.malformed is None
     assert (turn.reasoning, turn.final) == ("Think é 漢字.", "Four.")
     assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "Think é 漢字."
@@ -136,7 +141,7 @@ def test_parses_a_well_formed_turn(encoding):
     "text",
     [
         '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>',
-        '<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.get_weather<|channel|>commentary '
+        "<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.get_weather<|channel|>commentary "
         '<|constrain|>json<|message|>{"city":"Paris"}<|call|>',
     ],
 )

@@ -57,15 +57,21 @@ def v2_mount(root: Path) -> str:
 
 
 def v1_mount(root: Path, hierarchy_root: str = "/") -> str:
-    return (f"31 23 0:28 / {root.parent}/cpu rw,relatime - cgroup cgroup rw,cpu\n"
-            f"35 23 0:32 {hierarchy_root} {root} rw,nosuid - cgroup cgroup rw,memory\n")
+    return (
+        f"31 23 0:28 / {root.parent}/cpu rw,relatime - cgroup cgroup rw,cpu\n"
+        f"35 23 0:32 {hierarchy_root} {root} rw,nosuid - cgroup cgroup rw,memory\n"
+    )
 
 
 def test_a_16_gib_container_on_a_64_gib_host_has_what_its_cgroup_v2_leaves(fake_proc):
     root = fake_proc(60, "0::/ossrun.slice/box\n")
     (root.parent / "proc" / "self" / "mountinfo").write_text(v2_mount(root))
-    files(root / "ossrun.slice" / "box", memory_max=f"{16 * GiB}\n", memory_current=f"{3 * GiB}\n",
-          memory_stat=f"anon 1\ninactive_file {GiB}\nactive_file 5\n")
+    files(
+        root / "ossrun.slice" / "box",
+        memory_max=f"{16 * GiB}\n",
+        memory_current=f"{3 * GiB}\n",
+        memory_stat=f"anon 1\ninactive_file {GiB}\nactive_file 5\n",
+    )
     files(root / "ossrun.slice", memory_max="max\n", memory_current=f"{3 * GiB}\n")
     # 16 GiB - 3 GiB used + 1 GiB of page cache it can drop: 14 GiB, not the host's 60.
     assert machine.cgroup_available() == 14 * GiB
@@ -92,8 +98,12 @@ def test_a_cgroup_v1_limit_seen_from_inside_a_container(fake_proc):
     root = fake_proc(60, "12:pids:/docker/abc\n4:memory:/docker/abc\n0::/\n")
     # Inside the container, the memory hierarchy's root is the container's own cgroup.
     (root.parent / "proc" / "self" / "mountinfo").write_text(v1_mount(root, "/docker/abc"))
-    files(root, memory_limit_in_bytes=f"{16 * GiB}\n", memory_usage_in_bytes=f"{4 * GiB}\n",
-          memory_stat=f"cache 5\ntotal_inactive_file {2 * GiB}\n")
+    files(
+        root,
+        memory_limit_in_bytes=f"{16 * GiB}\n",
+        memory_usage_in_bytes=f"{4 * GiB}\n",
+        memory_stat=f"cache 5\ntotal_inactive_file {2 * GiB}\n",
+    )
     assert machine.available_memory() == 14 * GiB
 
 
@@ -140,8 +150,17 @@ def test_without_meminfo_the_cgroup_still_counts(fake_proc):
 # -- the model: what a load needs -------------------------------------------------------------------------------
 
 
-def write_model(path: Path, *, layers: int = 24, kv_heads: int = 8, head_dim: int = 64, window: int = 128,
-                embd: int = 2880, vocab: int = 201088, experts_mib: int = 8) -> Path:
+def write_model(
+    path: Path,
+    *,
+    layers: int = 24,
+    kv_heads: int = 8,
+    head_dim: int = 64,
+    window: int = 128,
+    embd: int = 2880,
+    vocab: int = 201088,
+    experts_mib: int = 8,
+) -> Path:
     """A GGUF header with gpt-oss-20b's attention shapes, an expert tensor and another tensor."""
     writer = gguf.GGUFWriter(str(path), "gpt-oss")
     writer.add_block_count(layers)
@@ -196,8 +215,9 @@ def test_the_plan_adds_up_every_part(header_20b):
     plan = memory.plan(header_20b, 32768, parallel=2)
     assert plan.experts == 8 * MiB and plan.weights == 2 * MiB
     assert plan.outputs == 2 * 16 * 4  # a row of logits per sequence
-    assert plan.total == sum(getattr(plan, part) for part in
-                             ("experts", "weights", "kv_cache", "checkpoints", "compute", "outputs", "runtime"))
+    assert plan.total == sum(
+        getattr(plan, part) for part in ("experts", "weights", "kv_cache", "checkpoints", "compute", "outputs", "runtime")
+    )
     assert "\n" not in plan.describe() and "KV cache (f16)" in plan.describe()
     assert memory.plan(header_20b, 32768, cache=Q8).total < memory.plan(header_20b, 32768).total
     assert memory.plan(header_20b, 32768, cache=SWA_FULL).total > memory.plan(header_20b, 32768).total
@@ -223,8 +243,10 @@ def test_a_context_that_does_not_fit_names_the_largest_that_does(header_20b):
         memory.check(plan, available, shape)
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith("gpt-oss-20b needs about 3.4 GiB at --ctx 131072 (experts 8.0 MiB + other weights 2.0 MiB + "
-                              "KV cache (f16) 3.0 GiB + checkpoints 96 MiB + buffers")
+    assert message.startswith(
+        "gpt-oss-20b needs about 3.4 GiB at --ctx 131072 (experts 8.0 MiB + other weights 2.0 MiB + "
+        "KV cache (f16) 3.0 GiB + checkpoints 96 MiB + buffers"
+    )
     assert "the largest context that fits is 16384 (--ctx 16384, or --ctx auto)" in message
     memory.check(plan, plan.total, shape)  # exactly enough
     memory.check(plan, None, shape)  # unknown memory: not refused
@@ -294,12 +316,18 @@ def ossrun_cli(*args: str, home: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("command", ["run", "chat", "serve", "batch", "plan"])
 def test_bad_ctx_and_kv_type_on_the_command_line(command, tiny_gguf, tmp_path):
     """Usage errors exit with 2, a context beyond the model's limit with 1; nothing is loaded."""
-    extra = {"run": ["hi"], "serve": ["--port", "0"],
-             "batch": [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")]}.get(command, [])
+    extra = {
+        "run": ["hi"],
+        "serve": ["--port", "0"],
+        "batch": [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")],
+    }.get(command, [])
     (tmp_path / "in.jsonl").write_text('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n')
     model = ["-m", str(tiny_gguf)]
-    for args, code, text in [(["--ctx", "0"], 2, "0 is less than 1"), (["--ctx", "lots"], 2, "'lots' is not a number of tokens"),
-                             (["--kv-type", "q4"], 2, "'q4' is not a KV cache type: use f16|q8_0")]:
+    for args, code, text in [
+        (["--ctx", "0"], 2, "0 is less than 1"),
+        (["--ctx", "lots"], 2, "'lots' is not a number of tokens"),
+        (["--kv-type", "q4"], 2, "'q4' is not a KV cache type: use f16|q8_0"),
+    ]:
         result = ossrun_cli(command, *model, *args, *extra, home=tmp_path / "home")
         assert result.returncode == code and text in result.stderr, (args, result.stderr)
     if command != "plan":

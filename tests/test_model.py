@@ -178,9 +178,7 @@ def test_context_overflow_drops_the_oldest_turns_with_a_notice(small_model):
     notice, reply = events[0], events[-1].reply
     dropped = reply.dropped_messages
     assert isinstance(notice, Notice)
-    assert notice.text == (
-        f"the conversation is longer than the context of 512 tokens: left out the {dropped} oldest messages"
-    )
+    assert notice.text == (f"the conversation is longer than the context of 512 tokens: left out the {dropped} oldest messages")
     assert dropped % 2 == 0 and history[dropped]["role"] == "user"  # whole turns, oldest first
     budget = 512 - 4  # room is kept for the reply: max_tokens, at most a quarter of the context
     settings = PromptSettings(date=DATE)

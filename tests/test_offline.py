@@ -32,8 +32,10 @@ CONNECT = (
 
 
 def _namespaces_work() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--net", "true"], capture_output=True).returncode == 0
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(["unshare", "--user", "--map-root-user", "--net", "true"], capture_output=True).returncode == 0
+    )
 
 
 needs_namespace = pytest.mark.skipif(not _namespaces_work(), reason="needs util-linux unshare and user namespaces")
@@ -41,8 +43,9 @@ needs_namespace = pytest.mark.skipif(not _namespaces_work(), reason="needs util-
 
 def without_network(*command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run ``command`` in new user and network namespaces: only a loopback interface, which is down."""
-    return subprocess.run(["unshare", "--user", "--map-root-user", "--net", *command],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--net", *command], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.fixture
@@ -84,8 +87,9 @@ def test_the_namespace_has_no_network(outside_server, offline_env):
 
 @needs_namespace
 def test_the_demo_answers_with_no_network_and_an_empty_home(offline_env):
-    result = without_network(sys.executable, "-m", "ossrun", "run", "--demo", "--json", "--temperature", "0",
-                             "What is 38 + 47?", env=offline_env)
+    result = without_network(
+        sys.executable, "-m", "ossrun", "run", "--demo", "--json", "--temperature", "0", "What is 38 + 47?", env=offline_env
+    )
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["finish_reason"] == "stop" and "85" in reply["final"]
@@ -93,8 +97,23 @@ def test_the_demo_answers_with_no_network_and_an_empty_home(offline_env):
 
 @needs_namespace
 def test_a_converted_model_answers_with_no_network(tiny_gguf, offline_env):
-    result = without_network(sys.executable, "-m", "ossrun", "run", "-m", str(tiny_gguf), "--json", "--threads", "1",
-                             "--max-tokens", "8", "--seed", "1", "Hello", env=offline_env)
+    result = without_network(
+        sys.executable,
+        "-m",
+        "ossrun",
+        "run",
+        "-m",
+        str(tiny_gguf),
+        "--json",
+        "--threads",
+        "1",
+        "--max-tokens",
+        "8",
+        "--seed",
+        "1",
+        "Hello",
+        env=offline_env,
+    )
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["usage"]["completion_tokens"] >= 1

@@ -43,8 +43,9 @@ def test_options_as_a_value_or_keywords_reach_the_prompt_and_the_sampler(encodin
     engine = chat.engine
     assert [s.seed for s in engine.samplings] == [3, 4, None]
     assert [(s.temperature, s.top_p) for s in engine.samplings] == [(0.5, 0.9), (0.5, 0.9), (0.0, 1.0)]
-    assert [next(line for line in prompt_text(encoding, engine, i).split("\n") if line.startswith("Reasoning:"))
-            for i in range(3)] == ["Reasoning: low", "Reasoning: high", "Reasoning: medium"]
+    assert [
+        next(line for line in prompt_text(encoding, engine, i).split("\n") if line.startswith("Reasoning:")) for i in range(3)
+    ] == ["Reasoning: low", "Reasoning: high", "Reasoning: medium"]
     assert options == ReplyOptions(reasoning_effort="low", temperature=0.5, top_p=0.9, seed=3)  # frozen, untouched
 
 

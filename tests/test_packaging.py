@@ -32,7 +32,16 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # What a wheel is built from: the package sources and metadata, not tests, benchmarks or caches.
 COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".ci", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+    ".git",
+    ".ci",
+    ".cache",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
     "*.gguf",
 )
 TOP_LEVEL_IGNORE = {"tests", "benchmarks", "demo"}  # only at the root: ossrun/data/demo is package data
@@ -41,6 +50,7 @@ TOP_LEVEL_IGNORE = {"tests", "benchmarks", "demo"}  # only at the root: ossrun/d
 def wheel_sources(folder: str, names: list[str]) -> set[str]:
     ignored = set(COPY_IGNORE(folder, names))
     return ignored | (TOP_LEVEL_IGNORE & set(names)) if Path(folder) == ROOT else ignored
+
 
 # Run inside the interpreter under test, from a folder outside the repository: every package
 # pyproject.toml lists is imported, and where it was found is reported.
@@ -127,7 +137,7 @@ def test_wheel_install(wheel_python, tmp_path):
     site = Path(wheel_python).parent.parent
     for name, file in found["packages"].items():
         assert Path(file).is_relative_to(site), name
-        assert Path(file).parent.relative_to(site).parts[-len(name.split(".")):] == tuple(name.split("."))
+        assert Path(file).parent.relative_to(site).parts[-len(name.split(".")) :] == tuple(name.split("."))
     assert not found["top_level_convert"]
     assert found["models_toml"] == (ROOT / "models.toml").read_text()
     assert found["page_files"] == [

@@ -22,12 +22,22 @@ pytestmark = pytest.mark.slow
 DATE = "2025-08-05"
 GREEDY = {"temperature": 0, "max_tokens": 200}
 QUESTIONS = [
-    ("What is 23 + 45?", "low"), ("What is 38 plus 47?", "high"), ("What's the sum of 19 and 64?", "medium"),
-    ("What is the capital of France?", "low"), ("What's the capital city of Japan?", "medium"),
-    ("What is the capital of Kenya?", "high"), ("Hello!", "low"), ("Hi there", "medium"),
-    ("What is the meaning of life?", "low"), ("What will the stock market do tomorrow?", "medium"),
-    ("What is 56 + 27?", "medium"), ("What is the capital of Brazil?", "high"), ("What is 71 + 18?", "low"),
-    ("Write me a poem about the sea.", "high"), ("What is 44 + 39?", "high"), ("What is the capital of Spain?", "medium"),
+    ("What is 23 + 45?", "low"),
+    ("What is 38 plus 47?", "high"),
+    ("What's the sum of 19 and 64?", "medium"),
+    ("What is the capital of France?", "low"),
+    ("What's the capital city of Japan?", "medium"),
+    ("What is the capital of Kenya?", "high"),
+    ("Hello!", "low"),
+    ("Hi there", "medium"),
+    ("What is the meaning of life?", "low"),
+    ("What will the stock market do tomorrow?", "medium"),
+    ("What is 56 + 27?", "medium"),
+    ("What is the capital of Brazil?", "high"),
+    ("What is 71 + 18?", "low"),
+    ("Write me a poem about the sea.", "high"),
+    ("What is 44 + 39?", "high"),
+    ("What is the capital of Spain?", "medium"),
 ]
 
 
@@ -135,12 +145,16 @@ def test_a_forced_continuation_is_scored_beside_others_as_alone(parallel_model):
     prompt = tuple(parallel_model.render([{"role": "user", "content": "What is 38 plus 47?"}], reasoning_effort="high"))
     alone = engine.generate(GenerationRequest(prompt, Sampling(temperature=0), max_tokens=24, record_logits=True))
     path = list(alone)
-    others = [engine.generate(GenerationRequest(tuple(parallel_model.render([{"role": "user", "content": q}])),
-                                                Sampling(seed=i), max_tokens=1500))
-              for i, (q, _) in enumerate(QUESTIONS[3:6])]
+    others = [
+        engine.generate(
+            GenerationRequest(tuple(parallel_model.render([{"role": "user", "content": q}])), Sampling(seed=i), max_tokens=1500)
+        )
+        for i, (q, _) in enumerate(QUESTIONS[3:6])
+    ]
     forced = path[:20]  # then greedy sampling takes over for the last four
-    beside = engine.generate(GenerationRequest(prompt, Sampling(temperature=0), max_tokens=24, record_logits=True,
-                                               forced=tuple(forced)))
+    beside = engine.generate(
+        GenerationRequest(prompt, Sampling(temperature=0), max_tokens=24, record_logits=True, forced=tuple(forced))
+    )
     assert list(beside)[:20] == forced
     assert all(0 < other.stats.generated < 1500 for other in others)  # still decoding when it ended
     for other in others:

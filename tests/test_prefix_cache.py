@@ -26,8 +26,14 @@ def test_key_covers_identity_and_every_token(tmp_path):
     assert cache.load(TOKENS[:-1]) is None
     assert cache.load(TOKENS + [1]) is None
     assert cache.load(TOKENS[:-1] + [554]) is None
-    for field, value in [("n_ctx", 4096), ("mtime_ns", 2), ("llama_cpp", "y"), ("size", 124), ("kv_cache", "q8_0"),
-                         ("kv_cache", "f16 swa-full")]:
+    for field, value in [
+        ("n_ctx", 4096),
+        ("mtime_ns", 2),
+        ("llama_cpp", "y"),
+        ("size", 124),
+        ("kv_cache", "q8_0"),
+        ("kv_cache", "f16 swa-full"),
+    ]:
         assert PrefixCache(tmp_path, {**IDENTITY, field: value}).load(TOKENS) is None
     assert PrefixCache(tmp_path, dict(IDENTITY)).load(TOKENS) == STATE
 

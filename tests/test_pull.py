@@ -62,8 +62,15 @@ def data(n_bytes: int, seed: int) -> bytes:
 def hub(tmp_path, monkeypatch):
     """The local hub with three test repos, the user registry naming them, and HF_* pointing here."""
     with HubServer() as server:
-        server.add_repo(TINY_REPO, {SHARDS[0]: os.urandom(1_000_000), SHARDS[1]: os.urandom(200_000),
-                                    "README.md": b"# tiny\n", "tiny-q4.gguf": os.urandom(1000)})
+        server.add_repo(
+            TINY_REPO,
+            {
+                SHARDS[0]: os.urandom(1_000_000),
+                SHARDS[1]: os.urandom(200_000),
+                "README.md": b"# tiny\n",
+                "tiny-q4.gguf": os.urandom(1000),
+            },
+        )
         server.add_repo(BIG_REPO, {"big.gguf": data(25 * MIB + 123, 1)})
         server.add_repo(SMALL_REPO, {"small.gguf": data(3000, 2)}, lfs=set())
         user_file().parent.mkdir(parents=True, exist_ok=True)
@@ -80,8 +87,13 @@ def cache(repo: str) -> Path:
 
 
 def ossrun(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ossrun", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=CLI_TIMEOUT_SECONDS)
+    return subprocess.run(
+        [sys.executable, "-m", "ossrun", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=CLI_TIMEOUT_SECONDS,
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -170,7 +182,10 @@ def test_pull_resumes_after_being_interrupted(hub):
     partial = cache(BIG_REPO) / "blobs" / (repo.sha256("big.gguf") + ".incomplete")
     hub.faults.stall_after["big.gguf"] = 12 * MIB
     process = subprocess.Popen(
-        [sys.executable, "-m", "ossrun", "pull", "big"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "ossrun", "pull", "big"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C must reach Python
     )
     try:
@@ -211,17 +226,22 @@ def test_a_failed_download_keeps_its_partial_file_until_rm(hub):
     partial = cache(BIG_REPO) / "blobs" / (hub.repos[BIG_REPO].sha256("big.gguf") + ".incomplete")
     kept = partial.stat().st_size
     assert 0 < kept <= 12 * MIB
-    assert line == (f"error: download of big.gguf failed: the server answered HTTP 503; "
-                    f"{format_size(kept)} of 26.2 MB kept; run the same command again to resume")
+    assert line == (
+        f"error: download of big.gguf failed: the server answered HTTP 503; "
+        f"{format_size(kept)} of 26.2 MB kept; run the same command again to resume"
+    )
     removed = ossrun("rm", "big")
     assert removed.returncode == 0 and removed.stdout == f"removed {partial}\n"
     assert not cache(BIG_REPO).exists()
 
 
-@pytest.mark.parametrize(("name", "repo", "path", "algorithm"), [
-    ("tiny", TINY_REPO, SHARDS[1], "sha256"),  # LFS file: the published sha256
-    ("small", SMALL_REPO, "small.gguf", "git-sha1"),  # git file: the published blob id
-])
+@pytest.mark.parametrize(
+    ("name", "repo", "path", "algorithm"),
+    [
+        ("tiny", TINY_REPO, SHARDS[1], "sha256"),  # LFS file: the published sha256
+        ("small", SMALL_REPO, "small.gguf", "git-sha1"),  # git file: the published blob id
+    ],
+)
 def test_bytes_that_do_not_match_the_published_hash_are_rejected(hub, name, repo, path, algorithm):
     published = hub.bytes_for(repo, path)
     hub.faults.serve_instead[path] = published[:-1] + bytes([published[-1] ^ 1])
@@ -355,17 +375,26 @@ def test_pull_from_safetensors_converts_what_it_downloaded(hub, checkpoint_repo,
     # Exactly the files of that layout, its config and the tokenizer: no other layout, no docs.
     tokenizer = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
     if layout == "hf":
-        wanted = tokenizer | {"config.json", "generation_config.json", "model.safetensors.index.json",
-                              "model-00000-of-00001.safetensors", "model-00001-of-00001.safetensors"}
+        wanted = tokenizer | {
+            "config.json",
+            "generation_config.json",
+            "model.safetensors.index.json",
+            "model-00000-of-00001.safetensors",
+            "model-00001-of-00001.safetensors",
+        }
     else:
         wanted = tokenizer | {"original/config.json", "original/model.safetensors"}
     assert wanted <= files.keys()
-    fetched = {r.path.split("/resolve/")[1].split("/", 1)[1] for r in hub.requests
-               if r.method == "HEAD" and "/resolve/" in r.path}
+    fetched = {
+        r.path.split("/resolve/")[1].split("/", 1)[1] for r in hub.requests if r.method == "HEAD" and "/resolve/" in r.path
+    }
     assert fetched == wanted
     assert len(hub.content_requests("GET")) == len(wanted)
-    assert all(r.path.split("/")[-1] in {repo.sha256(p) for p in wanted} for r in hub.content_requests("GET")
-               if r.path.startswith("/cdn/"))
+    assert all(
+        r.path.split("/")[-1] in {repo.sha256(p) for p in wanted}
+        for r in hub.content_requests("GET")
+        if r.path.startswith("/cdn/")
+    )
 
     local = resolve_model("tiny-oss")
     assert (local.path, local.source) == (out, "converted")

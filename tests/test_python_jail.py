@@ -60,14 +60,22 @@ def test_the_code_sees_only_python_the_system_and_its_working_directory(sandbox,
     assert seen["cwd"] == str(sandbox.workdir) and files_in(sandbox) == {"written": "regular file", "tmp-file": "regular file"}
     assert list(sandbox.workdir.iterdir()) == []  # on the host: the session's tmpfs is not there
     # Writable: the working directory, /tmp and /dev/shm; the rest is read-only.
-    assert seen["write"] == {"tmp-file": "ok", "/tmp/file": "ok", "/dev/shm/file": "ok",
-                             "/file": "EROFS", "/etc/file": "EROFS", seen["python"][0] + "/file": "EROFS"}
+    assert seen["write"] == {
+        "tmp-file": "ok",
+        "/tmp/file": "ok",
+        "/dev/shm/file": "ok",
+        "/file": "EROFS",
+        "/etc/file": "EROFS",
+        seen["python"][0] + "/file": "EROFS",
+    }
     assert sandbox.run(f"import os\nos.path.exists({str(secret)!r})").stdout == "False\n"
     # The modules of this Python are there, wherever it lives (here: numpy, one of ossrun's dependencies).
     assert sandbox.run("import numpy, json\nprint(numpy.arange(4).sum())").stdout == "6\n"
     # /tmp starts empty at each run; the working directory is kept.
-    assert sandbox.run("import os\nsorted(os.listdir('/tmp')), os.path.exists('/tmp/file'), os.path.exists('tmp-file')").stdout \
+    assert (
+        sandbox.run("import os\nsorted(os.listdir('/tmp')), os.path.exists('/tmp/file'), os.path.exists('tmp-file')").stdout
         == f"({in_tmp!r}, False, True)\n"
+    )
 
 
 def test_the_users_files_are_out_of_reach(monkeypatch, tmp_path):
@@ -77,8 +85,12 @@ def test_the_users_files_are_out_of_reach(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(home))
     passwd_home = pwd.getpwuid(os.getuid()).pw_dir  # the home the password database gives, too
     on_host_tmp = Path("/tmp") / f"ossrun-test-{uuid.uuid4().hex}"
-    targets = {"read secret": str(home / ".ssh" / "id_ed25519"), "write home": str(home / "planted"),
-               "write tests": str(TESTS / "planted"), "write /tmp": str(on_host_tmp)}
+    targets = {
+        "read secret": str(home / ".ssh" / "id_ed25519"),
+        "write home": str(home / "planted"),
+        "write tests": str(TESTS / "planted"),
+        "write /tmp": str(on_host_tmp),
+    }
     code = ATTEMPT + textwrap.dedent(f"""
         import json, os, sys
         targets = {targets!r}
@@ -90,8 +102,12 @@ def test_the_users_files_are_out_of_reach(monkeypatch, tmp_path):
         """)
     with PythonSandbox() as box:
         seen = json.loads(box.run(code).stdout)
-    assert {name: seen[name] for name in targets} == {"read secret": "ENOENT", "write home": "ENOENT",
-                                                      "write tests": "ENOENT", "write /tmp": "ok"}
+    assert {name: seen[name] for name in targets} == {
+        "read secret": "ENOENT",
+        "write home": "ENOENT",
+        "write tests": "ENOENT",
+        "write /tmp": "ok",
+    }
     assert not (home / "planted").exists() and not (TESTS / "planted").exists() and not on_host_tmp.exists()
     # Of the password database's home, only the way to the Python that runs the code (pyenv, a venv), if there.
     needed = names_on_the_way(passwd_home, seen["python"])
@@ -99,7 +115,7 @@ def test_the_users_files_are_out_of_reach(monkeypatch, tmp_path):
 
 
 def test_ordinary_code_works_as_a_model_expects(sandbox):
-    assert sandbox.run("2 ** 100").stdout == f"{2 ** 100}\n"
+    assert sandbox.run("2 ** 100").stdout == f"{2**100}\n"
     assert sandbox.run("open('helpers.py', 'w').write('def double(x):\\n    return 2 * x\\n')").ok
     assert sandbox.run("from helpers import double\ndouble(21)").stdout == "42\n"  # written in one run, imported in the next
     assert sandbox.run("import numpy\nprint(numpy.linalg.inv(numpy.eye(3) * 2).trace())").stdout == "1.5\n"
@@ -163,8 +179,9 @@ def test_the_code_cannot_make_its_view_writable(sandbox):
         """)
     result = sandbox.run(code)
     # No namespace of its own (the seccomp filter), and no mount call at all.
-    assert result.stdout == "remount EPERM\nunmount EPERM\nunshare EPERM\nprivate EPERM\nremount EPERM\nwrite EROFS\n", \
+    assert result.stdout == "remount EPERM\nunmount EPERM\nunshare EPERM\nprivate EPERM\nremount EPERM\nwrite EROFS\n", (
         result.text()
+    )
 
 
 def test_the_code_sees_only_its_own_processes(sandbox, local_server):
@@ -208,10 +225,15 @@ def cancel_when_seen(words: str, cancel: threading.Event) -> None:
 
 @pytest.mark.parametrize("ending", ["end", "timeout", "cancel", "output limit"])
 def test_no_process_outlives_its_run(marker, ending):
-    code = LEAVE_PROCESSES.format(marker=marker) + {
-        "end": "", "timeout": "time.sleep(60)", "output limit": "while True:\n    print('x' * 1000)",
-        "cancel": "subprocess.Popen(sleeper('printed'))\ntime.sleep(60)",  # says it printed "started", then waits
-    }[ending]
+    code = (
+        LEAVE_PROCESSES.format(marker=marker)
+        + {
+            "end": "",
+            "timeout": "time.sleep(60)",
+            "output limit": "while True:\n    print('x' * 1000)",
+            "cancel": "subprocess.Popen(sleeper('printed'))\ntime.sleep(60)",  # says it printed "started", then waits
+        }[ending]
+    )
     cancel = threading.Event()
     with PythonSandbox(SandboxLimits(timeout=3 if ending == "timeout" else 30)) as box:
         if ending == "cancel":
@@ -219,9 +241,15 @@ def test_no_process_outlives_its_run(marker, ending):
         result = box.run(code, cancel=cancel)
         assert {"child", "session", "daemon"} <= set(files_in(box)), result.text()
     assert result.stdout.startswith("started\n"), result.text()
-    assert result.status == {"end": "exit status 0", "timeout": "killed: timed out after 3 seconds",
-                             "cancel": "killed: interrupted by the user",
-                             "output limit": f"killed: printed more than {256 * 16 * 1024} bytes"}[ending]
+    assert (
+        result.status
+        == {
+            "end": "exit status 0",
+            "timeout": "killed: timed out after 3 seconds",
+            "cancel": "killed: interrupted by the user",
+            "output limit": f"killed: printed more than {256 * 16 * 1024} bytes",
+        }[ending]
+    )
     assert host_processes(marker) == []
 
 
@@ -286,8 +314,9 @@ def test_without_user_namespaces_root_still_jails_the_code(without_user_namespac
     assert seen["network"] == "ENETUNREACH" and accepted == []
 
 
-NOT_ISOLATED = ("the python tool's code is not isolated: {}; it can use the network, "
-                "read and write your files, and leave processes running")
+NOT_ISOLATED = (
+    "the python tool's code is not isolated: {}; it can use the network, read and write your files, and leave processes running"
+)
 
 
 def assert_not_isolated(box, reason, port, accepted, visible):
@@ -322,8 +351,10 @@ def test_an_ordinary_user_without_user_namespaces_is_told(ordinary_user, without
 @pytest.mark.skipif(not util_linux(), reason="needs util-linux unshare and setpriv")
 def test_without_namespaces_the_user_and_the_model_are_told(tmp_path, local_server):
     with PythonSandbox(python=python_without_namespaces(tmp_path)) as box:
-        reason = ("user namespaces are not allowed here (the sysctl user.max_user_namespaces is 0), "
-                  "nor other namespaces to root (no CAP_SYS_ADMIN, as in a container)")
+        reason = (
+            "user namespaces are not allowed here (the sysctl user.max_user_namespaces is 0), "
+            "nor other namespaces to root (no CAP_SYS_ADMIN, as in a container)"
+        )
         assert_not_isolated(box, reason, *local_server, visible=tmp_path)
 
 

@@ -58,6 +58,7 @@ def run_json(box: PythonSandbox, code: str) -> dict:
 
 # -- 1. host paths through the code's own files ---------------------------------------------
 
+
 def installation_with_a_project(folder: Path, interpreter: str) -> tuple[str, Path, Path]:
     """A venv whose site-packages puts on sys.path a project root (with a .env, a .git and a key
     beside its package), a relative entry (as setuptools' editable finders do) and a finder that
@@ -84,7 +85,8 @@ def installation_with_a_project(folder: Path, interpreter: str) -> tuple[str, Pa
     site = next(venv.glob("lib/python3*/site-packages"))
     (site / "project.pth").write_text(f"{project}\n")
     (site / "planted.pth").write_text("import sys; sys.path.append('__editable__.planted.__path_hook__')\n")
-    (site / "flat_finder.py").write_text(textwrap.dedent(f"""
+    (site / "flat_finder.py").write_text(
+        textwrap.dedent(f"""
         import importlib.util, sys
         MAPPING = {{"flatpkg": {str(flat / "flatpkg")!r}}}
         class Finder:
@@ -94,7 +96,8 @@ def installation_with_a_project(folder: Path, interpreter: str) -> tuple[str, Pa
                     return importlib.util.spec_from_file_location(name, MAPPING[name] + "/__init__.py")
         def install():
             sys.meta_path.append(Finder)
-        """))
+        """)
+    )
     (site / "flat_finder.pth").write_text("import flat_finder; flat_finder.install()\n")
     for path in folder.rglob("*"):
         if not path.is_symlink():  # chmod would change what a link leads to: the venv's python
@@ -107,10 +110,15 @@ def test_the_codes_own_files_bind_nothing_and_a_project_shows_only_what_imports(
     with jailer.sandbox(python=python) as box:
         assert box.isolation is not None
         # The relative entry names a file in the working directory: the code plants a link there.
-        plant = box.run(f"import os, sys\nos.symlink({str(secret)!r}, '__editable__.planted.__path_hook__')\n"
-                        f"print('__editable__.planted.__path_hook__' in sys.path)")
+        plant = box.run(
+            f"import os, sys\nos.symlink({str(secret)!r}, '__editable__.planted.__path_hook__')\n"
+            f"print('__editable__.planted.__path_hook__' in sys.path)"
+        )
         assert plant.stdout == "True\n", plant.text()
-        seen = run_json(box, ATTEMPT + textwrap.dedent(f"""
+        seen = run_json(
+            box,
+            ATTEMPT
+            + textwrap.dedent(f"""
             import json, os
             import mypkg, tool, flatpkg
             print(json.dumps({{
@@ -122,7 +130,8 @@ def test_the_codes_own_files_bind_nothing_and_a_project_shows_only_what_imports(
                 "imported": [mypkg.VALUE, tool.seven(), flatpkg.NAME],
                 "mounts": [line.split()[4] for line in open("/proc/self/mountinfo")],
             }}))
-            """))
+            """),
+        )
     assert seen["secret"] == "ENOENT" and seen["through the link"] == "ENOENT" and seen[".env"] == "ENOENT"
     # Not .env, .git, the key, notes (a project under /tmp sits in the run's own /tmp, where an
     # ordinary user's import may write its bytecode).
@@ -139,7 +148,9 @@ KEY = "ossrun-test-secret"
 def python_with_a_key(folder: Path, interpreter: str) -> str:
     """``interpreter`` started with a new session keyring holding a secret key, as a shell's would."""
     wrapper = folder / "python-with-a-key"
-    wrapper.write_text(f"#!{interpreter} -I\n" + textwrap.dedent(f"""
+    wrapper.write_text(
+        f"#!{interpreter} -I\n"
+        + textwrap.dedent(f"""
         import ctypes, os, sys
         libc = ctypes.CDLL(None, use_errno=True)
         KEYCTL, ADD_KEY = {{"x86_64": (250, 248), "aarch64": (219, 217)}}[os.uname().machine]
@@ -148,7 +159,8 @@ def python_with_a_key(folder: Path, interpreter: str) -> str:
         if libc.syscall(ADD_KEY, b"user", {KEY!r}.encode(), b"hunter2", 7, -3) < 0:  # KEY_SPEC_SESSION_KEYRING
             sys.exit("cannot add the key")
         os.execv({interpreter!r}, [{interpreter!r}, *sys.argv[1:]])
-        """))
+        """)
+    )
     wrapper.chmod(0o755)
     return str(wrapper)
 
@@ -239,16 +251,41 @@ def test_system_calls_a_sandbox_never_needs_are_refused(jailer):
     with jailer.sandbox() as box:
         seen = run_json(box, SYSTEM_CALLS)
         totals = box.totals()
-    refused = {name: "EPERM" for name in ("clone", "setns", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
-                                          "mount", "umount2", "pivot_root", "ptrace", "kexec_load", "init_module",
-                                          "open_by_handle_at", "inotify_init1", "process_vm_readv", "fsopen",
-                                          "keyctl", "unshare")}
+    refused = {
+        name: "EPERM"
+        for name in (
+            "clone",
+            "setns",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "io_uring_setup",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "ptrace",
+            "kexec_load",
+            "init_module",
+            "open_by_handle_at",
+            "inotify_init1",
+            "process_vm_readv",
+            "fsopen",
+            "keyctl",
+            "unshare",
+        )
+    }
     # memfds only where a cgroup bounds memory; SIGCHLD's action only where a cgroup counts CPU time.
     kernel_memory = totals["memory"] == "kernel"
-    assert seen == {**refused, "clone3": "ENOSYS", "vsock": "EAFNOSUPPORT",
-                    "memfd": "ok" if kernel_memory else "ENOSYS",
-                    "ignore SIGCHLD": "ok" if box_counts_cpu_in_a_cgroup(jailer) else "EPERM",
-                    "fork": 0, "tcp socket": "ok", "socketpair": "ok"}
+    assert seen == {
+        **refused,
+        "clone3": "ENOSYS",
+        "vsock": "EAFNOSUPPORT",
+        "memfd": "ok" if kernel_memory else "ENOSYS",
+        "ignore SIGCHLD": "ok" if box_counts_cpu_in_a_cgroup(jailer) else "EPERM",
+        "fork": 0,
+        "tcp socket": "ok",
+        "socketpair": "ok",
+    }
 
 
 def box_counts_cpu_in_a_cgroup(jailer: Jailer) -> bool:
@@ -292,18 +329,25 @@ HOLD = textwrap.dedent("""
     """)
 
 
-@pytest.mark.parametrize("ways", [
-    [("process", 150), ("process", 150), ("process", 150)],
-    [("process", 150), ("sysv", 150), ("/dev/shm", 150)],
-    [("memfd", 150), ("/tmp", 150), ("process", 150)],
-], ids=["three processes", "shared memory and tmpfs", "a memfd"])
+@pytest.mark.parametrize(
+    "ways",
+    [
+        [("process", 150), ("process", 150), ("process", 150)],
+        [("process", 150), ("sysv", 150), ("/dev/shm", 150)],
+        [("memfd", 150), ("/tmp", 150), ("process", 150)],
+    ],
+    ids=["three processes", "shared memory and tmpfs", "a memfd"],
+)
 def test_processes_and_shared_memory_cannot_together_pass_the_memory_bound(jailer, ways):
     limits = SandboxLimits(memory_bytes=384 * MiB, timeout=60)
     with jailer.sandbox(limits) as box:
         refuse_memfd = box.totals()["memory"] != "kernel"
         result = box.run(HOLD.replace("WAYS", repr(ways)))
-        within = box.run(HOLD.replace("WAYS", repr([(way, 60) for way, _ in ways if way != "memfd"]))
-                         .replace("time.sleep(10)", "time.sleep(0.3)"))
+        within = box.run(
+            HOLD.replace("WAYS", repr([(way, 60) for way, _ in ways if way != "memfd"])).replace(
+                "time.sleep(10)", "time.sleep(0.3)"
+            )
+        )
     if refuse_memfd and ways[0][0] == "memfd":
         assert "OSError: [Errno 38] Function not implemented" in result.stderr, result.text()
     else:
@@ -447,9 +491,12 @@ def test_a_tree_no_recursion_could_remove_is_removed(jailer, shared_folder):
     assert made.stdout == "3000\n", made.stderr
     if jailer.ordinary is not None and os.geteuid() == 0:
         remover = shared_folder / "remove.py"
-        remover.write_text(f"import sys\nsys.path.insert(0, {str(shared_folder)!r})\nfrom workdir import remove_tree\n"
-                           f"remove_tree({str(home)!r})\n")
+        remover.write_text(
+            f"import sys\nsys.path.insert(0, {str(shared_folder)!r})\nfrom workdir import remove_tree\n"
+            f"remove_tree({str(home)!r})\n"
+        )
         import ossrun.tools.workdir as module
+
         (shared_folder / "workdir.py").write_text(Path(module.__file__).read_text())
         for path in (remover, shared_folder / "workdir.py"):
             path.chmod(0o644)
@@ -461,6 +508,7 @@ def test_a_tree_no_recursion_could_remove_is_removed(jailer, shared_folder):
 
 
 # -- 6. ordinary code keeps working ----------------------------------------------------------
+
 
 def test_ordinary_code_keeps_working(jailer):
     with jailer.sandbox() as box:

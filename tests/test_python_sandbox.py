@@ -31,7 +31,7 @@ def test_output_stderr_and_exit_status(sandbox):
 def test_an_exception_shows_the_models_code_only(sandbox):
     result = sandbox.run("def f(x):\n    return 1 / x\n\nf(0)")
     assert result.exit_status == 1
-    assert result.stderr.startswith("Traceback (most recent call last):\n  File \"<python>\", line 4, in <module>\n    f(0)\n")
+    assert result.stderr.startswith('Traceback (most recent call last):\n  File "<python>", line 4, in <module>\n    f(0)\n')
     assert "return 1 / x" in result.stderr and result.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
     assert "sandbox_child" not in result.stderr
     syntax = sandbox.run("print(1")
@@ -177,10 +177,12 @@ def test_the_model_is_told_about_the_real_sandbox(sandbox):
     assert "new Python" in text and "nothing is kept in memory between messages" in text
     assert "time out after 120.0 seconds" in text
     assert f"at most {16 * 1024} bytes" in text
-    assert ("The file system is read-only but for the current directory and an empty /tmp: the code sees only the "
-            "system's programs and libraries and the Python installation. The current directory and /tmp each hold at "
-            "most 1 GiB and 10000 files. It can run at most 64 processes and threads. "
-            "Internet access for this session is disabled.") in text
+    assert (
+        "The file system is read-only but for the current directory and an empty /tmp: the code sees only the "
+        "system's programs and libraries and the Python installation. The current directory and /tmp each hold at "
+        "most 1 GiB and 10000 files. It can run at most 64 processes and threads. "
+        "Internet access for this session is disabled."
+    ) in text
     together = "Memory is limited to 1 GiB for all its processes together"
     checked = " (checked every 0.05 seconds)" if sandbox.totals()["memory"] == "sampled" else ""
     assert f"{together}{checked}, /tmp included, and CPU time to 120 seconds." in text

@@ -21,8 +21,10 @@ def python_example() -> str:
 def test_the_python_example_runs(tiny_gguf):
     code = python_example()
     # The same code on the tiny model: its path for the name, a few tokens for the long answers.
-    for original, replacement in [('ossrun.load("gpt-oss-20b", ctx=8192)', f"ossrun.load({str(tiny_gguf)!r}, ctx=1024)"),
-                                  ("max_tokens=512", "max_tokens=6")]:
+    for original, replacement in [
+        ('ossrun.load("gpt-oss-20b", ctx=8192)', f"ossrun.load({str(tiny_gguf)!r}, ctx=1024)"),
+        ("max_tokens=512", "max_tokens=6"),
+    ]:
         assert original in code
         code = code.replace(original, replacement)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

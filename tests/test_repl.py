@@ -39,8 +39,12 @@ class Session:
     def run(self, lines: str) -> tuple[int, str]:
         """Run the REPL on ``lines``; (exit code, transcript with speeds masked)."""
         start = self.buffer.tell()
-        repl = Repl(self.model, Screen.create(self.buffer, self.buffer),
-                    StreamReader(io.StringIO(lines), echo=self.buffer), **self.repl_options)
+        repl = Repl(
+            self.model,
+            Screen.create(self.buffer, self.buffer),
+            StreamReader(io.StringIO(lines), echo=self.buffer),
+            **self.repl_options,
+        )
         self.repl = repl
         code = repl.run()
         return code, mask(self.buffer.getvalue()[start:])
@@ -84,8 +88,7 @@ def test_a_normal_conversation(encoding):
 
 
 def test_hidden_reasoning_and_sampling_options(encoding):
-    session = Session(encoding, [HELLO], reasoning="hide",
-                      sampling=ReplyOptions(temperature=0.5, top_p=0.9, seed=3))
+    session = Session(encoding, [HELLO], reasoning="hide", sampling=ReplyOptions(temperature=0.5, top_p=0.9, seed=3))
     code, transcript = session.run("Hi\n")
     assert transcript == BANNER + (
         ">>> Hi\nthought for 5 tokens\nHello! How can I help?\n"
@@ -135,7 +138,11 @@ def test_interrupted_answer_stays_on_screen_not_in_history_and_retry_asks_again(
     prompts = session.engine.prompts
     assert prompts[2] == prompts[1]  # /retry asked the same question over the same history
     assert [m["content"] for m in session.repl.conversation.messages] == [
-        "Hi", "Hello! How can I help?", "Tell me more", "Complete answer."]
+        "Hi",
+        "Hello! How can I help?",
+        "Tell me more",
+        "Complete answer.",
+    ]
 
 
 def test_ctrl_c_during_a_slow_prefill_stops_it(encoding):
@@ -164,8 +171,9 @@ def test_effort_and_system_changes_say_what_they_cost(encoding):
     # What was announced is what the next turn re-processed, besides the new question itself.
     for announced_tokens, turn in zip(announced, (1, 2), strict=True):
         history = engine.prompts[turn]
-        question_tokens = len(history) - len(session.model.render(
-            session.repl.conversation.messages[: 2 * turn], **_options_at(engine, encoding, turn)))
+        question_tokens = len(history) - len(
+            session.model.render(session.repl.conversation.messages[: 2 * turn], **_options_at(engine, encoding, turn))
+        )
         assert engine.prefills[turn].evaluated == announced_tokens + question_tokens
 
 
@@ -179,12 +187,15 @@ def test_unknown_effort_and_unknown_command_keep_the_repl_alive(encoding):
     session = Session(encoding, [HELLO])
     code, transcript = session.run("/effort max\n/frobnicate now\n/save\nHi\n")
     assert code == 0
-    assert transcript.startswith(BANNER + (
-        ">>> /effort max\nerror: unknown reasoning effort 'max': use low, medium or high\n"
-        ">>> /frobnicate now\nerror: unknown command /frobnicate: type /help for the list\n"
-        ">>> /save\nerror: /save needs a file name: /save FILE\n"
-        ">>> Hi\nthinking\n"
-    ))
+    assert transcript.startswith(
+        BANNER
+        + (
+            ">>> /effort max\nerror: unknown reasoning effort 'max': use low, medium or high\n"
+            ">>> /frobnicate now\nerror: unknown command /frobnicate: type /help for the list\n"
+            ">>> /save\nerror: /save needs a file name: /save FILE\n"
+            ">>> Hi\nthinking\n"
+        )
+    )
     assert session.repl.conversation.reasoning_effort == "medium"
 
 
@@ -192,10 +203,14 @@ def test_save_reset_load_round_trip(encoding, tmp_path):
     path = tmp_path / "chat.json"
     session = Session(encoding, [HELLO, FOUR, FOUR])
     code, transcript = session.run(
-        f"/system Be brief.\n/effort low\nHi\n/save {path}\n/reset\nWhat is 2+2?\n/load {path}\nWhat is 2+2?\n")
+        f"/system Be brief.\n/effort low\nHi\n/save {path}\n/reset\nWhat is 2+2?\n/load {path}\nWhat is 2+2?\n"
+    )
     assert f">>> /save {path}\nsaved 2 messages to {path}\n>>> /reset\nnew conversation\n" in transcript
-    assert re.search(rf">>> /load {re.escape(str(path))}\nloaded 2 messages from {re.escape(str(path))} "
-                     r"\(reasoning effort low\): the next answer re-processes \d+ tokens of history\n", transcript)
+    assert re.search(
+        rf">>> /load {re.escape(str(path))}\nloaded 2 messages from {re.escape(str(path))} "
+        r"\(reasoning effort low\): the next answer re-processes \d+ tokens of history\n",
+        transcript,
+    )
     saved = json.loads(path.read_text())
     assert saved["reasoning_effort"] == "low"
     assert saved["messages"] == [
@@ -278,8 +293,11 @@ def test_context_overflow_drops_the_oldest_turns_with_a_notice(encoding):
     long = "word " * 120
     session = Session(encoding, [reply("a", "first")] + [reply("b", "next")] * 3, n_ctx=512)
     code, transcript = session.run(f"{long}1\n{long}2\n{long}3\n")
-    notices = re.findall(r"note: the conversation is longer than the context of 512 tokens: "
-                         r"left out the (\d+) oldest messages", transcript)
+    notices = re.findall(
+        r"note: the conversation is longer than the context of 512 tokens: "
+        r"left out the (\d+) oldest messages",
+        transcript,
+    )
     assert notices, transcript
     messages = session.repl.conversation.messages
     assert messages[-1] == {"role": "assistant", "content": "next", "reasoning": "b"}
@@ -295,8 +313,11 @@ def test_a_prompt_too_big_for_the_context_is_one_line(encoding):
     code, transcript = session.run(("word " * 400) + "\nHi\n")
     lines = transcript.splitlines()
     error = next(line for line in lines if line.startswith("error:"))
-    assert re.fullmatch(r"error: the prompt is \d+ tokens, more than the context of 256 tokens allows "
-                        r"with 64 kept for the reply: shorten it or use a larger --ctx \(at least \d+\)", error)
+    assert re.fullmatch(
+        r"error: the prompt is \d+ tokens, more than the context of 256 tokens allows "
+        r"with 64 kept for the reply: shorten it or use a larger --ctx \(at least \d+\)",
+        error,
+    )
     assert "Hello! How can I help?" in transcript  # the session went on
 
 
@@ -307,9 +328,11 @@ def test_a_file_that_cannot_be_saved_or_loaded_keeps_the_session(encoding, tmp_p
     session = Session(encoding, [HELLO, FOUR])
     code, transcript = session.run(f"Hi\n/save {folder}\n/load {plain}/chat.json\nWhat is 2+2?\n")
     assert code == 0
-    assert (f">>> /save {folder}\nerror: cannot save to {folder}: Is a directory\n"
-            f">>> /load {plain}/chat.json\nerror: cannot load {plain}/chat.json: Not a directory\n"
-            ">>> What is 2+2?\n") in transcript
+    assert (
+        f">>> /save {folder}\nerror: cannot save to {folder}: Is a directory\n"
+        f">>> /load {plain}/chat.json\nerror: cannot load {plain}/chat.json: Not a directory\n"
+        ">>> What is 2+2?\n"
+    ) in transcript
     assert [m["content"] for m in session.repl.conversation.messages] == ["Hi", "Hello! How can I help?", "What is 2+2?", "**4**"]
 
 

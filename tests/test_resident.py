@@ -38,8 +38,13 @@ def load_in_a_child(path, *, may_lock: bool) -> dict:
         ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0)
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536))
 
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, timeout=300,
-                          preexec_fn=None if may_lock else without_lock_rights)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=None if may_lock else without_lock_rights,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -80,7 +85,6 @@ def test_a_file_not_mapped_locks_nothing(demo_build, tmp_path):
     copy = tmp_path / demo_build.name  # the demo file itself may be mapped by a model another test loaded
     shutil.copyfile(demo_build, copy)
     assert resident.lock_mapped(copy, resident.hot_ranges(check_gpt_oss(copy))) is None
-
 
 
 def cached_share(path, start: int, end: int) -> float:

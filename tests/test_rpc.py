@@ -52,8 +52,13 @@ def workers(_isolated_home):
 
 
 def ossrun_cli(*args: str, env: dict | None = None, timeout: float = CLI_SECONDS) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ossrun", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "ossrun", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
@@ -83,8 +88,10 @@ def test_the_readme_install_builds_the_rpc_backend_and_ci_runs_the_readme_test_c
     install, test = commands[0], commands[1]
     for command in (install, test):
         # pip's wheel cache keys on the sdist, not on CMAKE_ARGS: only --no-cache-dir forces an RPC build.
-        assert '-DGGML_RPC=ON' in command and "-DGGML_RPC_RDMA=OFF" in command and "--no-cache-dir" in command, command
-    assert install.endswith("&& ossrun chat") and test.endswith("&& ruff check . && mypy && pytest --durations=15")
+        assert "-DGGML_RPC=ON" in command and "-DGGML_RPC_RDMA=OFF" in command and "--no-cache-dir" in command, command
+    assert install.endswith("&& ossrun chat") and test.endswith(
+        "&& ruff check . && ruff format --check . && mypy && pytest --durations=15"
+    )
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci
 
@@ -97,9 +104,11 @@ def test_ossrun_worker_without_the_rpc_backend_says_how_to_rebuild(monkeypatch, 
         main(["worker", "--port", str(free_port())])
     assert exit_code.value.code == 1
     line = capsys.readouterr().err.strip()
-    assert line == ("error: this llama-cpp-python was built without llama.cpp's RPC backend: rebuild it with "
-                    'CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_RPC=ON -DGGML_RPC_RDMA=OFF" pip install --force-reinstall '
-                    f"--no-cache-dir --no-deps llama-cpp-python=={llama_cpp.__version__}")
+    assert line == (
+        "error: this llama-cpp-python was built without llama.cpp's RPC backend: rebuild it with "
+        'CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_RPC=ON -DGGML_RPC_RDMA=OFF" pip install --force-reinstall '
+        f"--no-cache-dir --no-deps llama-cpp-python=={llama_cpp.__version__}"
+    )
 
 
 # -- ossrun worker --------------------------------------------------------------------------------------------
@@ -162,8 +171,10 @@ def local_answers(demo_build):
 def test_greedy_answers_over_two_workers_equal_the_local_ones(workers, demo_build, local_answers):
     a, b = workers(2)
     with ossrun.load(demo_build, ctx=2048, threads=1, rpc=[f"{a.endpoint},{b.endpoint}"]) as model:
-        assert model.placement == (f"{demo_build.stem} over 3 machines: this machine 221 MiB (no layers, embeddings and output), "
-                                   f"{a.endpoint} 257 MiB (layer 0), {b.endpoint} 257 MiB (layer 1)")
+        assert model.placement == (
+            f"{demo_build.stem} over 3 machines: this machine 221 MiB (no layers, embeddings and output), "
+            f"{a.endpoint} 257 MiB (layer 0), {b.endpoint} 257 MiB (layer 1)"
+        )
         for prompt, local in zip(PROMPTS, local_answers, strict=True):
             reply = model.chat([{"role": "user", "content": prompt}], temperature=0)
             assert (reply.reasoning, reply.final) == (local.reasoning, local.final), prompt
@@ -172,8 +183,23 @@ def test_greedy_answers_over_two_workers_equal_the_local_ones(workers, demo_buil
 
 def test_run_over_workers_puts_buffers_on_the_rpc_devices(workers, demo_build, local_answers):
     a, b = workers(2)
-    result = ossrun_cli("run", "-m", str(demo_build), "--temperature", "0", "--ctx", "2048", "--threads", "1",
-                        "--rpc", a.endpoint, "--rpc", b.endpoint, "--verbose", PROMPTS[0])
+    result = ossrun_cli(
+        "run",
+        "-m",
+        str(demo_build),
+        "--temperature",
+        "0",
+        "--ctx",
+        "2048",
+        "--threads",
+        "1",
+        "--rpc",
+        a.endpoint,
+        "--rpc",
+        b.endpoint,
+        "--verbose",
+        PROMPTS[0],
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == local_answers[0].final
     log = result.stderr
@@ -274,8 +300,11 @@ def test_a_port_that_speaks_something_else(demo_build):
 def test_a_worker_of_another_protocol_version(demo_build):
     port = serve_in_thread(old_worker)
     result = ossrun_cli("run", "-m", str(demo_build), "--rpc", f"127.0.0.1:{port}", "Hi")
-    assert_one_line_error(result, f"worker 127.0.0.1:{port} speaks llama.cpp's RPC protocol 6.1.0 and this ossrun 7.0.0",
-                          f"llama-cpp-python ({llama_cpp.__version__})")
+    assert_one_line_error(
+        result,
+        f"worker 127.0.0.1:{port} speaks llama.cpp's RPC protocol 6.1.0 and this ossrun 7.0.0",
+        f"llama-cpp-python ({llama_cpp.__version__})",
+    )
 
 
 def test_a_busy_worker(workers, demo_build):
@@ -289,8 +318,9 @@ def test_a_busy_worker(workers, demo_build):
         started = time.monotonic()
         result = ossrun_cli("run", "-m", str(demo_build), "--rpc", worker.endpoint, "Hi")
         assert time.monotonic() - started < 60
-    assert_one_line_error(result, f"worker {worker.endpoint} accepted the connection but did not answer",
-                          "serves one client at a time")
+    assert_one_line_error(
+        result, f"worker {worker.endpoint} accepted the connection but did not answer", "serves one client at a time"
+    )
 
 
 def test_memory_a_worker_cannot_fit_a_layer_in(workers, demo_build):
@@ -321,9 +351,14 @@ MID_ANSWER = textwrap.dedent("""
 @pytest.mark.parametrize("failure", ["killed", "frozen"])
 def test_a_worker_that_fails_mid_answer_ends_the_client_with_one_line(workers, demo_build, failure):
     a, b = workers(2)
-    client = subprocess.Popen([sys.executable, "-c", MID_ANSWER, str(demo_build), a.endpoint, b.endpoint],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OSSRUN_RPC_TIMEOUT": "3"})
+    client = subprocess.Popen(
+        [sys.executable, "-c", MID_ANSWER, str(demo_build), a.endpoint, b.endpoint],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OSSRUN_RPC_TIMEOUT": "3"},
+    )
     try:
         assert client.stdout.readline() == "answering\n"
         # The engine goes on generating whatever its consumer does: freeze the worker at once,
@@ -342,12 +377,12 @@ def test_a_worker_that_fails_mid_answer_ends_the_client_with_one_line(workers, d
             client.kill()
     result = subprocess.CompletedProcess(client.args, client.returncode, out, err)
     if failure == "killed":
-        line = assert_one_line_error(result, f"worker {b.endpoint} is gone (its port refuses connections)",
-                                     "while generating")
+        line = assert_one_line_error(result, f"worker {b.endpoint} is gone (its port refuses connections)", "while generating")
         assert elapsed < 10, line
     else:
-        line = assert_one_line_error(result, f"worker {b.endpoint} has not answered for 3.5 s while generating",
-                                     "OSSRUN_RPC_TIMEOUT")
+        line = assert_one_line_error(
+            result, f"worker {b.endpoint} has not answered for 3.5 s while generating", "OSSRUN_RPC_TIMEOUT"
+        )
         assert 3 <= elapsed < 20, line
     assert a.endpoint not in line
     assert "finished" not in out

@@ -39,12 +39,21 @@ def gpt_oss_header(layers: int, experts: int) -> GgufHeader:
             TensorInfo(p + "ffn_gate_inp.weight", (H, experts), F32, 0), TensorInfo(p + "ffn_gate_inp.bias", (experts,), F32, 0),
         ]  # fmt: skip
         for kind in ("gate", "up", "down"):
-            tensors += [TensorInfo(p + f"ffn_{kind}_exps.weight", (H, H, experts), MXFP4, 0),
-                        TensorInfo(p + f"ffn_{kind}_exps.bias", (H, experts), F32, 0)]
+            tensors += [
+                TensorInfo(p + f"ffn_{kind}_exps.weight", (H, H, experts), MXFP4, 0),
+                TensorInfo(p + f"ffn_{kind}_exps.bias", (H, experts), F32, 0),
+            ]
     tensors += [TensorInfo("output_norm.weight", (H,), F32, 0), TensorInfo("output.weight", (H, VOCAB), Q8, 0)]
-    metadata = {"general.architecture": "gpt-oss", "gpt-oss.block_count": layers, "gpt-oss.attention.head_count_kv": KV_HEADS,
-                "gpt-oss.attention.key_length": HEAD, "gpt-oss.attention.value_length": HEAD,
-                "gpt-oss.attention.sliding_window": 128, "gpt-oss.context_length": 131072, "gpt-oss.embedding_length": H}
+    metadata = {
+        "general.architecture": "gpt-oss",
+        "gpt-oss.block_count": layers,
+        "gpt-oss.attention.head_count_kv": KV_HEADS,
+        "gpt-oss.attention.key_length": HEAD,
+        "gpt-oss.attention.value_length": HEAD,
+        "gpt-oss.attention.sliding_window": 128,
+        "gpt-oss.context_length": 131072,
+        "gpt-oss.embedding_length": H,
+    }
     size = sum(t.n_bytes for t in tensors)
     return GgufHeader(Path(f"gpt-oss-{layers}.gguf"), size, 0, metadata, tuple(tensors), 0)
 
@@ -53,8 +62,15 @@ def placement_of(header: GgufHeader, workers, *, n_ctx: int = 8192, available: i
     layers = int(header.metadata["gpt-oss.block_count"])
     per_layer, other = layer_sizes(header.tensors, layers)
     kv_per_layer = n_ctx * KV_HEADS * (HEAD + HEAD) * 2  # every position in every layer, f16 (swa_full)
-    return plan("gpt-oss-120b" if layers == 36 else "gpt-oss-20b", per_layer, other, kv_per_layer,
-                workers, n_ctx=n_ctx, local_available=available)
+    return plan(
+        "gpt-oss-120b" if layers == 36 else "gpt-oss-20b",
+        per_layer,
+        other,
+        kv_per_layer,
+        workers,
+        n_ctx=n_ctx,
+        local_available=available,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +169,17 @@ def test_each_machine_holds_the_kv_cache_of_its_own_layers_as_the_memory_plan_co
 
 def test_parse_workers():
     assert [(w.name, w.memory) for w in parse_workers(["10.0.0.2:50052=20GiB,gpu-box:50053=16 GB", "h:1"])] == [
-        ("10.0.0.2:50052", 20 * GiB), ("gpu-box:50053", 16 * 10**9), ("h:1", None)]
-    for bad, reason in [("10.0.0.2", "is not HOST:PORT"), ("h:0", "out of range"), ("h:1=much", "not a memory size"),
-                        ("[::1]:50052", "is not HOST:PORT"), ("h:1,h:1", "twice"), (" , ", "names no worker")]:
+        ("10.0.0.2:50052", 20 * GiB),
+        ("gpu-box:50053", 16 * 10**9),
+        ("h:1", None),
+    ]
+    for bad, reason in [
+        ("10.0.0.2", "is not HOST:PORT"),
+        ("h:0", "out of range"),
+        ("h:1=much", "not a memory size"),
+        ("[::1]:50052", "is not HOST:PORT"),
+        ("h:1,h:1", "twice"),
+        (" , ", "names no worker"),
+    ]:
         with pytest.raises(WorkerError, match=reason):
             parse_workers(bad)

@@ -56,8 +56,11 @@ def test_json_is_one_object(scripted, capsys, encoding):
         "reasoning": "The user wants primes.",
         "final": "2, 3 and 5.",
         "finish_reason": "stop",
-        "usage": {"prompt_tokens": len(prompt), "cached_tokens": 0,
-                  "completion_tokens": len(encoding.encode(ANSWER, allowed_special="all"))},
+        "usage": {
+            "prompt_tokens": len(prompt),
+            "cached_tokens": 0,
+            "completion_tokens": len(encoding.encode(ANSWER, allowed_special="all")),
+        },
         "timings": data["timings"],
         "tool_calls": [],
     }
@@ -123,8 +126,9 @@ def ossrun(*args, input=None, home=None, env=None, timeout=300):
     env = {**os.environ, "OSSRUN_DATE": DATE, **(env or {})}
     if home is not None:
         env["OSSRUN_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "ossrun", *args], capture_output=True, text=True,
-                          input=input, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ossrun", *args], capture_output=True, text=True, input=input, env=env, timeout=timeout
+    )
 
 
 @pytest.mark.slow
@@ -159,7 +163,12 @@ def test_ctrl_c_stops_a_long_prefill_and_exits_130(tiny_gguf, tmp_path):
     with prompt.open() as stdin:
         process = subprocess.Popen(
             [sys.executable, "-m", "ossrun", "run", "-m", str(tiny_gguf), "--ctx", "16384", "--threads", "2", "--json", "-"],
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
     # The system prefix is evaluated and saved as the prompt's prefill goes on: once its file exists,
     # the long prefill is under way (and Ctrl-C is the reply's to handle).
     deadline = time.monotonic() + 120

@@ -60,13 +60,15 @@ class ScriptedBackend:
     def decode(self, entries, abort):
         for entry in entries:
             assert entry.pos == len(self.cells.get(entry.seq, [])) + sum(
-                1 for e in entries[: entries.index(entry)] if e.seq == entry.seq), "positions must follow the cache"
+                1 for e in entries[: entries.index(entry)] if e.seq == entry.seq
+            ), "positions must follow the cache"
         if self.window:
             for seq in {e.seq for e in entries}:
                 start = len(self.cells.get(seq, []))
                 held_from = self.swa_from.get(seq, -1)
-                assert start == 0 or 0 <= held_from <= max(0, start - self.window + 1), \
+                assert start == 0 or 0 <= held_from <= max(0, start - self.window + 1), (
                     f"sequence {seq} goes on at {start} without its window (held from {held_from})"
+                )
         if self.fail_code:
             code, self.fail_code = self.fail_code, 0
             return code
@@ -369,8 +371,10 @@ def test_an_agent_loop_evaluates_only_what_changed_in_every_turn(make):
     reasoning as generated, its tool call's header written another way after the mark), a tool
     result. Only the tokens past the common prefix with what the sequence held are evaluated,
     however far the sliding window moved on."""
-    scripts = {turn: [1000 + 100 * turn + i for i in range(10)] + [*MARK] + [3000 + i for i in range(20)] + [STOP]
-               for turn in range(1, 9)}
+    scripts = {
+        turn: [1000 + 100 * turn + i for i in range(10)] + [*MARK] + [3000 + i for i in range(20)] + [STOP]
+        for turn in range(1, 9)
+    }
     backend, scheduler = make(n_ctx=4096, window=WINDOW, scripts=scripts)
     history = list(range(100, 160)) + list(MARK)
     for turn in range(1, 9):
@@ -416,8 +420,7 @@ def test_a_follower_takes_the_leaders_cells_where_their_prompts_part(make):
 
 
 def test_the_small_window_survives_a_full_pool_and_preemption(make):
-    backend, scheduler = make(n_seq=2, n_ctx=64, n_batch=16, window=WINDOW,
-                              scripts={1: list(range(20, 30)) + [STOP], 2: [STOP]})
+    backend, scheduler = make(n_seq=2, n_ctx=64, n_batch=16, window=WINDOW, scripts={1: list(range(20, 30)) + [STOP], 2: [STOP]})
     first = scheduler.submit(marked([1] * 30, seed=1))
     second = scheduler.submit(marked([2] * 30, seed=2))
     assert finish(first)[0] == list(range(20, 30)) + [STOP]

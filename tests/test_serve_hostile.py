@@ -82,21 +82,60 @@ def nested(levels: int) -> dict:
 
 CHAT, RESPONSES = "/v1/chat/completions", "/v1/responses"
 SCHEMA_BOMBS = [  # once: a SIGSEGV (maxItems about 20,000 or more) or gigabytes (minItems, minLength)
-    (CHAT, {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": array_schema(maxItems=20000)}}},
-     "response_format.json_schema.schema.properties.x.maxItems"),
-    (RESPONSES, {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "string", "maxLength": 50000}}}},
-     "text.format.schema.maxLength"),
-    (CHAT, {"tools": [{"type": "function", "function": {"name": "f", "parameters": array_schema(maxItems=30000)}}],
-            "tool_choice": "required"}, "tools[0].function.parameters.properties.x.maxItems"),
-    (RESPONSES, {"tools": [{"type": "function", "name": "f", "parameters": array_schema(minItems=10**7)}],
-                 "tool_choice": {"type": "function", "name": "f"}}, "tools[0].parameters.properties.x.minItems"),
-    (CHAT, {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"s": {"type": "string", "minLength": 10**9}}}}}},
-     "response_format.json_schema.schema.properties.s.minLength"),
-    (CHAT, {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "string", "pattern": "^a{0,100000}$"}}}}, "response_format.json_schema.schema.pattern"),
-    (CHAT, {"tools": [{"type": "function", "function": {"name": "f", "parameters": nested(59)}}]},
-     "tools[0].function.parameters"),  # once: openai-harmony's ValueError, a 500
+    (
+        CHAT,
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": array_schema(maxItems=20000)}}},
+        "response_format.json_schema.schema.properties.x.maxItems",
+    ),
+    (
+        RESPONSES,
+        {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "string", "maxLength": 50000}}}},
+        "text.format.schema.maxLength",
+    ),
+    (
+        CHAT,
+        {
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": array_schema(maxItems=30000)}}],
+            "tool_choice": "required",
+        },
+        "tools[0].function.parameters.properties.x.maxItems",
+    ),
+    (
+        RESPONSES,
+        {
+            "tools": [{"type": "function", "name": "f", "parameters": array_schema(minItems=10**7)}],
+            "tool_choice": {"type": "function", "name": "f"},
+        },
+        "tools[0].parameters.properties.x.minItems",
+    ),
+    (
+        CHAT,
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "x",
+                    "schema": {"type": "object", "properties": {"s": {"type": "string", "minLength": 10**9}}},
+                },
+            }
+        },
+        "response_format.json_schema.schema.properties.s.minLength",
+    ),
+    (
+        CHAT,
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "^a{0,100000}$"}},
+            }
+        },
+        "response_format.json_schema.schema.pattern",
+    ),
+    (
+        CHAT,
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": nested(59)}}]},
+        "tools[0].function.parameters",
+    ),  # once: openai-harmony's ValueError, a 500
 ]
 
 
@@ -121,8 +160,12 @@ def test_schemas_past_the_bounds_are_400s_and_cost_no_memory(server):
 def test_patterns_are_json_schemas_and_what_a_grammar_cannot_hold_is_a_400(server):
     def pattern_format(pattern):
         schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}}, "required": ["code"]}
-        return {"model": "demo", "messages": HI, "max_tokens": 8, "response_format": {
-            "type": "json_schema", "json_schema": {"name": "c", "schema": schema}}}
+        return {
+            "model": "demo",
+            "messages": HI,
+            "max_tokens": 8,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+        }
 
     # Unanchored (once refused: "Pattern must start with ^"), and with the escapes llama.cpp's parser refused.
     for pattern in ("[A-Z]{2}", r"^(\d{1,3}\.){3}\d{1,3}$", r"[\w.-]+@[\w-]+\.com", r"\s+\S"):
@@ -130,52 +173,87 @@ def test_patterns_are_json_schemas_and_what_a_grammar_cannot_hold_is_a_400(serve
         assert status == 200 and body["choices"][0]["finish_reason"] == "length", (pattern, body)
     answer = refused(server.port, 400, None, None, "POST", CHAT, {**pattern_format(r"\bword\b"), "stream": True})
     assert "\\b, which a grammar cannot hold" in answer["error"]["message"]
-    refused(server.port, 400, "response_format.json_schema.schema.properties.code.pattern", "invalid_schema", "POST", CHAT,
-            pattern_format("^(a{0,30}){0,30}$"))
+    refused(
+        server.port,
+        400,
+        "response_format.json_schema.schema.properties.code.pattern",
+        "invalid_schema",
+        "POST",
+        CHAT,
+        pattern_format("^(a{0,30}){0,30}$"),
+    )
     assert not any("error parsing grammar" in line for line in server.lines)
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"model": "demo", "input": "Hi", "metadata": ' + b"[" * 990 + b"]" * 990 + b"}",  # once: RecursionError, a 500
-    b'{"model": "demo", "input": "Hi", "metadata": {"a": NaN}}',  # once: a 500, or NaN echoed into a stream
-    b'{"model": "demo", "input": "Hi", "text": {"verbosity": Infinity}}',
-    b'{"model": "demo", "input": "Hi", "reasoning": {"effort": "low", "budget": 1e309}}',
-    b'{"model": "demo", "input": "Hi", "stream": true, "tools": [{"type": "web_search", "x": -Infinity}]}',
-    b'{"model": "demo", "messages": [{"role": "user", "content": "Hi"}], "temperature": NaN}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "demo", "input": "Hi", "metadata": ' + b"[" * 990 + b"]" * 990 + b"}",  # once: RecursionError, a 500
+        b'{"model": "demo", "input": "Hi", "metadata": {"a": NaN}}',  # once: a 500, or NaN echoed into a stream
+        b'{"model": "demo", "input": "Hi", "text": {"verbosity": Infinity}}',
+        b'{"model": "demo", "input": "Hi", "reasoning": {"effort": "low", "budget": 1e309}}',
+        b'{"model": "demo", "input": "Hi", "stream": true, "tools": [{"type": "web_search", "x": -Infinity}]}',
+        b'{"model": "demo", "messages": [{"role": "user", "content": "Hi"}], "temperature": NaN}',
+    ],
+)
 def test_bodies_json_cannot_carry_are_400s(server, raw):
     path = CHAT if b"messages" in raw else RESPONSES
     refused(server.port, 400, None, "invalid_json", "POST", path, raw)
 
 
-@pytest.mark.parametrize("fields, param, code", [
-    ({"max_tokens": "abc", "max_completion_tokens": 5}, "max_tokens", "invalid_type"),  # once: accepted
-    ({"seed": -1}, "seed", "invalid_value"),
-    ({"seed": 2**32}, "seed", "invalid_value"),
-    ({"stop": [str(n) for n in range(17)]}, "stop", "invalid_value"),
-    ({"tools": [{"type": "function", "function": {"name": "no spaces!"}}]}, "tools[0].function.name", "invalid_value"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {
-        "name": "g"}}}, "tool_choice.function.name", "invalid_value"),
-    ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
-    ({"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "all"}}}, "tool_choice.allowed_tools.mode",
-     "invalid_value"),
-    ({"response_format": {"type": "json_schema", "json_schema": "x"}}, "response_format.json_schema", "invalid_type"),
-    ({"response_format": {"type": "json_schema", "json_schema": None}}, "response_format.json_schema",
-     "missing_required_parameter"),  # once: a 500
-])
+@pytest.mark.parametrize(
+    "fields, param, code",
+    [
+        ({"max_tokens": "abc", "max_completion_tokens": 5}, "max_tokens", "invalid_type"),  # once: accepted
+        ({"seed": -1}, "seed", "invalid_value"),
+        ({"seed": 2**32}, "seed", "invalid_value"),
+        ({"stop": [str(n) for n in range(17)]}, "stop", "invalid_value"),
+        ({"tools": [{"type": "function", "function": {"name": "no spaces!"}}]}, "tools[0].function.name", "invalid_value"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice.function.name",
+            "invalid_value",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
+        (
+            {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "all"}}},
+            "tool_choice.allowed_tools.mode",
+            "invalid_value",
+        ),
+        ({"response_format": {"type": "json_schema", "json_schema": "x"}}, "response_format.json_schema", "invalid_type"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": None}},
+            "response_format.json_schema",
+            "missing_required_parameter",
+        ),  # once: a 500
+    ],
+)
 def test_every_bad_chat_field_is_named(server, fields, param, code):
     refused(server.port, 400, param, code, "POST", CHAT, {"model": "demo", "messages": HI, **fields})
 
 
-@pytest.mark.parametrize("fields, param", [
-    ({"metadata": {"user": 5}}, "metadata.user"),  # once: echoed, and not a string
-    ({"reasoning": {"summary": "everything"}}, "reasoning.summary"),
-    ({"tools": [{"name": "f"}]}, "tools[0].type"),
-    ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
-])
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"metadata": {"user": 5}}, "metadata.user"),  # once: echoed, and not a string
+        ({"reasoning": {"summary": "everything"}}, "reasoning.summary"),
+        ({"tools": [{"name": "f"}]}, "tools[0].type"),
+        ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
+    ],
+)
 def test_every_bad_responses_field_is_named(server, fields, param):
-    body = refused(server.port, 400, param, {"tools[0].type": "missing_required_parameter", "metadata.user": "invalid_type"}
-                   .get(param, "invalid_value"), "POST", RESPONSES, {"model": "demo", "input": "Hi", **fields})
+    body = refused(
+        server.port,
+        400,
+        param,
+        {"tools[0].type": "missing_required_parameter", "metadata.user": "invalid_type"}.get(param, "invalid_value"),
+        "POST",
+        RESPONSES,
+        {"model": "demo", "input": "Hi", **fields},
+    )
     assert body["error"]["message"]
 
 
@@ -184,21 +262,42 @@ def test_web_pages_cannot_use_it_and_the_servers_own_origin_can(server):
     refused(port, 403, None, "host_not_allowed", "POST", CHAT, body, {"Host": "evil.example.com"})
     refused(port, 403, None, "host_not_allowed", "GET", "/v1/models", None, {"Host": f"evil.example.com:{port}"})
     refused(port, 403, None, "origin_not_allowed", "POST", CHAT, body, {"Origin": "http://evil.example.com"})
-    refused(port, 403, None, "origin_not_allowed", "OPTIONS", CHAT, None,
-            {"Origin": "http://evil.example.com", "Access-Control-Request-Method": "POST"})
+    refused(
+        port,
+        403,
+        None,
+        "origin_not_allowed",
+        "OPTIONS",
+        CHAT,
+        None,
+        {"Origin": "http://evil.example.com", "Access-Control-Request-Method": "POST"},
+    )
     for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
         refused(port, 415, None, "unsupported_media_type", "POST", CHAT, json.dumps(body).encode(), content_type=kind)
     refused(port, 403, None, "host_not_allowed", "GET", "/health", None, {"Host": "[::1"})
     # Names no page can rebind; any port, as an SSH tunnel or a port forward changes it.
-    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"LOCALHOST:{port}", "localhost:9000",
-                 "app.localhost", f"{socket.gethostname()}:{port}", "10.1.2.3:8080"):
+    for host in (
+        f"localhost:{port}",
+        f"127.0.0.1:{port}",
+        f"[::1]:{port}",
+        f"LOCALHOST:{port}",
+        "localhost:9000",
+        "app.localhost",
+        f"{socket.gethostname()}:{port}",
+        "10.1.2.3:8080",
+    ):
         assert send(port, "POST", CHAT, body, {"Host": host})[0] == 200, host
     # The page the server itself serves (the chat page to come) fetches from its own origin.
     own = f"http://127.0.0.1:{port}"
     status, headers, _ = send(port, "POST", CHAT, body, {"Origin": own}, content_type="application/json; charset=utf-8")
     assert status == 200 and "access-control-allow-origin" not in headers
-    status, headers, _ = send(port, "OPTIONS", CHAT, None, {"Origin": own, "Access-Control-Request-Method": "POST",
-                                                            "Access-Control-Request-Headers": "content-type"})
+    status, headers, _ = send(
+        port,
+        "OPTIONS",
+        CHAT,
+        None,
+        {"Origin": own, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+    )
     assert status == 204 and headers["access-control-allow-origin"] == own
     assert send(port, "POST", CHAT, json.dumps(body).encode(), content_type=None)[0] == 200  # clients that send no type
 
@@ -212,11 +311,14 @@ def raw_exchange(port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
-    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n{}",
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 TLS to a plain port\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n{}",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 TLS to a plain port\r\n\r\n",
+    ],
+)
 def test_requests_that_are_not_http_get_a_json_400(server, request_bytes):
     answer = raw_exchange(server.port, request_bytes)
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -227,9 +329,13 @@ def test_requests_that_are_not_http_get_a_json_400(server, request_bytes):
 
 def test_an_empty_api_key_and_a_bad_cors_origin_stop_at_the_start(tmp_path):
     for option, value in (("--api-key", ""), ("--api-key", "  "), ("--cors", "evil.example.com")):
-        result = subprocess.run([sys.executable, "-m", "ossrun", "serve", "--demo", option, value],
-                                capture_output=True, text=True, timeout=60, env={"OSSRUN_HOME": str(tmp_path),
-                                                                                 "PATH": "/usr/bin:/bin"})
+        result = subprocess.run(
+            [sys.executable, "-m", "ossrun", "serve", "--demo", option, value],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"OSSRUN_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        )
         assert result.returncode == 2 and option in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
@@ -239,8 +345,7 @@ def test_an_empty_api_key_and_a_bad_cors_origin_stop_at_the_start(tmp_path):
 @pytest.fixture(scope="module")
 def small_server(home):
     """At most 64 connections, one cross-origin page allowed, started with a soft limit of 256 open files."""
-    process = ServerProcess("--demo", "--max-connections", "64", "--cors", "http://localhost:3000", home=home,
-                            open_files=256)
+    process = ServerProcess("--demo", "--max-connections", "64", "--cors", "http://localhost:3000", home=home, open_files=256)
     yield process
     process.stop()
 
@@ -288,8 +393,13 @@ def test_idle_and_slow_connections_past_the_limit_lock_nobody_out(small_server):
 def test_a_page_given_with_cors_may_call_it_and_others_may_not(small_server):
     port, body = small_server.port, {"model": "demo", "messages": HI, "max_tokens": 2}
     page = "http://localhost:3000"
-    status, headers, _ = send(port, "OPTIONS", CHAT, None, {"Origin": page, "Access-Control-Request-Method": "POST",
-                                                            "Access-Control-Request-Headers": "authorization,content-type"})
+    status, headers, _ = send(
+        port,
+        "OPTIONS",
+        CHAT,
+        None,
+        {"Origin": page, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"},
+    )
     assert status == 204 and headers["access-control-allow-origin"] == page
     assert headers["access-control-allow-headers"] == "authorization,content-type"
     status, headers, _ = send(port, "POST", CHAT, body, {"Origin": page})
@@ -323,11 +433,16 @@ def closed_within(sock: socket.socket, seconds: float) -> bytes:
 
 def test_connections_that_send_no_whole_request_are_closed(quick_timeouts):
     port = quick_timeouts.sock.getsockname()[1]
-    with socket.create_connection(("127.0.0.1", port)) as idle, socket.create_connection(("127.0.0.1", port)) as head, \
-            socket.create_connection(("127.0.0.1", port)) as body:
+    with (
+        socket.create_connection(("127.0.0.1", port)) as idle,
+        socket.create_connection(("127.0.0.1", port)) as head,
+        socket.create_connection(("127.0.0.1", port)) as body,
+    ):
         head.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{\"model\": " % port)
+        body.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"model": ' % port
+        )
         started = time.perf_counter()
         assert closed_within(idle, 10) == b"" and closed_within(head, 10) == b""
         answer = closed_within(body, 10)

@@ -15,7 +15,7 @@ from test_serve import LONG_STORY, demo_home, post
 
 pytestmark = pytest.mark.slow
 
-SAMPLE = re.compile(r'^(ossrun_\w+)(?:\{(.*)\})? (\S+)$')
+SAMPLE = re.compile(r"^(ossrun_\w+)(?:\{(.*)\})? (\S+)$")
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,12 @@ def server(home):
 
 def request(server, method, path, body=None):
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-    connection.request(method, path, json.dumps(body).encode() if body is not None else None,
-                       {"Content-Type": "application/json"} if body is not None else {})
+    connection.request(
+        method,
+        path,
+        json.dumps(body).encode() if body is not None else None,
+        {"Content-Type": "application/json"} if body is not None else {},
+    )
     response = connection.getresponse()
     data = response.read().decode()
     connection.close()
@@ -67,8 +71,12 @@ def test_metrics_count_a_known_sequence_of_requests_exactly(server):
     status, _, plain = post(server, "/v1/chat/completions", {**chat, "messages": addition})
     assert status == 200
     france = [{"role": "user", "content": "What is the capital of France?"}]
-    status, _, text = request(server, "POST", "/v1/chat/completions",
-                              {**chat, "stream": True, "stream_options": {"include_usage": True}, "messages": france})
+    status, _, text = request(
+        server,
+        "POST",
+        "/v1/chat/completions",
+        {**chat, "stream": True, "stream_options": {"include_usage": True}, "messages": france},
+    )
     streamed = json.loads([line for line in text.splitlines() if line.startswith("data: {")][-1][6:])
     status, _, response = post(server, "/v1/responses", {"model": "demo", "input": "What is 38 + 47?", "temperature": 0})
     assert status == 200
@@ -84,8 +92,10 @@ def test_metrics_count_a_known_sequence_of_requests_exactly(server):
     assert connection.getresponse().status == 415
     connection.close()
 
-    usages = [(u["prompt_tokens"], u["prompt_tokens_details"]["cached_tokens"], u["completion_tokens"])
-              for u in (plain["usage"], streamed["usage"])]
+    usages = [
+        (u["prompt_tokens"], u["prompt_tokens_details"]["cached_tokens"], u["completion_tokens"])
+        for u in (plain["usage"], streamed["usage"])
+    ]
     usage = response["usage"]
     usages.append((usage["input_tokens"], usage["input_tokens_details"]["cached_tokens"], usage["output_tokens"]))
     got = scrape(server)
@@ -133,8 +143,9 @@ def test_tokenize_and_detokenize_round_trip(server):
     messages = [{"role": "system", "content": "Keep answers short."}, {"role": "user", "content": "What is 38 + 47?"}]
     status, _, prompt = post(server, "/tokenize", {"model": "demo", "messages": messages, "reasoning_effort": "low"})
     assert status == 200
-    _, _, reply = post(server, "/v1/chat/completions", {"model": "demo", "messages": messages, "reasoning_effort": "low",
-                                                       "max_tokens": 1})
+    _, _, reply = post(
+        server, "/v1/chat/completions", {"model": "demo", "messages": messages, "reasoning_effort": "low", "max_tokens": 1}
+    )
     assert prompt["count"] == reply["usage"]["prompt_tokens"]
     rendered = post(server, "/detokenize", {"tokens": prompt["tokens"]})[2]["text"]
     assert "Reasoning: low" in rendered and "Keep answers short." in rendered
@@ -144,16 +155,19 @@ def test_tokenize_and_detokenize_round_trip(server):
     assert "Reasoning: high" in post(server, "/detokenize", {"tokens": default["tokens"]})[2]["text"]
 
 
-@pytest.mark.parametrize("path, body, status, param, message", [
-    ("/tokenize", {"text": "a", "messages": []}, 400, "messages", "send text or messages, not both"),
-    ("/tokenize", {"text": 3}, 400, "text", "text must be a string, not an integer"),
-    ("/tokenize", {"messages": []}, 400, "messages", "messages is empty: send at least one message"),
-    ("/tokenize", {"text": "a", "model": "gpt-7"}, 404, "model", "the model 'gpt-7' does not exist: this server serves demo"),
-    ("/detokenize", {}, 400, "tokens", "tokens is required"),
-    ("/detokenize", {"tokens": [1, -2]}, 400, "tokens[1]", "tokens[1] is an integer -2: token ids are integers from 0"),
-    ("/detokenize", {"tokens": [1, "a"]}, 400, "tokens[1]", "tokens[1] is a string 'a': token ids are integers from 0"),
-    ("/detokenize", {"tokens": [300000]}, 400, "tokens", "token id 300000 is not in the vocabulary of gpt-oss"),
-])
+@pytest.mark.parametrize(
+    "path, body, status, param, message",
+    [
+        ("/tokenize", {"text": "a", "messages": []}, 400, "messages", "send text or messages, not both"),
+        ("/tokenize", {"text": 3}, 400, "text", "text must be a string, not an integer"),
+        ("/tokenize", {"messages": []}, 400, "messages", "messages is empty: send at least one message"),
+        ("/tokenize", {"text": "a", "model": "gpt-7"}, 404, "model", "the model 'gpt-7' does not exist: this server serves demo"),
+        ("/detokenize", {}, 400, "tokens", "tokens is required"),
+        ("/detokenize", {"tokens": [1, -2]}, 400, "tokens[1]", "tokens[1] is an integer -2: token ids are integers from 0"),
+        ("/detokenize", {"tokens": [1, "a"]}, 400, "tokens[1]", "tokens[1] is a string 'a': token ids are integers from 0"),
+        ("/detokenize", {"tokens": [300000]}, 400, "tokens", "token id 300000 is not in the vocabulary of gpt-oss"),
+    ],
+)
 def test_bad_token_requests_are_one_clear_error(server, path, body, status, param, message):
     got, _, answer = post(server, path, body)
     assert got == status and answer["error"]["param"] == param and answer["error"]["message"] == message
@@ -170,15 +184,19 @@ def test_models_say_the_context_the_parallel_sequences_and_the_default_effort(se
 def test_a_stream_says_how_far_its_prompt_is_read_and_a_client_that_leaves_is_counted(server):
     story = "A different story. " + LONG_STORY
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-    connection.request("POST", "/v1/chat/completions", json.dumps({"model": "demo", "stream": True, "messages": [
-        {"role": "user", "content": story}]}).encode(), {"Content-Type": "application/json"})
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": "demo", "stream": True, "messages": [{"role": "user", "content": story}]}).encode(),
+        {"Content-Type": "application/json"},
+    )
     response = connection.getresponse()
     assert response.status == 200
     progress = []
     while not progress or progress[-1][0] == 0:
         line = response.readline().decode().strip()
         if line.startswith(": prefill "):
-            read, total = map(int, line[len(": prefill "):].split("/"))
+            read, total = map(int, line[len(": prefill ") :].split("/"))
             progress.append((read, total))
         else:
             assert line == "" or line.startswith("data: {")  # only the role's chunk comes before
@@ -189,8 +207,14 @@ def test_a_stream_says_how_far_its_prompt_is_read_and_a_client_that_leaves_is_co
 
     # Meanwhile another request waits for the one sequence.
     waiting = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-    waiting.request("POST", "/v1/chat/completions", json.dumps({"model": "demo", "stream": True, "max_tokens": 8, "messages": [
-        {"role": "user", "content": "Hello!"}]}).encode(), {"Content-Type": "application/json"})
+    waiting.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(
+            {"model": "demo", "stream": True, "max_tokens": 8, "messages": [{"role": "user", "content": "Hello!"}]}
+        ).encode(),
+        {"Content-Type": "application/json"},
+    )
     deadline = time.monotonic() + 30
     while (samples := scrape(server))["ossrun_requests_waiting"] != 1:
         assert time.monotonic() < deadline

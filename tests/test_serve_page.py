@@ -23,8 +23,10 @@ pytestmark = pytest.mark.slow
 
 PAGE_FILES = ["chat.css", "chat.js", "conversations.js", "index.html", "markdown.js", "stream.js", "views.js"]
 ANSWERED = "#send:not([hidden])"  # the Send button is back: the reply ended
-CHAT_LOG = re.compile(r"^POST /v1/chat/completions 200 (?:(\d+)\+(\d+) tokens \((\d+) cached\)|"
-                      r"cancelled in prefill (\d+)/(\d+)|cancelled) effort=(\w+) [\d.]+s$")
+CHAT_LOG = re.compile(
+    r"^POST /v1/chat/completions 200 (?:(\d+)\+(\d+) tokens \((\d+) cached\)|"
+    r"cancelled in prefill (\d+)/(\d+)|cancelled) effort=(\w+) [\d.]+s$"
+)
 # A prompt of about 18k tokens that no earlier request has read: its prefill takes seconds on the demo model.
 STORY = "This story is new. " + "A heron waited by the reeds until the water went still. " * 1500
 
@@ -93,8 +95,14 @@ def open_page(context, server):
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     # Chromium logs every answer of status 400 or more as an error: those the test asks for are not the page's.
-    page.on("console", lambda message: errors.append(message.text)
-            if message.type == "error" and not message.text.startswith("Failed to load resource") else None)
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text)
+            if message.type == "error" and not message.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
     page.goto(server.url + "/")
     page.wait_for_selector("#model-name:text-is('demo')")
     return page, errors
@@ -110,7 +118,8 @@ def conversation(page) -> list[tuple[str, str]]:
     return page.eval_on_selector_all(
         "#messages .message",
         "rows => rows.map(r => [r.classList.contains('user') ? 'user' : 'assistant',"
-        " (r.querySelector('.bubble, .answer') || r).innerText.trim()])")
+        " (r.querySelector('.bubble, .answer') || r).innerText.trim()])",
+    )
 
 
 def test_a_person_chats_with_the_demo_model(server, playwright, shots, tmp_path):
@@ -212,8 +221,9 @@ def test_a_person_chats_with_the_demo_model(server, playwright, shots, tmp_path)
         broken.write_text(json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}))
         page.set_input_files("#import-file", str(broken))
         page.wait_for_selector("#status:text-matches('^Cannot import')")
-        assert page.inner_text("#status") == ('Cannot import broken.json: message 1 has an unknown role "wizard": '
-                                              "use system, user, assistant or tool")
+        assert page.inner_text("#status") == (
+            'Cannot import broken.json: message 1 has an unknown role "wizard": use system, user, assistant or tool'
+        )
         assert errors == []
 
 
@@ -282,7 +292,9 @@ def test_with_an_api_key_the_page_asks_for_it_once(keyed_server, playwright, sho
         shots.take(page, "asks-for-the-key")
         page.fill("#key-input", "wrong")
         page.keyboard.press("Enter")
-        page.wait_for_selector("#key-dialog[open] #key-error:text-is('missing or wrong API key: send Authorization: Bearer KEY (or x-api-key: KEY)')")
+        page.wait_for_selector(
+            "#key-dialog[open] #key-error:text-is('missing or wrong API key: send Authorization: Bearer KEY (or x-api-key: KEY)')"
+        )
         page.fill("#key-input", "sesame")
         page.keyboard.press("Enter")
         page.wait_for_selector("#model-name:text-is('demo')")
@@ -298,8 +310,10 @@ def test_with_an_api_key_the_page_asks_for_it_once(keyed_server, playwright, sho
         shots.take(page, "key-kept")
 
 
-PYTHON_CALL = "<|channel|>analysis<|message|>I will let python count.<|end|>" \
-              "<|start|>assistant<|channel|>analysis to=python code<|message|>print(sum(range(10)))<|call|>"
+PYTHON_CALL = (
+    "<|channel|>analysis<|message|>I will let python count.<|end|>"
+    "<|start|>assistant<|channel|>analysis to=python code<|message|>print(sum(range(10)))<|call|>"
+)
 RICH_ANSWER = (
     "<|channel|>analysis<|message|>It printed 45.<|end|><|start|>assistant<|channel|>final<|message|>"
     "## The sum\n\nPython says **45**, with `sum(range(10))`:\n\n"
@@ -307,12 +321,12 @@ RICH_ANSWER = (
     "| n | square |\n|---:|:---|\n| 2 | 4 |\n| 3 | 9 |\n\n"
     "1. first\n2. second\n   - nested *item*\n\n"
     "> quoted ~~text~~\n\n"
-    "Unsafe: <img src=x onerror=\"window.pwned=1\"> <script>window.pwned=2</script> "
+    'Unsafe: <img src=x onerror="window.pwned=1"> <script>window.pwned=2</script> '
     "[bad](javascript:window.pwned=3) [good](https://example.org/docs) <b>bold?</b>"
     "<|return|>"
 )
 
-WEATHER_CALL = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Oslo\"}<|call|>"
+WEATHER_CALL = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Oslo"}<|call|>'
 
 
 def test_python_runs_and_markdown_are_shown_safely(encoding, playwright, shots, tmp_path):
@@ -408,8 +422,35 @@ TRICKY_MARKDOWN = [
     "1) one\n2) two\n\n   still two\n3) three\n- [ ] todo\n- [x] done\n  * deeper\n    1. deepest\n\n* * *\n# H1\n###### H6 ##",
     "<div onclick=alert(1)>&lt;&amp;</div> <svg/onload=alert(2)> javascript:alert(3) <a href=x>a</a>",
 ]
-SAFE_TAGS = {"P", "H3", "H4", "H5", "H6", "STRONG", "EM", "DEL", "CODE", "PRE", "A", "UL", "OL", "LI", "BLOCKQUOTE", "HR",
-             "BR", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "DIV", "SPAN", "BUTTON", "INPUT"}
+SAFE_TAGS = {
+    "P",
+    "H3",
+    "H4",
+    "H5",
+    "H6",
+    "STRONG",
+    "EM",
+    "DEL",
+    "CODE",
+    "PRE",
+    "A",
+    "UL",
+    "OL",
+    "LI",
+    "BLOCKQUOTE",
+    "HR",
+    "BR",
+    "TABLE",
+    "THEAD",
+    "TBODY",
+    "TR",
+    "TH",
+    "TD",
+    "DIV",
+    "SPAN",
+    "BUTTON",
+    "INPUT",
+}
 
 
 def test_markdown_renders_every_prefix_of_a_streamed_answer_safely(server, playwright, tmp_path):
@@ -419,7 +460,8 @@ def test_markdown_renders_every_prefix_of_a_streamed_answer_safely(server, playw
     with browser(playwright, tmp_path / "profile") as context:
         page, errors = open_page(context, server)
         for document in documents:
-            result = page.evaluate("""async (text) => {
+            result = page.evaluate(
+                """async (text) => {
                 const markdown = await import('/static/markdown.js');
                 const streamed = document.createElement('div'), failures = [];
                 for (let i = 1; i <= text.length; i++) {
@@ -434,17 +476,27 @@ def test_markdown_renders_every_prefix_of_a_streamed_answer_safely(server, playw
                         attributes: [...new Set(elements.flatMap(e => [...e.attributes].map(a => a.name)))],
                         links: [...whole.querySelectorAll('a')].map(a => a.getAttribute('href')),
                         inputs: [...whole.querySelectorAll('input')].map(i => [i.type, i.disabled])};
-            }""", document)
+            }""",
+                document,
+            )
             assert result["failures"] == [] and result["same"], (document, result)
             assert set(result["tags"]) <= SAFE_TAGS, (document, result["tags"])
             assert set(result["attributes"]) <= {"class", "href", "rel", "target", "start", "type", "aria-label", "disabled"}
             assert all(re.match(r"(https?://|mailto:)", href) for href in result["links"]), result["links"]
             assert all(kind == "checkbox" and disabled for kind, disabled in result["inputs"])
-        rendered = page.evaluate("async (t) => { const d = document.createElement('div');"
-                                 " d.append((await import('/static/markdown.js')).render(t));"
-                                 " return [d.innerText, [...d.querySelectorAll('a')].map(a => a.href)]; }", TRICKY_MARKDOWN[0])
-        assert rendered[1] == ["https://a.example/x", "https://b.example/y", "https://d.example/(paren)", "mailto:me@example.org",
-                               "https://e.example/i.png"]
+        rendered = page.evaluate(
+            "async (t) => { const d = document.createElement('div');"
+            " d.append((await import('/static/markdown.js')).render(t));"
+            " return [d.innerText, [...d.querySelectorAll('a')].map(a => a.href)]; }",
+            TRICKY_MARKDOWN[0],
+        )
+        assert rendered[1] == [
+            "https://a.example/x",
+            "https://b.example/y",
+            "https://d.example/(paren)",
+            "mailto:me@example.org",
+            "https://e.example/i.png",
+        ]
         assert "[x](data:text/html,<script>1</script>)" in rendered[0]  # not a link: shown as written
         assert errors == []
 
@@ -461,8 +513,10 @@ def test_the_page_is_served_with_its_own_files_only(server):
     for name in PAGE_FILES:
         status, headers, text = get(server, f"/static/{name}")
         assert status == 200 and text == (shipped / name).read_text()
-        assert headers["content-type"] == {"css": "text/css", "js": "text/javascript", "html": "text/html"}[
-            name.rsplit(".", 1)[1]] + "; charset=utf-8"
+        assert (
+            headers["content-type"]
+            == {"css": "text/css", "js": "text/javascript", "html": "text/html"}[name.rsplit(".", 1)[1]] + "; charset=utf-8"
+        )
         assert not re.search(r"https?://(?!example\.)", text)  # nothing from elsewhere (links in comments neither)
         imports = re.findall(r'from "([^"]+)"', text)
         assert all(re.fullmatch(r"\./\w+\.js", target) and target[2:] in PAGE_FILES for target in imports), imports

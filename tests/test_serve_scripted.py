@@ -15,12 +15,18 @@ from ossrun.model import Model
 BROKEN = [
     "<|channel|>finalz<|message|>Hello from a broken header<|return|>",  # an unknown channel
     "<|channel|>analysis<|message|>Hmm.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather "
-    "<|constrain|>json<|message|><|channel|>final<|message|>{\"city\": \"Oslo\"}<|call|>",  # a header inside a call
+    '<|constrain|>json<|message|><|channel|>final<|message|>{"city": "Oslo"}<|call|>',  # a header inside a call
     "<|channel|>analysis<|message|>Thinking<|start|>assistant<|channel|>final<|message|>Two messages at once<|return|>",
     "<|channel|>commentary to=functions.nope$$ <|constrain|>json<|message|>{}<|call|>",  # a recipient that is no name
 ]
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 @pytest.fixture
@@ -55,8 +61,11 @@ def test_malformed_output_never_leaks_harmony_into_chat_completions(serve, scrip
     message = plain.choices[0].message
     assert plain.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert harmony_free(message.model_dump(warnings=False))
-    streamed = list(client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Hi"}],
-                                                   tools=[WEATHER], stream=True))
+    streamed = list(
+        client.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER], stream=True
+        )
+    )
     assert all(harmony_free(chunk.model_dump(warnings=False)) for chunk in streamed)
 
 
@@ -73,7 +82,9 @@ def test_malformed_output_never_leaks_harmony_into_responses(serve, script):
 
 def test_the_cleaned_text_keeps_what_the_messages_said(serve):
     client = client_for(serve(BROKEN[0]))
-    content = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content
+    content = (
+        client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content
+    )
     assert content == "Hello from a broken header"
 
 
@@ -103,11 +114,14 @@ def test_the_servers_python_tool_runs_and_its_call_and_result_are_shown(encoding
             (run,) = message.tool_runs  # the same run, apart, for clients that show runs as such
             assert run["name"] == "python" and run["arguments"] == "print(6 * 7)" and run["output"].startswith("42\n")
             assert run["error"] is False
-            chunks = list(client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "6 * 7?"}],
-                                                         stream=True))
+            chunks = list(
+                client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "6 * 7?"}], stream=True)
+            )
             runs = [getattr(c.choices[0].delta, "tool_run", None) for c in chunks if c.choices]
-            assert [r for r in runs if r] == [{"index": 0, "name": "python", "arguments": "print(6 * 7)"},
-                                              {"index": 0, "output": run["output"], "error": False}]
+            assert [r for r in runs if r] == [
+                {"index": 0, "name": "python", "arguments": "print(6 * 7)"},
+                {"index": 0, "output": run["output"], "error": False},
+            ]
             response = client.responses.create(model="scripted", input="6 * 7?")
             run = next(item for item in response.output if item.type == "code_interpreter_call")
             assert run.code == "print(6 * 7)" and run.status == "completed" and "42" in run.outputs[0].logs
@@ -150,8 +164,9 @@ def test_each_request_and_each_named_conversation_has_its_own_python_files(encod
             other_dir, other = listing("project-b")
             assert kept == [] and again == ["mine.txt"] and kept_dir == again_dir
             assert other == [] and other_dir != kept_dir
-            chat = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "List."}],
-                                                  extra_body={"conversation": "project-a"})
+            chat = client.chat.completions.create(
+                model="scripted", messages=[{"role": "user", "content": "List."}], extra_body={"conversation": "project-a"}
+            )
             assert '"mine.txt"' in chat.choices[0].message.reasoning_content
             with pytest.raises(openai.BadRequestError) as refused:
                 client.responses.create(model="scripted", input="Hi", extra_body={"conversation": 7})
@@ -203,7 +218,7 @@ def test_a_well_formed_answer_about_harmony_reaches_the_client_exactly(serve):
 def test_the_filter_takes_out_markup_split_anywhere():
     from ossrun.server.output import MarkupFilter, clean
 
-    raw = "Hi<|end|><|start|>assistant<|channel|>commentary to=functions.x <|constrain|>json<|message|>{\"a\": 1}<|call|> end"
+    raw = 'Hi<|end|><|start|>assistant<|channel|>commentary to=functions.x <|constrain|>json<|message|>{"a": 1}<|call|> end'
     assert clean(raw) == 'Hi{"a": 1} end'
     for cut in range(1, len(raw)):  # the stream may split a token's text anywhere
         markup = MarkupFilter()

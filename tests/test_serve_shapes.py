@@ -17,9 +17,19 @@ from ossrun.model import Model
 
 HI = [{"role": "user", "content": "What is the capital of France?"}]
 WEATHER_QUESTION = [{"role": "user", "content": "What's the weather in Oslo?"}]
-NAMESPACE = {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.", "tools": [
-    {"type": "function", "name": "spawn_agent", "description": "Start an agent.",
-     "parameters": {"type": "object", "properties": {"task": {"type": "string"}}, "required": ["task"]}}]}
+NAMESPACE = {
+    "type": "namespace",
+    "name": "multi_agent_v1",
+    "description": "Sub-agents.",
+    "tools": [
+        {
+            "type": "function",
+            "name": "spawn_agent",
+            "description": "Start an agent.",
+            "parameters": {"type": "object", "properties": {"task": {"type": "string"}}, "required": ["task"]},
+        }
+    ],
+}
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
@@ -30,16 +40,36 @@ REQUESTS = [  # (path, body): each sent plain and streamed
     (CHAT, {"messages": WEATHER_QUESTION, "tools": [WEATHER], "temperature": 0}),
     (CHAT, {"messages": HI, "tools": [WEATHER], "tool_choice": "required", "temperature": 0}),
     (CHAT, {"messages": HI, "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": CAPITAL_SCHEMA}}}),
-    (CHAT, {"messages": HI, "response_format": {"type": "json_object"}, "seed": 7, "stop": ["Paris"],
-            "max_tokens": 40}),
+    (CHAT, {"messages": HI, "response_format": {"type": "json_object"}, "seed": 7, "stop": ["Paris"], "max_tokens": 40}),
     (RESPONSES, {"input": "What is the capital of Japan?"}),
     (RESPONSES, {"input": "Hello", "max_output_tokens": 1, "metadata": {"k": "v"}, "instructions": "Be brief."}),
-    (RESPONSES, {"input": "What's the weather in Paris?", "tools": [WEATHER_RESPONSES, {"type": "web_search"}],
-                 "temperature": 0, "include": ["reasoning.encrypted_content"], "store": False}),
-    (RESPONSES, {"input": "What is 2 + 3?", "tools": [NAMESPACE], "tool_choice": {"type": "function", "name": "spawn_agent"},
-                 "max_output_tokens": 60}),
-    (RESPONSES, {"input": "What is the capital of Italy?", "reasoning": {"effort": "low", "summary": "auto"},
-                 "text": {"format": {"type": "json_schema", "name": "c", "schema": CAPITAL_SCHEMA, "strict": True}}}),
+    (
+        RESPONSES,
+        {
+            "input": "What's the weather in Paris?",
+            "tools": [WEATHER_RESPONSES, {"type": "web_search"}],
+            "temperature": 0,
+            "include": ["reasoning.encrypted_content"],
+            "store": False,
+        },
+    ),
+    (
+        RESPONSES,
+        {
+            "input": "What is 2 + 3?",
+            "tools": [NAMESPACE],
+            "tool_choice": {"type": "function", "name": "spawn_agent"},
+            "max_output_tokens": 60,
+        },
+    ),
+    (
+        RESPONSES,
+        {
+            "input": "What is the capital of Italy?",
+            "reasoning": {"effort": "low", "summary": "auto"},
+            "text": {"format": {"type": "json_schema", "name": "c", "schema": CAPITAL_SCHEMA, "strict": True}},
+        },
+    ),
 ]
 
 
@@ -73,8 +103,7 @@ def test_every_answer_and_event_has_openais_shape(server, path, body, stream):
     if path == CHAT:
         assert objects[-1] == "[DONE]" and all(o != "[DONE]" for o in objects[:-1])
     else:
-        assert objects[0]["type"] == "response.created" and objects[-1]["type"] in ("response.completed",
-                                                                                     "response.incomplete")
+        assert objects[0]["type"] == "response.created" and objects[-1]["type"] in ("response.completed", "response.incomplete")
 
 
 @pytest.mark.slow
@@ -140,19 +169,45 @@ def test_the_python_tools_items_have_openais_shape(scripted_server):
         check_body(RESPONSES, status, body)
         assert "code_interpreter_call" in [item["type"] for item in body["output"]]
         status, text = exchange(port, "POST", RESPONSES, {"model": "scripted", "input": "6 * 7?", "stream": True})
-        assert any(o["type"] == "response.output_item.done" and o["item"]["type"] == "code_interpreter_call"
-                   for o in check_sse(RESPONSES, text))
+        assert any(
+            o["type"] == "response.output_item.done" and o["item"]["type"] == "code_interpreter_call"
+            for o in check_sse(RESPONSES, text)
+        )
 
 
 # The deviations a fuzzer found against OpenAI's reference: each one fails the check.
 
-GOOD_COMPLETION = {"id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices": [
-    {"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": None}, "logprobs": None,
-     "finish_reason": "stop"}]}
-GOOD_RESPONSE = {"id": "r", "object": "response", "created_at": 1, "status": "completed", "model": "m", "output": [],
-                 "error": None, "incomplete_details": None, "instructions": None, "metadata": {}, "tool_choice": "auto",
-                 "temperature": None, "top_p": None, "parallel_tool_calls": True,
-                 "tools": [{"type": "function", "name": "f", "parameters": None, "strict": None}]}
+GOOD_COMPLETION = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "hi", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+}
+GOOD_RESPONSE = {
+    "id": "r",
+    "object": "response",
+    "created_at": 1,
+    "status": "completed",
+    "model": "m",
+    "output": [],
+    "error": None,
+    "incomplete_details": None,
+    "instructions": None,
+    "metadata": {},
+    "tool_choice": "auto",
+    "temperature": None,
+    "top_p": None,
+    "parallel_tool_calls": True,
+    "tools": [{"type": "function", "name": "f", "parameters": None, "strict": None}],
+}
 
 
 def test_the_checks_catch_each_deviation_openais_reference_forbids():
@@ -162,15 +217,34 @@ def test_the_checks_catch_each_deviation_openais_reference_forbids():
     del no_refusal["choices"][0]["message"]["refusal"]
     no_strict = {**GOOD_RESPONSE, "tools": [{"type": "function", "name": "f", "parameters": None}]}
     null_usage = {**GOOD_RESPONSE, "usage": None}
-    no_cache_write = {**GOOD_RESPONSE, "usage": {"input_tokens": 1, "input_tokens_details": {"cached_tokens": 0},
-                                                 "output_tokens": 1, "output_tokens_details": {"reasoning_tokens": 0},
-                                                 "total_tokens": 2}}
-    for check, bad in ((check_chat_completion, no_refusal), (check_response, no_strict), (check_response, null_usage),
-                       (check_response, no_cache_write), (check_response, {**GOOD_RESPONSE, "created_at": "1"})):
+    no_cache_write = {
+        **GOOD_RESPONSE,
+        "usage": {
+            "input_tokens": 1,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 1,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 2,
+        },
+    }
+    for check, bad in (
+        (check_chat_completion, no_refusal),
+        (check_response, no_strict),
+        (check_response, null_usage),
+        (check_response, no_cache_write),
+        (check_response, {**GOOD_RESPONSE, "created_at": "1"}),
+    ):
         with pytest.raises((ShapeError, ValueError)):
             check(bad)
     with pytest.raises(ShapeError):
-        check_event({"type": "response.function_call_arguments.done", "item_id": "i", "output_index": 0,
-                     "arguments": "{}", "sequence_number": 3})
+        check_event(
+            {
+                "type": "response.function_call_arguments.done",
+                "item_id": "i",
+                "output_index": 0,
+                "arguments": "{}",
+                "sequence_number": 3,
+            }
+        )
     with pytest.raises(ValueError):
         check_event({"type": "response.created", "sequence_number": 0, "response": {**GOOD_RESPONSE, "status": "maybe"}})

@@ -28,11 +28,15 @@ FUNCTIONS = '''
         """Fail on purpose."""
         raise RuntimeError(reason)
     '''
-WEATHER_CALL = ('<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary '
-                'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>')
+WEATHER_CALL = (
+    "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary "
+    'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
+)
 WEATHER_ANSWER = reply("It is 21.", "21 °C in Paris.")
-PYTHON_CALL = ("<|channel|>analysis<|message|>Compute it.<|end|><|start|>assistant<|channel|>analysis to=python code"
-               "<|message|>print(6 * 7)<|call|>")
+PYTHON_CALL = (
+    "<|channel|>analysis<|message|>Compute it.<|end|><|start|>assistant<|channel|>analysis to=python code"
+    "<|message|>print(6 * 7)<|call|>"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +58,12 @@ def mask(text: str) -> str:
 def repl_session(encoding, scripts, lines, **repl_options):
     engine = ScriptedEngine(encoding, scripts)
     buffer = io.StringIO()
-    repl = Repl(Model(engine, encoding, name="scripted"), Screen.create(buffer, buffer),
-                StreamReader(io.StringIO(lines), echo=buffer), **repl_options)
+    repl = Repl(
+        Model(engine, encoding, name="scripted"),
+        Screen.create(buffer, buffer),
+        StreamReader(io.StringIO(lines), echo=buffer),
+        **repl_options,
+    )
     assert repl.run() == 0
     return engine, repl, mask(buffer.getvalue())
 
@@ -64,8 +72,11 @@ def test_repl_shows_each_call_and_result_and_keeps_the_chain(encoding, functions
     toolbox = Toolbox(load_functions(functions_file))
     saved = tmp_path / "chat.json"
     engine, repl, transcript = repl_session(
-        encoding, [WEATHER_CALL, WEATHER_ANSWER, reply("Same as before.", "Still 21 °C.")],
-        f"Weather in Paris?\nAnd now?\n/save {saved}\n", tools=toolbox)
+        encoding,
+        [WEATHER_CALL, WEATHER_ANSWER, reply("Same as before.", "Still 21 °C.")],
+        f"Weather in Paris?\nAnd now?\n/save {saved}\n",
+        tools=toolbox,
+    )
     assert transcript == (
         "ossrun chat · scripted · reasoning medium · tools functions.get_weather, functions.explode"
         " · /help for commands, Ctrl-D to leave\n"
@@ -96,8 +107,11 @@ def test_repl_shows_each_call_and_result_and_keeps_the_chain(encoding, functions
 def test_repl_asks_before_each_python_run(encoding):
     with PythonSandbox() as sandbox:
         engine, repl, transcript = repl_session(
-            encoding, [PYTHON_CALL, reply("It printed 42.", "42."), PYTHON_CALL, reply("Not allowed.", "I could not run it.")],
-            "What is 6*7?\ny\nAgain?\nn\n", tools=Toolbox(python=sandbox))
+            encoding,
+            [PYTHON_CALL, reply("It printed 42.", "42."), PYTHON_CALL, reply("Not allowed.", "I could not run it.")],
+            "What is 6*7?\ny\nAgain?\nn\n",
+            tools=Toolbox(python=sandbox),
+        )
     assert transcript == (
         "ossrun chat · scripted · reasoning medium · tools python · /help for commands, Ctrl-D to leave\n"
         ">>> What is 6*7?\n"
@@ -118,11 +132,13 @@ def test_repl_asks_before_each_python_run(encoding):
 
 def test_repl_with_yes_runs_without_asking_and_end_of_input_declines(encoding):
     with PythonSandbox() as sandbox:
-        _, _, transcript = repl_session(encoding, [PYTHON_CALL, reply("ok", "42.")], "What is 6*7?\n",
-                                        tools=Toolbox(python=sandbox), confirm_python=False)
+        _, _, transcript = repl_session(
+            encoding, [PYTHON_CALL, reply("ok", "42.")], "What is 6*7?\n", tools=Toolbox(python=sandbox), confirm_python=False
+        )
         assert "run this code?" not in transcript and "← python: 42\n" in transcript
-        _, _, transcript = repl_session(encoding, [PYTHON_CALL, reply("ok", "No.")], "What is 6*7?\n",
-                                        tools=Toolbox(python=sandbox))
+        _, _, transcript = repl_session(
+            encoding, [PYTHON_CALL, reply("ok", "No.")], "What is 6*7?\n", tools=Toolbox(python=sandbox)
+        )
         assert "run this code? [y/N] \n← python failed: [not run: the user declined to run this code]\n" in transcript
 
 
@@ -133,8 +149,9 @@ def test_repl_says_at_start_when_code_can_use_the_network(encoding):
 
 
 def test_repl_round_limit(encoding, functions_file):
-    _, repl, transcript = repl_session(encoding, [WEATHER_CALL] * 3, "Weather?\n",
-                                       tools=Toolbox(load_functions(functions_file)), max_tool_rounds=2)
+    _, repl, transcript = repl_session(
+        encoding, [WEATHER_CALL] * 3, "Weather?\n", tools=Toolbox(load_functions(functions_file)), max_tool_rounds=2
+    )
     assert transcript.count("→ get_weather") == 3 and transcript.count("← get_weather") == 2
     assert "note: stopped after 2 rounds of tool calls: allow more with max_tool_rounds (--max-tool-rounds)\n" in transcript
 
@@ -150,10 +167,18 @@ def test_run_json_lists_the_tool_calls(scripted, capsys, functions_file):
     data = json.loads(out)
     assert data["final"] == "21 °C in Paris." and data["finish_reason"] == "stop"
     assert data["tool_calls"] == [
-        {"name": "get_weather", "arguments": '{"city": "Paris"}',
-         "result": '{"city": "Paris", "temperature": 21, "unit": "celsius"}', "error": False},
-        {"name": "explode", "arguments": '{"reason": "boom"}',
-         "result": '{"error": "explode raised RuntimeError: boom"}', "error": True},
+        {
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+            "result": '{"city": "Paris", "temperature": 21, "unit": "celsius"}',
+            "error": False,
+        },
+        {
+            "name": "explode",
+            "arguments": '{"reason": "boom"}',
+            "result": '{"error": "explode raised RuntimeError: boom"}',
+            "error": True,
+        },
     ]
     assert '→ get_weather({"city": "Paris"})\n' in err and "← explode failed:" in err
 
@@ -162,8 +187,7 @@ def test_run_answer_on_stdout_with_tools(scripted, capsys, functions_file):
     scripted(WEATHER_CALL, WEATHER_ANSWER)
     code, out, err = invoke(capsys, "run", "--functions", str(functions_file), "Weather in Paris?")
     assert (code, out) == (0, "21 °C in Paris.\n")
-    assert err == ('→ get_weather({"city": "Paris"})\n'
-                   '← get_weather: {"city": "Paris", "temperature": 21, "unit": "celsius"}\n')
+    assert err == ('→ get_weather({"city": "Paris"})\n← get_weather: {"city": "Paris", "temperature": 21, "unit": "celsius"}\n')
 
 
 def test_run_refuses_python_without_a_terminal_unless_yes(scripted, capsys, monkeypatch):
@@ -171,13 +195,16 @@ def test_run_refuses_python_without_a_terminal_unless_yes(scripted, capsys, monk
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code, out, err = invoke(capsys, "run", "--tool", "python", "What is 6*7?")
     assert (code, out) == (1, "")
-    assert err == ("error: --tool python asks before each run of the model's code and there is no terminal "
-                   "to ask on: add --yes to let it run without asking\n")
+    assert err == (
+        "error: --tool python asks before each run of the model's code and there is no terminal "
+        "to ask on: add --yes to let it run without asking\n"
+    )
     assert engines == []  # refused before the model loaded
     code, out, err = invoke(capsys, "run", "--tool", "python", "--yes", "--json", "What is 6*7?")
     data = json.loads(out)
     assert code == 0 and data["tool_calls"] == [
-        {"name": "python", "arguments": "print(6 * 7)", "result": "42\n[exit status 0]", "error": False}]
+        {"name": "python", "arguments": "print(6 * 7)", "result": "42\n[exit status 0]", "error": False}
+    ]
 
 
 class FakeTerminal(io.StringIO):
@@ -213,10 +240,13 @@ def test_show_prompt_declares_the_tools(scripted, capsys, functions_file):
     assert "type explode = (_: {\nreason: string,\n}) => any;" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--functions", "nope.py"], "error: no such file: nope.py: give --functions the path of a Python file\n"),
-    (["--tool", "browser"], "error: unknown tool 'browser': the builtin tools are python\n"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--functions", "nope.py"], "error: no such file: nope.py: give --functions the path of a Python file\n"),
+        (["--tool", "browser"], "error: unknown tool 'browser': the builtin tools are python\n"),
+    ],
+)
 def test_bad_tool_options_are_one_line(scripted, capsys, args, message):
     engines = scripted()
     for command in (["run", *args, "Hi"], ["chat", *args]):
@@ -245,8 +275,7 @@ def test_repl_counts_the_tool_declarations_in_what_a_change_costs(encoding, func
     from ossrun.engine.protocol import common_prefix_length
 
     toolbox = Toolbox(load_functions(functions_file))
-    engine, repl, transcript = repl_session(encoding, [WEATHER_CALL, WEATHER_ANSWER], "Weather?\n/effort high\n",
-                                            tools=toolbox)
+    engine, repl, transcript = repl_session(encoding, [WEATHER_CALL, WEATHER_ANSWER], "Weather?\n/effort high\n", tools=toolbox)
     (announced,) = [int(n) for n in re.findall(r"re-processes (\d+) tokens", transcript)]
     prompt = repl.model.render(repl.conversation.messages, reasoning_effort="high", tools=toolbox)
     assert announced == len(prompt) - common_prefix_length(engine.evaluated, prompt)
@@ -255,8 +284,10 @@ def test_repl_counts_the_tool_declarations_in_what_a_change_costs(encoding, func
 # Code that hides a line from the person who approves it (cursor up, erase line: raw in a
 # comment), then prints an escape sequence that writes the clipboard (OSC 52).
 HIDING_CODE = "import os  # \x1b[1A\x1b[2K\r\nprint('\\x1b]52;c;aGk=\\x07done')"
-HIDING_CALL = ("<|channel|>analysis<|message|>Run it.<|end|><|start|>assistant<|channel|>analysis to=python code"
-               f"<|message|>{HIDING_CODE}<|call|>")
+HIDING_CALL = (
+    "<|channel|>analysis<|message|>Run it.<|end|><|start|>assistant<|channel|>analysis to=python code"
+    f"<|message|>{HIDING_CODE}<|call|>"
+)
 
 
 def test_repl_on_a_terminal_shows_the_codes_escape_sequences_and_its_outputs_instead_of_obeying_them(encoding):
@@ -266,15 +297,21 @@ def test_repl_on_a_terminal_shows_the_codes_escape_sequences_and_its_outputs_ins
     buffer = io.StringIO()
     console = Console(file=buffer, width=100, force_terminal=True, color_system=None)
     with PythonSandbox() as sandbox:
-        repl = Repl(Model(engine, encoding, name="scripted"), Screen(console, console),
-                    StreamReader(io.StringIO("Run it\ny\n"), echo=buffer), tools=Toolbox(python=sandbox))
+        repl = Repl(
+            Model(engine, encoding, name="scripted"),
+            Screen(console, console),
+            StreamReader(io.StringIO("Run it\ny\n"), echo=buffer),
+            tools=Toolbox(python=sandbox),
+        )
         assert repl.run() == 0
     live = re.compile(r"\x1b\[(\?25[lh]|2K|1A)|\r")  # the live answer's own redrawing
     shown = live.sub("", buffer.getvalue())
     assert "\x1b" not in shown and "\x07" not in shown
     # The code as it will run, every line of it, before the question; then its output, written out.
-    assert ("→ python\n  import os  # \\x1b[1A\\x1b[2K\\x0d\n  print('\\x1b]52;c;aGk=\\x07done')\n"
-            "run this code? [y/N] y\n← python: \\x1b]52;c;aGk=\\x07done\n") in shown
+    assert (
+        "→ python\n  import os  # \\x1b[1A\\x1b[2K\\x0d\n  print('\\x1b]52;c;aGk=\\x07done')\n"
+        "run this code? [y/N] y\n← python: \\x1b]52;c;aGk=\\x07done\n"
+    ) in shown
     assert "Done\\x1b]52;c;aGk=\\x07." in shown
 
 

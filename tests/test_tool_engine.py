@@ -26,18 +26,34 @@ QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 MESSAGES = [
     '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
     '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": Paris<|call|>',
-    '<|channel|>commentary to=functions.nope <|constrain|>json<|message|>{}<|call|>',
+    "<|channel|>commentary to=functions.nope <|constrain|>json<|message|>{}<|call|>",
     '<|channel|>commentary to=functions.lookup <|constrain|>json<|message|>{"word": "x"}<|call|>',
     "<|channel|>analysis to=python code<|message|>print(40 + 2)<|call|>",
     "<|channel|>analysis<|message|>Thinking.<|end|><|start|>assistant",
     "<|channel|>final<|message|>Done.<|return|>",
 ]
 PIECES = [
-    "<|channel|>", "analysis", "commentary", "<|message|>", "<|end|>", "<|start|>assistant", " to=functions.get_weather",
-    " to=python", " <|constrain|>json", '{"city": ', "<|call|>", "<|return|>",
+    "<|channel|>",
+    "analysis",
+    "commentary",
+    "<|message|>",
+    "<|end|>",
+    "<|start|>assistant",
+    " to=functions.get_weather",
+    " to=python",
+    " <|constrain|>json",
+    '{"city": ',
+    "<|call|>",
+    "<|return|>",
 ]
-SCHEMA = {"type": "function", "function": {"name": "lookup", "description": "Look up a word.",
-                                           "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}
+SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Look up a word.",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}},
+    },
+}
 
 
 def get_weather(city: str, unit: str = "celsius") -> dict:
@@ -150,8 +166,18 @@ def test_whatever_the_model_emits_the_tool_loop_ends_cleanly(tiny_model):
     with PythonSandbox() as sandbox:
         for seed in range(24):
             engine, model = mixed_model(tiny_model, seed=seed, mix=0.35)
-            events = list(model.stream(QUESTION, tools=[get_weather, SCHEMA], python_tool=sandbox, confirm=lambda c: True,
-                                       temperature=1.0 + (seed % 3) * 0.3, seed=seed, max_tokens=32, max_tool_rounds=2))
+            events = list(
+                model.stream(
+                    QUESTION,
+                    tools=[get_weather, SCHEMA],
+                    python_tool=sandbox,
+                    confirm=lambda c: True,
+                    temperature=1.0 + (seed % 3) * 0.3,
+                    seed=seed,
+                    max_tokens=32,
+                    max_tool_rounds=2,
+                )
+            )
             assert isinstance(events[-1], Done) and sum(isinstance(e, Done) for e in events) == 1, seed
             answer = events[-1].reply
             assert answer.finish_reason in ("stop", "length", "tool_calls"), seed
@@ -164,15 +190,20 @@ def test_whatever_the_model_emits_the_tool_loop_ends_cleanly(tiny_model):
             seen["malformed"] += answer.malformed
             seen["pending"] += bool(answer.pending_calls)
             # What the loop produced is a valid history: the next turn renders.
-            model.render(QUESTION + answer.messages() + [{"role": "user", "content": "Thanks"}],
-                         tools=[get_weather, SCHEMA], python_tool=sandbox)
+            model.render(
+                QUESTION + answer.messages() + [{"role": "user", "content": "Thanks"}],
+                tools=[get_weather, SCHEMA],
+                python_tool=sandbox,
+            )
     # The mix made the loop run calls, fail some, meet malformed output, and hand a call to the caller.
     assert seen["results"] >= 3 and seen["errors"] >= 1 and seen["malformed"] >= 3 and seen["pending"] >= 1, seen
 
 
 def test_a_call_on_the_real_engine_reuses_the_cache_and_generation_goes_on(tiny_model):
-    call = ('<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary '
-            'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>')
+    call = (
+        "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary "
+        'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
+    )
     engine, model = mixed_model(tiny_model, scripted=[call])
     events = list(model.stream(QUESTION, tools=[get_weather], seed=1, max_tokens=48))
     (result,) = [e for e in events if isinstance(e, ToolResult)]
@@ -198,12 +229,32 @@ def test_the_cli_with_tools_on_the_real_engine(tiny_gguf, tmp_path, encoding):
     functions = tmp_path / "my_tools.py"
     functions.write_text('def get_weather(city: str) -> dict:\n    """Get the weather."""\n    return {"t": 21}\n')
     env = {**os.environ, "OSSRUN_HOME": str(tmp_path / "home"), "OSSRUN_DATE": "2026-01-15"}
-    base = [sys.executable, "-m", "ossrun", "run", "-m", str(tiny_gguf), "--ctx", "1024", "--threads", "2",
-            "--functions", str(functions), "--tool", "python"]
+    base = [
+        sys.executable,
+        "-m",
+        "ossrun",
+        "run",
+        "-m",
+        str(tiny_gguf),
+        "--ctx",
+        "1024",
+        "--threads",
+        "2",
+        "--functions",
+        str(functions),
+        "--tool",
+        "python",
+    ]
     refused = subprocess.run(base + ["Hi"], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
     assert refused.returncode == 1 and refused.stderr.startswith("error: --tool python asks before each run")
-    done = subprocess.run(base + ["--yes", "--json", "--seed", "3", "--max-tokens", "8", "--show-reasoning", "Hi"],
-                          capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    done = subprocess.run(
+        base + ["--yes", "--json", "--seed", "3", "--max-tokens", "8", "--show-reasoning", "Hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     data = json.loads(done.stdout)

@@ -56,9 +56,24 @@ def test_schema_from_hints_defaults_and_google_docstring():
 
 
 def test_schema_for_every_supported_type():
-    def f(a: str, b: int, c: float, d: bool, e: list[str], f: dict[str, int], g: list, h: dict,
-          i: int | None, j: list[int] | None = None, k: int | None = None, u: Unit = Unit.CELSIUS,
-          t: tuple[float, float] = (0.0, 1.0), anything=None, flag: Literal[True, False] = True, **extra: Any):
+    def f(
+        a: str,
+        b: int,
+        c: float,
+        d: bool,
+        e: list[str],
+        f: dict[str, int],
+        g: list,
+        h: dict,
+        i: int | None,
+        j: list[int] | None = None,
+        k: int | None = None,
+        u: Unit = Unit.CELSIUS,
+        t: tuple[float, float] = (0.0, 1.0),
+        anything=None,
+        flag: Literal[True, False] = True,
+        **extra: Any,
+    ):
         """Sphinx style.
 
         :param a: the a
@@ -98,13 +113,16 @@ def test_function_without_parameters_declares_none():
     assert tool.call("{}") == ("noon", False)
 
 
-@pytest.mark.parametrize("annotation, message", [
-    ("set[bytes]", "bytes, which JSON cannot carry"),
-    ("object", "object, which JSON cannot carry"),
-    ("int | str", "union type"),
-    ("dict[int, str]", "keys are strings"),
-    ('Literal[b"x"]', "choices"),
-])
+@pytest.mark.parametrize(
+    "annotation, message",
+    [
+        ("set[bytes]", "bytes, which JSON cannot carry"),
+        ("object", "object, which JSON cannot carry"),
+        ("int | str", "union type"),
+        ("dict[int, str]", "keys are strings"),
+        ('Literal[b"x"]', "choices"),
+    ],
+)
 def test_unsupported_types_name_the_function_and_parameter(annotation, message):
     namespace: dict = {}
     exec(f"from typing import Literal\ndef bad(x: {annotation}): pass", namespace)
@@ -144,12 +162,15 @@ def test_calls_return_text_or_json():
     assert FunctionTool.from_callable(lambda: "é", name="accent").call("") == ("é", False)
 
 
-@pytest.mark.parametrize("arguments, expected", [
-    ('{"city": ', "the arguments are not valid JSON"),
-    ("[1, 2]", "the arguments must be a JSON object, not list"),
-    ('{"town": "Paris"}', "bad arguments for get_weather: missing a required argument: 'city'"),
-    ('{"city": "Paris", "zip": 1}', "bad arguments for get_weather: got an unexpected keyword argument 'zip'"),
-])
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        ('{"city": ', "the arguments are not valid JSON"),
+        ("[1, 2]", "the arguments must be a JSON object, not list"),
+        ('{"town": "Paris"}', "bad arguments for get_weather: missing a required argument: 'city'"),
+        ('{"city": "Paris", "zip": 1}', "bad arguments for get_weather: got an unexpected keyword argument 'zip'"),
+    ],
+)
 def test_bad_arguments_become_an_error_for_the_model(arguments, expected):
     output, error = FunctionTool.from_callable(get_weather).call(arguments)
     assert error
@@ -177,7 +198,9 @@ def write(tmp_path, text: str, name: str = "tools.py"):
 
 
 def test_load_functions_takes_public_functions_defined_in_the_file(tmp_path):
-    path = write(tmp_path, '''
+    path = write(
+        tmp_path,
+        '''
         from __future__ import annotations
         import json
         from os.path import join
@@ -198,13 +221,17 @@ def test_load_functions_takes_public_functions_defined_in_the_file(tmp_path):
         def shout(text: str) -> str:
             """Upper-case the text."""
             return text.upper()
-        ''')
+        ''',
+    )
     tools = load_functions(path)
     assert [t.name for t in tools] == ["add", "shout"]
     add = tools[0]
     assert add.description == "Add two numbers."
-    assert add.parameters == {"type": "object", "required": ["a"],
-                              "properties": {"a": {"type": "integer"}, "b": {"type": "integer", "default": 2}}}
+    assert add.parameters == {
+        "type": "object",
+        "required": ["a"],
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer", "default": 2}},
+    }
     assert add.call('{"a": 40}') == ("42", False)
 
 
@@ -225,26 +252,33 @@ def test_load_functions_errors_are_one_clear_line(tmp_path):
 
 def test_a_functions_file_imports_its_sibling_modules(tmp_path):
     (tmp_path / "weather_backend_for_test.py").write_text("def lookup(city):\n    return {'city': city, 't': 21}\n")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         from weather_backend_for_test import lookup
 
         def get_weather(city: str) -> dict:
             \"\"\"Get the weather.\"\"\"
             return lookup(city)
-        """)
+        """,
+    )
     (tool,) = load_functions(path)  # lookup is imported, not defined here: not a tool
     assert tool.call('{"city": "Oslo"}') == ('{"city": "Oslo", "t": 21}', False)
 
 
 def test_sequence_and_mapping_hints():
     """typing's and collections.abc's abstract containers: their origin is the collections.abc class."""
+
     def f(a: Sequence[str], b: collections.abc.Sequence[int], c: Mapping[str, float], d: collections.abc.Mapping[str, str]):
         pass
 
     _, parameters = function_schema(f)
-    assert parameters["properties"] == {"a": {"type": "array", "items": {"type": "string"}},
-                                        "b": {"type": "array", "items": {"type": "integer"}},
-                                        "c": {"type": "object"}, "d": {"type": "object"}}
+    assert parameters["properties"] == {
+        "a": {"type": "array", "items": {"type": "string"}},
+        "b": {"type": "array", "items": {"type": "integer"}},
+        "c": {"type": "object"},
+        "d": {"type": "object"},
+    }
 
     def g(x: Mapping[int, str]):
         pass

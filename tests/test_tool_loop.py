@@ -70,8 +70,9 @@ def prompt_text(encoding, engine, index: int) -> str:
 
 
 def test_one_call(encoding, weather):
-    engine, events, answer = run(encoding, [call("get_weather", '{"city": "Paris"}'), reply("It is 21.", "21 °C in Paris.")],
-                                 tools=[weather])
+    engine, events, answer = run(
+        encoding, [call("get_weather", '{"city": "Paris"}'), reply("It is 21.", "21 °C in Paris.")], tools=[weather]
+    )
     assert weather.calls == ["Paris"]
     kinds = [type(e) for e in events if not isinstance(e, (ReasoningDelta, FinalDelta))]
     assert kinds == [Prefill, ToolCall, ToolResult, Prefill, Done]  # each turn of the chain reads its prompt first
@@ -86,7 +87,8 @@ def test_one_call(encoding, weather):
     assert second.endswith(
         "<|start|>assistant<|channel|>analysis<|message|>Need the weather.<|end|>"
         '<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
-        f"<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{result.output}<|end|><|start|>assistant")
+        f"<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{result.output}<|end|><|start|>assistant"
+    )
     # Only the re-rendered call was evaluated again: the rest came from the KV cache.
     assert engine.prefills[1].reused > len(engine.prompts[0])
     # Usage covers both turns.
@@ -172,13 +174,22 @@ def test_the_default_round_limit_is_eight(encoding, weather):
 
 
 def test_a_schema_only_tool_is_returned_to_the_caller(encoding):
-    schema = {"type": "function", "function": {"name": "lookup", "description": "Look up a word.",
-                                                "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}
-    engine = ScriptedEngine(encoding, [
-        "<|channel|>commentary<|message|>Looking it up.<|end|>"
-        '<|start|>assistant<|channel|>commentary to=functions.lookup <|constrain|>json<|message|>{"word": "ossify"}<|call|>',
-        reply("Got it.", "To turn into bone."),
-    ])
+    schema = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look up a word.",
+            "parameters": {"type": "object", "properties": {"word": {"type": "string"}}},
+        },
+    }
+    engine = ScriptedEngine(
+        encoding,
+        [
+            "<|channel|>commentary<|message|>Looking it up.<|end|>"
+            '<|start|>assistant<|channel|>commentary to=functions.lookup <|constrain|>json<|message|>{"word": "ossify"}<|call|>',
+            reply("Got it.", "To turn into bone."),
+        ],
+    )
     model = Model(engine, encoding)
     first = model.chat(QUESTION, tools=[schema])
     assert first.finish_reason == "tool_calls" and first.commentary == "Looking it up."
@@ -189,17 +200,22 @@ def test_a_schema_only_tool_is_returned_to_the_caller(encoding):
     second = model.chat(history, tools=[schema])
     assert second.final == "To turn into bone."
     text = encoding.decode_utf8(engine.prompts[1])
-    assert ("<|start|>assistant<|channel|>commentary<|message|>Looking it up.<|end|>"
-            '<|start|>assistant to=functions.lookup<|channel|>commentary <|constrain|>json<|message|>{"word": "ossify"}<|call|>'
-            "<|start|>functions.lookup to=assistant<|channel|>commentary<|message|>to become bone<|end|>") in text
+    assert (
+        "<|start|>assistant<|channel|>commentary<|message|>Looking it up.<|end|>"
+        '<|start|>assistant to=functions.lookup<|channel|>commentary <|constrain|>json<|message|>{"word": "ossify"}<|call|>'
+        "<|start|>functions.lookup to=assistant<|channel|>commentary<|message|>to become bone<|end|>"
+    ) in text
 
 
 def test_python_tool_runs_in_the_sandbox_after_confirmation(encoding):
     asked = []
     with PythonSandbox() as sandbox:
         engine, events, answer = run(
-            encoding, [python_call("print(6 * 7)"), reply("It printed 42.", "42")],
-            python_tool=sandbox, confirm=lambda c: asked.append(c.arguments) or True)
+            encoding,
+            [python_call("print(6 * 7)"), reply("It printed 42.", "42")],
+            python_tool=sandbox,
+            confirm=lambda c: asked.append(c.arguments) or True,
+        )
         assert sandbox.workdir.exists()  # the caller's sandbox outlives the call
     assert asked == ["print(6 * 7)"]
     (result,) = [e for e in events if isinstance(e, ToolResult)]
@@ -216,8 +232,11 @@ def test_python_tool_runs_in_the_sandbox_after_confirmation(encoding):
 def test_declined_python_runs_are_reported_to_the_model(encoding, tmp_path):
     marker = tmp_path / "ran"
     engine, events, answer = run(
-        encoding, [python_call(f"open({str(marker)!r}, 'w')"), reply("Declined.", "I was not allowed to run code.")],
-        python_tool=True, confirm=lambda c: False)
+        encoding,
+        [python_call(f"open({str(marker)!r}, 'w')"), reply("Declined.", "I was not allowed to run code.")],
+        python_tool=True,
+        confirm=lambda c: False,
+    )
     (result,) = [e for e in events if isinstance(e, ToolResult)]
     assert result.error and result.output == "[not run: the user declined to run this code]"
     assert not marker.exists()
@@ -227,8 +246,15 @@ def test_declined_python_runs_are_reported_to_the_model(encoding, tmp_path):
 def test_a_toolbox_is_reused_across_calls_and_not_closed(encoding, weather):
     with PythonSandbox() as sandbox:
         toolbox = Toolbox.build([weather], python_tool=sandbox)
-        engine = ScriptedEngine(encoding, [python_call("open('kept.txt', 'w').write('x')"), reply("ok", "ok"),
-                                           python_call("print(open('kept.txt').read())"), reply("ok", "ok")])
+        engine = ScriptedEngine(
+            encoding,
+            [
+                python_call("open('kept.txt', 'w').write('x')"),
+                reply("ok", "ok"),
+                python_call("print(open('kept.txt').read())"),
+                reply("ok", "ok"),
+            ],
+        )
         model = Model(engine, encoding)
         first = model.chat(QUESTION, tools=toolbox)
         second = model.chat(QUESTION + first.messages() + [{"role": "user", "content": "Again"}], tools=toolbox)
@@ -236,8 +262,11 @@ def test_a_toolbox_is_reused_across_calls_and_not_closed(encoding, weather):
 
 
 def test_a_malformed_call_turn_runs_nothing(encoding, weather):
-    engine, events, answer = run(encoding, ["<|channel|>commentary to=functions.get_weather <|constrain|>json junk junk"
-                                            "<|start|>oops<|call|>"], tools=[weather])
+    engine, events, answer = run(
+        encoding,
+        ["<|channel|>commentary to=functions.get_weather <|constrain|>json junk junk<|start|>oops<|call|>"],
+        tools=[weather],
+    )
     assert weather.calls == [] and not [e for e in events if isinstance(e, ToolResult)]
     assert answer.malformed and answer.final
 

@@ -30,13 +30,16 @@ def test_the_functions_file_example_loads(tmp_path):
 
 
 def test_the_api_example_runs_functions_and_hands_schema_calls_to_the_caller(encoding, monkeypatch):
-    engine = ScriptedEngine(encoding, [
-        '<|channel|>analysis<|message|>Weather first.<|end|><|start|>assistant<|channel|>commentary '
-        'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
-        '<|channel|>analysis<|message|>Now the price.<|end|><|start|>assistant<|channel|>commentary '
-        'to=functions.get_stock_price <|constrain|>json<|message|>{"symbol": "ACME"}<|call|>',
-        reply("Both known.", "Paris: 21 °C. ACME: 12.5."),
-    ])
+    engine = ScriptedEngine(
+        encoding,
+        [
+            "<|channel|>analysis<|message|>Weather first.<|end|><|start|>assistant<|channel|>commentary "
+            'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
+            "<|channel|>analysis<|message|>Now the price.<|end|><|start|>assistant<|channel|>commentary "
+            'to=functions.get_stock_price <|constrain|>json<|message|>{"symbol": "ACME"}<|call|>',
+            reply("Both known.", "Paris: 21 °C. ACME: 12.5."),
+        ],
+    )
     monkeypatch.setattr(ossrun, "load", lambda name, **kwargs: Model(engine, encoding, name=name), raising=False)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -23,8 +23,14 @@ pytestmark = pytest.mark.slow
 DATE = "2025-08-05"
 # Long instructions: the sliding window and the small cache's cells move far past each turn's start.
 INSTRUCTIONS = "You are a careful assistant. Use the tools when they help, and answer briefly. " * 60
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 CONVERSATIONS = [
     ["What's the weather in Oslo?", "And the weather in Lisbon?", "What is 23 + 45?"],
     ["What's the weather in Paris?", "What is the capital of Japan?", "What's the weather in Rome?"],
@@ -63,8 +69,10 @@ class Turns:
             stats = generation.stats
             assert stats.cached + stats.evaluated == len(prompt)
             # Nothing any sequence held and could serve is evaluated again (the longest prefix held, or its checkpoint).
-            assert stats.evaluated <= len(prompt) - min(max(common_prefix_length(t, prompt) for t in held), len(prompt) - 1) \
-                or stats.restored, (stats.evaluated, stats.restored)
+            assert (
+                stats.evaluated <= len(prompt) - min(max(common_prefix_length(t, prompt) for t in held), len(prompt) - 1)
+                or stats.restored
+            ), (stats.evaluated, stats.restored)
             conversation = conversation_of(prompt)
             if conversation in previous:
                 new = len(prompt) - min(common_prefix_length(previous[conversation], prompt), len(prompt) - 1)
@@ -76,10 +84,12 @@ class Turns:
 
 def conversation_of(model):
     """Which of CONVERSATIONS a prompt belongs to: the one whose first question it holds."""
+
     def find(prompt):
         text = model.decode(prompt)
         (index,) = [i for i, questions in enumerate(CONVERSATIONS) if questions[0] in text]
         return index
+
     return find
 
 
@@ -98,6 +108,7 @@ def test_an_agent_loop_through_serve_evaluates_only_new_tokens_on_several_sequen
     server = ServerThread(model, name="demo")
     client = OpenAI(base_url=server.base_url, api_key="anything", max_retries=0, timeout=300)
     try:
+
         def converse(questions):
             messages = [{"role": "system", "content": INSTRUCTIONS}]
             prompts = []
@@ -111,12 +122,18 @@ def test_an_agent_loop_through_serve_evaluates_only_new_tokens_on_several_sequen
                     if not message.tool_calls:
                         messages.append({"role": "assistant", "content": message.content})
                         break
-                    messages.append({"role": "assistant", "content": None,
-                                     "tool_calls": [c.model_dump() for c in message.tool_calls]})
+                    messages.append(
+                        {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in message.tool_calls]}
+                    )
                     for call in message.tool_calls:
                         city = json.loads(call.function.arguments)["city"]
-                        messages.append({"role": "tool", "tool_call_id": call.id,
-                                         "content": json.dumps({"city": city, "temperature_c": 21, "condition": "windy"})})
+                        messages.append(
+                            {
+                                "role": "tool",
+                                "tool_call_id": call.id,
+                                "content": json.dumps({"city": city, "temperature_c": 21, "condition": "windy"}),
+                            }
+                        )
             return prompts
 
         with ThreadPoolExecutor(3) as pool:
@@ -166,17 +183,26 @@ def test_chats_with_tools_through_the_python_api_evaluate_only_new_tokens_and_an
 
 # Open WebUI's task prompts (its defaults, shortened; the chat is quoted where they say
 # {{MESSAGES:END:N}}): after each answer it asks for follow-ups, a title and tags, one after the other.
-FOLLOW_UPS = ("### Task:\nSuggest 3-5 relevant follow-up questions or prompts that the user might naturally ask next "
-              "in this conversation as a **user**, based on the chat history, to help continue or deepen the "
-              "discussion.\n### Output:\nJSON format: { \"follow_ups\": [\"Question 1?\", \"Question 2?\"] }\n"
-              "### Chat History:\n<chat_history>\n{chat}\n</chat_history>")
-TITLE = ("### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history.\n### Output:\n"
-         "JSON format: { \"title\": \"your concise title here\" }\n### Chat History:\n<chat_history>\n{chat}\n</chat_history>")
-TAGS = ("### Task:\nGenerate 1-3 broad tags categorizing the main themes of the chat history, along with 1-3 more "
-        "specific subtopic tags.\n\n### Output:\nJSON format: { \"tags\": [\"tag1\", \"tag2\", \"tag3\"] }\n\n"
-        "### Chat History:\n<chat_history>\n{chat}\n</chat_history>")
-REPORT = " ".join(f"In week {week} the team shipped {week % 7 + 2} fixes, reviewed {week * 3 % 11 + 4} changes and "
-                  f"met the {['north', 'south', 'east', 'west'][week % 4]} office twice." for week in range(1, 92))
+FOLLOW_UPS = (
+    "### Task:\nSuggest 3-5 relevant follow-up questions or prompts that the user might naturally ask next "
+    "in this conversation as a **user**, based on the chat history, to help continue or deepen the "
+    'discussion.\n### Output:\nJSON format: { "follow_ups": ["Question 1?", "Question 2?"] }\n'
+    "### Chat History:\n<chat_history>\n{chat}\n</chat_history>"
+)
+TITLE = (
+    "### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history.\n### Output:\n"
+    'JSON format: { "title": "your concise title here" }\n### Chat History:\n<chat_history>\n{chat}\n</chat_history>'
+)
+TAGS = (
+    "### Task:\nGenerate 1-3 broad tags categorizing the main themes of the chat history, along with 1-3 more "
+    'specific subtopic tags.\n\n### Output:\nJSON format: { "tags": ["tag1", "tag2", "tag3"] }\n\n'
+    "### Chat History:\n<chat_history>\n{chat}\n</chat_history>"
+)
+REPORT = " ".join(
+    f"In week {week} the team shipped {week % 7 + 2} fixes, reviewed {week * 3 % 11 + 4} changes and "
+    f"met the {['north', 'south', 'east', 'west'][week % 4]} office twice."
+    for week in range(1, 92)
+)
 
 
 def test_open_webuis_side_requests_leave_the_chat_its_cache(tmp_path_factory, demo_build):
@@ -197,8 +223,12 @@ def test_open_webuis_side_requests_leave_the_chat_its_cache(tmp_path_factory, de
         answer = reply.choices[0].message.content
         assert reply.choices[0].finish_reason == "stop" and answer
         chat = f"USER: {first[0]['content']}\nASSISTANT: {answer}"
-        side = [client.chat.completions.create(model="demo", max_tokens=24, messages=[
-            {"role": "user", "content": task.replace("{chat}", chat)}]).usage for task in (FOLLOW_UPS, TITLE, TAGS)]
+        side = [
+            client.chat.completions.create(
+                model="demo", max_tokens=24, messages=[{"role": "user", "content": task.replace("{chat}", chat)}]
+            ).usage
+            for task in (FOLLOW_UPS, TITLE, TAGS)
+        ]
         assert all(usage.prompt_tokens > reply.usage.prompt_tokens for usage in side)  # each quotes the whole chat
         second = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And 23 + 45?"}]
         usage = client.chat.completions.create(model="demo", messages=second, max_tokens=300, temperature=0).usage

@@ -33,10 +33,12 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("batch", help=HELP, no_args_is_help=True)
     def batch_command(
-        input_path: Annotated[Path, typer.Argument(metavar="IN.jsonl", help="The requests, one JSON object per line.",
-                                                   show_default=False)],
-        output: Annotated[Path, typer.Option("-o", "--output", metavar="OUT.jsonl", help="Where the answers go.",
-                                             show_default=False)],
+        input_path: Annotated[
+            Path, typer.Argument(metavar="IN.jsonl", help="The requests, one JSON object per line.", show_default=False)
+        ],
+        output: Annotated[
+            Path, typer.Option("-o", "--output", metavar="OUT.jsonl", help="Where the answers go.", show_default=False)
+        ],
         model_argument: opt.ModelArgument = None,
         model: opt.ModelOption = None,
         demo: opt.Demo = False,
@@ -44,8 +46,15 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--parallel", min=1, max=64, help="Lines decoded together.")
         ] = DEFAULT_SERVE_PARALLEL,
         reasoning_effort: opt.ReasoningEffort = None,
-        ctx: Annotated[str, typer.Option("--ctx", metavar="auto|TOKENS", callback=opt.parse_ctx,
-                                         help="KV cells the lines in flight share; auto: the most that fit in memory.")] = "auto",
+        ctx: Annotated[
+            str,
+            typer.Option(
+                "--ctx",
+                metavar="auto|TOKENS",
+                callback=opt.parse_ctx,
+                help="KV cells the lines in flight share; auto: the most that fit in memory.",
+            ),
+        ] = "auto",
         kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
         swa_full: opt.SwaFull = False,
         threads: opt.Threads = None,
@@ -61,8 +70,17 @@ def register(app: typer.Typer) -> None:
         lines = read_input(input_path)  # duplicate custom_ids stop it here, before the model loads
         if not output.parent.is_dir():
             raise typer.BadParameter(f"the folder {output.parent} does not exist", param_hint="--output")
-        loaded = opt.load_model(opt.pick_model(model_argument, model, demo), ctx=ctx, threads=threads, verbose=verbose,
-                                pull=pull, parallel=parallel, rpc=rpc, kv_type=kv_type, swa_full=swa_full)
+        loaded = opt.load_model(
+            opt.pick_model(model_argument, model, demo),
+            ctx=ctx,
+            threads=threads,
+            verbose=verbose,
+            pull=pull,
+            parallel=parallel,
+            rpc=rpc,
+            kv_type=kv_type,
+            swa_full=swa_full,
+        )
         try:
             effort = opt.effort(reasoning_effort) or loaded.reasoning_effort
             served = ServedModel(name=loaded.name, default_effort=effort, created=int(time.time()), any_model=True)

@@ -79,8 +79,9 @@ def register(app: typer.Typer) -> None:
                 name, notice = opt.default_model_or_demo()
                 if notice:
                     screen.notice(notice)
-            loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, rpc=rpc,
-                                    kv_type=kv_type, swa_full=swa_full)
+            loaded = opt.load_model(
+                name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, rpc=rpc, kv_type=kv_type, swa_full=swa_full
+            )
         except BaseException:
             tools.close()
             raise

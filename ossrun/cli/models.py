@@ -29,15 +29,17 @@ def list_models() -> None:
         copies = local_copies(entry)
         partial = partial_bytes(entry)
         download = entry.download_bytes
-        rows.append((
-            entry.name + (" *" if entry.name == registry.default else ""),
-            ", ".join(registry.aliases_of(entry.name)) or "-",
-            f"{format_count(entry.parameters_total)} ({format_count(entry.parameters_active)} active)",
-            str(entry.context_length),
-            format_size(download),
-            format_memory(entry.memory_bytes),
-            "yes" if copies else ("partial" if partial else "no"),
-        ))
+        rows.append(
+            (
+                entry.name + (" *" if entry.name == registry.default else ""),
+                ", ".join(registry.aliases_of(entry.name)) or "-",
+                f"{format_count(entry.parameters_total)} ({format_count(entry.parameters_active)} active)",
+                str(entry.context_length),
+                format_size(download),
+                format_memory(entry.memory_bytes),
+                "yes" if copies else ("partial" if partial else "no"),
+            )
+        )
         for copy in copies:
             if copy.source == CONVERTED:
                 state = "converted from safetensors"

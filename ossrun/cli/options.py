@@ -56,30 +56,46 @@ def parse_kv_type(value: str) -> str:
 
 ModelArgument = Annotated[
     str | None,
-    typer.Argument(metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].",
-                   show_default=False),
+    typer.Argument(
+        metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].", show_default=False
+    ),
 ]
 ModelOption = Annotated[
     str | None,
-    typer.Option("-m", "--model", metavar="MODEL", help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].",
-                 show_default=False),
+    typer.Option(
+        "-m",
+        "--model",
+        metavar="MODEL",
+        help=f"Registry name, alias or GGUF path [default: {DEFAULT_MODEL_HELP}].",
+        show_default=False,
+    ),
 ]
 ReasoningEffort = Annotated[
     str | None,
-    typer.Option("-r", "--reasoning-effort", metavar="low|medium|high", callback=_check_effort,
-                 show_default="the model's, medium", help="How hard the model thinks before answering."),
+    typer.Option(
+        "-r",
+        "--reasoning-effort",
+        metavar="low|medium|high",
+        callback=_check_effort,
+        show_default="the model's, medium",
+        help="How hard the model thinks before answering.",
+    ),
 ]
 System = Annotated[
     str | None,
-    typer.Option("--system", metavar="TEXT", help="Instructions for the model (harmony's developer message).",
-                 show_default=False),
+    typer.Option(
+        "--system", metavar="TEXT", help="Instructions for the model (harmony's developer message).", show_default=False
+    ),
 ]
 # The model's defaults (models.toml's reasoning_effort and sampling; medium, 1.0, 1.0 for gpt-oss) unless given
 ModelsDefault = "the model's, 1.0"
-Temperature = Annotated[float | None, typer.Option("--temperature", min=0.0, show_default=ModelsDefault,
-                                                   help="Sampling temperature (OpenAI recommends 1.0).")]
-TopP = Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, show_default=ModelsDefault,
-                                            help="Nucleus sampling mass (1.0: off).")]
+Temperature = Annotated[
+    float | None,
+    typer.Option("--temperature", min=0.0, show_default=ModelsDefault, help="Sampling temperature (OpenAI recommends 1.0)."),
+]
+TopP = Annotated[
+    float | None, typer.Option("--top-p", min=0.0, max=1.0, show_default=ModelsDefault, help="Nucleus sampling mass (1.0: off).")
+]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable output.", show_default=False)]
 MaxTokens = Annotated[
     int | None,
@@ -92,19 +108,29 @@ MaxTokens = Annotated[
 ]
 Ctx = Annotated[
     str,
-    typer.Option("--ctx", metavar="auto|TOKENS", callback=parse_ctx,
-                 help="Context size in tokens, up to the model's 131072; auto: the largest that fits in memory "
-                      "(see `ossrun plan`)."),
+    typer.Option(
+        "--ctx",
+        metavar="auto|TOKENS",
+        callback=parse_ctx,
+        help="Context size in tokens, up to the model's 131072; auto: the largest that fits in memory (see `ossrun plan`).",
+    ),
 ]
 KvType = Annotated[
     str,
-    typer.Option("--kv-type", metavar="f16|q8_0", callback=parse_kv_type,
-                 help="KV cache type: q8_0 takes half the memory of f16 (KEY,VALUE for separate types)."),
+    typer.Option(
+        "--kv-type",
+        metavar="f16|q8_0",
+        callback=parse_kv_type,
+        help="KV cache type: q8_0 takes half the memory of f16 (KEY,VALUE for separate types).",
+    ),
 ]
 SwaFull = Annotated[
     bool,
-    typer.Option("--swa-full", help="Keep every position in the sliding-window layers too (twice the KV cache), "
-                                    "instead of their window and checkpoints; for comparison."),
+    typer.Option(
+        "--swa-full",
+        help="Keep every position in the sliding-window layers too (twice the KV cache), "
+        "instead of their window and checkpoints; for comparison.",
+    ),
 ]
 Threads = Annotated[
     int | None,
@@ -113,44 +139,69 @@ Threads = Annotated[
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log lines.")]
 Demo = Annotated[
     bool,
-    typer.Option("--demo", help="Use the tiny demo model that ships with ossrun: offline, built in seconds, "
-                                "it adds two-digit numbers, names capitals and calls a get_weather function."),
+    typer.Option(
+        "--demo",
+        help="Use the tiny demo model that ships with ossrun: offline, built in seconds, "
+        "it adds two-digit numbers, names capitals and calls a get_weather function.",
+    ),
 ]
 Pull = Annotated[bool, typer.Option("--pull", help="Download the model first if it is not on disk (as ossrun pull).")]
 Rpc = Annotated[
     list[str] | None,
-    typer.Option("--rpc", metavar="HOST:PORT[=MEMORY][,...]", show_default=False,
-                 help="Run the model's last layers on these workers (`ossrun worker` on each machine), each holding "
-                      "as many as fit in MEMORY (e.g. 192.168.1.20:50052=20GiB); without MEMORY the layers are "
-                      "split evenly over this machine and the workers."),
+    typer.Option(
+        "--rpc",
+        metavar="HOST:PORT[=MEMORY][,...]",
+        show_default=False,
+        help="Run the model's last layers on these workers (`ossrun worker` on each machine), each holding "
+        "as many as fit in MEMORY (e.g. 192.168.1.20:50052=20GiB); without MEMORY the layers are "
+        "split evenly over this machine and the workers.",
+    ),
 ]
 Functions = Annotated[
     list[Path] | None,
-    typer.Option("--functions", metavar="FILE.py", show_default=False,
-                 help="Let the model call the public functions defined in this Python file (repeatable)."),
+    typer.Option(
+        "--functions",
+        metavar="FILE.py",
+        show_default=False,
+        help="Let the model call the public functions defined in this Python file (repeatable).",
+    ),
 ]
 Tool = Annotated[
     list[str] | None,
-    typer.Option("--tool", metavar="python", show_default=False,
-                 help="Give the model the python tool: its code runs in a fresh process with no network, "
-                      "a 120 s timeout and 1 GiB of memory for all its processes, after you confirm each run."),
+    typer.Option(
+        "--tool",
+        metavar="python",
+        show_default=False,
+        help="Give the model the python tool: its code runs in a fresh process with no network, "
+        "a 120 s timeout and 1 GiB of memory for all its processes, after you confirm each run.",
+    ),
 ]
 Mcp = Annotated[
     list[Path] | None,
-    typer.Option("--mcp", metavar="FILE", show_default=False,
-                 help='Let the model call the tools of the MCP servers in this configuration (JSON: '
-                      '{"mcpServers": {"NAME": {"command", "args", "env", "cwd"} or {"url", "headers"}}}; repeatable). '
-                      "They start before the model loads and stop with ossrun."),
+    typer.Option(
+        "--mcp",
+        metavar="FILE",
+        show_default=False,
+        help="Let the model call the tools of the MCP servers in this configuration (JSON: "
+        '{"mcpServers": {"NAME": {"command", "args", "env", "cwd"} or {"url", "headers"}}}; repeatable). '
+        "They start before the model loads and stop with ossrun.",
+    ),
 ]
 McpTimeout = Annotated[
     float | None,
-    typer.Option("--mcp-timeout", min=0.001, metavar="SECONDS", show_default=False,
-                 help=f"How long an MCP server may take to answer a call [default: {DEFAULT_MCP_TIMEOUT:g}; "
-                      "a server's own \"timeout\" wins]."),
+    typer.Option(
+        "--mcp-timeout",
+        min=0.001,
+        metavar="SECONDS",
+        show_default=False,
+        help=f"How long an MCP server may take to answer a call [default: {DEFAULT_MCP_TIMEOUT:g}; "
+        'a server\'s own "timeout" wins].',
+    ),
 ]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Run the model's python code and MCP tool calls without asking first.")]
 MaxToolRounds = Annotated[
-    int, typer.Option("--max-tool-rounds", min=0, help="Stop an answer after this many rounds of tool calls."),
+    int,
+    typer.Option("--max-tool-rounds", min=0, help="Stop an answer after this many rounds of tool calls."),
 ]
 
 
@@ -171,13 +222,24 @@ def default_model_or_demo() -> tuple[str, str | None]:
     try:
         return resolve_model(None).name, None
     except ModelError as exc:
-        return "demo", (f"{exc}. Meanwhile, chatting with the tiny demo model that ships with ossrun: "
-                        "it only adds two-digit numbers, names capitals and checks the weather")
+        return "demo", (
+            f"{exc}. Meanwhile, chatting with the tiny demo model that ships with ossrun: "
+            "it only adds two-digit numbers, names capitals and checks the weather"
+        )
 
 
-def load_model(name: str | None, *, ctx: Any, threads: int | None, verbose: bool, pull: bool = False,
-               parallel: int = 1, rpc: list[str] | None = None, kv_type: str = DEFAULT_KV_TYPE,
-               swa_full: bool = False) -> Any:
+def load_model(
+    name: str | None,
+    *,
+    ctx: Any,
+    threads: int | None,
+    verbose: bool,
+    pull: bool = False,
+    parallel: int = 1,
+    rpc: list[str] | None = None,
+    kv_type: str = DEFAULT_KV_TYPE,
+    swa_full: bool = False,
+) -> Any:
     """``ossrun.load`` with the command line's options (``name`` None: the registry's default model).
 
     With ``pull``, a registry model that is not on disk is downloaded first; with ``rpc``, the
@@ -189,8 +251,18 @@ def load_model(name: str | None, *, ctx: Any, threads: int | None, verbose: bool
     from ossrun.terminal.progress import loading
 
     with loading(_shown_name(name)) as on_progress:
-        model = ossrun.load(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel,
-                            rpc=rpc or None, kv_type=kv_type, swa_full=swa_full, on_progress=on_progress)
+        model = ossrun.load(
+            name,
+            ctx=ctx,
+            threads=threads,
+            verbose=verbose,
+            pull=pull,
+            parallel=parallel,
+            rpc=rpc or None,
+            kv_type=kv_type,
+            swa_full=swa_full,
+            on_progress=on_progress,
+        )
     if model.placement is not None:
         sys.stderr.write(f"{model.placement}\n")
     return model
@@ -211,8 +283,9 @@ def _shown_name(name: str | None) -> str:
     return entry.name if entry else str(name)
 
 
-def toolbox(functions: list[Path] | None, tools: list[str] | None, mcp: list[Path] | None = None,
-            mcp_timeout: float | None = None) -> Any:
+def toolbox(
+    functions: list[Path] | None, tools: list[str] | None, mcp: list[Path] | None = None, mcp_timeout: float | None = None
+) -> Any:
     """The tools ``--functions``, ``--tool`` and ``--mcp`` give the model, checked (and the MCP servers
     started) before the model loads."""
     from ossrun.tools import Toolbox

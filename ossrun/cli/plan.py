@@ -33,15 +33,28 @@ def register(app: typer.Typer) -> None:
         model_argument: opt.ModelArgument = None,
         model: opt.ModelOption = None,
         demo: opt.Demo = False,
-        parallel: Annotated[int, typer.Option("--parallel", min=1, max=64,
-                                              help="Sequences decoded together (as serve and batch's --parallel).")] = 1,
-        kv_type: Annotated[str | None, typer.Option("--kv-type", metavar="f16|q8_0", show_default=False,
-                                                       help="One KV cache type [default: f16 and q8_0 side by side].")] = None,
+        parallel: Annotated[
+            int, typer.Option("--parallel", min=1, max=64, help="Sequences decoded together (as serve and batch's --parallel).")
+        ] = 1,
+        kv_type: Annotated[
+            str | None,
+            typer.Option(
+                "--kv-type",
+                metavar="f16|q8_0",
+                show_default=False,
+                help="One KV cache type [default: f16 and q8_0 side by side].",
+            ),
+        ] = None,
         swa_full: opt.SwaFull = False,
-        ctx: Annotated[str | None, typer.Option("--ctx", metavar="TOKENS", show_default=False,
-                                                   help="One context size [default: 4096 up to the model's limit].")] = None,
+        ctx: Annotated[
+            str | None,
+            typer.Option(
+                "--ctx", metavar="TOKENS", show_default=False, help="One context size [default: 4096 up to the model's limit]."
+            ),
+        ] = None,
     ) -> None:
         import ossrun
+
         kinds = [opt.parse_kv_type(kv_type)] if kv_type else list(opt.KV_TYPES)
         contexts = None
         if ctx is not None:
@@ -49,16 +62,21 @@ def register(app: typer.Typer) -> None:
             if tokens == "auto":
                 raise typer.BadParameter("give a number of tokens: the last line says what auto chooses", param_hint="--ctx")
             contexts = [tokens]
-        report = ossrun.plan(opt.pick_model(model_argument, model, demo), parallel=parallel, kv_types=kinds,
-                             swa_full=swa_full, contexts=contexts)
+        report = ossrun.plan(
+            opt.pick_model(model_argument, model, demo), parallel=parallel, kv_types=kinds, swa_full=swa_full, contexts=contexts
+        )
         typer.echo(_available_line(report))
         names = [c.name for c in report.caches]
         header = ["context", *names]
         rows = [[str(n), *(_cell(report, p) for p in plans)] for n, plans in report.rows]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            typer.echo("  ".join(cell.rjust(width) if i == 0 else cell.ljust(width)
-                                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))).rstrip())
+            typer.echo(
+                "  ".join(
+                    cell.rjust(width) if i == 0 else cell.ljust(width)
+                    for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+                ).rstrip()
+            )
         _, first = report.rows[-1]
         typer.echo(f"at {report.rows[-1][0]} tokens, {first[0].cache.name}: {first[0].describe()}")
         if report.available is not None:

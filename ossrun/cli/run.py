@@ -57,6 +57,7 @@ def read_prompt(prompt: str, notice: Any = None) -> str:
 
 def reply_json(model_name: str, effort: str, reply: Any, tools: Any = None) -> dict[str, Any]:
     """The one object ``--json`` prints (a call to an MCP server's tool names the server)."""
+
     def call(result: Any) -> dict[str, Any]:
         entry = {"name": result.call.name, "arguments": result.call.arguments, "result": result.output, "error": result.error}
         server = tools.server_of(result.call.recipient) if tools is not None else None
@@ -92,12 +93,16 @@ def refuse_to_ask(tools: list[str], mcp: list[Any]) -> None:
     from ossrun.tools.mcp_config import read_configs
 
     if "python" in tools:
-        raise OssrunError("--tool python asks before each run of the model's code and there is no terminal "
-                          "to ask on: add --yes to let it run without asking")
+        raise OssrunError(
+            "--tool python asks before each run of the model's code and there is no terminal "
+            "to ask on: add --yes to let it run without asking"
+        )
     asking = [server.name for server in read_configs(mcp) if not server.trust] if mcp else []
     if asking:
-        raise OssrunError(f"MCP server {asking[0]!r} asks before each call and there is no terminal to ask on: "
-                          "add --yes, or \"trust\": true to the server's configuration, to let its tools run without asking")
+        raise OssrunError(
+            f"MCP server {asking[0]!r} asks before each call and there is no terminal to ask on: "
+            'add --yes, or "trust": true to the server\'s configuration, to let its tools run without asking'
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -144,12 +149,24 @@ def register(app: typer.Typer) -> None:
         if not (yes or show_prompt or sys.stdin.isatty()):
             refuse_to_ask(tool or [], mcp or [])
         tools = opt.toolbox(functions, tool, mcp, mcp_timeout)
-        settings = dataclasses.replace(opt.sampling(temperature, top_p, seed, max_tokens),
-                                       reasoning_effort=opt.effort(reasoning_effort), system=system, tools=tools,
-                                       max_tool_rounds=max_tool_rounds)
+        settings = dataclasses.replace(
+            opt.sampling(temperature, top_p, seed, max_tokens),
+            reasoning_effort=opt.effort(reasoning_effort),
+            system=system,
+            tools=tools,
+            max_tool_rounds=max_tool_rounds,
+        )
         try:
-            loaded = opt.load_model(opt.pick_model(None, model, demo), ctx=ctx, threads=threads, verbose=verbose,
-                                    pull=pull, rpc=rpc, kv_type=kv_type, swa_full=swa_full)
+            loaded = opt.load_model(
+                opt.pick_model(None, model, demo),
+                ctx=ctx,
+                threads=threads,
+                verbose=verbose,
+                pull=pull,
+                rpc=rpc,
+                kv_type=kv_type,
+                swa_full=swa_full,
+            )
         except BaseException:
             tools.close()
             raise
@@ -161,8 +178,7 @@ def register(app: typer.Typer) -> None:
                 screen.notice(text)
             confirm = (lambda call: confirm_on_terminal(call, tools)) if tools.asks() and not yes else None
             reasoning: ReasoningMode = "show" if show_reasoning and not as_json else "off"
-            with TurnView(screen, reasoning=reasoning, answer=not as_json, stats=False) as view, \
-                    cancel_on_sigint() as cancel:
+            with TurnView(screen, reasoning=reasoning, answer=not as_json, stats=False) as view, cancel_on_sigint() as cancel:
                 for event in loaded.stream(messages, settings, cancel=cancel, confirm=confirm):
                     view.handle(event)
                     if isinstance(event, Done):

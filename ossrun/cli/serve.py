@@ -80,23 +80,49 @@ def register(app: typer.Typer) -> None:
         model_argument: opt.ModelArgument = None,
         model: opt.ModelOption = None,
         demo: opt.Demo = False,
-        host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless you say otherwise).")] = DEFAULT_HOST,
-        port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
-        api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OSSRUN_API_KEY", show_default=False,
-                                                       help="Require this key (Authorization: Bearer KEY, or x-api-key: KEY).")] = None,
-        cors: Annotated[Optional[list[str]], typer.Option(
-            "--cors", metavar="ORIGIN", show_default=False,
-            help="Let the web page at ORIGIN (http://localhost:3000; * for any) call the API (repeatable).")] = None,
-        max_connections: Annotated[int, typer.Option(
-            "--max-connections", min=1, help="Open connections at most (idle ones are closed first past it).")]
-        = DEFAULT_MAX_CONNECTIONS,
+        host: Annotated[
+            str, typer.Option("--host", help="Address to listen on (loopback unless you say otherwise).")
+        ] = DEFAULT_HOST,
+        port: Annotated[
+            int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")
+        ] = DEFAULT_PORT,
+        api_key: Annotated[
+            Optional[str],
+            typer.Option(
+                "--api-key",
+                envvar="OSSRUN_API_KEY",
+                show_default=False,
+                help="Require this key (Authorization: Bearer KEY, or x-api-key: KEY).",
+            ),
+        ] = None,
+        cors: Annotated[
+            Optional[list[str]],
+            typer.Option(
+                "--cors",
+                metavar="ORIGIN",
+                show_default=False,
+                help="Let the web page at ORIGIN (http://localhost:3000; * for any) call the API (repeatable).",
+            ),
+        ] = None,
+        max_connections: Annotated[
+            int, typer.Option("--max-connections", min=1, help="Open connections at most (idle ones are closed first past it).")
+        ] = DEFAULT_MAX_CONNECTIONS,
         reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
-        ctx: Annotated[str, typer.Option("--ctx", metavar="auto|TOKENS", callback=opt.parse_ctx,
-                                         help="KV cells shared by all requests; auto: the most that fit in memory.")] = "auto",
+        ctx: Annotated[
+            str,
+            typer.Option(
+                "--ctx",
+                metavar="auto|TOKENS",
+                callback=opt.parse_ctx,
+                help="KV cells shared by all requests; auto: the most that fit in memory.",
+            ),
+        ] = "auto",
         kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
         swa_full: opt.SwaFull = False,
         parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Replies decoded together.")] = DEFAULT_PARALLEL,
-        max_queue: Annotated[int, typer.Option("--max-queue", min=0, help="Requests that may wait for a free sequence.")] = DEFAULT_MAX_QUEUE,
+        max_queue: Annotated[
+            int, typer.Option("--max-queue", min=0, help="Requests that may wait for a free sequence.")
+        ] = DEFAULT_MAX_QUEUE,
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,
@@ -111,8 +137,10 @@ def register(app: typer.Typer) -> None:
 
         name = opt.pick_model(model_argument, model, demo)
         if api_key is not None and not api_key.strip():
-            raise typer.BadParameter("the key is empty (an unset variable?): give a key, or leave --api-key out to "
-                                     "serve without one", param_hint="--api-key")
+            raise typer.BadParameter(
+                "the key is empty (an unset variable?): give a key, or leave --api-key out to serve without one",
+                param_hint="--api-key",
+            )
         try:
             origins = cors_origins(cors or ())
         except ValueError as exc:
@@ -125,32 +153,53 @@ def register(app: typer.Typer) -> None:
             tools.close()
             raise
         try:
-            loaded = opt.load_model(name, ctx=ctx, threads=threads, verbose=verbose, pull=pull, parallel=parallel,
-                                    rpc=rpc, kv_type=kv_type, swa_full=swa_full)
+            loaded = opt.load_model(
+                name,
+                ctx=ctx,
+                threads=threads,
+                verbose=verbose,
+                pull=pull,
+                parallel=parallel,
+                rpc=rpc,
+                kv_type=kv_type,
+                swa_full=swa_full,
+            )
         except BaseException:
             sock.close()
             tools.close()
             raise
-        served = ServedModel(name=loaded.name, aliases=registry_aliases(loaded.name), default_effort=reasoning_effort,
-                             python_tool=tools.python, created=int(time.time()), mcp=tools.mcp)
+        served = ServedModel(
+            name=loaded.name,
+            aliases=registry_aliases(loaded.name),
+            default_effort=reasoning_effort,
+            python_tool=tools.python,
+            created=int(time.time()),
+            mcp=tools.mcp,
+        )
         server = Server(loaded, served, api_key=api_key, max_waiting=max_queue, limits=limits)
         for text in tools.notices():
             server.write_log(f"note: {text}")
         for mcp_server in tools.mcp.configs if tools.mcp is not None else ():
             offered = [tool.name for tool in tools.mcp.tools() if tool.server == mcp_server.name]
-            server.write_log(f"MCP server {mcp_server.name} ({mcp_server.describe()}): {len(offered)} "
-                             f"tool{'' if len(offered) == 1 else 's'}: {', '.join(offered) or 'none'}")
+            server.write_log(
+                f"MCP server {mcp_server.name} ({mcp_server.describe()}): {len(offered)} "
+                f"tool{'' if len(offered) == 1 else 's'}: {', '.join(offered) or 'none'}"
+            )
         address = sock.getsockname()
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
         base = f"http://{shown}:{address[1]}/v1"
         if not is_loopback(host):
-            server.write_log(f"warning: listening on {host}: anyone who can reach it can use the model"
-                             + ("" if api_key else "; add --api-key KEY (or set OSSRUN_API_KEY) to require a key"))
+            server.write_log(
+                f"warning: listening on {host}: anyone who can reach it can use the model"
+                + ("" if api_key else "; add --api-key KEY (or set OSSRUN_API_KEY) to require a key")
+            )
         key = "the --api-key" if api_key else "any API key"
         chosen = " (auto)" if loaded.auto_ctx else ""
-        server.write_log(f"ossrun serve · {loaded.name} · ctx {loaded.n_ctx}{chosen} · {parallel} in parallel · "
-                         f"listening on {base} (OpenAI base_url, {key})")
-        server.write_log(f"chat in a browser at {base[:-len('/v1')]}/")
+        server.write_log(
+            f"ossrun serve · {loaded.name} · ctx {loaded.n_ctx}{chosen} · {parallel} in parallel · "
+            f"listening on {base} (OpenAI base_url, {key})"
+        )
+        server.write_log(f"chat in a browser at {base[: -len('/v1')]}/")
         if limits.max_connections < max_connections:
             server.write_log(f"note: at most {limits.max_connections} connections: the limit of open files is low")
         config = server.uvicorn_config(timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)

@@ -39,14 +39,20 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("worker", help=HELP)
     def worker_command(
-        host: Annotated[str, typer.Option(
-            "--host", metavar="ADDRESS", help="IPv4 address to listen on (127.0.0.1: this machine only).")
+        host: Annotated[
+            str, typer.Option("--host", metavar="ADDRESS", help="IPv4 address to listen on (127.0.0.1: this machine only).")
         ] = DEFAULT_WORKER_HOST,
         port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")] = DEFAULT_WORKER_PORT,
         threads: opt.Threads = None,
-        cache_dir: Annotated[Path | None, typer.Option(
-            "--cache-dir", metavar="DIR", show_default=False,
-            help="Where to keep the weights clients send [default: $OSSRUN_HOME/cache/rpc].")] = None,
+        cache_dir: Annotated[
+            Path | None,
+            typer.Option(
+                "--cache-dir",
+                metavar="DIR",
+                show_default=False,
+                help="Where to keep the weights clients send [default: $OSSRUN_HOME/cache/rpc].",
+            ),
+        ] = None,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep no weights: every load sends them all.")] = False,
         clear_cache: Annotated[bool, typer.Option("--clear-cache", help="Empty the weight cache and exit.")] = False,
         verbose: opt.Verbose = False,

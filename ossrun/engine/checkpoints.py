@@ -82,7 +82,7 @@ class Checkpoints:
 
     def cut(self, n: int) -> None:
         """The sequence now holds ``n`` positions: checkpoints past them describe something else."""
-        del self._items[bisect.bisect_right(self.lengths, n):]
+        del self._items[bisect.bisect_right(self.lengths, n) :]
 
     def clear(self) -> None:
         self._items.clear()
@@ -114,8 +114,14 @@ def reusable(n: int, held_from: int, window: int, checkpoints: Checkpoints) -> t
     return (min(checkpoint.length, n), checkpoint) if checkpoint is not None else (0, None)
 
 
-def prompt_positions(prompt: Sequence[int], start: int, *, marks: Iterable[Sequence[int]] = (), prefix_length: int = 0,
-                     interval: int = DEFAULT_CHECKPOINT_INTERVAL) -> list[int]:
+def prompt_positions(
+    prompt: Sequence[int],
+    start: int,
+    *,
+    marks: Iterable[Sequence[int]] = (),
+    prefix_length: int = 0,
+    interval: int = DEFAULT_CHECKPOINT_INTERVAL,
+) -> list[int]:
     """The lengths past ``start`` at which to save a checkpoint while reading ``prompt[start:]``: the
     end of the instructions (``prefix_length``), after each mark, every ``interval`` positions,
     and the end of the prompt."""

@@ -26,8 +26,14 @@ CONVERTED_SCHEMAS = 64  # the last ones kept, with their grammars (MAX_GRAMMAR_B
 # takes anchored ones only. This stands for "any text" around an unanchored one: any character
 # of a JSON string but a quote, an escape or the "<" that could open a special token.
 _ANY_TEXT = '[^"\\\\<]*'
-_CLASSES = {"d": ("0-9", False), "D": ("0-9", True), "w": ("0-9A-Za-z_", False), "W": ("0-9A-Za-z_", True),
-            "s": (" \\t\\n\\r\\x0B\\x0C", False), "S": (" \\t\\n\\r\\x0B\\x0C", True)}
+_CLASSES = {
+    "d": ("0-9", False),
+    "D": ("0-9", True),
+    "w": ("0-9A-Za-z_", False),
+    "W": ("0-9A-Za-z_", True),
+    "s": (" \\t\\n\\r\\x0B\\x0C", False),
+    "S": (" \\t\\n\\r\\x0B\\x0C", True),
+}
 # What llama.cpp's grammar parser takes after a backslash; the converter passes others on unchanged.
 _GRAMMAR_ESCAPES = 'xuUtrn\\"[]'
 
@@ -58,12 +64,12 @@ def _converted(text: str, rule: str, where: str) -> tuple[str, str]:
         name = converter.visit(resolved, rule)
         grammar = converter.format_grammar()
     except Exception as exc:  # the converter's own errors: unsupported keywords, bad references
-        raise OssrunError(f"{where} cannot be turned into a grammar ({type(exc).__name__}: {exc}): "
-                          f"simplify it") from None
+        raise OssrunError(f"{where} cannot be turned into a grammar ({type(exc).__name__}: {exc}): simplify it") from None
     unknown = next((m.group(1) for m in re.finditer(r"\\(.)", grammar) if m.group(1) not in _GRAMMAR_ESCAPES), None)
     if unknown is not None:  # refused here rather than by llama.cpp, which would print the whole grammar on its way out
-        raise OssrunError(f"{where} holds a pattern with \\{unknown}, which a grammar cannot hold: "
-                          f"write it with a character class")
+        raise OssrunError(
+            f"{where} holds a pattern with \\{unknown}, which a grammar cannot hold: write it with a character class"
+        )
     return grammar, name
 
 

@@ -166,8 +166,10 @@ class LlamaEngine:
         if mapped:
             self._locked = resident.lock_mapped(self.path, hot, resident.cold_ranges(header))
             if self._locked is None:
-                _note(f"ossrun: could not lock {format_memory(resident.size(hot))} of {self.path.name}'s weights in memory; "
-                          "under memory pressure decoding may slow down\n")
+                _note(
+                    f"ossrun: could not lock {format_memory(resident.size(hot))} of {self.path.name}'s weights in memory; "
+                    "under memory pressure decoding may slow down\n"
+                )
             experts = resident.expert_ranges(header)
             available = available_memory()
             if available is not None and available < resident.size(experts):
@@ -192,8 +194,7 @@ class LlamaEngine:
             self.close()
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path.name}: try a smaller --ctx")
         window = 0 if cache.swa_full else max(0, llama_cpp.llama_model_n_swa(self._model))
-        self._backend = LlamaBackend(self._model, self._ctx, n_batch=n_batch, n_seq=parallel, window=window,
-                                     watch=self._watch)
+        self._backend = LlamaBackend(self._model, self._ctx, n_batch=n_batch, n_seq=parallel, window=window, watch=self._watch)
         self._n_ctx, self._parallel, self.cache = self._backend.n_ctx, parallel, cache
         identity = dict(header.identity, n_ctx=self._backend.n_ctx, kv_cache=cache.name, llama_cpp=llama_cpp_version())
         prefix_cache = PrefixCache(Path(cache_dir or home.cache_dir()) / "prefix", identity)
@@ -250,8 +251,16 @@ class LlamaEngine:
 class LlamaBackend:
     """A llama.cpp context as :class:`Scheduler` uses it: batches over sequences, samplers, state."""
 
-    def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_seq: int, window: int = 0,
-                 watch: Callable[..., AbstractContextManager[Any]] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        ctx: Any,
+        *,
+        n_batch: int,
+        n_seq: int,
+        window: int = 0,
+        watch: Callable[..., AbstractContextManager[Any]] | None = None,
+    ):
         self._watch = watch or _unwatched
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)

@@ -69,8 +69,9 @@ class CacheSettings:
             parts = parts * 2
         choices = "|".join(KV_TYPES)
         if len(parts) != 2:
-            raise ModelError(f"KV cache type {kv_type!r} is not TYPE or KEY,VALUE: "
-                             f"use {choices}, or two of them separated by a comma")
+            raise ModelError(
+                f"KV cache type {kv_type!r} is not TYPE or KEY,VALUE: use {choices}, or two of them separated by a comma"
+            )
         for part in parts:
             if part not in KV_TYPES:
                 raise ModelError(f"unknown KV cache type {part!r}: use {choices} (or KEY,VALUE, e.g. q8_0,f16)")
@@ -180,16 +181,30 @@ class MemoryPlan:
         return " + ".join(parts)
 
 
-def plan(header: GgufHeader, n_ctx: int, *, parallel: int = 1, cache: CacheSettings = DEFAULT_CACHE,
-         tensors: Iterable[TensorInfo] | None = None, n_batch: int = DEFAULT_BATCH,
-         model: str | None = None) -> MemoryPlan:
+def plan(
+    header: GgufHeader,
+    n_ctx: int,
+    *,
+    parallel: int = 1,
+    cache: CacheSettings = DEFAULT_CACHE,
+    tensors: Iterable[TensorInfo] | None = None,
+    n_batch: int = DEFAULT_BATCH,
+    model: str | None = None,
+) -> MemoryPlan:
     """What loading ``header``'s model with a context of ``n_ctx`` cells takes."""
     shape = ModelShape.of(header, tensors)
     return plan_shape(shape, n_ctx, parallel=parallel, cache=cache, n_batch=n_batch, model=model or header.path.name)
 
 
-def plan_shape(shape: ModelShape, n_ctx: int, *, parallel: int = 1, cache: CacheSettings = DEFAULT_CACHE,
-               n_batch: int = DEFAULT_BATCH, model: str = "the model") -> MemoryPlan:
+def plan_shape(
+    shape: ModelShape,
+    n_ctx: int,
+    *,
+    parallel: int = 1,
+    cache: CacheSettings = DEFAULT_CACHE,
+    n_batch: int = DEFAULT_BATCH,
+    model: str = "the model",
+) -> MemoryPlan:
     full_layers = shape.n_layers - shape.n_swa_layers
     cell = shape.kv_cell_bytes(cache)
     kv = (_pad(n_ctx) * full_layers + shape.swa_cells(n_ctx, parallel, cache, n_batch) * shape.n_swa_layers) * cell
@@ -197,14 +212,23 @@ def plan_shape(shape: ModelShape, n_ctx: int, *, parallel: int = 1, cache: Cache
     ubatch = min(max(n_batch, parallel), n_ctx)
     compute = ubatch * COMPUTE_ROWS_PER_TOKEN * shape.n_embd * 4
     return MemoryPlan(
-        model=model, n_ctx=n_ctx, parallel=parallel, cache=cache, experts=shape.experts, weights=shape.other,
-        kv_cache=kv, checkpoints=checkpoints, compute=compute, outputs=parallel * shape.n_vocab * LOGIT_BYTES,
+        model=model,
+        n_ctx=n_ctx,
+        parallel=parallel,
+        cache=cache,
+        experts=shape.experts,
+        weights=shape.other,
+        kv_cache=kv,
+        checkpoints=checkpoints,
+        compute=compute,
+        outputs=parallel * shape.n_vocab * LOGIT_BYTES,
         runtime=RUNTIME_BYTES,
     )
 
 
-def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, *, parallel: int = 1, cache: CacheSettings = DEFAULT_CACHE,
-                       n_batch: int = DEFAULT_BATCH) -> list[int]:
+def kv_bytes_per_layer(
+    shape: ModelShape, n_ctx: int, *, parallel: int = 1, cache: CacheSettings = DEFAULT_CACHE, n_batch: int = DEFAULT_BATCH
+) -> list[int]:
     """The KV cache each layer holds (for splitting layers over machines)."""
     cell = shape.kv_cell_bytes(cache)
     swa = shape.swa_cells(n_ctx, parallel, cache, n_batch) * cell
@@ -212,8 +236,15 @@ def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, *, parallel: int = 1, cach
     return [swa if shape.window and i % 2 == 0 else full for i in range(shape.n_layers)]
 
 
-def largest_context(shape: ModelShape, available: int, *, parallel: int = 1, cache: CacheSettings = DEFAULT_CACHE,
-                    n_batch: int = DEFAULT_BATCH, headroom: int = AUTO_HEADROOM) -> int | None:
+def largest_context(
+    shape: ModelShape,
+    available: int,
+    *,
+    parallel: int = 1,
+    cache: CacheSettings = DEFAULT_CACHE,
+    n_batch: int = DEFAULT_BATCH,
+    headroom: int = AUTO_HEADROOM,
+) -> int | None:
     """The largest context (a multiple of CONTEXT_STEP, up to the model's limit) whose plan fits in
     ``available`` bytes less the headroom; None when not even CONTEXT_STEP does."""
     budget = available - headroom
@@ -241,14 +272,17 @@ def check(plan_: MemoryPlan, available: int | None, shape: ModelShape | None = N
     """ModelError with the numbers when ``plan_`` does not fit in ``available`` bytes (None: unknown, passes)."""
     if available is None or plan_.total <= available:
         return
-    needs = (f"{plan_.model} needs about {format_memory(plan_.total)} at --ctx {plan_.n_ctx} ({plan_.describe()}) "
-             f"but only {format_memory(available)} is available")
+    needs = (
+        f"{plan_.model} needs about {format_memory(plan_.total)} at --ctx {plan_.n_ctx} ({plan_.describe()}) "
+        f"but only {format_memory(available)} is available"
+    )
     largest = None
     if shape is not None:
         largest = largest_context(shape, available, parallel=plan_.parallel, cache=plan_.cache, headroom=0)
     if largest:
-        raise ModelError(f"{needs}: the largest context that fits is {largest} (--ctx {largest}, or --ctx auto), "
-                         f"or close other programs")
+        raise ModelError(
+            f"{needs}: the largest context that fits is {largest} (--ctx {largest}, or --ctx auto), or close other programs"
+        )
     raise ModelError(f"{needs}: not even --ctx {CONTEXT_STEP} fits; use a smaller model, or close other programs")
 
 
@@ -269,13 +303,20 @@ class MemoryReport:
         return None if self.available is None else plan_.total <= self.available
 
 
-def report(header: GgufHeader, *, model: str, contexts: Sequence[int], caches: Sequence[CacheSettings], parallel: int = 1,
-           available: int | None, container: int | None = None,
-           tensors: Iterable[TensorInfo] | None = None) -> MemoryReport:
+def report(
+    header: GgufHeader,
+    *,
+    model: str,
+    contexts: Sequence[int],
+    caches: Sequence[CacheSettings],
+    parallel: int = 1,
+    available: int | None,
+    container: int | None = None,
+    tensors: Iterable[TensorInfo] | None = None,
+) -> MemoryReport:
     shape = ModelShape.of(header, tensors)
     rows = tuple((n, tuple(plan_shape(shape, n, parallel=parallel, cache=c, model=model) for c in caches)) for n in contexts)
-    auto = tuple(largest_context(shape, available, parallel=parallel, cache=c) if available is not None else None
-                 for c in caches)
+    auto = tuple(largest_context(shape, available, parallel=parallel, cache=c) if available is not None else None for c in caches)
     return MemoryReport(model, available, container, parallel, tuple(caches), rows, auto)
 
 

@@ -155,8 +155,11 @@ def plan(
     shares, first = [], local_count
     for worker, count in zip(workers, counts, strict=True):
         layers = range(first, first + count)
-        shares.append(Share(worker.name, first, count, sum(per_layer[i] for i in layers), sum(kv[i] for i in layers),
-                            DEFAULT_WORKER_OVERHEAD))
+        shares.append(
+            Share(
+                worker.name, first, count, sum(per_layer[i] for i in layers), sum(kv[i] for i in layers), DEFAULT_WORKER_OVERHEAD
+            )
+        )
         first += count
     local = Share(HERE, 0, local_count, other + sum(per_layer[:local_count]), sum(kv[:local_count]), local_overhead)
     placement = Placement(model, n_ctx, n_layers, local, tuple(shares))

@@ -57,8 +57,13 @@ def hot_ranges(header: GgufHeader, tensors: Iterable[TensorInfo] | None = None) 
 def expert_ranges(header: GgufHeader, tensors: Iterable[TensorInfo] | None = None) -> list[Range]:
     """The file ranges of the MXFP4 experts, which llama.cpp copied while loading and never reads again."""
     start = header.data_offset
-    return _merged([(start + t.offset, start + t.offset + t.n_bytes)
-                    for t in (header.tensors if tensors is None else tensors) if t.name.endswith("_exps.weight")])
+    return _merged(
+        [
+            (start + t.offset, start + t.offset + t.n_bytes)
+            for t in (header.tensors if tensors is None else tensors)
+            if t.name.endswith("_exps.weight")
+        ]
+    )
 
 
 def drop_cached(path: Path, ranges: Iterable[Range]) -> None:
@@ -78,8 +83,11 @@ def cold_ranges(header: GgufHeader, tensors: Iterable[TensorInfo] | None = None)
 
 def _ranges(header: GgufHeader, tensors: Iterable[TensorInfo] | None, *, hot: bool) -> list[Range]:
     start = header.data_offset
-    return [(start + t.offset, start + t.offset + t.n_bytes)
-            for t in (header.tensors if tensors is None else tensors) if (_COLD.search(t.name) is None) == hot]
+    return [
+        (start + t.offset, start + t.offset + t.n_bytes)
+        for t in (header.tensors if tensors is None else tensors)
+        if (_COLD.search(t.name) is None) == hot
+    ]
 
 
 def _merged(ranges: Sequence[Range]) -> list[Range]:

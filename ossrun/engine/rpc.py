@@ -64,8 +64,10 @@ OUTPUT_TENSORS = r"^output(_norm)?\.weight$"
 
 def rebuild_command() -> str:
     """How to reinstall llama-cpp-python with the RPC backend (a cached wheel may lack it)."""
-    return (f'CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_RPC=ON -DGGML_RPC_RDMA=OFF" '
-            f"pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python=={llama_cpp.__version__}")
+    return (
+        f'CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_RPC=ON -DGGML_RPC_RDMA=OFF" '
+        f"pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python=={llama_cpp.__version__}"
+    )
 
 
 def supports_rpc() -> bool:
@@ -106,8 +108,10 @@ def parse_workers(specs: str | Sequence[str]) -> tuple[WorkerSpec, ...]:
         match = _ENDPOINT.match(part)
         if not match:
             example = f"192.168.1.20:{DEFAULT_WORKER_PORT}=20GiB"
-            raise WorkerError(f"--rpc {part!r} is not HOST:PORT or HOST:PORT=MEMORY (e.g. {example}; "
-                              f"llama.cpp's RPC takes IPv4 addresses and host names)")
+            raise WorkerError(
+                f"--rpc {part!r} is not HOST:PORT or HOST:PORT=MEMORY (e.g. {example}; "
+                f"llama.cpp's RPC takes IPv4 addresses and host names)"
+            )
         port = int(match["port"])
         if not 0 < port < 65536:
             raise WorkerError(f"--rpc {part!r}: port {port} is out of range (1-65535)")
@@ -178,11 +182,15 @@ def probe(spec: WorkerSpec, timeout: float = HELLO_TIMEOUT) -> WorkerInfo:
     try:
         sock = socket.create_connection((address, spec.port), timeout=timeout)
     except ConnectionRefusedError:
-        raise WorkerError(f"worker {name} refuses connections: start `ossrun worker --port {spec.port}` on that machine "
-                          f"(with --host set to an address this machine reaches), or check the port") from None
+        raise WorkerError(
+            f"worker {name} refuses connections: start `ossrun worker --port {spec.port}` on that machine "
+            f"(with --host set to an address this machine reaches), or check the port"
+        ) from None
     except TimeoutError:
-        raise WorkerError(f"worker {name} does not answer (no connection within {timeout:g} s): "
-                          f"check the address and that the machine is up and reachable") from None
+        raise WorkerError(
+            f"worker {name} does not answer (no connection within {timeout:g} s): "
+            f"check the address and that the machine is up and reachable"
+        ) from None
     except OSError as exc:
         raise WorkerError(f"worker {name} cannot be reached: {exc.strerror or exc}") from None
     with sock:
@@ -209,8 +217,9 @@ def probe(spec: WorkerSpec, timeout: float = HELLO_TIMEOUT) -> WorkerInfo:
                 f"or one of another version (this ossrun speaks RPC protocol {PROTOCOL[0]}.x)"
             ) from None
         except _Garbled:
-            raise WorkerError(f"{name} answered llama.cpp's RPC hello with something else: it is not an ossrun worker; "
-                              f"check the port") from None
+            raise WorkerError(
+                f"{name} answered llama.cpp's RPC hello with something else: it is not an ossrun worker; check the port"
+            ) from None
         except OSError as exc:
             raise WorkerError(
                 f"worker {name} dropped the connection during llama.cpp's RPC hello: {exc.strerror or exc}"

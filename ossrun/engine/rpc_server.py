@@ -57,8 +57,10 @@ def check_address(host: str, port: int) -> None:
     try:
         socket.inet_pton(socket.AF_INET, host)
     except OSError:
-        raise WorkerError(f"--host {host!r} is not an IPv4 address: llama.cpp's RPC server listens on one, "
-                          f"such as 127.0.0.1 (this machine only) or this machine's address on a private network") from None
+        raise WorkerError(
+            f"--host {host!r} is not an IPv4 address: llama.cpp's RPC server listens on one, "
+            f"such as 127.0.0.1 (this machine only) or this machine's address on a private network"
+        ) from None
     if not 0 < port < 65536:
         raise WorkerError(f"--port {port} is out of range: use 1-65535")
     if _bound(host, port) is not None:
@@ -82,8 +84,9 @@ def _bound(host: str, port: int) -> str | None:
         probe.close()
 
 
-def serve(host: str, port: int, *, threads: int, cache_dir: str | None, on_event: Callable[[ServerEvent], None],
-          verbose: bool = False) -> None:
+def serve(
+    host: str, port: int, *, threads: int, cache_dir: str | None, on_event: Callable[[ServerEvent], None], verbose: bool = False
+) -> None:
     """Run the server until Ctrl-C or SIGTERM (then return), reporting what happens to ``on_event``.
 
     The server cannot be stopped from inside: after this returns, end the process with
@@ -135,6 +138,7 @@ def _capture_c_stdout() -> io.BufferedReader:
     read_end, write_end = os.pipe()
     os.dup2(write_end, 1)
     os.close(write_end)
-    sys.stdout = io.TextIOWrapper(open(kept, "wb", buffering=0), encoding=sys.stdout.encoding or "utf-8",
-                                  errors="replace", line_buffering=True)
+    sys.stdout = io.TextIOWrapper(
+        open(kept, "wb", buffering=0), encoding=sys.stdout.encoding or "utf-8", errors="replace", line_buffering=True
+    )
     return open(read_end, "rb")

@@ -109,7 +109,8 @@ class ConstrainedSampler:
         candidates = np.empty(n_vocab, dtype=_TOKEN_DATA)
         candidates["id"], candidates["logit"], candidates["p"] = np.arange(n_vocab, dtype=np.int32), logits, 0.0
         array = llama_cpp.llama_token_data_array(
-            data=candidates.ctypes.data_as(llama_cpp.llama_token_data_p), size=n_vocab, selected=-1, sorted=False)
+            data=candidates.ctypes.data_as(llama_cpp.llama_token_data_p), size=n_vocab, selected=-1, sorted=False
+        )
         llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
         llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
         if array.selected < 0:

@@ -47,11 +47,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
-from ossrun.engine.checkpoints import (DEFAULT_CHECKPOINT_INTERVAL, Checkpoint, Checkpoints, ends_with_mark, first_mark_end,
-                                       prompt_positions, reusable, total_bytes)
+from ossrun.engine.checkpoints import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    Checkpoint,
+    Checkpoints,
+    ends_with_mark,
+    first_mark_end,
+    prompt_positions,
+    reusable,
+    total_bytes,
+)
 from ossrun.engine.memory import DEFAULT_MAX_CHECKPOINTS
-from ossrun.engine.protocol import (EngineFinish, GenerationRequest, GenerationStats, Occupancy, Sampling,
-                                    common_prefix_length)
+from ossrun.engine.protocol import EngineFinish, GenerationRequest, GenerationStats, Occupancy, Sampling, common_prefix_length
 from ossrun.errors import ContextError, ModelError
 
 DEFAULT_DECODE_SLOWDOWN = 4.0  # a step that reads prompt tokens costs about this many decode steps
@@ -93,6 +100,7 @@ class Backend(Protocol):
     def logits(self, index: int) -> Any: ...
     def new_sampler(self, sampling: Sampling) -> Any:
         """A sampler chain; called in the submitting thread, so a bad grammar fails that request alone."""
+
     def free_sampler(self, sampler: Any) -> None: ...
     def seq_keep(self, seq: int, n: int) -> None:
         """Drop the sequence's positions from ``n`` on."""
@@ -205,9 +213,16 @@ class Generation:
 class Scheduler:
     """Runs requests on ``backend``'s sequences (see the module docstring)."""
 
-    def __init__(self, backend: Backend, prefix_store: Optional[PrefixStore] = None, *,
-                 decode_slowdown: float = DEFAULT_DECODE_SLOWDOWN, min_prompt_chunk: int = MIN_PROMPT_CHUNK,
-                 max_checkpoints: int = DEFAULT_MAX_CHECKPOINTS, checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL):
+    def __init__(
+        self,
+        backend: Backend,
+        prefix_store: Optional[PrefixStore] = None,
+        *,
+        decode_slowdown: float = DEFAULT_DECODE_SLOWDOWN,
+        min_prompt_chunk: int = MIN_PROMPT_CHUNK,
+        max_checkpoints: int = DEFAULT_MAX_CHECKPOINTS,
+        checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
+    ):
         self.backend = backend
         self.prefix_store = prefix_store
         self.decode_slowdown = decode_slowdown
@@ -229,8 +244,9 @@ class Scheduler:
         if not request.prompt:
             raise ValueError("a generation needs at least one prompt token")
         if len(request.prompt) > self.backend.n_ctx:
-            raise ContextError(f"the prompt is {len(request.prompt)} tokens but the context holds "
-                               f"{self.backend.n_ctx}: use a larger --ctx")
+            raise ContextError(
+                f"the prompt is {len(request.prompt)} tokens but the context holds {self.backend.n_ctx}: use a larger --ctx"
+            )
         sampler = self.backend.new_sampler(request.sampling)
         with self._cond:
             if self._stopping:
@@ -344,8 +360,9 @@ class Scheduler:
         # before the calls once they are answered), but after that mark.
         exchange = first_mark_end(prompt, head, job.request.checkpoint_after) or head + 1
         common = {s.seq: common_prefix_length(s.tokens, prompt) for s in free}
-        own = [s for s in free if s.tokens and (common[s.seq] >= min(s.prompt_length, len(s.tokens))
-                                                 or common[s.seq] >= exchange)]
+        own = [
+            s for s in free if s.tokens and (common[s.seq] >= min(s.prompt_length, len(s.tokens)) or common[s.seq] >= exchange)
+        ]
         empty = [s for s in free if not s.tokens]
         if own:
             slot = max(own, key=lambda s: (reuse[s.seq][0], -s.last_used))
@@ -367,8 +384,9 @@ class Scheduler:
             else:
                 job.save_prefix_at = head
         if self.backend.window:
-            job.checkpoint_at = prompt_positions(prompt, keep, marks=job.request.checkpoint_after, prefix_length=head,
-                                                 interval=self.checkpoint_interval)
+            job.checkpoint_at = prompt_positions(
+                prompt, keep, marks=job.request.checkpoint_after, prefix_length=head, interval=self.checkpoint_interval
+            )
         slot.job, job.slot = job, slot
         slot.prompt_length = len(prompt)
         job.stats.cached = keep
@@ -504,8 +522,11 @@ class Scheduler:
                 continue
             held = common_prefix_length(other.tokens, job.prompt)
             leader = other.job
-            coming = common_prefix_length(leader.prompt, job.prompt) if (
-                leader is not None and leader.reading and leader.order < job.order) else held
+            coming = (
+                common_prefix_length(leader.prompt, job.prompt)
+                if (leader is not None and leader.reading and leader.order < job.order)
+                else held
+            )
             if max(held, coming) > shared:
                 best, shared, ready = other, max(held, coming), held >= coming
         if best is None:
@@ -643,9 +664,13 @@ class Scheduler:
             elif holding:
                 reader.blocked = True  # older prompts hold the cells: they go first
             else:
-                self._fail(reader, ContextError(
-                    f"the prompt ({len(reader.prompt)} tokens) does not fit in what the context of "
-                    f"{self.backend.n_ctx} tokens has left: use a larger --ctx"))
+                self._fail(
+                    reader,
+                    ContextError(
+                        f"the prompt ({len(reader.prompt)} tokens) does not fit in what the context of "
+                        f"{self.backend.n_ctx} tokens has left: use a larger --ctx"
+                    ),
+                )
             return
         if holding:
             self._preempt(max(holding, key=lambda j: j.order))
@@ -657,9 +682,17 @@ class Scheduler:
         self._cut(job.slot, 0, None)
         job.stats.cached = job.stats.restored = 0
         job.blocked = True
-        job.checkpoint_at = prompt_positions(job.prompt, 0, marks=job.request.checkpoint_after,
-                                             prefix_length=job.request.prefix_length,
-                                             interval=self.checkpoint_interval) if self.backend.window else []
+        job.checkpoint_at = (
+            prompt_positions(
+                job.prompt,
+                0,
+                marks=job.request.checkpoint_after,
+                prefix_length=job.request.prefix_length,
+                interval=self.checkpoint_interval,
+            )
+            if self.backend.window
+            else []
+        )
         head = job.request.prefix_length
         job.save_prefix_at = head if head and self.prefix_store is not None else None
 

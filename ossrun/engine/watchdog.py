@@ -150,8 +150,10 @@ class Watchdog:
         waiting = self._waited_on() or list(self._workers.values())
         names = " and ".join(waiting)
         subject = f"worker {names} has" if len(waiting) == 1 else f"workers {names} have"
-        return (f"{subject} not answered for {seconds:g} s while {what}: it hangs, or its machine is overloaded or "
-                f"cut off; check it and run again (set {ENV_TIMEOUT}=SECONDS to wait longer)")
+        return (
+            f"{subject} not answered for {seconds:g} s while {what}: it hangs, or its machine is overloaded or "
+            f"cut off; check it and run again (set {ENV_TIMEOUT}=SECONDS to wait longer)"
+        )
 
     def describe_abort(self, message: str) -> str | None:
         # A worker's connection may close a moment before its listening socket does (the

@@ -73,8 +73,11 @@ def decode_ids(encoding: oh.HarmonyEncoding, ids: list[int]) -> str:
         return encoding.decode(ids)
     except oh.HarmonyError as exc:
         wrong = next((i for i in ids if not _decodes(encoding, i)), None)
-        raise OssrunError(f"token id {wrong} is not in the vocabulary of gpt-oss" if wrong is not None
-                          else f"cannot decode these token ids: {exc}") from None
+        raise OssrunError(
+            f"token id {wrong} is not in the vocabulary of gpt-oss"
+            if wrong is not None
+            else f"cannot decode these token ids: {exc}"
+        ) from None
 
 
 def _decodes(encoding: oh.HarmonyEncoding, token: int) -> bool:

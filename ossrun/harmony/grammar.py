@@ -36,7 +36,7 @@ def _literal(text: str) -> str:
 def safe_json_rules(rules: str) -> str:
     """The converter's JSON rules with strings that cannot hold ``<|`` (see above)."""
     lines = rules.splitlines()
-    return "\n".join(_SAFE_JSON_CHAR + line[len(_JSON_CHAR):] if line.startswith(_JSON_CHAR) else line for line in lines)
+    return "\n".join(_SAFE_JSON_CHAR + line[len(_JSON_CHAR) :] if line.startswith(_JSON_CHAR) else line for line in lines)
 
 
 def final_answer_grammar(encoding: Any, json_rules: str, json_rule: str) -> tuple[str, tuple[str, ...], frozenset[int]]:
@@ -46,7 +46,8 @@ def final_answer_grammar(encoding: Any, json_rules: str, json_rule: str) -> tupl
     JSON value, and once it is complete only ``<|return|>`` may follow.
     """
     channel, constrain, message, call, endoftext = _ids(
-        encoding, "<|channel|>", "<|constrain|>", "<|message|>", "<|call|>", "<|endoftext|>")
+        encoding, "<|channel|>", "<|constrain|>", "<|message|>", "<|call|>", "<|endoftext|>"
+    )
     grammar = (
         f"root ::= final-header {json_rule}\n"
         f'final-header ::= {_token(channel)} "final" [^<]* ({_token(constrain)} [^<]*)? {_token(message)}\n'
@@ -63,11 +64,14 @@ def tool_call_grammar(encoding: Any, calls: Sequence[tuple[str, str, str]]) -> t
     calling); the call is addressed either way harmony allows, and ends with ``<|call|>``.
     """
     channel, constrain, message, end, start, ret, endoftext = _ids(
-        encoding, "<|channel|>", "<|constrain|>", "<|message|>", "<|end|>", "<|start|>", "<|return|>", "<|endoftext|>")
+        encoding, "<|channel|>", "<|constrain|>", "<|message|>", "<|end|>", "<|start|>", "<|return|>", "<|endoftext|>"
+    )
     alternatives, rules = [], []
     for recipient, json_rules, json_rule in calls:
-        head = (f'({_token(channel)} {_literal("commentary to=" + recipient + " ")} | '
-                f'{_literal(" to=" + recipient)} {_token(channel)} {_literal("commentary ")})')
+        head = (
+            f"({_token(channel)} {_literal('commentary to=' + recipient + ' ')} | "
+            f"{_literal(' to=' + recipient)} {_token(channel)} {_literal('commentary ')})"
+        )
         alternatives.append(f'{head} ({_token(constrain)} "json")? {_token(message)} {json_rule}')
         rules.append(safe_json_rules(json_rules))
     grammar = (

@@ -44,7 +44,8 @@ def check_text(text: str, where: str) -> str:
         bad = text[exc.start]
         raise ConversationError(
             f"{where} holds text that is not valid Unicode (the lone surrogate U+{ord(bad):04X} at character "
-            f"{exc.start}: bytes that are not UTF-8?): send UTF-8 text") from None
+            f"{exc.start}: bytes that are not UTF-8?): send UTF-8 text"
+        ) from None
     return text
 
 

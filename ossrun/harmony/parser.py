@@ -48,8 +48,7 @@ class TurnParser:
     the broken message on is shown as decoded raw text in the answer.
     """
 
-    def __init__(self, encoding: oh.HarmonyEncoding, *, header_limit: int = DEFAULT_HEADER_LIMIT,
-                 namespaces: Iterable[str] = ()):
+    def __init__(self, encoding: oh.HarmonyEncoding, *, header_limit: int = DEFAULT_HEADER_LIMIT, namespaces: Iterable[str] = ()):
         self._encoding = encoding
         self._namespaces = frozenset(namespaces)  # declared beyond functions, python and browser
         self._parser = oh.StreamableParser(encoding, oh.Role.ASSISTANT, strict=False)

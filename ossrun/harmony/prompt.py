@@ -144,8 +144,7 @@ def _render_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, oh.HarmonyError) as exc:
-        raise ConversationError(f"harmony cannot render this conversation ({exc}): simplify the tools or "
-                                f"messages") from None
+        raise ConversationError(f"harmony cannot render this conversation ({exc}): simplify the tools or messages") from None
 
 
 def history_messages(history: Sequence[Mapping[str, Any]]) -> list[oh.Message]:

@@ -49,10 +49,18 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class Server:
     """What the routes share: the model, its name, the queue, the server's memory, the log."""
 
-    def __init__(self, model: Any, served: ServedModel, *, api_key: Optional[str] = None,
-                 max_waiting: int = 16, max_body: int = DEFAULT_MAX_BODY_BYTES,
-                 keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS, log: Optional[TextIO] = None,
-                 limits: Optional[Limits] = None):
+    def __init__(
+        self,
+        model: Any,
+        served: ServedModel,
+        *,
+        api_key: Optional[str] = None,
+        max_waiting: int = 16,
+        max_body: int = DEFAULT_MAX_BODY_BYTES,
+        keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
+        log: Optional[TextIO] = None,
+        limits: Optional[Limits] = None,
+    ):
         self.model = model
         self.served = served
         self.api_key = api_key
@@ -79,8 +87,7 @@ class Server:
             Route("/v1/chat/completions", self.guarded(self.chat_completions, "/v1/chat/completions"), methods=["POST"]),
             Route("/v1/responses", self.guarded(self.responses, "/v1/responses"), methods=["POST"]),
             Route("/v1/messages", self.guarded(self.anthropic_messages, "/v1/messages"), methods=["POST"]),
-            Route("/v1/messages/count_tokens", self.guarded(self.count_tokens, "/v1/messages/count_tokens"),
-                  methods=["POST"]),
+            Route("/v1/messages/count_tokens", self.guarded(self.count_tokens, "/v1/messages/count_tokens"), methods=["POST"]),
         ]
         routed = Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.not_allowed})
         return Edge(routed, self.limits, self.log_refused)
@@ -124,8 +131,12 @@ class Server:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
         if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY (or x-api-key: KEY)",
-                           type="authentication_error", code="invalid_api_key")
+            raise ApiError(
+                401,
+                "missing or wrong API key: send Authorization: Bearer KEY (or x-api-key: KEY)",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
 
     def log_request(self, request: Request, status: int, started: float) -> None:
         """One line per request: what it was, its status, its tokens (or how it was cancelled), its effort, its time."""
@@ -148,8 +159,11 @@ class Server:
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         started = time.perf_counter()
-        error = ApiError(404, f"no route {request.method} {request.url.path}: see /v1/models, "
-                              f"/v1/chat/completions, /v1/responses, /v1/messages", code="not_found")
+        error = ApiError(
+            404,
+            f"no route {request.method} {request.url.path}: see /v1/models, /v1/chat/completions, /v1/responses, /v1/messages",
+            code="not_found",
+        )
         self.metrics.error(error.kind)
         self.log_request(request, 404, started)
         return _error_response(request, error)
@@ -164,15 +178,17 @@ class Server:
     async def read_json(self, request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body:
-            raise ApiError(413, f"the body is {int(length)} bytes, more than the {self.max_body} this server takes",
-                           code="request_too_large")
+            raise ApiError(
+                413, f"the body is {int(length)} bytes, more than the {self.max_body} this server takes", code="request_too_large"
+            )
         chunks, size = [], 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > self.max_body:
-                    raise ApiError(413, f"the body is more than the {self.max_body} bytes this server takes",
-                                   code="request_too_large")
+                    raise ApiError(
+                        413, f"the body is more than the {self.max_body} bytes this server takes", code="request_too_large"
+                    )
                 chunks.append(chunk)
         except ClientDisconnect:
             raise bad_request("the client went away before its body was read", code="client_disconnected") from None
@@ -239,8 +255,9 @@ class Server:
             usage = result["usage"]
             return _tokens(usage["prompt_tokens"], usage["completion_tokens"], usage["prompt_tokens_details"]["cached_tokens"])
 
-        return await self.answer(request, call, lambda events: self.chat_stream(request, completion, events),
-                                 completion.completion, tokens)
+        return await self.answer(
+            request, call, lambda events: self.chat_stream(request, completion, events), completion.completion, tokens
+        )
 
     async def responses(self, request: Request) -> Response:
         call = responses.parse(await self.read_json(request), self.served, self.state)
@@ -250,8 +267,9 @@ class Server:
             usage = result["usage"]
             return _tokens(usage["input_tokens"], usage["output_tokens"], usage["input_tokens_details"]["cached_tokens"])
 
-        return await self.answer(request, call, lambda events: self.responses_stream(request, response, events),
-                                 response.run, tokens)
+        return await self.answer(
+            request, call, lambda events: self.responses_stream(request, response, events), response.run, tokens
+        )
 
     async def anthropic_messages(self, request: Request) -> Response:
         call = messages.parse(await self.read_json(request), self.served, self.state)
@@ -262,8 +280,9 @@ class Server:
             cached = usage["cache_read_input_tokens"]
             return _tokens(usage["input_tokens"] + cached, usage["output_tokens"], cached)
 
-        return await self.answer(request, call, lambda events: self.messages_stream(request, message, events),
-                                 message.message, tokens)
+        return await self.answer(
+            request, call, lambda events: self.messages_stream(request, message, events), message.message, tokens
+        )
 
     async def count_tokens(self, request: Request) -> Response:
         call = messages.parse(await self.read_json(request), self.served, self.state, counting=True)
@@ -281,13 +300,20 @@ class Server:
 
     # -- running a reply ----------------------------------------------------
 
-    async def answer(self, request: Request, call: Any, stream: Callable[[AsyncIterator[Any]], AsyncIterator[str]],
-                     consume: Callable[[Any], dict[str, Any]], tokens: Callable[[dict[str, Any]], str]) -> Response:
+    async def answer(
+        self,
+        request: Request,
+        call: Any,
+        stream: Callable[[AsyncIterator[Any]], AsyncIterator[str]],
+        consume: Callable[[Any], dict[str, Any]],
+        tokens: Callable[[dict[str, Any]], str],
+    ) -> Response:
         """Start a parsed call's reply and hand back its stream, or its one object once it is done."""
         request.state.effort = call.options.get("reasoning_effort")
         cancel, request.state.prompt_tokens = await self.start(call.messages, call.options)
-        events = self.runner.events(cancel, call.messages, call.options,
-                                    keepalive_seconds=min(PROGRESS_SECONDS, self.keepalive_seconds))
+        events = self.runner.events(
+            cancel, call.messages, call.options, keepalive_seconds=min(PROGRESS_SECONDS, self.keepalive_seconds)
+        )
         if call.stream:
             return self.sse(request, stream(events))
         try:
@@ -312,12 +338,17 @@ class Server:
         except Busy:
             if self.runner.stopping:
                 raise ApiError(503, "the server is stopping", type="server_error", code="server_shutting_down") from None
-            raise ApiError(429, f"every sequence is busy and {self.runner.capacity} requests are already admitted: "
-                                f"retry in a few seconds", type="rate_limit_error", code="queue_full",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+            raise ApiError(
+                429,
+                f"every sequence is busy and {self.runner.capacity} requests are already admitted: retry in a few seconds",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
 
-    async def collect(self, request: Request, cancel: threading.Event, events: AsyncIterator[Any],
-                      consume: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    async def collect(
+        self, request: Request, cancel: threading.Event, events: AsyncIterator[Any], consume: Callable[[Any], dict[str, Any]]
+    ) -> dict[str, Any]:
         """Run a reply that is not streamed: its events in a list, cancelled if the client leaves."""
         watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
         gathered = []
@@ -334,8 +365,9 @@ class Server:
         if cancel.is_set() and not self.runner.stopping:  # the client went away: no one reads the answer
             self.cancelled(request, None)
         if self.runner.stopping and _interrupted(gathered):
-            raise ApiError(503, "the server stopped before the reply was complete", type="server_error",
-                           code="server_shutting_down")
+            raise ApiError(
+                503, "the server stopped before the reply was complete", type="server_error", code="server_shutting_down"
+            )
         return await run_in_threadpool(consume, gathered)
 
     def sse(self, request: Request, chunks: AsyncIterator[str]) -> StreamingResponse:
@@ -403,8 +435,9 @@ class Server:
             await events.aclose()
         yield "data: [DONE]\n\n"
 
-    async def responses_stream(self, request: Request, response: responses.Response,
-                               events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    async def responses_stream(
+        self, request: Request, response: responses.Response, events: AsyncIterator[Any]
+    ) -> AsyncIterator[str]:
         gathered: list[Any] = []
         failed: Optional[tuple[str, str]] = None
         quiet = _Quiet(self.keepalive_seconds)
@@ -436,8 +469,9 @@ class Server:
             usage = response.reply.usage
             request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
 
-    async def messages_stream(self, request: Request, message: messages.Message,
-                              events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    async def messages_stream(
+        self, request: Request, message: messages.Message, events: AsyncIterator[Any]
+    ) -> AsyncIterator[str]:
         gathered: list[Any] = []
         quiet = _Quiet(self.keepalive_seconds)
         message.prompt_tokens = request.state.prompt_tokens
@@ -472,8 +506,19 @@ class Server:
         finally:
             await events.aclose()
 
-ROUTES = ("/", "/health", "/metrics", "/tokenize", "/detokenize", "/v1/models", "/v1/chat/completions", "/v1/responses",
-          "/v1/messages", "/v1/messages/count_tokens")
+
+ROUTES = (
+    "/",
+    "/health",
+    "/metrics",
+    "/tokenize",
+    "/detokenize",
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+)
 
 
 def _endpoint_of(path: str) -> str:

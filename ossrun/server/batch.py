@@ -77,8 +77,10 @@ def read_input(path: Path) -> list[BatchLine]:
         line = parse_line(number, raw)
         if line.custom_id is not None:
             if line.custom_id in seen:
-                raise OssrunError(f"{path}: lines {seen[line.custom_id]} and {number} have the same custom_id "
-                                  f"{line.custom_id!r}: give every request its own")
+                raise OssrunError(
+                    f"{path}: lines {seen[line.custom_id]} and {number} have the same custom_id "
+                    f"{line.custom_id!r}: give every request its own"
+                )
             seen[line.custom_id] = number
         lines.append(line)
     if not lines:
@@ -178,8 +180,9 @@ class Batch:
         summary.seconds = time.perf_counter() - started
         return summary
 
-    def _report(self, finished: set[Future], summary: Summary, started: float,
-                progress: Optional[Callable[[Summary], None]]) -> None:
+    def _report(
+        self, finished: set[Future], summary: Summary, started: float, progress: Optional[Callable[[Summary], None]]
+    ) -> None:
         for future in finished:
             future.result()  # a bug in a line is a bug of the batch
         summary.seconds = time.perf_counter() - started
@@ -199,8 +202,9 @@ class Batch:
         except Exception as exc:  # noqa: BLE001 - one failing line does not stop the batch
             self._write(output, line, None, {"code": "server_error", "message": f"{type(exc).__name__}: {exc}"}, summary)
             return
-        self._write(output, line, {"status_code": status, "request_id": new_id("req"), "body": body}, None, summary,
-                    tokens=tokens)
+        self._write(
+            output, line, {"status_code": status, "request_id": new_id("req"), "body": body}, None, summary, tokens=tokens
+        )
 
     def _answer(self, line: BatchLine) -> tuple[int, dict[str, Any], int]:
         try:
@@ -227,8 +231,17 @@ class Batch:
             raise _Interrupted()
         return 200, translate(events), last.reply.usage.completion_tokens if isinstance(last, Done) else 0
 
-    def _write(self, output: Any, line: BatchLine, response: Optional[dict], error: Optional[dict], summary: Summary,
-               *, invalid: bool = False, tokens: int = 0) -> None:
+    def _write(
+        self,
+        output: Any,
+        line: BatchLine,
+        response: Optional[dict],
+        error: Optional[dict],
+        summary: Summary,
+        *,
+        invalid: bool = False,
+        tokens: int = 0,
+    ) -> None:
         record = {"id": new_id("batch_req"), "custom_id": line.custom_id, "response": response, "error": error}
         text = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:

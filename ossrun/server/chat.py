@@ -60,8 +60,9 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> C
     chosen = fields.tool_choice(body.get("tool_choice"), [t["function"]["name"] for t in options["tools"]])
     for index, tool in enumerate(options["tools"]):
         if tool["function"].get("parameters") is not None:
-            fields.schema(tool["function"]["parameters"], f"tools[{index}].function.parameters",
-                          grammar=tool["function"]["name"] in chosen)
+            fields.schema(
+                tool["function"]["parameters"], f"tools[{index}].function.parameters", grammar=tool["function"]["name"] in chosen
+            )
     if "tool_choice" in body and body["tool_choice"] is not None:
         options["tool_choice"] = body["tool_choice"]
     if "response_format" in body and body["response_format"] is not None:
@@ -134,8 +135,9 @@ def convert_messages(messages: list[Any], state: ServerState) -> list[dict[str, 
     return out
 
 
-def assistant_message(message: Mapping[str, Any], content: str, where: str, names: dict[str, str],
-                      state: ServerState) -> dict[str, Any]:
+def assistant_message(
+    message: Mapping[str, Any], content: str, where: str, names: dict[str, str], state: ServerState
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"role": "assistant", "content": content}
     reasoning = next((message[key] for key in REASONING_FIELDS if isinstance(message.get(key), str) and message[key]), None)
     calls = get(message, "tool_calls", (list,), f"{where}.", default=[])
@@ -166,8 +168,9 @@ def tool_message(message: Mapping[str, Any], content: str, where: str, names: Ma
     call_id = get(message, "tool_call_id", (str,), f"{where}.")
     name = names.get(call_id or "") or get(message, "name", (str,), f"{where}.")
     if not name:
-        raise bad_request(f"{where}.tool_call_id {call_id!r} answers no tool call of an earlier assistant message",
-                          f"{where}.tool_call_id")
+        raise bad_request(
+            f"{where}.tool_call_id {call_id!r} answers no tool call of an earlier assistant message", f"{where}.tool_call_id"
+        )
     return {"role": "tool", "name": name, "content": content}
 
 
@@ -190,8 +193,13 @@ class Completion:
         self._run_calls: list[Optional[ToolCall]] = []  # the call of each run, to find its result
 
     def _chunk(self, delta: dict[str, Any], finish: Optional[str] = None) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.call.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.call.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
     def open(self) -> list[dict[str, Any]]:
         """The first chunk of a stream: the role."""
@@ -206,8 +214,16 @@ class Completion:
         reply = self._finish()
         out = [self._chunk({}, self._finish_reason(reply))]
         if self.call.include_usage:
-            out.append({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.call.model,
-                        "choices": [], "usage": self.usage(reply)})
+            out.append(
+                {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.call.model,
+                    "choices": [],
+                    "usage": self.usage(reply),
+                }
+            )
         return out
 
     def completion(self, events: Iterable[Event]) -> dict[str, Any]:
@@ -215,17 +231,25 @@ class Completion:
         for event in events:
             self.feed(event)
         reply = self._finish()
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or (None if self.tool_calls else ""),
-                                   "refusal": None}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(self.content) or (None if self.tool_calls else ""),
+            "refusal": None,
+        }
         if self.reasoning:
             message["reasoning_content"] = message["reasoning"] = "".join(self.reasoning)
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
         if self.tool_runs:
             message["tool_runs"] = self.tool_runs
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.call.model,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self._finish_reason(reply)}],
-                "usage": self.usage(reply)}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.call.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self._finish_reason(reply)}],
+            "usage": self.usage(reply),
+        }
 
     def _step(self, step: Step) -> list[dict[str, Any]]:
         """The deltas of one step (also collected for the whole completion)."""
@@ -250,7 +274,11 @@ class Completion:
         index, call_id, arguments = len(self.tool_calls), new_id("call"), arguments_json(step.call)
         self.tool_calls.append({"id": call_id, "type": "function", "function": {"name": step.call.name, "arguments": arguments}})
         return [  # id and name first, then the arguments, as clients merge them by index
-            {"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {"name": step.call.name, "arguments": ""}}]},
+            {
+                "tool_calls": [
+                    {"index": index, "id": call_id, "type": "function", "function": {"name": step.call.name, "arguments": ""}}
+                ]
+            },
             {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
         ]
 
@@ -265,8 +293,9 @@ class Completion:
             self.tool_runs.append(run)
             self._run_calls.append(call)
             return {"index": len(self.tool_runs) - 1, **run}
-        index = next((i for i, run in enumerate(self.tool_runs) if "output" not in run and self._run_calls[i] == result.call),
-                     None)
+        index = next(
+            (i for i, run in enumerate(self.tool_runs) if "output" not in run and self._run_calls[i] == result.call), None
+        )
         if index is None:
             return None
         self.tool_runs[index].update(output=result.output, error=result.error)
@@ -286,7 +315,10 @@ class Completion:
 
     def usage(self, reply: Reply) -> dict[str, Any]:
         usage = reply.usage
-        return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-                "completion_tokens_details": {"reasoning_tokens": self.transcript.reasoning_tokens}}
+        return {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.transcript.reasoning_tokens},
+        }

@@ -115,10 +115,16 @@ def protocol(limits: Limits, log: Callable[[str], None]) -> type[H11Protocol]:
             return not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete)
 
         def refuse(self) -> None:
-            body = error_body(503, f"the server holds {limits.max_connections} connections, all busy: retry in a "
-                                   f"few seconds", "too_many_connections", "server_error")
-            head = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
-                    f"\r\nretry-after: 5\r\nconnection: close\r\n\r\n").encode()
+            body = error_body(
+                503,
+                f"the server holds {limits.max_connections} connections, all busy: retry in a few seconds",
+                "too_many_connections",
+                "server_error",
+            )
+            head = (
+                f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+                f"\r\nretry-after: 5\r\nconnection: close\r\n\r\n"
+            ).encode()
             self.transport.write(head + body)
             self.transport.close()
             log(f"refused a connection: {limits.max_connections} connections are open and busy")
@@ -152,12 +158,18 @@ def protocol(limits: Limits, log: Callable[[str], None]) -> type[H11Protocol]:
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
-            body = error_body(400, "the request is not valid HTTP/1.1 (a malformed request line, header or "
-                                   "Content-Length, or a head past 16 KiB)", "invalid_http")
+            body = error_body(
+                400,
+                "the request is not valid HTTP/1.1 (a malformed request line, header or Content-Length, or a head past 16 KiB)",
+                "invalid_http",
+            )
             headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
             try:
-                for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
-                              h11.EndOfMessage()):
+                for event in (
+                    h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                    h11.Data(data=body),
+                    h11.EndOfMessage(),
+                ):
                     self.transport.write(self.conn.send(event) or b"")
             except h11.LocalProtocolError:
                 pass  # a response had started: nothing more can be said
@@ -206,8 +218,11 @@ class Edge:
             if message["type"] == "http.response.start":
                 response_started = True
                 if cross and origin is not None:
-                    message["headers"] = [*message.get("headers", []), (b"access-control-allow-origin", origin.encode()),
-                                          (b"vary", b"Origin")]
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"access-control-allow-origin", origin.encode()),
+                        (b"vary", b"Origin"),
+                    ]
             await send(message)
 
         try:
@@ -222,20 +237,30 @@ class Edge:
         """Why this request is refused before any route sees it (None: it is not)."""
         host = headers.get("host")
         if host is not None and not self.host_allowed(scope, host):
-            return ApiError(403, f"the Host {host[:100]!r} is refused: a server on a loopback address answers only to "
-                                 f"localhost, an IP address or this machine's name (another name reaching it is a web "
-                                 f"page's DNS rebinding); serve with --host to use it otherwise", code="host_not_allowed")
+            return ApiError(
+                403,
+                f"the Host {host[:100]!r} is refused: a server on a loopback address answers only to "
+                f"localhost, an IP address or this machine's name (another name reaching it is a web "
+                f"page's DNS rebinding); serve with --host to use it otherwise",
+                code="host_not_allowed",
+            )
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, headers):
-            return ApiError(403, f"requests from the web page at {origin[:100]!r} are refused: this server serves its "
-                                 f"own origin only; start it with --cors {origin[:100]} to allow that page",
-                            code="origin_not_allowed")
+            return ApiError(
+                403,
+                f"requests from the web page at {origin[:100]!r} are refused: this server serves its "
+                f"own origin only; start it with --cors {origin[:100]} to allow that page",
+                code="origin_not_allowed",
+            )
         kind = headers.get("content-type")
         if scope["method"] in ("POST", "PUT", "PATCH") and kind is not None:
             media = kind.split(";", 1)[0].strip().lower()
             if media not in JSON_TYPES:
-                return ApiError(415, f"the body is {media or 'of no type'!r}: send JSON with Content-Type: "
-                                     f"application/json", code="unsupported_media_type")
+                return ApiError(
+                    415,
+                    f"the body is {media or 'of no type'!r}: send JSON with Content-Type: application/json",
+                    code="unsupported_media_type",
+                )
         return None
 
     # -- Host and Origin ---------------------------------------------------------
@@ -256,10 +281,15 @@ class Edge:
     def origin_allowed(self, origin: str, headers: dict[str, str]) -> bool:
         return self.same_origin(origin, headers) or "*" in self.limits.cors or origin.rstrip("/") in self.limits.cors
 
-    async def preflight(self, scope: Scope, receive: Receive, send: Send, origin: str, headers: dict[str, str],
-                        started: float) -> None:
-        allow = {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": CORS_METHODS,
-                 "Access-Control-Max-Age": CORS_MAX_AGE, "Vary": "Origin"}
+    async def preflight(
+        self, scope: Scope, receive: Receive, send: Send, origin: str, headers: dict[str, str], started: float
+    ) -> None:
+        allow = {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": CORS_METHODS,
+            "Access-Control-Max-Age": CORS_MAX_AGE,
+            "Vary": "Origin",
+        }
         requested = headers.get("access-control-request-headers")
         if requested:
             allow["Access-Control-Allow-Headers"] = requested
@@ -282,8 +312,12 @@ class Edge:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
-                raise ApiError(408, f"the body did not arrive within {seconds:g} seconds of the request's head",
-                               code="request_timeout", headers={"Connection": "close"}) from None
+                raise ApiError(
+                    408,
+                    f"the body did not arrive within {seconds:g} seconds of the request's head",
+                    code="request_timeout",
+                    headers={"Connection": "close"},
+                ) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 complete = True
             return message
@@ -319,8 +353,7 @@ def uvicorn_config(app: App, limits: Limits, log: Callable[[str], None], **optio
     """uvicorn's configuration for ``app`` behind these limits (the CLI and the tests both use it)."""
     import uvicorn
 
-    return uvicorn.Config(app, http=protocol(limits, log), log_level="error", access_log=False, lifespan="off",
-                          **options)
+    return uvicorn.Config(app, http=protocol(limits, log), log_level="error", access_log=False, lifespan="off", **options)
 
 
 def cors_origins(values: Sequence[str]) -> tuple[str, ...]:
@@ -331,8 +364,9 @@ def cors_origins(values: Sequence[str]) -> tuple[str, ...]:
         if value != "*":
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
-                raise ValueError(f"--cors {value!r} is not an origin: give scheme://host[:port], like "
-                                 f"http://localhost:3000, or *")
+                raise ValueError(
+                    f"--cors {value!r} is not an origin: give scheme://host[:port], like http://localhost:3000, or *"
+                )
             value = f"{parts.scheme}://{parts.netloc}".lower()  # as browsers send it
         origins.append(value)
     return tuple(origins)

@@ -16,14 +16,27 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ossrun.limits import MAX_JSON_DEPTH, SchemaError, check_schema, json_depth
 
-JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
-              float: "a number", type(None): "null"}
+JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    type(None): "null",
+}
 
 
 # Anthropic's error types by status (its other 4xx are invalid_request_error); a full queue and a
 # server that stops are its 529 overloaded_error, which its clients retry.
-ANTHROPIC_ERRORS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                    413: "request_too_large", 500: "api_error", 529: "overloaded_error"}
+ANTHROPIC_ERRORS = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    500: "api_error",
+    529: "overloaded_error",
+}
 ANTHROPIC_STATUS = {429: 529, 503: 529}
 ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/")
 
@@ -37,8 +50,16 @@ class ApiError(Exception):
     """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``, or on
     Anthropic's routes in its: ``{"type": "error", "error": {"type", "message"}}`` (:meth:`anthropic`)."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        headers: Optional[dict] = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -94,8 +115,10 @@ def parse_json(data: bytes | str, what: str = "the body") -> dict[str, Any]:
     try:
         body = json.loads(data, parse_constant=_constant, parse_float=_finite)
     except _NotFinite as exc:
-        raise bad_request(f"{what} holds the number {exc}: JSON numbers are finite (no NaN, Infinity or values past "
-                          f"1.8e308)", code="invalid_json") from None
+        raise bad_request(
+            f"{what} holds the number {exc}: JSON numbers are finite (no NaN, Infinity or values past 1.8e308)",
+            code="invalid_json",
+        ) from None
     except RecursionError:
         raise bad_request(f"{what} nests objects and arrays more than {MAX_JSON_DEPTH} deep", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -111,8 +134,9 @@ def describe(value: Any) -> str:
     return JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def get(body: Mapping[str, Any], key: str, kinds: tuple[type, ...], where: str = "", *, required: bool = False,
-        default: Any = None) -> Any:
+def get(
+    body: Mapping[str, Any], key: str, kinds: tuple[type, ...], where: str = "", *, required: bool = False, default: Any = None
+) -> Any:
     """``body[key]`` if it is one of ``kinds`` (null counts as missing), else a 400 naming ``where + key``."""
     param = f"{where}{key}"
     value = body.get(key)
@@ -127,8 +151,9 @@ def get(body: Mapping[str, Any], key: str, kinds: tuple[type, ...], where: str =
     raise bad_request(f"{param} must be {names}, not {describe(value)}", param, "invalid_type")
 
 
-def number(body: Mapping[str, Any], key: str, low: float, high: float, *, default: Optional[float] = None,
-           low_open: bool = False) -> Optional[float]:
+def number(
+    body: Mapping[str, Any], key: str, low: float, high: float, *, default: Optional[float] = None, low_open: bool = False
+) -> Optional[float]:
     value = get(body, key, (int, float))
     if value is None:
         return default
@@ -170,8 +195,11 @@ def stop_texts(value: Any, param: str) -> list[str]:
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise bad_request(f"{param} must be a string or an array of strings", param, "invalid_type")
     if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
-        raise bad_request(f"{param} holds {len(stops)} texts: at most {MAX_STOPS} are taken, each at most "
-                          f"{MAX_STOP_CHARS} characters", param, "invalid_value")
+        raise bad_request(
+            f"{param} holds {len(stops)} texts: at most {MAX_STOPS} are taken, each at most {MAX_STOP_CHARS} characters",
+            param,
+            "invalid_value",
+        )
     return stops
 
 
@@ -181,9 +209,12 @@ def check_unicode(value: Any, where: str = "") -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise bad_request(f"{where or 'the body'} is not valid Unicode: it holds the lone surrogate "
-                              f"U+{ord(value[exc.start]):04X} at character {exc.start}", where or None,
-                              "invalid_unicode") from None
+            raise bad_request(
+                f"{where or 'the body'} is not valid Unicode: it holds the lone surrogate "
+                f"U+{ord(value[exc.start]):04X} at character {exc.start}",
+                where or None,
+                "invalid_unicode",
+            ) from None
     elif isinstance(value, Mapping):
         for key, item in value.items():
             check_unicode(key, where)
@@ -200,8 +231,7 @@ def text_of(content: Any, where: str, part_types: Sequence[str]) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise bad_request(f"{where} must be a string or an array of text parts, not {describe(content)}", where,
-                          "invalid_type")
+        raise bad_request(f"{where} must be a string or an array of text parts, not {describe(content)}", where, "invalid_type")
     texts = []
     for index, part in enumerate(content):
         param = f"{where}[{index}]"
@@ -212,8 +242,11 @@ def text_of(content: Any, where: str, part_types: Sequence[str]) -> str:
             raise bad_request(f"{param} must be a text part, not {describe(part)}", param, "invalid_type")
         kind = part.get("type")
         if kind not in part_types:
-            raise bad_request(f"{param}.type {kind!r} is not supported: gpt-oss reads text only "
-                              f"(parts of type {', '.join(part_types)})", f"{param}.type", "unsupported_content")
+            raise bad_request(
+                f"{param}.type {kind!r} is not supported: gpt-oss reads text only (parts of type {', '.join(part_types)})",
+                f"{param}.type",
+                "unsupported_content",
+            )
         texts.append(get(part, "text", (str,), f"{param}.", default=""))
     return "".join(texts)
 
@@ -228,8 +261,11 @@ def tool_name(value: Mapping[str, Any], where: str) -> str:
     """A tool's ``name``: 1-64 letters, digits, ``_`` or ``-``, as OpenAI takes them."""
     name = get(value, "name", (str,), f"{where}.", required=True)
     if not TOOL_NAME.match(name):
-        raise bad_request(f"{where}.name {name[:80]!r} is not a tool name: use 1-64 letters, digits, '_' or '-'",
-                          f"{where}.name", "invalid_value")
+        raise bad_request(
+            f"{where}.name {name[:80]!r} is not a tool name: use 1-64 letters, digits, '_' or '-'",
+            f"{where}.name",
+            "invalid_value",
+        )
     return name
 
 
@@ -244,17 +280,18 @@ def schema(value: Any, where: str, *, grammar: bool) -> None:
 def response_format(value: Any, where: str) -> None:
     """Chat's ``response_format`` or the Responses API's ``text.format`` (``json_schema`` flat there)."""
     if not isinstance(value, Mapping):
-        raise bad_request(f"{where} must be an object like {{\"type\": \"json_schema\", ...}}, not {describe(value)}",
-                          where, "invalid_type")
+        raise bad_request(
+            f'{where} must be an object like {{"type": "json_schema", ...}}, not {describe(value)}', where, "invalid_type"
+        )
     kind = value.get("type")
     if kind not in FORMAT_TYPES:
-        raise bad_request(f"{where}.type {kind!r} is not one of {', '.join(FORMAT_TYPES)}", f"{where}.type",
-                          "invalid_value")
+        raise bad_request(f"{where}.type {kind!r} is not one of {', '.join(FORMAT_TYPES)}", f"{where}.type", "invalid_value")
     if kind != "json_schema":
         return
     nested = "json_schema" in value  # Chat Completions; the Responses API's is flat, and needs both
-    spec, at = (get(value, "json_schema", (dict,), f"{where}.", required=True), f"{where}.json_schema") if nested \
-        else (value, where)
+    spec, at = (
+        (get(value, "json_schema", (dict,), f"{where}.", required=True), f"{where}.json_schema") if nested else (value, where)
+    )
     get(spec, "name", (str,), f"{at}.", required=not nested)
     get(spec, "description", (str,), f"{at}.")
     get(spec, "schema", (dict,), f"{at}.", required=not nested)
@@ -269,8 +306,11 @@ def tool_choice(value: Any, names: Sequence[str]) -> tuple[str, ...]:
         return ()
     if value == "required":
         if not names:
-            raise bad_request('tool_choice is "required" but the request has no function tools: add tools or use "auto"',
-                              "tool_choice", "invalid_value")
+            raise bad_request(
+                'tool_choice is "required" but the request has no function tools: add tools or use "auto"',
+                "tool_choice",
+                "invalid_value",
+            )
         return tuple(names)
     if isinstance(value, Mapping):
         kind = value.get("type")
@@ -287,11 +327,14 @@ def tool_choice(value: Any, names: Sequence[str]) -> tuple[str, ...]:
                 raise bad_request(f"{at} must be an object with a name", at, "invalid_type")
             name = get(spec, "name", (str,), f"{at}.", required=True)
             namespace = get(value, "namespace", (str,), "tool_choice.")
-            chosen = [n for n in names if n == name or n == f"{namespace}.{name}"
-                      or (namespace is None and n.endswith(f".{name}"))]
+            chosen = [
+                n for n in names if n == name or n == f"{namespace}.{name}" or (namespace is None and n.endswith(f".{name}"))
+            ]
             if not chosen:
-                raise bad_request(f"{at}.name {name!r} is not among the request's function tools", f"{at}.name",
-                                  "invalid_value")
+                raise bad_request(f"{at}.name {name!r} is not among the request's function tools", f"{at}.name", "invalid_value")
             return tuple(chosen[:1])
-    raise bad_request(f"tool_choice {json.dumps(value)[:80]} is not supported: use auto, none, required or "
-                      f"{{\"type\": \"function\", \"name\": ...}}", "tool_choice", "invalid_value")
+    raise bad_request(
+        f'tool_choice {json.dumps(value)[:80]} is not supported: use auto, none, required or {{"type": "function", "name": ...}}',
+        "tool_choice",
+        "invalid_value",
+    )

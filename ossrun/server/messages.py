@@ -50,9 +50,18 @@ THINKING_TYPES = ("enabled", "adaptive", "between_tools", "disabled")
 MIN_BUDGET_TOKENS = 1024  # Anthropic's own minimum for budget_tokens
 TOOL_CHOICES = ("auto", "any", "tool", "none")
 # Blocks of Anthropic's own server tools in an assistant turn: nothing gpt-oss made, nothing to render.
-SERVER_BLOCKS = ("server_tool_use", "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
-                 "bash_code_execution_tool_result", "text_editor_code_execution_tool_result", "tool_search_tool_result",
-                 "container_upload", "mcp_tool_use", "mcp_tool_result")
+SERVER_BLOCKS = (
+    "server_tool_use",
+    "web_search_tool_result",
+    "web_fetch_tool_result",
+    "code_execution_tool_result",
+    "bash_code_execution_tool_result",
+    "text_editor_code_execution_tool_result",
+    "tool_search_tool_result",
+    "container_upload",
+    "mcp_tool_use",
+    "mcp_tool_result",
+)
 
 
 def budget_effort(budget_tokens: int) -> str:
@@ -131,17 +140,22 @@ def effort_and_thinking(body: Mapping[str, Any], default: str) -> tuple[str, Opt
     if thinking is not None:
         kind = get(thinking, "type", (str,), "thinking.", required=True)
         if kind not in THINKING_TYPES:
-            raise bad_request(f"thinking.type {kind!r} is not one of {', '.join(THINKING_TYPES)}", "thinking.type",
-                              "invalid_value")
+            raise bad_request(
+                f"thinking.type {kind!r} is not one of {', '.join(THINKING_TYPES)}", "thinking.type", "invalid_value"
+            )
         display = get(thinking, "display", (str,), "thinking.")
         if display not in (None, "summarized", "omitted"):
-            raise bad_request(f"thinking.display {display!r} is not one of summarized, omitted", "thinking.display",
-                              "invalid_value")
+            raise bad_request(
+                f"thinking.display {display!r} is not one of summarized, omitted", "thinking.display", "invalid_value"
+            )
         if kind == "enabled":
             budget = get(thinking, "budget_tokens", (int,), "thinking.", required=True)
             if budget < MIN_BUDGET_TOKENS:
-                raise bad_request(f"thinking.budget_tokens is {budget}: it must be at least {MIN_BUDGET_TOKENS}",
-                                  "thinking.budget_tokens", "invalid_value")
+                raise bad_request(
+                    f"thinking.budget_tokens is {budget}: it must be at least {MIN_BUDGET_TOKENS}",
+                    "thinking.budget_tokens",
+                    "invalid_value",
+                )
             effort = budget_effort(budget)
         if kind == "disabled":
             effort = "low"
@@ -151,8 +165,11 @@ def effort_and_thinking(body: Mapping[str, Any], default: str) -> tuple[str, Opt
     asked = get(output_config, "effort", (str,), "output_config.")
     if asked is not None:
         if asked not in OUTPUT_EFFORTS:
-            raise bad_request(f"output_config.effort {asked!r} is not one of {', '.join(OUTPUT_EFFORTS)}",
-                              "output_config.effort", "invalid_value")
+            raise bad_request(
+                f"output_config.effort {asked!r} is not one of {', '.join(OUTPUT_EFFORTS)}",
+                "output_config.effort",
+                "invalid_value",
+            )
         effort = OUTPUT_EFFORTS[asked]
     return effort, shown
 
@@ -189,21 +206,25 @@ def tool_choice(value: Any, names: list[str]) -> tuple[Any, bool]:
     if value is None:
         return None, True
     if not isinstance(value, Mapping):
-        raise bad_request(f"tool_choice must be an object like {{\"type\": \"auto\"}}, not {describe(value)}", "tool_choice",
-                          "invalid_type")
+        raise bad_request(
+            f'tool_choice must be an object like {{"type": "auto"}}, not {describe(value)}', "tool_choice", "invalid_type"
+        )
     kind = get(value, "type", (str,), "tool_choice.", required=True)
     if kind not in TOOL_CHOICES:
-        raise bad_request(f"tool_choice.type {kind!r} is not one of {', '.join(TOOL_CHOICES)}", "tool_choice.type",
-                          "invalid_value")
+        raise bad_request(
+            f"tool_choice.type {kind!r} is not one of {', '.join(TOOL_CHOICES)}", "tool_choice.type", "invalid_value"
+        )
     parallel = not get(value, "disable_parallel_tool_use", (bool,), "tool_choice.", default=False)
     if kind in ("any", "tool") and not names:
-        raise bad_request(f"tool_choice.type is {kind!r} but the request has no tools: add tools or use auto",
-                          "tool_choice.type", "invalid_value")
+        raise bad_request(
+            f"tool_choice.type is {kind!r} but the request has no tools: add tools or use auto",
+            "tool_choice.type",
+            "invalid_value",
+        )
     if kind == "tool":
         name = get(value, "name", (str,), "tool_choice.", required=True)
         if name not in names:
-            raise bad_request(f"tool_choice.name {name!r} is not among the request's tools", "tool_choice.name",
-                              "invalid_value")
+            raise bad_request(f"tool_choice.name {name!r} is not among the request's tools", "tool_choice.name", "invalid_value")
         return {"type": "function", "function": {"name": name}}, parallel
     return {"auto": "auto", "any": "required", "none": "none"}[kind], parallel
 
@@ -212,8 +233,7 @@ def json_format(value: Any) -> dict[str, Any]:
     """``output_config.format`` (``{"type": "json_schema", "schema": ...}``) as a response_format."""
     where = "output_config.format"
     if not isinstance(value, Mapping):
-        raise bad_request(f"{where} must be an object like {{\"type\": \"json_schema\", \"schema\": ...}}", where,
-                          "invalid_type")
+        raise bad_request(f'{where} must be an object like {{"type": "json_schema", "schema": ...}}', where, "invalid_type")
     if value.get("type") != "json_schema":
         raise bad_request(f"{where}.type {value.get('type')!r} is not json_schema", f"{where}.type", "invalid_value")
     schema = get(value, "schema", (dict,), f"{where}.", required=True)
@@ -226,8 +246,7 @@ def system_text(value: Any) -> str:
     if value is None or isinstance(value, str):
         return value or ""
     if not isinstance(value, list):
-        raise bad_request(f"system must be a string or an array of text blocks, not {describe(value)}", "system",
-                          "invalid_type")
+        raise bad_request(f"system must be a string or an array of text blocks, not {describe(value)}", "system", "invalid_type")
     return "\n\n".join(text for text in (block_text(block, f"system[{i}]") for i, block in enumerate(value)) if text)
 
 
@@ -236,8 +255,11 @@ def block_text(block: Any, where: str) -> str:
     if not isinstance(block, Mapping):
         raise bad_request(f"{where} must be a content block, not {describe(block)}", where, "invalid_type")
     if block.get("type") != "text":
-        raise bad_request(f"{where}.type {block.get('type')!r} is not supported here: gpt-oss reads text blocks",
-                          f"{where}.type", "unsupported_content")
+        raise bad_request(
+            f"{where}.type {block.get('type')!r} is not supported here: gpt-oss reads text blocks",
+            f"{where}.type",
+            "unsupported_content",
+        )
     return get(block, "text", (str,), f"{where}.", required=True)
 
 
@@ -246,8 +268,9 @@ def blocks_of(content: Any, where: str) -> list[Mapping[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list):
-        raise bad_request(f"{where} must be a string or an array of content blocks, not {describe(content)}", where,
-                          "invalid_type")
+        raise bad_request(
+            f"{where} must be a string or an array of content blocks, not {describe(content)}", where, "invalid_type"
+        )
     for index, block in enumerate(content):
         if not isinstance(block, Mapping) or not isinstance(block.get("type"), str):
             raise bad_request(f"{where}[{index}] must be a content block with a type", f"{where}[{index}]", "invalid_type")
@@ -276,13 +299,16 @@ def convert_messages(messages: list[Any], state: ServerState) -> list[dict[str, 
         else:
             out.extend(user_messages(blocks, f"{where}.content", names))
     if out and out[-1]["role"] == "assistant":
-        raise bad_request(f"messages[{len(messages) - 1}] is the assistant's: gpt-oss cannot continue a prefilled "
-                          f"answer; end with a user message", f"messages[{len(messages) - 1}].role", "invalid_value")
+        raise bad_request(
+            f"messages[{len(messages) - 1}] is the assistant's: gpt-oss cannot continue a prefilled "
+            f"answer; end with a user message",
+            f"messages[{len(messages) - 1}].role",
+            "invalid_value",
+        )
     return out
 
 
-def assistant_message(blocks: list[Mapping[str, Any]], where: str, names: dict[str, str],
-                      state: ServerState) -> dict[str, Any]:
+def assistant_message(blocks: list[Mapping[str, Any]], where: str, names: dict[str, str], state: ServerState) -> dict[str, Any]:
     texts, thoughts, calls = [], [], []
     for index, block in enumerate(blocks):
         at = f"{where}[{index}]"
@@ -300,8 +326,11 @@ def assistant_message(blocks: list[Mapping[str, Any]], where: str, names: dict[s
             arguments = arguments_text(call_id, given, state)
             calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
         elif kind != "redacted_thinking" and kind not in SERVER_BLOCKS:
-            raise bad_request(f"{at}.type {kind!r} is not a block of an assistant message (text, thinking, tool_use)",
-                              f"{at}.type", "invalid_value")
+            raise bad_request(
+                f"{at}.type {kind!r} is not a block of an assistant message (text, thinking, tool_use)",
+                f"{at}.type",
+                "invalid_value",
+            )
     entry: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
     reasoning = "".join(thoughts) or next((state.reasoning.get(c["id"]) for c in calls if state.reasoning.get(c["id"])), None)
     if calls:
@@ -334,15 +363,21 @@ def user_messages(blocks: list[Mapping[str, Any]], where: str, names: Mapping[st
             texts.append(get(block, "text", (str,), f"{at}.", required=True))
             continue
         if kind != "tool_result":
-            raise bad_request(f"{at}.type {kind!r} is not supported: gpt-oss reads text and tool_result blocks",
-                              f"{at}.type", "unsupported_content")
+            raise bad_request(
+                f"{at}.type {kind!r} is not supported: gpt-oss reads text and tool_result blocks",
+                f"{at}.type",
+                "unsupported_content",
+            )
         if texts:
             out.append({"role": "user", "content": "".join(texts)})
             texts = []
         call_id = get(block, "tool_use_id", (str,), f"{at}.", required=True)
         if call_id not in names:
-            raise bad_request(f"{at}.tool_use_id {call_id!r} answers no tool_use block of an earlier assistant message",
-                              f"{at}.tool_use_id", "invalid_value")
+            raise bad_request(
+                f"{at}.tool_use_id {call_id!r} answers no tool_use block of an earlier assistant message",
+                f"{at}.tool_use_id",
+                "invalid_value",
+            )
         text = result_text(block.get("content"), f"{at}.content")
         if get(block, "is_error", (bool,), f"{at}.", default=False):
             text = json.dumps({"error": text}, ensure_ascii=False)  # as ossrun's own tools report a failure
@@ -385,10 +420,22 @@ class Message:
     def open(self) -> list[dict[str, Any]]:
         """``message_start``, before the prompt is read: its usage counts the whole prompt as input; the
         last ``message_delta`` splits it into what was evaluated and what the cache held."""
-        usage = {"input_tokens": self.prompt_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                 "output_tokens": 0}
-        message: dict[str, Any] = {"id": self.id, "type": "message", "role": "assistant", "model": self.call.model,
-                                   "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}
+        usage = {
+            "input_tokens": self.prompt_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 0,
+        }
+        message: dict[str, Any] = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.call.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage,
+        }
         return [{"type": "message_start", "message": message}]
 
     def feed(self, event: Event) -> list[dict[str, Any]]:
@@ -408,8 +455,16 @@ class Message:
             self.feed(event)
         self._close()
         reply = self._finish()
-        return {"id": self.id, "type": "message", "role": "assistant", "model": self.call.model, "content": self.blocks,
-                "stop_reason": self._stop_reason(reply), "stop_sequence": reply.stop_text, "usage": self.usage(reply)}
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.call.model,
+            "content": self.blocks,
+            "stop_reason": self._stop_reason(reply),
+            "stop_sequence": reply.stop_text,
+            "usage": self.usage(reply),
+        }
 
     # -- blocks -------------------------------------------------------------
 
@@ -465,9 +520,11 @@ class Message:
         self.blocks.append(block)
         index = len(self.blocks) - 1
         delta = {"type": "input_json_delta", "partial_json": arguments}
-        return out + [{"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}},
-                      {"type": "content_block_delta", "index": index, "delta": delta},
-                      {"type": "content_block_stop", "index": index}]
+        return out + [
+            {"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}},
+            {"type": "content_block_delta", "index": index, "delta": delta},
+            {"type": "content_block_stop", "index": index},
+        ]
 
     def _delta(self, delta: dict[str, Any]) -> dict[str, Any]:
         return {"type": "content_block_delta", "index": len(self.blocks) - 1, "delta": delta}
@@ -505,9 +562,13 @@ class Message:
 
     def usage(self, reply: Reply) -> dict[str, Any]:
         usage = reply.usage
-        return {"input_tokens": usage.prompt_tokens - usage.cached_tokens, "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": usage.cached_tokens, "output_tokens": usage.completion_tokens,
-                "output_tokens_details": {"thinking_tokens": self.transcript.reasoning_tokens}}
+        return {
+            "input_tokens": usage.prompt_tokens - usage.cached_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": usage.cached_tokens,
+            "output_tokens": usage.completion_tokens,
+            "output_tokens_details": {"thinking_tokens": self.transcript.reasoning_tokens},
+        }
 
 
 def error_event(error: fields.ApiError) -> dict[str, Any]:
@@ -518,4 +579,3 @@ def error_event(error: fields.ApiError) -> dict[str, Any]:
 def count(prompt_ids: list[int]) -> dict[str, Any]:
     """The answer of ``/v1/messages/count_tokens``."""
     return {"input_tokens": len(prompt_ids)}
-

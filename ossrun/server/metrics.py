@@ -65,35 +65,79 @@ class Metrics:
             requests, cancelled, errors = dict(self._requests), dict(self._cancelled), dict(self._errors)
             tokens, seconds = dict(self._tokens), dict(self._seconds)
         lines: list[str] = []
-        _family(lines, "requests_total", "counter", "HTTP requests answered, by route and status code",
-                ((({"endpoint": e, "status": s}), n) for (e, s), n in sorted(requests.items())))
-        _family(lines, "requests_cancelled_total", "counter",
-                "Requests whose client went away before the reply ended: the reply was cancelled",
-                (({"endpoint": e}, n) for e, n in sorted(cancelled.items())))
-        _family(lines, "errors_total", "counter", "Errors answered (as a status or inside a stream), by code",
-                (({"kind": k}, n) for k, n in sorted(errors.items())))
-        _family(lines, "prompt_tokens_total", "counter", "Prompt tokens of the replies, cached ones included",
-                [({}, tokens["prompt"])])
-        _family(lines, "cached_tokens_total", "counter", "Prompt tokens reused from the KV cache, not evaluated",
-                [({}, tokens["cached"])])
-        _family(lines, "generated_tokens_total", "counter", "Tokens generated: reasoning, answers, tool calls",
-                [({}, tokens["generated"])])
-        _family(lines, "prefill_seconds_total", "counter", "Seconds spent reading prompts (per reply, summed)",
-                [({}, seconds["prefill"])])
-        _family(lines, "decode_seconds_total", "counter", "Seconds spent generating (per reply, summed)",
-                [({}, seconds["decode"])])
+        _family(
+            lines,
+            "requests_total",
+            "counter",
+            "HTTP requests answered, by route and status code",
+            ((({"endpoint": e, "status": s}), n) for (e, s), n in sorted(requests.items())),
+        )
+        _family(
+            lines,
+            "requests_cancelled_total",
+            "counter",
+            "Requests whose client went away before the reply ended: the reply was cancelled",
+            (({"endpoint": e}, n) for e, n in sorted(cancelled.items())),
+        )
+        _family(
+            lines,
+            "errors_total",
+            "counter",
+            "Errors answered (as a status or inside a stream), by code",
+            (({"kind": k}, n) for k, n in sorted(errors.items())),
+        )
+        _family(
+            lines,
+            "prompt_tokens_total",
+            "counter",
+            "Prompt tokens of the replies, cached ones included",
+            [({}, tokens["prompt"])],
+        )
+        _family(
+            lines,
+            "cached_tokens_total",
+            "counter",
+            "Prompt tokens reused from the KV cache, not evaluated",
+            [({}, tokens["cached"])],
+        )
+        _family(
+            lines,
+            "generated_tokens_total",
+            "counter",
+            "Tokens generated: reasoning, answers, tool calls",
+            [({}, tokens["generated"])],
+        )
+        _family(
+            lines,
+            "prefill_seconds_total",
+            "counter",
+            "Seconds spent reading prompts (per reply, summed)",
+            [({}, seconds["prefill"])],
+        )
+        _family(
+            lines, "decode_seconds_total", "counter", "Seconds spent generating (per reply, summed)", [({}, seconds["decode"])]
+        )
         _family(lines, "requests_waiting", "gauge", "Requests waiting for a free sequence", [({}, occupancy.waiting)])
         _family(lines, "sequences_busy", "gauge", "Sequences running a request", [({}, occupancy.busy)])
         _family(lines, "sequences", "gauge", "Sequences decoded together (--parallel)", [({}, capacity.sequences)])
-        _family(lines, "kv_cells_used", "gauge", "KV cells holding tokens; a prefix several sequences share counts once",
-                [({}, occupancy.cells_used)])
-        _family(lines, "kv_cells_free", "gauge", "KV cells free (--ctx minus those used)",
-                [({}, max(capacity.cells - occupancy.cells_used, 0))])
+        _family(
+            lines,
+            "kv_cells_used",
+            "gauge",
+            "KV cells holding tokens; a prefix several sequences share counts once",
+            [({}, occupancy.cells_used)],
+        )
+        _family(
+            lines,
+            "kv_cells_free",
+            "gauge",
+            "KV cells free (--ctx minus those used)",
+            [({}, max(capacity.cells - occupancy.cells_used, 0))],
+        )
         return "\n".join(lines) + "\n"
 
 
-def _family(lines: list[str], name: str, kind: str, help_text: str,
-            samples: Iterable[tuple[dict[str, str], float]]) -> None:
+def _family(lines: list[str], name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]) -> None:
     lines.append(f"# HELP {PREFIX}{name} {help_text}")
     lines.append(f"# TYPE {PREFIX}{name} {kind}")
     for labels, value in samples:

@@ -140,5 +140,9 @@ JsonValue = dict | list | str | int | float | bool | None
 
 
 def usage_counts(reply: Reply, reasoning_tokens: int) -> dict[str, Any]:
-    return {"prompt": reply.usage.prompt_tokens, "cached": reply.usage.cached_tokens,
-            "completion": reply.usage.completion_tokens, "reasoning": reasoning_tokens}
+    return {
+        "prompt": reply.usage.prompt_tokens,
+        "cached": reply.usage.cached_tokens,
+        "completion": reply.usage.completion_tokens,
+        "reasoning": reasoning_tokens,
+    }

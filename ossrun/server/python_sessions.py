@@ -45,8 +45,14 @@ def conversation_of(body: Mapping[str, Any]) -> str | None:
 class PythonSessions:
     """The python sandboxes of a server's requests and conversations, made from one ``prototype``."""
 
-    def __init__(self, prototype: PythonSandbox, *, max_conversations: int = MAX_CONVERSATIONS,
-                 idle_seconds: float = IDLE_SECONDS, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        prototype: PythonSandbox,
+        *,
+        max_conversations: int = MAX_CONVERSATIONS,
+        idle_seconds: float = IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.prototype = prototype
         self.max_conversations = max_conversations
         self.idle_seconds = idle_seconds

@@ -67,9 +67,13 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
     if previous_id:
         stored = state.responses.get(previous_id)
         if stored is None:
-            raise ApiError(400, f"previous response {previous_id!r} is not known here (responses are kept in memory, "
-                                f"a limited number, and only with store: true)", param="previous_response_id",
-                           code="previous_response_not_found")
+            raise ApiError(
+                400,
+                f"previous response {previous_id!r} is not known here (responses are kept in memory, "
+                f"a limited number, and only with store: true)",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
         previous = stored["messages"]
     instructions = get(body, "instructions", (str,))
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + previous
@@ -77,20 +81,28 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
     reasoning = get(body, "reasoning", (dict,), default={})
     summary = get(reasoning, "summary", (str,), "reasoning.")
     if summary not in (None, *SUMMARIES):
-        raise bad_request(f"reasoning.summary {summary!r} is not one of {', '.join(SUMMARIES)}", "reasoning.summary",
-                          "invalid_value")
+        raise bad_request(
+            f"reasoning.summary {summary!r} is not one of {', '.join(SUMMARIES)}", "reasoning.summary", "invalid_value"
+        )
     call = ResponsesCall(
         messages=messages,
         options=options,
         model=model,
-        echo={"instructions": instructions, "tools": [echoed_tool(tool) for tool in tools],
-              "tool_choice": body.get("tool_choice") or "auto",
-              "parallel_tool_calls": get(body, "parallel_tool_calls", (bool,), default=True),
-              "temperature": body.get("temperature"), "top_p": body.get("top_p"),
-              "max_output_tokens": body.get("max_output_tokens"), "previous_response_id": previous_id,
-              "reasoning": {"effort": options["reasoning_effort"], "summary": summary},
-              "text": {"format": text.get("format") or {"type": "text"}}, "metadata": fields.string_map(body, "metadata"),
-              "truncation": "disabled", "store": get(body, "store", (bool,), default=True)},
+        echo={
+            "instructions": instructions,
+            "tools": [echoed_tool(tool) for tool in tools],
+            "tool_choice": body.get("tool_choice") or "auto",
+            "parallel_tool_calls": get(body, "parallel_tool_calls", (bool,), default=True),
+            "temperature": body.get("temperature"),
+            "top_p": body.get("top_p"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "previous_response_id": previous_id,
+            "reasoning": {"effort": options["reasoning_effort"], "summary": summary},
+            "text": {"format": text.get("format") or {"type": "text"}},
+            "metadata": fields.string_map(body, "metadata"),
+            "truncation": "disabled",
+            "store": get(body, "store", (bool,), default=True),
+        },
         stream=bool(get(body, "stream", (bool,), default=False)),
         store=bool(get(body, "store", (bool,), default=True)),
         include_encrypted=ENCRYPTED_REASONING in include,
@@ -133,8 +145,13 @@ def check_tool_schemas(tools: list[Any], declared: list[tuple[int, Optional[dict
             continue
         for number, function in enumerate(tools[index].get("tools") or []):
             if isinstance(function, Mapping) and function.get("type", "function") == "function":
-                functions.append((f"{tool['name']}.{function['name']}", function.get("parameters"),
-                                  f"tools[{index}].tools[{number}].parameters"))
+                functions.append(
+                    (
+                        f"{tool['name']}.{function['name']}",
+                        function.get("parameters"),
+                        f"tools[{index}].tools[{number}].parameters",
+                    )
+                )
     chosen = fields.tool_choice(choice, [name for name, _, _ in functions])
     for name, parameters, where in functions:
         if parameters is not None:
@@ -205,8 +222,10 @@ def convert_input(value: Any, previous: list[dict[str, Any]], state: ServerState
         elif kind == "function_call_output":
             call_id = get(item, "call_id", (str,), f"{where}.", required=True)
             if call_id not in names:
-                raise bad_request(f"{where}.call_id {call_id!r} answers no function_call of the input or the previous "
-                                  f"response", f"{where}.call_id")
+                raise bad_request(
+                    f"{where}.call_id {call_id!r} answers no function_call of the input or the previous response",
+                    f"{where}.call_id",
+                )
             output = item.get("output")
             text = output if isinstance(output, str) else text_of(output, f"{where}.output", TEXT_PARTS)
             out.append({"role": "tool", "name": names[call_id], "content": text})
@@ -304,8 +323,14 @@ class Response:
             return self._text("message", step.text)
         if step.kind == "call":
             namespace, name = split_recipient(step.call.recipient)
-            data = {"id": new_id("fc"), "type": "function_call", "status": "in_progress", "call_id": new_id("call"),
-                    "name": name, "arguments": ""}
+            data = {
+                "id": new_id("fc"),
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": new_id("call"),
+                "name": name,
+                "arguments": "",
+            }
             if namespace:
                 data["namespace"] = namespace
             out = self._close() + self._add(data)
@@ -314,16 +339,29 @@ class Response:
             item.data.update(arguments=arguments, status="completed")
             self._open = None
             return out + [
-                self._event("response.function_call_arguments.delta", item_id=data["id"], output_index=item.index, delta=arguments),
-                self._event("response.function_call_arguments.done", item_id=data["id"], output_index=item.index, name=name,
-                            arguments=arguments),
+                self._event(
+                    "response.function_call_arguments.delta", item_id=data["id"], output_index=item.index, delta=arguments
+                ),
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=data["id"],
+                    output_index=item.index,
+                    name=name,
+                    arguments=arguments,
+                ),
                 self._event("response.output_item.done", output_index=item.index, item=item.data),
             ]
         if step.call.recipient != "python":  # an MCP server's tool, run here
             return self._mcp_step(step)
         if step.kind == "run":  # the server's own python tool
-            data = {"id": new_id("ci"), "type": "code_interpreter_call", "status": "in_progress", "code": step.call.arguments,
-                    "container_id": "ossrun-python", "outputs": []}
+            data = {
+                "id": new_id("ci"),
+                "type": "code_interpreter_call",
+                "status": "in_progress",
+                "code": step.call.arguments,
+                "container_id": "ossrun-python",
+                "outputs": [],
+            }
             out = self._close() + self._add(data)
             self._open = None
             return out
@@ -338,15 +376,24 @@ class Response:
         """An ``mcp_call`` item: added with its arguments when the call starts, done with its output."""
         if step.kind == "run":
             arguments = arguments_json(step.call)
-            data = {"id": new_id("mcp"), "type": "mcp_call", "status": "in_progress",
-                    "server_label": self.call.server_tools.get(step.call.recipient, ""), "name": step.call.name,
-                    "arguments": arguments, "output": None, "error": None}
+            data = {
+                "id": new_id("mcp"),
+                "type": "mcp_call",
+                "status": "in_progress",
+                "server_label": self.call.server_tools.get(step.call.recipient, ""),
+                "name": step.call.name,
+                "arguments": arguments,
+                "output": None,
+                "error": None,
+            }
             out = self._close() + self._add(data)
             self._open = None
             ids = {"item_id": data["id"], "output_index": self.items[-1].index}
-            return out + [self._event("response.mcp_call_arguments.delta", **ids, delta=arguments),
-                          self._event("response.mcp_call_arguments.done", **ids, arguments=arguments),
-                          self._event("response.mcp_call.in_progress", **ids)]
+            return out + [
+                self._event("response.mcp_call_arguments.delta", **ids, delta=arguments),
+                self._event("response.mcp_call_arguments.done", **ids, arguments=arguments),
+                self._event("response.mcp_call.in_progress", **ids),
+            ]
         item = next((i for i in reversed(self.items) if i.data["type"] == "mcp_call" and i.data["status"] == "in_progress"), None)
         if item is None:
             return []
@@ -355,8 +402,10 @@ class Response:
         if failed:
             item.data["error"] = {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": step.result.output}]}
         ids = {"item_id": item.data["id"], "output_index": item.index}
-        return [self._event("response.mcp_call.failed" if failed else "response.mcp_call.completed", **ids),
-                self._event("response.output_item.done", output_index=item.index, item=item.data)]
+        return [
+            self._event("response.mcp_call.failed" if failed else "response.mcp_call.completed", **ids),
+            self._event("response.output_item.done", output_index=item.index, item=item.data),
+        ]
 
     def _add(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         item = _Item(len(self.items), data)
@@ -373,16 +422,22 @@ class Response:
                 out += self._add({"id": new_id("rs"), "type": "reasoning", "summary": [], "content": []})
                 part = {"type": "reasoning_text", "text": ""}
             else:
-                out += self._add({"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
-                                  "content": []})
+                out += self._add(
+                    {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+                )
                 part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             item = self._open
-            out.append(self._event("response.content_part.added", item_id=item.data["id"], output_index=item.index,
-                                   content_index=0, part=part))
+            out.append(
+                self._event(
+                    "response.content_part.added", item_id=item.data["id"], output_index=item.index, content_index=0, part=part
+                )
+            )
         item.text.append(text)
         kind_event = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
         extra = {} if kind == "reasoning" else {"logprobs": []}
-        out.append(self._event(kind_event, item_id=item.data["id"], output_index=item.index, content_index=0, delta=text, **extra))
+        out.append(
+            self._event(kind_event, item_id=item.data["id"], output_index=item.index, content_index=0, delta=text, **extra)
+        )
         return out
 
     def _close(self) -> list[dict[str, Any]]:
@@ -401,26 +456,37 @@ class Response:
             part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
             item.data.update(content=[part], status="completed")
             done = self._event("response.output_text.done", **ids, text=text, logprobs=[])
-        return [done, self._event("response.content_part.done", **ids, part=part),
-                self._event("response.output_item.done", output_index=item.index, item=item.data)]
+        return [
+            done,
+            self._event("response.content_part.done", **ids, part=part),
+            self._event("response.output_item.done", output_index=item.index, item=item.data),
+        ]
 
     # -- the response object ------------------------------------------------
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "id": self.id, "object": "response", "created_at": self.created, "status": self.status,
-            "model": self.call.model, "output": [i.data for i in self.items] if self.status != "in_progress" else [],
-            "error": self.error, "incomplete_details": None, **self.call.echo,
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": self.status,
+            "model": self.call.model,
+            "output": [i.data for i in self.items] if self.status != "in_progress" else [],
+            "error": self.error,
+            "incomplete_details": None,
+            **self.call.echo,
         }
         if self.status == "incomplete":
             body["incomplete_details"] = {"reason": "max_output_tokens"}
         if self.reply is not None:
             usage = self.reply.usage
-            body["usage"] = {"input_tokens": usage.prompt_tokens,  # no billed cache writes here
-                             "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
-                             "output_tokens": usage.completion_tokens,
-                             "output_tokens_details": {"reasoning_tokens": self.transcript.reasoning_tokens},
-                             "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+            body["usage"] = {
+                "input_tokens": usage.prompt_tokens,  # no billed cache writes here
+                "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
+                "output_tokens": usage.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": self.transcript.reasoning_tokens},
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            }
         return body
 
     def _store(self, reply: Reply) -> None:
@@ -430,7 +496,7 @@ class Response:
         if reply.malformed:
             history[-1]["content"] = "".join(i.text and "".join(i.text) or "" for i in self.items if i.data["type"] == "message")
         ids = [i.data for i in self.items if i.data["type"] == "function_call"]
-        for message in history[len(self.call.messages):]:
+        for message in history[len(self.call.messages) :]:
             for call, item in zip(message.get("tool_calls", []), ids, strict=False):
                 call["id"] = item["call_id"]  # the ids the client will answer with
         self.state.responses.put(self.id, {"messages": history})

@@ -26,8 +26,14 @@ class Busy(Exception):
 
 
 class Runner:
-    def __init__(self, stream: Callable[..., Iterator[Event]], parallel: int, *, max_waiting: int = DEFAULT_MAX_WAITING,
-                 on_reply: Callable[[Reply], None] | None = None):
+    def __init__(
+        self,
+        stream: Callable[..., Iterator[Event]],
+        parallel: int,
+        *,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        on_reply: Callable[[Reply], None] | None = None,
+    ):
         self._stream = stream
         self._on_reply = on_reply  # sees every reply that ends, also those whose client went away
         self.capacity = parallel + max_waiting
@@ -65,8 +71,9 @@ class Runner:
         for cancel in cancels:
             cancel.set()
 
-    async def events(self, cancel: threading.Event, messages: Any, options: dict[str, Any], *,
-                     keepalive_seconds: float | None = None) -> AsyncIterator[Any]:
+    async def events(
+        self, cancel: threading.Event, messages: Any, options: dict[str, Any], *, keepalive_seconds: float | None = None
+    ) -> AsyncIterator[Any]:
         """The reply's events, produced in a thread; KEEPALIVE after ``keepalive_seconds`` of silence.
 
         ``cancel`` comes from :meth:`admit`; the admission ends with the thread. Leaving the

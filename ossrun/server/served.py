@@ -39,15 +39,25 @@ class ServedModel:
     def check_model(self, requested: str) -> str:
         """The request's model name if it is this model's (or an alias), else a 404."""
         if requested not in self.names() and not self.any_model:
-            raise ApiError(404, f"the model {requested!r} does not exist: this server serves {self.name}",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model {requested!r} does not exist: this server serves {self.name}",
+                param="model",
+                code="model_not_found",
+            )
         return requested
 
     def describe(self) -> dict[str, Any]:
         """OpenAI's model object, plus what a client sizes its requests by."""
-        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "ossrun",
-                "context_length": self.context_length, "parallel_sequences": self.parallel,
-                "default_reasoning_effort": self.default_effort}
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "ossrun",
+            "context_length": self.context_length,
+            "parallel_sequences": self.parallel,
+            "default_reasoning_effort": self.default_effort,
+        }
 
     def add_server_tools(self, options: dict[str, Any], body: Mapping[str, Any]) -> dict[str, str]:
         """The server's own tools for one request: python in a working directory of the request's

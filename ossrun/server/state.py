@@ -69,7 +69,7 @@ def decode_reasoning(blob: Any) -> Optional[str]:
     if not isinstance(blob, str) or not blob.startswith(ENCRYPTED_PREFIX):
         return None
     try:
-        data = json.loads(zlib.decompress(base64.urlsafe_b64decode(blob[len(ENCRYPTED_PREFIX):].encode())))
+        data = json.loads(zlib.decompress(base64.urlsafe_b64decode(blob[len(ENCRYPTED_PREFIX) :].encode())))
     except (ValueError, zlib.error, UnicodeDecodeError):
         return None
     text = data.get("reasoning") if isinstance(data, dict) else None

@@ -35,8 +35,11 @@ def parse_tokenize(body: Mapping[str, Any], served: ServedModel, state: ServerSt
     text = get(body, "text", (str,))
     messages = get(body, "messages", (list,))
     if text is None and messages is None:
-        raise bad_request("text or messages is required: a string to tokenize, or messages as for /v1/chat/completions",
-                          "text", "missing_required_parameter")
+        raise bad_request(
+            "text or messages is required: a string to tokenize, or messages as for /v1/chat/completions",
+            "text",
+            "missing_required_parameter",
+        )
     if text is not None and messages is not None:
         raise bad_request("send text or messages, not both", "messages")
     if text is not None:
@@ -44,8 +47,11 @@ def parse_tokenize(body: Mapping[str, Any], served: ServedModel, state: ServerSt
     if not messages:
         raise bad_request("messages is empty: send at least one message", "messages")
     tools = get(body, "tools", (list,), default=[])
-    options: dict[str, Any] = {"reasoning_effort": effort_of(body, served.default_effort), "truncate": False,
-                               "tools": [function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]}
+    options: dict[str, Any] = {
+        "reasoning_effort": effort_of(body, served.default_effort),
+        "truncate": False,
+        "tools": [function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)],
+    }
     if served.python_tool is not None:  # the server's tools are declared as for any request; nothing runs here
         options["python_tool"] = served.python_tool
     if served.mcp is not None:
@@ -57,6 +63,9 @@ def parse_detokenize(body: Mapping[str, Any]) -> list[int]:
     tokens = get(body, "tokens", (list,), required=True)
     for index, token in enumerate(tokens):
         if isinstance(token, bool) or not isinstance(token, int) or token < 0:
-            raise bad_request(f"tokens[{index}] is {describe(token)} {token!r}: token ids are integers from 0",
-                              f"tokens[{index}]", "invalid_value")
+            raise bad_request(
+                f"tokens[{index}] is {describe(token)} {token!r}: token ids are integers from 0",
+                f"tokens[{index}]",
+                "invalid_value",
+            )
     return tokens

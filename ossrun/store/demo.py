@@ -101,8 +101,10 @@ def expand(folder: Path) -> Path:
     with np.load(checkpoint_dir() / WEIGHTS_FILE) as compact:
         tensors = full_tensors({name: compact[name] for name in compact.files}, config["vocab_size"])
     write_safetensors(folder / SHARD_FILE, tensors)
-    index = {"metadata": {"total_size": sum(array.nbytes for _, array in tensors.values())},
-             "weight_map": {name: SHARD_FILE for name in tensors}}
+    index = {
+        "metadata": {"total_size": sum(array.nbytes for _, array in tensors.values())},
+        "weight_map": {name: SHARD_FILE for name in tensors},
+    }
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))

@@ -175,9 +175,7 @@ def download(remote: RemoteRepo, file: RemoteFile) -> Path:
         headers = build_hf_headers()
         metadata = get_hf_file_metadata(url, headers=headers, endpoint=endpoint(), timeout=METADATA_TIMEOUT_SECONDS)
         if (metadata.etag or "").lower() != file.expected.digest:
-            raise DownloadError(
-                f"cannot {what}: the hub's file list and the file itself disagree on its hash; try again later"
-            )
+            raise DownloadError(f"cannot {what}: the hub's file list and the file itself disagree on its hash; try again later")
         if not _same_origin(url, metadata.location):
             headers.pop("authorization", None)  # never send a hub token to a storage host
 
@@ -219,8 +217,9 @@ def _fetch(location: str, headers: dict, remote: RemoteRepo, file: RemoteFile) -
 
     try:
         with partial.open("ab") as f:
-            http_get(location, f, resume_size=have, headers=headers, expected_size=file.size,
-                     displayed_filename=Path(file.path).name)
+            http_get(
+                location, f, resume_size=have, headers=headers, expected_size=file.size, displayed_filename=Path(file.path).name
+            )
     except KeyboardInterrupt:
         notice(f"download of {file.path} stopped: {kept()}")
         raise
@@ -240,5 +239,3 @@ def _fetch(location: str, headers: dict, remote: RemoteRepo, file: RemoteFile) -
     os.replace(partial, blob)
     integrity.record_verified(blob, file.expected)  # same file, new name: record it under the name it keeps
     notice(f"verified {file.path} ({file.expected.algorithm})")
-
-

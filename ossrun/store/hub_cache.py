@@ -119,8 +119,13 @@ def cached_copies(repo: str, paths: tuple[str, ...], *, except_commit: str | Non
     snapshots = repo_storage(repo) / "snapshots"
     if not snapshots.is_dir():
         return []
-    return [commit / path for commit in sorted(snapshots.iterdir()) if commit.name != except_commit
-            for path in paths if (commit / path).is_symlink() or (commit / path).exists()]
+    return [
+        commit / path
+        for commit in sorted(snapshots.iterdir())
+        if commit.name != except_commit
+        for path in paths
+        if (commit / path).is_symlink() or (commit / path).exists()
+    ]
 
 
 def cached_hash(path: Path) -> ExpectedHash | None:
@@ -170,7 +175,6 @@ def _prune_empty(storage: Path) -> None:
         for folder in sorted(snapshots.rglob("*"), key=lambda p: -len(p.parts)):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-    holds_files = any(p.is_file() or p.is_symlink() for p in storage.rglob("*")
-                      if "refs" not in p.relative_to(storage).parts)
+    holds_files = any(p.is_file() or p.is_symlink() for p in storage.rglob("*") if "refs" not in p.relative_to(storage).parts)
     if not holds_files:
         shutil.rmtree(storage)

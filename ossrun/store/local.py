@@ -133,10 +133,7 @@ def memory_shortfall(entry: ModelEntry, total: int | None = None) -> str | None:
     total = total_memory() if total is None else total
     if total is None or entry.memory_bytes <= total:
         return None
-    return (
-        f"{entry.name} needs about {format_memory(entry.memory_bytes)} of memory "
-        f"and this machine has {format_memory(total)}"
-    )
+    return f"{entry.name} needs about {format_memory(entry.memory_bytes)} of memory and this machine has {format_memory(total)}"
 
 
 def remove_model(name: str, *, registry: Registry | None = None) -> list[Path]:

@@ -80,9 +80,9 @@ def _checkpoint_files(remote: hub.RemoteRepo, folder: str) -> list[hub.RemoteFil
     prefix = f"{folder}/" if folder else ""
     chosen = []
     for path, file in remote.files.items():
-        if not path.startswith(prefix) or "/" in path[len(prefix):]:
+        if not path.startswith(prefix) or "/" in path[len(prefix) :]:
             continue
-        name = path[len(prefix):]
+        name = path[len(prefix) :]
         if name in CHECKPOINT_FILES or name.endswith(CHECKPOINT_SUFFIX):
             chosen.append(file)
     if not any(f.path.endswith(CHECKPOINT_SUFFIX) for f in chosen):

@@ -192,7 +192,7 @@ class _Validator:
                 self.add_alias(aliases, entries, alias, entry.name, ("models", entry.name, "aliases"))
         extra = data.get("aliases", {})
         if not isinstance(extra, dict):
-            raise self.fail(("aliases",), "expected a table of alias = \"model-name\"")
+            raise self.fail(("aliases",), 'expected a table of alias = "model-name"')
         for alias, target in extra.items():
             if not isinstance(target, str) or target not in entries:
                 raise self.fail(("aliases", alias), f"{target!r} is not a model in the registry")
@@ -221,8 +221,17 @@ class _Validator:
         self.only_keys(
             table,
             at,
-            {"description", "aliases", "parameters", "context_length", "memory_required", "reasoning_effort",
-             "sampling", "gguf", "safetensors"},
+            {
+                "description",
+                "aliases",
+                "parameters",
+                "context_length",
+                "memory_required",
+                "reasoning_effort",
+                "sampling",
+                "gguf",
+                "safetensors",
+            },
         )
         parameters = self.table(table, at, "parameters")
         self.only_keys(parameters, (*at, "parameters"), {"total", "active"})
@@ -369,7 +378,7 @@ def _as_repo_id(value: Any) -> str:
     text = _as_text(value)
     parts = text.split("/")
     if len(parts) != 2 or not all(parts) or any(c.isspace() for c in text):
-        raise ValueError(f"expected a hub repo id like \"owner/name\", got {value!r}")
+        raise ValueError(f'expected a hub repo id like "owner/name", got {value!r}')
     return text
 
 

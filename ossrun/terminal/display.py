@@ -86,7 +86,7 @@ class Screen:
         shown = Text(style=style or "")
         start = 0
         for match in CONTROL.finditer(text):
-            shown.append(text[start:match.start()])
+            shown.append(text[start : match.start()])
             shown.append(_escape(match.group()), ESCAPE_STYLE)
             start = match.end()
         shown.append(text[start:])

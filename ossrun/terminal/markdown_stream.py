@@ -105,8 +105,9 @@ class AlignedMarkdown(Markdown):
 class MarkdownStream:
     """Renders streamed markdown on ``console`` (a terminal): stable blocks once, the tail live."""
 
-    def __init__(self, console: Console, *, refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
-                 code_theme: str = DEFAULT_CODE_THEME):
+    def __init__(
+        self, console: Console, *, refresh_seconds: float = DEFAULT_REFRESH_SECONDS, code_theme: str = DEFAULT_CODE_THEME
+    ):
         self.console = console
         self.refresh_seconds = refresh_seconds
         self.code_theme = code_theme
@@ -161,13 +162,13 @@ class MarkdownStream:
             boundary, separated = _last_boundary(complete, partial)
             if boundary > 0:
                 chunk = "\n".join(complete[:boundary]) + "\n"
-                self._text = self._text[len(chunk):]
+                self._text = self._text[len(chunk) :]
                 self._emit(self._markdown_lines(chunk), blank_after=separated)
                 continue
             fence = _opening_fence(complete[0]) if complete else None
             if fence is not None and len(complete) - 1 > CODE_LIVE_MAX:
                 # A long fence: print its head now and stream its lines in pieces.
-                self._text = self._text[len(complete[0]) + 1:]
+                self._text = self._text[len(complete[0]) + 1 :]
                 self._code = fence
                 self._emit(self._code_lines(None, first=True))
                 continue
@@ -178,15 +179,14 @@ class MarkdownStream:
         assert self._code is not None
         for index, line in enumerate(complete):
             if self._code.closed_by(line):
-                self._emit(self._code_lines("\n".join(complete[:index]) if index else None, last=True),
-                           blank_after=True)
+                self._emit(self._code_lines("\n".join(complete[:index]) if index else None, last=True), blank_after=True)
                 self._code = None
-                self._text = "\n".join(self._text.split("\n")[index + 1:])
+                self._text = "\n".join(self._text.split("\n")[index + 1 :])
                 return True
         if len(complete) > CODE_LIVE_MAX:
             settled = complete[: len(complete) - CODE_LIVE_KEEP]
             self._emit(self._code_lines("\n".join(settled)))
-            self._text = "\n".join(self._text.split("\n")[len(settled):])
+            self._text = "\n".join(self._text.split("\n")[len(settled) :])
         return False
 
     def _emit(self, lines: list[list[Segment]], *, blank_after: bool = False) -> None:
@@ -236,8 +236,9 @@ class MarkdownStream:
         if self._live is None:
             if not lines:
                 return
-            self._live = Live(view, console=self.console, auto_refresh=False, transient=True,
-                              redirect_stdout=False, redirect_stderr=False)
+            self._live = Live(
+                view, console=self.console, auto_refresh=False, transient=True, redirect_stdout=False, redirect_stderr=False
+            )
             self._live.start(refresh=True)
         else:
             self._live.update(view, refresh=True)

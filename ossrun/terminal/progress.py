@@ -19,8 +19,9 @@ def _console(console: Console | None) -> Console:
 
 
 @contextmanager
-def _bar(label: str, columns: tuple[Any, ...], total: float | None, console: Console | None,
-         transient: bool = True) -> Iterator[Callable[..., None] | None]:
+def _bar(
+    label: str, columns: tuple[Any, ...], total: float | None, console: Console | None, transient: bool = True
+) -> Iterator[Callable[..., None] | None]:
     console = _console(console)
     if not console.is_terminal:
         yield None

@@ -137,9 +137,17 @@ class Repl:
         self.last_reply: Reply | None = None
         self.generated_tokens = 0
         self._commands: dict[str, Callable[[str], bool | None]] = {
-            "/effort": self._effort, "/system": self._system, "/reset": self._reset,
-            "/retry": self._retry, "/save": self._save, "/load": self._load, "/stats": self._stats, "/tools": self._tools,
-            "/help": self._help, "/quit": self._quit, "/exit": self._quit,
+            "/effort": self._effort,
+            "/system": self._system,
+            "/reset": self._reset,
+            "/retry": self._retry,
+            "/save": self._save,
+            "/load": self._load,
+            "/stats": self._stats,
+            "/tools": self._tools,
+            "/help": self._help,
+            "/quit": self._quit,
+            "/exit": self._quit,
         }
 
     def run(self) -> int:
@@ -194,7 +202,7 @@ class Repl:
         if not line.lstrip().startswith(MULTILINE_QUOTE):
             return line.strip()
         # """ opens a block that ends at a line ending with """; text beside the quotes counts.
-        first = line.lstrip()[len(MULTILINE_QUOTE):]
+        first = line.lstrip()[len(MULTILINE_QUOTE) :]
         if first.rstrip().endswith(MULTILINE_QUOTE):
             return first.rstrip()[: -len(MULTILINE_QUOTE)].strip() or None
         lines = [first] if first.strip() else []
@@ -340,6 +348,7 @@ def confirm_prompt(tools: Toolbox | None, call: ToolCall) -> str:
 def tool_lines(tools: Toolbox, asks: bool = True) -> list[str]:
     """``/tools``: each tool the model may call with its arguments and the first line of its
     description, the MCP ones under their server (where it runs, whether it asks, whether it stopped)."""
+
     def line(tool: FunctionTool) -> str:
         arguments = ", ".join((tool.parameters or {}).get("properties", {}))
         summary = tool.description.strip().partition("\n")[0]

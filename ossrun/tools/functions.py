@@ -65,8 +65,9 @@ class FunctionTool:
             raise ToolError(f"tool {spec['name']!r}: parameters must be a JSON Schema object")
         if parameters is not None and not parameters.get("properties"):
             parameters = None  # rendered "() => any", as harmony declares functions without arguments
-        return cls(spec["name"], str(spec.get("description") or ""), dict(parameters) if parameters else None,
-                   namespace=namespace)
+        return cls(
+            spec["name"], str(spec.get("description") or ""), dict(parameters) if parameters else None, namespace=namespace
+        )
 
     @property
     def runnable(self) -> bool:
@@ -150,8 +151,11 @@ def namespace_tools(spec: Mapping[str, Any]) -> list[FunctionTool]:
         raise ToolError(f"namespace {namespace!r} is not usable: give it a name other than functions or python")
     if not isinstance(tools, list):
         raise ToolError(f"namespace {namespace!r}: tools must be a list of function schemas")
-    return [FunctionTool.from_schema(tool, namespace=namespace) for tool in tools if isinstance(tool, Mapping)
-            and tool.get("type", "function") == "function"]
+    return [
+        FunctionTool.from_schema(tool, namespace=namespace)
+        for tool in tools
+        if isinstance(tool, Mapping) and tool.get("type", "function") == "function"
+    ]
 
 
 def load_functions(path: str | Path) -> list[FunctionTool]:

@@ -88,8 +88,13 @@ def run_tool_loop(
             return
 
 
-def _answer(replies: Sequence[Reply], results: Sequence[ToolResult], chain: Sequence[dict[str, Any]],
-            pending: Sequence[ToolCall] = (), commentary: str = "") -> Reply:
+def _answer(
+    replies: Sequence[Reply],
+    results: Sequence[ToolResult],
+    chain: Sequence[dict[str, Any]],
+    pending: Sequence[ToolCall] = (),
+    commentary: str = "",
+) -> Reply:
     """The last turn's reply, with usage and timings summed over all turns and the tool chain attached."""
     last = replies[-1]
     usage = Usage(

@@ -74,8 +74,10 @@ def read_configs(sources: McpSource | Sequence[McpSource], *, timeout: float | N
         where = str(source) if not isinstance(source, Mapping) else "the MCP configuration"
         for server in parse_config(_load(source), where, base=_folder(source), timeout=timeout):
             if server.name in seen:
-                raise McpError(f"MCP server {server.name!r} is configured twice ({seen[server.name]} and {where}): "
-                               f"give each server its own name")
+                raise McpError(
+                    f"MCP server {server.name!r} is configured twice ({seen[server.name]} and {where}): "
+                    f"give each server its own name"
+                )
             seen[server.name] = where
             servers.append(server)
     return servers
@@ -94,21 +96,24 @@ def _load(source: McpSource) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise McpError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}): an MCP configuration is "
-                       '{"mcpServers": {"NAME": {"command": ...} or {"url": ...}}}') from None
+        raise McpError(
+            f"{path}:{exc.lineno}: not valid JSON ({exc.msg}): an MCP configuration is "
+            '{"mcpServers": {"NAME": {"command": ...} or {"url": ...}}}'
+        ) from None
 
 
 def _folder(source: McpSource) -> Path | None:
     return None if isinstance(source, Mapping) else Path(source).expanduser().resolve().parent
 
 
-def parse_config(data: Any, where: str, *, base: Path | None = None,
-                 timeout: float | None = None) -> list[McpServerConfig]:
+def parse_config(data: Any, where: str, *, base: Path | None = None, timeout: float | None = None) -> list[McpServerConfig]:
     """The servers of one configuration; a relative ``cwd`` is taken from ``base`` (the file's folder)."""
     servers = data.get("mcpServers") if isinstance(data, Mapping) else None
     if not isinstance(servers, Mapping):
-        raise McpError(f"{where} has no \"mcpServers\" object: an MCP configuration is "
-                       '{"mcpServers": {"NAME": {"command": ...} or {"url": ...}}}')
+        raise McpError(
+            f'{where} has no "mcpServers" object: an MCP configuration is '
+            '{"mcpServers": {"NAME": {"command": ...} or {"url": ...}}}'
+        )
     out = []
     for name, spec in servers.items():
         if not isinstance(spec, Mapping):
@@ -119,8 +124,7 @@ def parse_config(data: Any, where: str, *, base: Path | None = None,
     return out
 
 
-def _server(name: str, spec: Mapping[str, Any], where: str, base: Path | None,
-            timeout: float | None) -> McpServerConfig:
+def _server(name: str, spec: Mapping[str, Any], where: str, base: Path | None, timeout: float | None) -> McpServerConfig:
     if not name.strip():
         raise McpError(f"{where}: give the server a name")
     kind = spec.get("type", spec.get("transport"))
@@ -137,10 +141,16 @@ def _server(name: str, spec: Mapping[str, Any], where: str, base: Path | None,
     if url is not None:
         if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
             raise McpError(f"{where}: url {url!r} is not an http:// or https:// address")
-        return McpServerConfig(name, url=url, headers=_strings(spec.get("headers"), "headers", where), trust=trust,
-                               timeout=call_bound, startup_timeout=start_bound)
+        return McpServerConfig(
+            name,
+            url=url,
+            headers=_strings(spec.get("headers"), "headers", where),
+            trust=trust,
+            timeout=call_bound,
+            startup_timeout=start_bound,
+        )
     if not isinstance(command, str) or not command.strip():
-        raise McpError(f"{where}: command must be the program to run, e.g. \"python\" or \"npx\"")
+        raise McpError(f'{where}: command must be the program to run, e.g. "python" or "npx"')
     args = spec.get("args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise McpError(f"{where}: args must be a list of strings")
@@ -156,8 +166,9 @@ def _server(name: str, spec: Mapping[str, Any], where: str, base: Path | None,
         if not folder.is_dir():
             raise McpError(f"{where}: cwd {cwd!r} is not a folder")
         cwd = str(folder)
-    return McpServerConfig(name, command=command, args=tuple(args), env=env, cwd=cwd, trust=trust, timeout=call_bound,
-                           startup_timeout=start_bound)
+    return McpServerConfig(
+        name, command=command, args=tuple(args), env=env, cwd=cwd, trust=trust, timeout=call_bound, startup_timeout=start_bound
+    )
 
 
 def _strings(value: Any, key: str, where: str) -> dict[str, str]:

@@ -183,8 +183,7 @@ class McpServers:
                 out.append(f"{server.down}: its tools answer with an error from now on")
         return out
 
-    def call(self, server: str, tool: str, arguments: dict[str, Any], *,
-             cancel: threading.Event | None = None) -> Any:
+    def call(self, server: str, tool: str, arguments: dict[str, Any], *, cancel: threading.Event | None = None) -> Any:
         """``tools/call`` on ``server``: its ``CallToolResult``. Failures raise :class:`McpCallFailed`
         with what the model should read: the server is down or went down, the call timed out or
         was cancelled, the server answered with a protocol error."""
@@ -243,9 +242,11 @@ class McpServers:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 read, write = await self._open_transport(server, stack)
-                session = await stack.enter_async_context(ClientSession(
-                    read, write, message_handler=lambda message: _on_message(server, message),
-                    client_info=_client_info()))
+                session = await stack.enter_async_context(
+                    ClientSession(
+                        read, write, message_handler=lambda message: _on_message(server, message), client_info=_client_info()
+                    )
+                )
                 with anyio.CancelScope() as scope:
                     server.handshake = scope
                     with anyio.fail_after(server.config.startup_timeout):
@@ -275,8 +276,11 @@ class McpServers:
             import httpx2
             from mcp.client.streamable_http import streamable_http_client
 
-            client = await stack.enter_async_context(httpx2.AsyncClient(
-                headers=config.headers, timeout=httpx2.Timeout(config.timeout, read=max(config.timeout, 300.0))))
+            client = await stack.enter_async_context(
+                httpx2.AsyncClient(
+                    headers=config.headers, timeout=httpx2.Timeout(config.timeout, read=max(config.timeout, 300.0))
+                )
+            )
             return await stack.enter_async_context(streamable_http_client(config.url, http_client=client))
         from mcp import StdioServerParameters
         from mcp.client.stdio import stdio_client
@@ -284,9 +288,19 @@ class McpServers:
         server.stderr = _StderrTail(server.name, on_end=lambda: self._ended(server))
         parameters = StdioServerParameters(
             command=sys.executable,
-            args=["-I", "-S", str(CHILD), str(os.getpid()), json.dumps(sorted(config.env)), "--", str(config.command),
-                  *config.args],
-            env=config.env, cwd=config.cwd)
+            args=[
+                "-I",
+                "-S",
+                str(CHILD),
+                str(os.getpid()),
+                json.dumps(sorted(config.env)),
+                "--",
+                str(config.command),
+                *config.args,
+            ],
+            env=config.env,
+            cwd=config.cwd,
+        )
         try:
             streams = await stack.enter_async_context(stdio_client(parameters, errlog=server.stderr.writer))
         finally:
@@ -377,8 +391,10 @@ def _check_command(server: _Server) -> None:
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise McpError(f"{server.where()} cannot start: {config.command} is not an executable file")
     elif shutil.which(config.command, path=config.env.get("PATH")) is None:
-        raise McpError(f"{server.where()} cannot start: {config.command} is not on its PATH: "
-                       f"install it, or give its full path or a PATH in the server's env")
+        raise McpError(
+            f"{server.where()} cannot start: {config.command} is not on its PATH: "
+            f"install it, or give its full path or a PATH in the server's env"
+        )
 
 
 def _start_failure(server: _Server, exc: BaseException) -> McpError:
@@ -389,12 +405,16 @@ def _start_failure(server: _Server, exc: BaseException) -> McpError:
     if isinstance(cause, McpError):
         return cause
     if server.bad_output is not None:
-        return McpError(f"{server.where()} does not speak MCP: it wrote {_bad_line(server.bad_output)} "
-                        f"on stdout, where MCP messages go")
+        return McpError(
+            f"{server.where()} does not speak MCP: it wrote {_bad_line(server.bad_output)} on stdout, where MCP messages go"
+        )
     if isinstance(cause, TimeoutError):
         words = server.stderr.last_words() if server.stderr else ""
-        return McpError(f"{server.where()} did not answer the MCP handshake within {server.config.startup_timeout:g} s"
-                        + (f": {words}" if words else "") + " (its \"startup_timeout\" gives it longer)")
+        return McpError(
+            f"{server.where()} did not answer the MCP handshake within {server.config.startup_timeout:g} s"
+            + (f": {words}" if words else "")
+            + ' (its "startup_timeout" gives it longer)'
+        )
     if isinstance(cause, MCPError) and server.config.command is not None:
         return McpError(f"{server.where()} did not start{server.ending() or ': it ended before the MCP handshake'}")
     if isinstance(cause, (KeyboardInterrupt, asyncio.CancelledError)):
@@ -457,8 +477,7 @@ async def _list_tools(session: Any, server: str) -> list[McpToolInfo]:
     cursor = None
     for _ in range(MAX_TOOL_PAGES):
         page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
-        tools += [McpToolInfo(server, tool.name, tool.description or "", dict(tool.input_schema or {}))
-                  for tool in page.tools]
+        tools += [McpToolInfo(server, tool.name, tool.description or "", dict(tool.input_schema or {})) for tool in page.tools]
         cursor = page.next_cursor
         if not cursor:
             break

@@ -83,8 +83,9 @@ def mcp_function_tools(servers: McpServers, taken: Collection[str] = ()) -> list
         while name in used:  # a prefixed name taken too (or cut to the same 64 characters)
             name, number = f"{base[:60]}_{number}", number + 1
         used.add(name)
-        out.append(FunctionTool(name, tool.description, harmony_parameters(tool.input_schema),
-                                McpTool(servers, tool.server, tool.name)))
+        out.append(
+            FunctionTool(name, tool.description, harmony_parameters(tool.input_schema), McpTool(servers, tool.server, tool.name))
+        )
     return out
 
 

@@ -44,8 +44,13 @@ DEFAULT_DISK_BYTES = 1 << 30  # the working directory's bytes, and /tmp's (and /
 DEFAULT_DISK_FILES = 10_000  # files and folders in the working directory, and in /tmp
 DEFAULT_PROCESSES = 64  # processes and threads at once, the code's own included
 # Numerical libraries start a thread per core: these keep them inside the bound on processes.
-NUM_THREADS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                         "VECLIB_MAXIMUM_THREADS")
+NUM_THREADS_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 # Past this much output the process is killed: printing forever would otherwise
 # keep the reader busy until the timeout.
 OUTPUT_KILL_FACTOR = 256
@@ -215,23 +220,29 @@ class PythonSandbox:
         if jail.isolation is None:
             return {"memory": "per process", "cpu": "per process", "processes": "per process"}
         controllers = jail.cgroups.controllers if jail.cgroups else frozenset()
-        return {"memory": "kernel" if "memory" in controllers else "sampled",
-                "cpu": "counted",
-                "processes": "kernel" if "pids" in controllers or jail.isolation == "user namespaces" else "per user"}
+        return {
+            "memory": "kernel" if "memory" in controllers else "sampled",
+            "cpu": "counted",
+            "processes": "kernel" if "pids" in controllers or jail.isolation == "user namespaces" else "per user",
+        }
 
     def notices(self) -> list[str]:
         """What the user should know before the first run (shown at start)."""
         jail = self._probed()
         if jail.isolation is None:
-            return [f"the python tool's code is not isolated: {jail.error}; it can use the network, "
-                    "read and write your files, and leave processes running"]
+            return [
+                f"the python tool's code is not isolated: {jail.error}; it can use the network, "
+                "read and write your files, and leave processes running"
+            ]
         notices = []
         if not self.isolate_network:
             notices.append("the python tool's code can use the network (network isolation is off)")
         if self.limits.memory_bytes and self.totals()["memory"] == "sampled":
-            notices.append(f"the python tool's memory bound of {_size(self.limits.memory_bytes)} holds for each process; "
-                           f"for all of a run's processes together it is checked every {SAMPLE_SECONDS:g} s, not "
-                           "enforced by the kernel (no cgroup memory controller is delegated to this user here)")
+            notices.append(
+                f"the python tool's memory bound of {_size(self.limits.memory_bytes)} holds for each process; "
+                f"for all of a run's processes together it is checked every {SAMPLE_SECONDS:g} s, not "
+                "enforced by the kernel (no cgroup memory controller is delegated to this user here)"
+            )
         if jail.unfiltered:
             notices.append(f"the python tool's {jail.unfiltered}")
         return notices
@@ -246,17 +257,22 @@ class PythonSandbox:
             memory = f" Memory is limited to {_size(limits.memory_bytes)} per process."
         elif limits.memory_bytes:
             checked = f" (checked every {SAMPLE_SECONDS:g} seconds)" if self.totals()["memory"] == "sampled" else ""
-            memory = (f" Memory is limited to {_size(limits.memory_bytes)} for all its processes together{checked}, "
-                      f"/tmp included, and CPU time to {limits.cpu_limit} seconds.")
+            memory = (
+                f" Memory is limited to {_size(limits.memory_bytes)} for all its processes together{checked}, "
+                f"/tmp included, and CPU time to {limits.cpu_limit} seconds."
+            )
         if not isolated:
             files = " The code is not isolated: it runs as the user, with the user's files."
         else:
             processes = f" It can run at most {limits.processes} processes and threads." if limits.processes else ""
-            bounds = ([_size(limits.disk_bytes)] if limits.disk_bytes else []) + \
-                ([f"{limits.disk_files} files"] if limits.disk_files else [])
+            bounds = ([_size(limits.disk_bytes)] if limits.disk_bytes else []) + (
+                [f"{limits.disk_files} files"] if limits.disk_files else []
+            )
             disk = f" The current directory and /tmp each hold at most {' and '.join(bounds)}." if bounds else ""
-            files = (" The file system is read-only but for the current directory and an empty /tmp: the code sees only "
-                     f"the system's programs and libraries and the Python installation.{disk}{processes}")
+            files = (
+                " The file system is read-only but for the current directory and an empty /tmp: the code sees only "
+                f"the system's programs and libraries and the Python installation.{disk}{processes}"
+            )
         internet = "disabled" if isolated and self.isolate_network else "enabled"
         return (
             f"{TRAINED_INTRO}\n\n"
@@ -293,8 +309,9 @@ class PythonSandbox:
             report_r, report_w = os.pipe() if jail.isolation is not None else (None, None)
             config = self._config(report_fd=report_w, cgroup=group)
             try:
-                process = self._spawn(config, pass_fds=(*([report_w] if report_w else []), *self._held.descriptors.values()),
-                                      group=group)
+                process = self._spawn(
+                    config, pass_fds=(*([report_w] if report_w else []), *self._held.descriptors.values()), group=group
+                )
             except BaseException:
                 _read_report(report_r)
                 if group is not None:
@@ -330,8 +347,9 @@ class PythonSandbox:
         status = _status(self.limits, exit_status, ending or (bound[0] if bound else None))
         return SandboxResult(stdout, stderr, exit_status, status, dropped, time.monotonic() - started)
 
-    def _config(self, *, probe: bool = False, hold: bool = False, report_fd: int | None = None,
-                cgroup: cgroups.RunCgroup | None = None) -> dict[str, Any]:
+    def _config(
+        self, *, probe: bool = False, hold: bool = False, report_fd: int | None = None, cgroup: cgroups.RunCgroup | None = None
+    ) -> dict[str, Any]:
         """What sandbox_child.py is to do: hold a session, probe the jail or run code; where, with which limits."""
         jail = self._jail
         isolate = hold or (jail is not None and jail.isolation is not None)
@@ -372,8 +390,9 @@ class PythonSandbox:
             env.update(dict.fromkeys(NUM_THREADS_VARIABLES, str(threads)))
         return env
 
-    def _spawn(self, config: dict[str, Any], pass_fds: tuple[int, ...] = (),
-               group: cgroups.RunCgroup | None = None) -> subprocess.Popen | None:
+    def _spawn(
+        self, config: dict[str, Any], pass_fds: tuple[int, ...] = (), group: cgroups.RunCgroup | None = None
+    ) -> subprocess.Popen | None:
         """Start sandbox_child.py; with ``group``, put it in the run's cgroups before it reads its
         stdin (None if that fails: then it is killed)."""
         process = subprocess.Popen(

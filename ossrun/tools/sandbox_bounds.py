@@ -140,7 +140,7 @@ def _field(text, name):
 def _stat_times(pid):
     """(own, reaped children's) CPU time of ``pid`` in clock ticks, or None if it is gone."""
     text = _read(f"/proc/{pid}/stat")
-    fields = text[text.rfind(")") + 2:].split()  # after the command's name, which may hold anything
+    fields = text[text.rfind(")") + 2 :].split()  # after the command's name, which may hold anything
     if len(fields) < 15:
         return None
     utime, stime, cutime, cstime = (int(value) for value in fields[11:15])

@@ -26,8 +26,12 @@ ISOLATION_UNAVAILABLE_EXIT = 111  # "cannot isolate the code: ...": the parent r
 
 
 def set_limits(config):
-    limits = (("RLIMIT_AS", config["memory_bytes"]), ("RLIMIT_FSIZE", config["file_bytes"]),
-              ("RLIMIT_NPROC", config["processes"]), ("RLIMIT_CORE", 0))
+    limits = (
+        ("RLIMIT_AS", config["memory_bytes"]),
+        ("RLIMIT_FSIZE", config["file_bytes"]),
+        ("RLIMIT_NPROC", config["processes"]),
+        ("RLIMIT_CORE", 0),
+    )
     for name, value in limits:
         if value is not None and hasattr(resource, name):
             resource.setrlimit(getattr(resource, name), (value, value))
@@ -73,9 +77,15 @@ def isolate(config):
         else:
             how = config["isolation"]
             jail.join(config.get("user_fd"), config["mount_fd"])
-        how = jail.enter(config["workdir"], totals, network=config["network"], how=how,
-                         report_fd=config.get("report_fd"), tmp_bytes=config["disk_bytes"],
-                         tmp_files=config["disk_files"])
+        how = jail.enter(
+            config["workdir"],
+            totals,
+            network=config["network"],
+            how=how,
+            report_fd=config.get("report_fd"),
+            tmp_bytes=config["disk_bytes"],
+            tmp_files=config["disk_files"],
+        )
     except jail.Refused as exc:
         refuse(exc)
     return how, totals

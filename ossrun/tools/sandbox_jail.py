@@ -109,8 +109,9 @@ def join(user_fd, mount_fd):
 def enter(workdir, totals, *, network, how, report_fd=None, tmp_bytes=None, tmp_files=None):
     """From within the session, run the rest of this program jailed: return (how) in the code's
     process only. This process becomes the keeper and never returns: it exits as the code did."""
-    view = View(workdir, private=os.path.dirname(workdir), tmp_bytes=tmp_bytes, tmp_files=tmp_files,
-                network=network)  # the host's paths, seen from here before anything moves
+    view = View(
+        workdir, private=os.path.dirname(workdir), tmp_bytes=tmp_bytes, tmp_files=tmp_files, network=network
+    )  # the host's paths, seen from here before anything moves
     root = os.geteuid() == 0
     flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID | (0 if network else CLONE_NEWNET)
     try:
@@ -282,8 +283,11 @@ def prctl(option, value):
 REFUSING_SETTINGS = (
     ("/proc/sys/user/max_user_namespaces", "0", "the sysctl user.max_user_namespaces is 0"),
     ("/proc/sys/kernel/unprivileged_userns_clone", "0", "the sysctl kernel.unprivileged_userns_clone is 0"),
-    ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
-     "AppArmor restricts them: the sysctl kernel.apparmor_restrict_unprivileged_userns is 1"),
+    (
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+        "1",
+        "AppArmor restricts them: the sysctl kernel.apparmor_restrict_unprivileged_userns is 1",
+    ),
 )
 CAP_SYS_ADMIN = 21
 

@@ -70,8 +70,9 @@ def python_paths():
 def _installed(folder, prefixes):
     """Whether ``folder`` is an installation's own: under a prefix's lib folder, or a site-packages."""
     libraries = [os.path.join(prefix, name) + "/" for prefix in prefixes for name in ("lib", "lib64")]
-    return os.path.basename(folder.rstrip("/")) in ("site-packages", "dist-packages") or \
-        any((folder.rstrip("/") + "/").startswith(lib) for lib in libraries)
+    return os.path.basename(folder.rstrip("/")) in ("site-packages", "dist-packages") or any(
+        (folder.rstrip("/") + "/").startswith(lib) for lib in libraries
+    )
 
 
 MODULE_SUFFIXES = tuple(importlib.machinery.all_suffixes())  # .py, .pyc, extension modules
@@ -105,8 +106,9 @@ def _holds_modules(folder, depth):
         return False
     if any(entry.name.endswith(MODULE_SUFFIXES) and entry.is_file() for entry in entries):
         return True
-    return depth > 1 and any(entry.name.isidentifier() and entry.is_dir() and _holds_modules(entry.path, depth - 1)
-                             for entry in entries)
+    return depth > 1 and any(
+        entry.name.isidentifier() and entry.is_dir() and _holds_modules(entry.path, depth - 1) for entry in entries
+    )
 
 
 def editable_packages():
@@ -124,8 +126,16 @@ def loaded_libraries():
     """The shared libraries this interpreter has loaded (libpython, libffi... wherever they are)."""
     with open("/proc/self/maps") as f:
         mapped = [line.split(None, 5) for line in f]
-    return sorted({fields[5].strip() for fields in mapped if len(fields) == 6 and fields[5].startswith("/")
-                   and ".so" in fields[5] and not fields[5].strip().endswith(" (deleted)")})
+    return sorted(
+        {
+            fields[5].strip()
+            for fields in mapped
+            if len(fields) == 6
+            and fields[5].startswith("/")
+            and ".so" in fields[5]
+            and not fields[5].strip().endswith(" (deleted)")
+        }
+    )
 
 
 class View:
@@ -170,8 +180,9 @@ class View:
         steps += [(path, "fresh", None) for path in FRESH]
         steps += [(f"/dev/{name}", "device", None) for name in DEVICES if os.path.exists(f"/dev/{name}")]
         steps += [(f"/dev/{name}", "link", target) for name, target in DEVICE_LINKS.items()]
-        steps += [(path, "link", target) for path, target in self.links.items()
-                  if _holder(path, kept) is None and path not in FRESH]  # a link /tmp gives way to a fresh /tmp
+        steps += [
+            (path, "link", target) for path, target in self.links.items() if _holder(path, kept) is None and path not in FRESH
+        ]  # a link /tmp gives way to a fresh /tmp
         return sorted(steps, key=lambda step: step[0]), kept
 
     def build(self):
@@ -208,7 +219,7 @@ class View:
                 os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
             mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
         else:
-            fstype, flags, options = FRESH[target[len(STAGE):]]
+            fstype, flags, options = FRESH[target[len(STAGE) :]]
             if fstype == "tmpfs" and "size=" not in options:
                 options += self.tmp_options
             os.makedirs(target, mode=0o755, exist_ok=True)

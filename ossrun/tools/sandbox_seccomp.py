@@ -45,31 +45,79 @@ ALLOWED_SOCKETS = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK: all 
 
 # name -> (x86_64 number, aarch64 number); None where the call does not exist on that machine.
 SYSCALLS = {
-    "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
-    "unshare": (272, 97), "setns": (308, 268), "clone": (56, 220), "clone3": (435, 435),
-    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
-    "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431),
-    "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442), "open_tree_attr": (467, 467),
-    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282),
-    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
-    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "kcmp": (312, 272),
-    "pidfd_getfd": (438, 438), "process_madvise": (440, 440),
-    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "init_module": (175, 105), "finit_module": (313, 273),
-    "delete_module": (176, 106), "create_module": (174, None), "get_kernel_syms": (177, None),
-    "query_module": (178, None), "reboot": (169, 142), "swapon": (167, 224), "swapoff": (168, 225),
-    "acct": (163, 89), "quotactl": (179, 60), "quotactl_fd": (443, 443), "lookup_dcookie": (212, 18),
-    "nfsservctl": (180, 42), "uselib": (134, None), "_sysctl": (156, None), "vhangup": (153, 58), "syslog": (103, 116),
-    "settimeofday": (164, 170), "clock_settime": (227, 112), "clock_adjtime": (305, 266),
-    "iopl": (172, None), "ioperm": (173, None),
-    "name_to_handle_at": (303, 264), "open_by_handle_at": (304, 265), "fanotify_init": (300, 262),
-    "inotify_init": (253, None), "inotify_init1": (294, 26), "inotify_add_watch": (254, 27),
-    "memfd_secret": (447, 447), "memfd_create": (319, 279),
-    "socket": (41, 198), "socketpair": (53, 199), "rt_sigaction": (13, 134),
+    "keyctl": (250, 219),
+    "add_key": (248, 217),
+    "request_key": (249, 218),
+    "unshare": (272, 97),
+    "setns": (308, 268),
+    "clone": (56, 220),
+    "clone3": (435, 435),
+    "mount": (165, 40),
+    "umount2": (166, 39),
+    "pivot_root": (155, 41),
+    "chroot": (161, 51),
+    "open_tree": (428, 428),
+    "move_mount": (429, 429),
+    "fsopen": (430, 430),
+    "fsconfig": (431, 431),
+    "fsmount": (432, 432),
+    "fspick": (433, 433),
+    "mount_setattr": (442, 442),
+    "open_tree_attr": (467, 467),
+    "bpf": (321, 280),
+    "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282),
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+    "ptrace": (101, 117),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
+    "kcmp": (312, 272),
+    "pidfd_getfd": (438, 438),
+    "process_madvise": (440, 440),
+    "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294),
+    "init_module": (175, 105),
+    "finit_module": (313, 273),
+    "delete_module": (176, 106),
+    "create_module": (174, None),
+    "get_kernel_syms": (177, None),
+    "query_module": (178, None),
+    "reboot": (169, 142),
+    "swapon": (167, 224),
+    "swapoff": (168, 225),
+    "acct": (163, 89),
+    "quotactl": (179, 60),
+    "quotactl_fd": (443, 443),
+    "lookup_dcookie": (212, 18),
+    "nfsservctl": (180, 42),
+    "uselib": (134, None),
+    "_sysctl": (156, None),
+    "vhangup": (153, 58),
+    "syslog": (103, 116),
+    "settimeofday": (164, 170),
+    "clock_settime": (227, 112),
+    "clock_adjtime": (305, 266),
+    "iopl": (172, None),
+    "ioperm": (173, None),
+    "name_to_handle_at": (303, 264),
+    "open_by_handle_at": (304, 265),
+    "fanotify_init": (300, 262),
+    "inotify_init": (253, None),
+    "inotify_init1": (294, 26),
+    "inotify_add_watch": (254, 27),
+    "memfd_secret": (447, 447),
+    "memfd_create": (319, 279),
+    "socket": (41, 198),
+    "socketpair": (53, 199),
+    "rt_sigaction": (13, 134),
 }
 MACHINES = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7), "arm64": (1, 0xC00000B7)}  # column, AUDIT_ARCH_*
 
-REFUSED = tuple(name for name in SYSCALLS if name not in ("clone", "clone3", "memfd_create", "socket", "socketpair",
-                                                          "rt_sigaction"))
+REFUSED = tuple(
+    name for name in SYSCALLS if name not in ("clone", "clone3", "memfd_create", "socket", "socketpair", "rt_sigaction")
+)
 
 
 class _Instruction(ctypes.Structure):
@@ -107,8 +155,16 @@ def program(machine, *, refuse_memfd, keep_sigchld):
         code += [(JEQ, 0, len(block), number[name]), *block]
     if keep_sigchld:
         # rt_sigaction(SIGCHLD, act, ...) with act not NULL: a handler, SIG_IGN or SA_NOCLDWAIT.
-        block = [(LOAD, 0, 0, arg_low(0)), (JEQ, 0, 5, SIGCHLD), (LOAD, 0, 0, arg_low(1)), (JEQ, 0, 2, 0),
-                 (LOAD, 0, 0, arg_high(1)), (JEQ, 1, 0, 0), refuse(errno.EPERM), (RETURN, 0, 0, ALLOW)]
+        block = [
+            (LOAD, 0, 0, arg_low(0)),
+            (JEQ, 0, 5, SIGCHLD),
+            (LOAD, 0, 0, arg_low(1)),
+            (JEQ, 0, 2, 0),
+            (LOAD, 0, 0, arg_high(1)),
+            (JEQ, 1, 0, 0),
+            refuse(errno.EPERM),
+            (RETURN, 0, 0, ALLOW),
+        ]
         code += [(JEQ, 0, len(block), number["rt_sigaction"]), *block]
     return code + [(RETURN, 0, 0, ALLOW)]
 

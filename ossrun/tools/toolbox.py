@@ -32,9 +32,16 @@ class Toolbox:
     (:mod:`ossrun.tools.mcp_tools` says how they are named).
     """
 
-    def __init__(self, functions: Sequence[FunctionTool] = (), python: PythonSandbox | None = None, *,
-                 owns_python: bool = False, namespaces: dict[str, str] | None = None,
-                 mcp: McpServers | None = None, owns_mcp: bool = False):
+    def __init__(
+        self,
+        functions: Sequence[FunctionTool] = (),
+        python: PythonSandbox | None = None,
+        *,
+        owns_python: bool = False,
+        namespaces: dict[str, str] | None = None,
+        mcp: McpServers | None = None,
+        owns_mcp: bool = False,
+    ):
         self.functions = {tool.recipient: tool for tool in function_tools(functions)}
         self.python = python
         self._owns_python = owns_python
@@ -46,9 +53,12 @@ class Toolbox:
             self.functions.update((tool.recipient, tool) for tool in mcp_function_tools(mcp, taken))
 
     @classmethod
-    def build(cls, tools: Toolbox | Iterable[ToolSpec] | None = None,
-              python_tool: bool | PythonSandbox | Callable[[], PythonSandbox] = False,
-              mcp: McpOption = None) -> Toolbox:
+    def build(
+        cls,
+        tools: Toolbox | Iterable[ToolSpec] | None = None,
+        python_tool: bool | PythonSandbox | Callable[[], PythonSandbox] = False,
+        mcp: McpOption = None,
+    ) -> Toolbox:
         """A toolbox from what the API takes: callables, JSON schemas and namespaces of them, ``python_tool``
         (True or a maker of sandboxes: a sandbox this toolbox owns; a sandbox: the caller's) and ``mcp``
         (running :class:`McpServers`, or configurations to start servers from for this toolbox)."""
@@ -58,24 +68,31 @@ class Toolbox:
             return tools
         specs = list(tools or ())
         functions = function_tools(specs)  # checked before any server starts
-        namespaces = {str(spec.get("name")): str(spec.get("description") or "") for spec in specs
-                      if isinstance(spec, dict) and spec.get("type") == "namespace"}
+        namespaces = {
+            str(spec.get("name")): str(spec.get("description") or "")
+            for spec in specs
+            if isinstance(spec, dict) and spec.get("type") == "namespace"
+        }
         servers = mcp if isinstance(mcp, McpServers) else McpServers(mcp) if mcp else None
         owns_mcp = servers is not mcp
         try:
             if isinstance(python_tool, PythonSandbox):
                 return cls(functions, python_tool, namespaces=namespaces, mcp=servers, owns_mcp=owns_mcp)
             made = python_tool() if callable(python_tool) else PythonSandbox() if python_tool else None
-            return cls(functions, made, owns_python=made is not None, namespaces=namespaces, mcp=servers,
-                       owns_mcp=owns_mcp)
+            return cls(functions, made, owns_python=made is not None, namespaces=namespaces, mcp=servers, owns_mcp=owns_mcp)
         except BaseException:
             if servers is not None and owns_mcp:
                 servers.close()
             raise
 
     @classmethod
-    def from_options(cls, functions: Sequence[str | Path] = (), tools: Sequence[str] = (),
-                     mcp: Sequence[str | Path] = (), mcp_timeout: float | None = None) -> Toolbox:
+    def from_options(
+        cls,
+        functions: Sequence[str | Path] = (),
+        tools: Sequence[str] = (),
+        mcp: Sequence[str | Path] = (),
+        mcp_timeout: float | None = None,
+    ) -> Toolbox:
         """The command line's tools: ``--functions FILE.py`` and ``--mcp FILE`` (repeatable), ``--tool python``.
         The MCP servers start here: one that cannot is an McpError before anything else happens."""
         unknown = sorted(set(tools) - set(BUILTIN_TOOLS))
@@ -104,8 +121,9 @@ class Toolbox:
     def prompt_settings(self, settings: PromptSettings) -> PromptSettings:
         """``settings`` with these tools declared: functions (and other namespaces) in the developer
         message, python in the system one."""
-        functions = tuple(function_description(t.name, t.description, t.parameters)
-                          for t in self.functions.values() if t.namespace == FUNCTIONS)
+        functions = tuple(
+            function_description(t.name, t.description, t.parameters) for t in self.functions.values() if t.namespace == FUNCTIONS
+        )
         others: dict[str, list[Any]] = {}
         for tool in self.functions.values():
             if tool.namespace != FUNCTIONS:
@@ -124,8 +142,9 @@ class Toolbox:
 
     def asks(self) -> bool:
         """Whether some call waits for the user's yes: a python run, a call to an MCP server not trusted."""
-        return self.python is not None or any(isinstance(t.function, McpTool) and not t.function.trusted
-                                              for t in self.functions.values())
+        return self.python is not None or any(
+            isinstance(t.function, McpTool) and not t.function.trusted for t in self.functions.values()
+        )
 
     def server_of(self, recipient: str) -> str | None:
         """The MCP server that answers calls to ``recipient`` (``functions.get_weather``), or None."""

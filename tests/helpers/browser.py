@@ -16,8 +16,16 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT_FOLDERS = pytest.StashKey[list]()  # shown at the end of the run (conftest's terminal summary)
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-default-apps", "--disable-sync", "--no-default-browser-check"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--no-default-browser-check",
+]
 DESKTOP = {"width": 1100, "height": 760}
 PHONE = {"width": 390, "height": 844}
 
@@ -33,8 +41,14 @@ def chromium_path() -> str:
 def browser(playwright, user_data_dir: Path) -> Iterator:
     """A persistent context (one profile) of Debian's Chromium; its first page is ``context.pages[0]``."""
     context = playwright.chromium.launch_persistent_context(
-        str(user_data_dir), executable_path=chromium_path(), headless=True, args=FLAGS, viewport=DESKTOP,
-        reduced_motion="reduce", color_scheme="light", accept_downloads=True,
+        str(user_data_dir),
+        executable_path=chromium_path(),
+        headless=True,
+        args=FLAGS,
+        viewport=DESKTOP,
+        reduced_motion="reduce",
+        color_scheme="light",
+        accept_downloads=True,
     )
     try:
         yield context

@@ -352,9 +352,7 @@ def original_weights(weights: dict[str, np.ndarray], config: TinyConfig) -> dict
     return w
 
 
-def write_original_checkpoint(
-    repo: Path, weights: dict[str, np.ndarray], config: TinyConfig, tokenizer_dir: Path | None
-) -> Path:
+def write_original_checkpoint(repo: Path, weights: dict[str, np.ndarray], config: TinyConfig, tokenizer_dir: Path | None) -> Path:
     """``repo/original/`` in OpenAI's layout; the tokenizer files (if given) go to ``repo``, as published."""
     folder = repo / "original"
     folder.mkdir(parents=True, exist_ok=True)

@@ -188,14 +188,19 @@ def _make_handler(hub: HubServer):
                 size = hub.faults.advertised_size.get(path, len(data))
                 if path in repo.lfs:
                     pointer = lfs_pointer(data, repo.sha256(path))
-                    siblings.append({
-                        "rfilename": path, "size": size, "blobId": repo.blob_id(path),
-                        "lfs": {"size": size, "sha256": repo.sha256(path), "pointerSize": len(pointer)},
-                    })
+                    siblings.append(
+                        {
+                            "rfilename": path,
+                            "size": size,
+                            "blobId": repo.blob_id(path),
+                            "lfs": {"size": size, "sha256": repo.sha256(path), "pointerSize": len(pointer)},
+                        }
+                    )
                 else:
                     siblings.append({"rfilename": path, "size": size, "blobId": repo.blob_id(path)})
-            body = json.dumps({"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False,
-                               "siblings": siblings}).encode()
+            body = json.dumps(
+                {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False, "siblings": siblings}
+            ).encode()
             self.reply(200, body, {"Content-Type": "application/json"})
 
         def resolve(self, repo_id: str, revision: str, path: str, head: bool) -> None:

@@ -49,16 +49,19 @@ def build(mode: str):
     server = MCPServer("weather", log_level="WARNING")
 
     if mode == "renamed":
+
         @server.tool()
         def get_forecast(city: str) -> dict:
             """Get tomorrow's forecast for a city."""
             return {**WEATHER, "city": city}
     elif mode == "schema":
+
         @server.tool()
         def get_weather(city: Place) -> dict:
             """Get the current weather for a city."""
             return {**WEATHER, "city": city.name}
     else:
+
         @server.tool()
         def get_weather(city: str) -> dict:
             """Get the current weather for a city."""
@@ -82,6 +85,7 @@ def build(mode: str):
         server.list_tools = list_then_forget
 
     if mode == "extras":
+
         @server.tool()
         def environment() -> dict:
             """This server's environment variables."""
@@ -91,8 +95,11 @@ def build(mode: str):
         def picture() -> list:
             """An image, a text resource and some text."""
             resource = TextResourceContents(uri="file:///notes.txt", mime_type="text/plain", text="Bring an umbrella.")
-            return [TextContent(type="text", text="Here it is."), ImageContent(type="image", data=PIXEL, mime_type="image/png"),
-                    EmbeddedResource(type="resource", resource=resource)]
+            return [
+                TextContent(type="text", text="Here it is."),
+                ImageContent(type="image", data=PIXEL, mime_type="image/png"),
+                EmbeddedResource(type="resource", resource=resource),
+            ]
 
     return server
 
@@ -122,8 +129,16 @@ def main(argv: list[str]) -> None:
         time.sleep(3600)
     if mode == "family":  # a child that outlives SIGTERM: only SIGKILL ends it
         tag = argv[argv.index("--tag") + 1] if "--tag" in argv else ""
-        subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                          "time.sleep(3600)", f"child-{tag}"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)",
+                f"child-{tag}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
     server = build("ok" if mode == "family" else mode)
     if "--http" in argv:
         serve_http(server)

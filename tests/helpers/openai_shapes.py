@@ -71,8 +71,22 @@ def check_chat_chunk(data: Mapping[str, Any]) -> ChatCompletionChunk:
     return _strict(ChatCompletionChunk, data)
 
 
-RESPONSE_REQUIRED = ("id", "object", "created_at", "error", "incomplete_details", "instructions", "model", "tools",
-                     "output", "parallel_tool_calls", "metadata", "tool_choice", "temperature", "top_p")  # Response
+RESPONSE_REQUIRED = (
+    "id",
+    "object",
+    "created_at",
+    "error",
+    "incomplete_details",
+    "instructions",
+    "model",
+    "tools",
+    "output",
+    "parallel_tool_calls",
+    "metadata",
+    "tool_choice",
+    "temperature",
+    "top_p",
+)  # Response
 
 
 def check_response(data: Mapping[str, Any]) -> Response:

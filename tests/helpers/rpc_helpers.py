@@ -24,13 +24,25 @@ def free_port() -> int:
 class Worker:
     """``ossrun worker`` in a subprocess on 127.0.0.1; its stdout lines are collected as they come."""
 
-    def __init__(self, *args: str, home: Path, cache_dir: Path | None = None, port: int | None = None,
-                 threads: int = 1, env: dict | None = None):
+    def __init__(
+        self,
+        *args: str,
+        home: Path,
+        cache_dir: Path | None = None,
+        port: int | None = None,
+        threads: int = 1,
+        env: dict | None = None,
+    ):
         self.port = port or free_port()
         cache = ["--cache-dir", str(cache_dir)] if cache_dir else ["--no-cache"]
         command = [sys.executable, "-m", "ossrun", "worker", "--port", str(self.port), "--threads", str(threads), *cache, *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env={**os.environ, "OSSRUN_HOME": str(home), **(env or {})})
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OSSRUN_HOME": str(home), **(env or {})},
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

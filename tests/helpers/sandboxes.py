@@ -114,9 +114,11 @@ REPORT = ATTEMPT + textwrap.dedent("""
 
 def files_in(box) -> dict[str, str]:
     """What the working directory holds, seen from a run (on the host it is an empty folder)."""
-    code = ("import os, stat, json\n"
-            "kinds = {stat.S_IFREG: 'regular file', stat.S_IFDIR: 'folder', stat.S_IFLNK: 'link'}\n"
-            "print(json.dumps({n: kinds.get(stat.S_IFMT(os.lstat(n).st_mode), 'other') for n in os.listdir('.')}))")
+    code = (
+        "import os, stat, json\n"
+        "kinds = {stat.S_IFREG: 'regular file', stat.S_IFDIR: 'folder', stat.S_IFLNK: 'link'}\n"
+        "print(json.dumps({n: kinds.get(stat.S_IFMT(os.lstat(n).st_mode), 'other') for n in os.listdir('.')}))"
+    )
     result = box.run(code)
     assert result.ok, result.text()
     return json.loads(result.stdout)
@@ -193,7 +195,7 @@ def python_without_namespaces(tmp_path: Path) -> str:
     wrapper.write_text(
         "#!/bin/sh\n"
         f"exec unshare --user --map-root-user -- sh -c 'echo 0 > /proc/sys/user/max_user_namespaces && "
-        f"exec {drop} \"$0\" \"$@\"' {sys.executable} \"$@\"\n"
+        f'exec {drop} "$0" "$@"\' {sys.executable} "$@"\n'
     )
     wrapper.chmod(0o755)
     return str(wrapper)
@@ -206,7 +208,9 @@ def python_under_seccomp(tmp_path: Path) -> str:
     """An interpreter whose unshare() a seccomp filter refuses with EPERM, as Docker's default
     profile does (no root needed: no_new_privs allows the filter)."""
     wrapper = tmp_path / "python-under-seccomp"
-    wrapper.write_text(f"#!{sys.executable} -I\n" + textwrap.dedent(f"""
+    wrapper.write_text(
+        f"#!{sys.executable} -I\n"
+        + textwrap.dedent(f"""
         import ctypes, os, sys
         class Instruction(ctypes.Structure):
             _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
@@ -221,7 +225,8 @@ def python_under_seccomp(tmp_path: Path) -> str:
         if libc.prctl(22, 2, ctypes.byref(Program(4, code)), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
             sys.exit("cannot install the seccomp filter")
         os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])
-        """))
+        """)
+    )
     wrapper.chmod(0o755)
     return str(wrapper)
 
@@ -234,7 +239,12 @@ class _NoUserNamespaces:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.holder = subprocess.Popen([sys.executable, "-I", "-c", textwrap.dedent("""
+        self.holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                "-c",
+                textwrap.dedent("""
             import ctypes, os, sys
             ready, go = os.pipe()
             mapper = os.fork()
@@ -254,13 +264,20 @@ class _NoUserNamespaces:
                 f.write("0")
             print("ready", flush=True)
             sys.stdin.read()
-            """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            """),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.holder.stdout.readline() == "ready\n"
 
     def python(self, python: str = sys.executable, uid: int = 0) -> str:
         """``python`` run in that namespace as ``uid`` (root keeps root's capabilities there)."""
         wrapper = self.folder / f"python-without-user-namespaces-{uid}"
-        wrapper.write_text(f"#!{sys.executable} -I\n" + textwrap.dedent(f"""
+        wrapper.write_text(
+            f"#!{sys.executable} -I\n"
+            + textwrap.dedent(f"""
             import ctypes, os, sys
             fd = os.open("/proc/{self.holder.pid}/ns/user", os.O_RDONLY)
             if ctypes.CDLL(None, use_errno=True).setns(fd, 0x10000000) != 0:  # CLONE_NEWUSER
@@ -271,7 +288,8 @@ class _NoUserNamespaces:
                 os.setresgid({uid}, {uid}, {uid})
                 os.setresuid({uid}, {uid}, {uid})
             os.execv({python!r}, [{python!r}, *sys.argv[1:]])
-            """))
+            """)
+        )
         wrapper.chmod(0o755)
         return str(wrapper)
 
@@ -306,7 +324,7 @@ class OrdinaryUser:
         if self.python is None:
             return python
         wrapper = Path(self.python).with_name(f"as-an-ordinary-user-{uuid.uuid4().hex}")
-        wrapper.write_text(f"#!/bin/sh\nexec {' '.join(BECOME_ORDINARY)} {python} \"$@\"\n")
+        wrapper.write_text(f'#!/bin/sh\nexec {" ".join(BECOME_ORDINARY)} {python} "$@"\n')
         wrapper.chmod(0o755)
         return str(wrapper)
 
@@ -346,13 +364,23 @@ def ordinary_user(monkeypatch) -> Iterator[OrdinaryUser]:
             shutil.copy(CHILD.with_name(name), shared / name)
             (shared / name).chmod(0o644)
         monkeypatch.setattr(sandbox_module, "CHILD", shared / CHILD.name)
-        python = next((p for p in (sys.executable, shutil.which("python3", path="/usr/bin:/bin")) if p and subprocess.run(
-            [*BECOME_ORDINARY, "/bin/sh", "-c", 'exec "$0" "$@"', p, "-I", "-c", "import ctypes"],  # a plain execve
-            capture_output=True).returncode == 0), None)
+        python = next(
+            (
+                p
+                for p in (sys.executable, shutil.which("python3", path="/usr/bin:/bin"))
+                if p
+                and subprocess.run(
+                    [*BECOME_ORDINARY, "/bin/sh", "-c", 'exec "$0" "$@"', p, "-I", "-c", "import ctypes"],  # a plain execve
+                    capture_output=True,
+                ).returncode
+                == 0
+            ),
+            None,
+        )
         if python is None:
             pytest.fail(f"no Python here that uid {ORDINARY_UID} may run")
         wrapper = shared / "python-as-an-ordinary-user"
-        wrapper.write_text(f"#!/bin/sh\nexec {' '.join(BECOME_ORDINARY)} {python} \"$@\"\n")
+        wrapper.write_text(f'#!/bin/sh\nexec {" ".join(BECOME_ORDINARY)} {python} "$@"\n')
         wrapper.chmod(0o755)
         found = cgroups_of(ORDINARY_UID)
         monkeypatch.setattr(sandbox_module.cgroups, "find", lambda: found)
@@ -377,7 +405,7 @@ def names_on_the_way(folder: str, paths: list[str]) -> set[str]:
         if os.path.exists(path):
             for form in (os.path.abspath(path), os.path.realpath(path)):
                 if form.startswith(folder.rstrip("/") + "/"):
-                    names.add(form[len(folder.rstrip("/")) + 1:].split("/")[0])
+                    names.add(form[len(folder.rstrip("/")) + 1 :].split("/")[0])
     return names
 
 

@@ -40,8 +40,7 @@ def encode_script(encoding, text: str) -> list[int]:
 
 def reply(reasoning: str, final: str) -> str:
     """The harmony text of a normal turn: analysis, then the final answer."""
-    return (f"<|channel|>analysis<|message|>{reasoning}<|end|>"
-            f"<|start|>assistant<|channel|>final<|message|>{final}<|return|>")
+    return f"<|channel|>analysis<|message|>{reasoning}<|end|><|start|>assistant<|channel|>final<|message|>{final}<|return|>"
 
 
 @dataclass
@@ -65,8 +64,9 @@ class ScriptedEngine:
 
     parallel = 1
 
-    def __init__(self, encoding, scripts: Sequence[Script | str], *, n_ctx: int = DEFAULT_N_CTX,
-                 prefill_seconds_per_token: float = 0.0):
+    def __init__(
+        self, encoding, scripts: Sequence[Script | str], *, n_ctx: int = DEFAULT_N_CTX, prefill_seconds_per_token: float = 0.0
+    ):
         self.encoding = encoding
         self.scripts = [s if isinstance(s, Script) else Script(s) for s in scripts]
         self._n_ctx = n_ctx
@@ -112,7 +112,7 @@ class ScriptedGeneration:
         tokens = list(request.prompt)
         engine.prompts.append(tokens)
         self.reused = common_prefix_length(engine._evaluated, tokens)
-        del engine._evaluated[self.reused:]
+        del engine._evaluated[self.reused :]
         self.stats.cached = self.reused
 
     def pending(self) -> int:
@@ -134,7 +134,7 @@ class ScriptedGeneration:
     def _run(self):
         engine, request, stats = self.engine, self.request, self.stats
         upcoming = engine.scripts[engine.turns_started] if engine.turns_started < len(engine.scripts) else None
-        todo = list(request.prompt)[self.reused:]
+        todo = list(request.prompt)[self.reused :]
         started = time.perf_counter()
         for index, token in enumerate(todo):
             if upcoming is not None and upcoming.sigint_in_prefill and index == len(todo) // 2:

@@ -30,7 +30,10 @@ class ServerProcess:
 
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ossrun", "serve", *args, "--port", "0", "--threads", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
             preexec_fn=lower_open_files if open_files else None,
         )
         self.lines: list[str] = []

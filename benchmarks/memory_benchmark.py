@@ -3,7 +3,9 @@
 For each context size, KV cache type and cache mode (the small sliding-window cache or
 ``swa_full``), one process loads the model, answers a short prompt with 16 tokens, and
 reports ``RssAnon`` (anonymous memory), ``VmRSS`` and ``VmHWM`` (peak resident) from
-``/proc/PID/status``; the planner's figure for the same load is printed beside it.
+``/proc/PID/status``; the planner's figures for the same load are printed beside it: what the
+full context takes, and what is resident right after loading (the KV cache's pages are taken as
+tokens fill it), which is the one to compare.
 llama-server (``benchmarks/llama_tools.py``) runs with the same settings: one model in
 memory at a time, ``-np 1``, the same threads, context, cache type and mode; it maps the file
 (its default, as ossrun does: ``LlamaEngine``) unless ``--llama-read`` asks it to read the
@@ -72,6 +74,7 @@ def child(args) -> None:
                 "after_long_prompt": after_long,
                 "generated": reply.usage.completion_tokens,
                 "planned": planned.total,
+                "planned_at_load": planned.at_load,
                 "planned_parts": {
                     k: getattr(planned, k)
                     for k in ("experts", "weights", "kv_cache", "checkpoints", "compute", "outputs", "runtime")
@@ -183,7 +186,7 @@ def main() -> None:
 
         binary = llama_server()
     results = []
-    print("ctx     type  mode   runner        anon  file  rss   peak  planned  plan/rss")
+    print("ctx     type  mode   runner        anon  file  rss   peak  planned (at load)  at load/rss")
     if args.configs:
         configs = [(int(c), t, m) for c, t, m in (item.split(":") for item in args.configs)]
     else:
@@ -207,11 +210,11 @@ def main() -> None:
             if "error" in figures:
                 print(f"{ctx:<7} {kv_type:<5} {mode:<6} {runner:<12} {figures['error']}")
                 continue
-            after, planned = figures["after_16_tokens"], figures.get("planned")
-            ratio = f"{planned / after['VmRSS']:.3f}" if planned else "-"
+            after, planned, at_load = figures["after_16_tokens"], figures.get("planned"), figures.get("planned_at_load")
+            ratio = f"{at_load / after['VmRSS']:.3f}" if at_load else "-"
             print(
                 f"{ctx:<7} {kv_type:<5} {mode:<6} {runner:<12} {gib(after['RssAnon']):>5} {gib(after['RssFile']):>5} "
-                f"{gib(after['VmRSS']):>5} {gib(after['VmHWM']):>5} {gib(planned):>8} {ratio:>8}",
+                f"{gib(after['VmRSS']):>5} {gib(after['VmHWM']):>5} {gib(planned):>8} ({gib(at_load)}) {ratio:>8}",
                 flush=True,
             )
     if args.json:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 CHILD = textwrap.dedent("""
     import json, sys
     import ossrun
-    model = ossrun.load(sys.argv[1], ctx=4096)
+    model = ossrun.load(sys.argv[1], ctx=int(sys.argv[2]) if len(sys.argv) > 2 else 4096)
     reply = model.chat([{"role": "user", "content": "Name a colour."}], temperature=0, max_tokens=24)
     status = dict(line.split(":", 1) for line in open("/proc/self/status"))
     memory = {key: int(status[key].split()[0]) * 1024 for key in ("VmLck", "RssAnon", "RssFile")}
@@ -30,7 +30,7 @@ CHILD = textwrap.dedent("""
 PR_CAPBSET_DROP, CAP_IPC_LOCK = 24, 14
 
 
-def load_in_a_child(path, *, may_lock: bool) -> dict:
+def load_in_a_child(path, *, may_lock: bool = True, ctx: int = 4096) -> dict:
     def without_lock_rights() -> None:  # no CAP_IPC_LOCK after exec, and ulimit -l of 64 KiB
         import ctypes
         import resource
@@ -39,7 +39,7 @@ def load_in_a_child(path, *, may_lock: bool) -> dict:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536))
 
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path)],
+        [sys.executable, "-c", CHILD, str(path), str(ctx)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -79,6 +79,25 @@ def test_the_weights_every_token_reads_are_locked_else_read_into_memory(demo_bui
     weights = sum(t.n_bytes for t in check_gpt_oss(demo_build).tensors)
     assert copied["RssAnon"] - locked["RssAnon"] > 0.8 * weights
     assert locked["RssFile"] - copied["RssFile"] > 0.9 * hot
+
+
+def test_the_kv_cache_is_held_as_it_fills(demo_build):
+    from ossrun.engine import memory
+
+    shape = memory.ModelShape.of(check_gpt_oss(demo_build))
+    cache = memory.CacheSettings.parse("f16")
+    small, large = 4096, 131072
+    kv = [memory.plan_shape(shape, n, cache=cache).kv_cache for n in (small, large)]
+    assert kv[1] - kv[0] > 60 * 2**20  # llama.cpp clears the whole cache when it creates the context
+    replies = [load_in_a_child(demo_build, ctx=n) for n in (small, large)]
+    assert replies[0]["text"] == replies[1]["text"] and len(replies[0]["text"]) > 1
+    # After a short reply the large context holds no more than the small one: its cleared pages were given back.
+    assert replies[1]["RssAnon"] - replies[0]["RssAnon"] < 8 * 2**20, replies
+
+
+def test_only_memory_mapped_since_is_released():
+    new = resident._new_ranges([(100, 200), (300, 400)], [(50, 450), (100, 200), (500, 600)])
+    assert new == [(50, 100), (200, 300), (400, 450), (500, 600)]
 
 
 def test_a_file_not_mapped_locks_nothing(demo_build, tmp_path):

@@ -169,6 +169,12 @@ class MemoryPlan:
     def total(self) -> int:
         return self.experts + self.weights + self.kv_cache + self.checkpoints + self.compute + self.outputs + self.runtime
 
+    @property
+    def at_load(self) -> int:
+        """What is resident right after the load: the KV cache's pages are taken as tokens fill it
+        (see engine/resident.py), the rest at once. ``total`` is what the full context takes."""
+        return self.total - self.kv_cache
+
     def describe(self) -> str:
         parts = [
             f"experts {format_memory(self.experts)}",

@@ -13,7 +13,7 @@ gets it. Every chunk, event and object is first checked against the SDKs' own ty
 
 Ids and times are random or the clock's: each is checked for its form, then named by order of
 appearance (``call_#1``); the reasoning carried in ``encrypted_content`` and ``signature`` is
-shown decoded. ``OSSRUN_UPDATE_GOLDEN=1`` rewrites the files under tests/golden/{chat,responses,messages}/.
+shown decoded. ``OSSRUN_UPDATE_GOLDEN=1`` rewrites the files under tests/golden/{chat,responses,messages,tokenize}/.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from ossrun.errors import ContextError
 from ossrun.events import Done, Event, Prefill
 from ossrun.model import Model
 from ossrun.options import ReplyOptions
-from ossrun.server import chat, messages, responses
+from ossrun.server import chat, messages, responses, tokens
 from ossrun.server.app import Server
 from ossrun.server.fields import ApiError
 from ossrun.server.served import ServedModel
@@ -48,8 +48,13 @@ from ossrun.server.state import ENCRYPTED_PREFIX, ServerState, decode_reasoning,
 GOLDEN = Path(__file__).parent / "golden"
 NAME = "gpt-oss-20b"
 DATE = "2026-01-15"
-PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages"}
-PARSE: dict[str, Callable[..., Any]] = {"chat": chat.parse, "responses": responses.parse, "messages": messages.parse}
+PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages", "tokenize": "/tokenize"}
+PARSE: dict[str, Callable[..., Any]] = {
+    "chat": chat.parse,
+    "responses": responses.parse,
+    "messages": messages.parse,
+    "tokenize": tokens.parse_tokenize,
+}
 
 WEATHER_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 CHAT_WEATHER = {
@@ -480,7 +485,18 @@ MESSAGES_REQUESTS: dict[str, tuple[dict[str, Any], Callable[[], ServerState] | N
     ),
 }
 
-REQUESTS = {"chat": CHAT_REQUESTS, "responses": RESPONSES_REQUESTS, "messages": MESSAGES_REQUESTS}
+TOKENIZE_REQUESTS: dict[str, tuple[dict[str, Any], Callable[[], ServerState] | None]] = {
+    "messages-and-tools": (
+        {
+            "messages": [{"role": "developer", "content": "You are terse."}, user("Hi")],
+            "tools": [CHAT_WEATHER],
+            "reasoning_effort": "high",
+        },
+        None,
+    ),
+}
+
+REQUESTS = {"chat": CHAT_REQUESTS, "responses": RESPONSES_REQUESTS, "messages": MESSAGES_REQUESTS, "tokenize": TOKENIZE_REQUESTS}
 
 
 def stored_response(response_id: str) -> ServerState:
@@ -561,6 +577,11 @@ REFUSED: dict[str, dict[str, dict[str, Any]]] = {
             "thinking": {"type": "enabled", "budget_tokens": 100},
         },
         "unknown-model": {"model": "claude-opus-4", "max_tokens": 64, "messages": [user("Hi")]},
+    },
+    "tokenize": {
+        "nothing-to-tokenize": {"model": NAME},
+        "text-and-messages": {"text": "Hi", "messages": [user("Hi")]},
+        "unknown-model": {"model": "llama-3", "text": "Hi"},
     },
 }
 
@@ -718,3 +739,40 @@ def test_a_replys_events_become_what_the_client_reads(encoding: Any, api: str, c
     if scenario.raising is None:
         document["response"] = whole(api, translations(api, call, server.state), events)
     check(f"{api}/reply-{case}", document, since)
+
+
+def follow_up(api: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """The next request of a client that runs the tool and sends the call back without its reasoning."""
+    if api == "chat":
+        (call,) = answer["choices"][0]["message"]["tool_calls"]
+        sent = [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "12 C"},
+        ]
+        return {"model": NAME, "messages": [user("What is 2+2?"), *sent], "tools": [CHAT_WEATHER]}
+    if api == "responses":
+        (item,) = [item for item in answer["output"] if item["type"] == "function_call"]
+        call = {key: item[key] for key in ("type", "call_id", "name", "arguments")}
+        output = {"type": "function_call_output", "call_id": item["call_id"], "output": "12 C"}
+        return {"model": NAME, "input": [user("What is 2+2?"), call, output], "tools": [RESPONSES_WEATHER]}
+    (block,) = [block for block in answer["content"] if block["type"] == "tool_use"]
+    result = {"type": "tool_result", "tool_use_id": block["id"], "content": "12 C"}
+    sent = [{"role": "assistant", "content": [block]}, {"role": "user", "content": [result]}]
+    return messages_body(messages=[user("What is 2+2?"), *sent], tools=[MESSAGES_WEATHER])
+
+
+@pytest.mark.parametrize("api", list(REPLIES))
+def test_what_a_client_drops_of_a_tool_call_comes_back_from_the_server(encoding: Any, api: str) -> None:
+    """The reasoning before a call (and, for Anthropic's parsed input, the model's own JSON text) is
+    kept by the server when it answers, and put back when the call returns without it."""
+    scenario = REPLIES[api]["tool-call"]
+    model = model_writing(encoding, scenario.script)
+    server = Server(model, served(), log=io.StringIO())
+    call = PARSE[api](scenario.body, server.served, server.state)
+    answer = whole(api, translations(api, call, server.state), run(model, call))
+    prompt = "".join(asked(encoding, api, follow_up(api, answer), server.state)["engine"]["prompt"])
+    assert "<|start|>assistant<|channel|>analysis<|message|>Need the weather.<|end|>" in prompt
+    assert '<|constrain|>json<|message|>{"city":"Oslo"}<|call|>' in prompt
+    assert "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>12 C<|end|>" in prompt
+    # a server that never answered that call has nothing to put back
+    assert "Need the weather." not in "".join(asked(encoding, api, follow_up(api, answer))["engine"]["prompt"])

@@ -113,19 +113,21 @@ def check_stream(text: str) -> list[dict[str, Any]]:
 
 def check_order(events: list[dict[str, Any]]) -> None:
     """message_start first; each block started, given deltas of its kind, stopped, one at a time, with
-    indices counting from 0; then message_delta and message_stop last (or an error event anywhere)."""
-    if events and events[-1]["type"] == "error":
+    indices counting from 0; then message_delta and message_stop last, or an error event that ends the
+    stream where it stands, a block left open."""
+    failed = bool(events) and events[-1]["type"] == "error"
+    if failed:
         events = events[:-1]
         if not events:
             return
     kinds = [event["type"] for event in events]
     if not kinds or kinds[0] != "message_start":
         raise ShapeError(f"a stream starts with message_start: {kinds[:3]}")
-    if kinds[-2:] != ["message_delta", "message_stop"] and "error" not in kinds:
+    if kinds[-2:] != ["message_delta", "message_stop"] and not failed:
         raise ShapeError(f"a stream ends with message_delta, message_stop: {kinds[-3:]}")
     deltas = {"text": ("text_delta",), "thinking": ("thinking_delta", "signature_delta"), "tool_use": ("input_json_delta",)}
     open_block, count = None, 0
-    for event in events[1:-2]:
+    for event in events[1:] if failed else events[1:-2]:
         kind = event["type"]
         if kind == "content_block_start":
             if open_block is not None or event["index"] != count:
@@ -140,7 +142,7 @@ def check_order(events: list[dict[str, Any]]) -> None:
                 raise ShapeError(f"a {event['delta']['type']} in a {open_block['content_block']['type']} block")
         else:
             raise ShapeError(f"{kind} between message_start and message_delta")
-    if open_block is not None:
+    if open_block is not None and not failed:
         raise ShapeError(f"block {open_block['index']} is never stopped")
 
 

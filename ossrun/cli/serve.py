@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
         max_connections: Annotated[
             int, typer.Option("--max-connections", min=1, help="Open connections at most (idle ones are closed first past it).")
         ] = DEFAULT_MAX_CONNECTIONS,
-        reasoning_effort: opt.ReasoningEffort = opt.DEFAULT_EFFORT,
+        reasoning_effort: opt.ReasoningEffort = None,
         ctx: Annotated[
             str,
             typer.Option(
@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
         served = ServedModel(
             name=loaded.name,
             aliases=registry_aliases(loaded.name),
-            default_effort=reasoning_effort,
+            default_effort=opt.effort(reasoning_effort) or loaded.reasoning_effort,
             python_tool=tools.python,
             created=int(time.time()),
             mcp=tools.mcp,

@@ -5,12 +5,17 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from typing import Annotated, Optional
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ossrun.cli import options as opt
 from ossrun.errors import OssrunError
+
+if TYPE_CHECKING:
+    import uvicorn  # imported when the server starts: ossrun --help stays fast
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -87,7 +92,7 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")
         ] = DEFAULT_PORT,
         api_key: Annotated[
-            Optional[str],
+            str | None,
             typer.Option(
                 "--api-key",
                 envvar="OSSRUN_API_KEY",
@@ -96,7 +101,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         cors: Annotated[
-            Optional[list[str]],
+            list[str] | None,
             typer.Option(
                 "--cors",
                 metavar="ORIGIN",
@@ -217,8 +222,8 @@ def register(app: typer.Typer) -> None:
 
 def registry_aliases(name: str) -> tuple[str, ...]:
     """The names besides its own that requests may call a registry model by."""
-    from ossrun.store.registry import load_registry
     from ossrun.server.served import served_names
+    from ossrun.store.registry import load_registry
 
     registry = load_registry()
     entry = registry.find(name)
@@ -234,16 +239,16 @@ class _Uvicorn:
     stop asked for is the normal end of ``ossrun serve``, exit code 0.
     """
 
-    def __init__(self, config, on_exit):
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
         import uvicorn
 
         class Server(uvicorn.Server):
-            def handle_exit(self, sig, frame):  # noqa: ANN001 - uvicorn's signature
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
                 on_exit()
                 super().handle_exit(sig, frame)
                 self._captured_signals.clear()
 
         self.server = Server(config)
 
-    def run(self, sockets) -> None:
+    def run(self, sockets: list[socket.socket]) -> None:
         self.server.run(sockets=sockets)

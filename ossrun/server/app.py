@@ -19,7 +19,8 @@ import json
 import sys
 import threading
 import time
-from typing import Any, AsyncIterator, Callable, Optional, TextIO
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +40,9 @@ from ossrun.server.runner import KEEPALIVE, Busy, Runner
 from ossrun.server.served import ServedModel
 from ossrun.server.state import ServerState
 
+if TYPE_CHECKING:
+    from ossrun.model import Model
+
 DEFAULT_MAX_BODY_BYTES = 16 << 20
 DEFAULT_KEEPALIVE_SECONDS = 15.0
 PROGRESS_SECONDS = 0.5  # how often a stream says how far the prompt is read
@@ -51,15 +55,15 @@ class Server:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         served: ServedModel,
         *,
-        api_key: Optional[str] = None,
+        api_key: str | None = None,
         max_waiting: int = 16,
         max_body: int = DEFAULT_MAX_BODY_BYTES,
         keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
-        log: Optional[TextIO] = None,
-        limits: Optional[Limits] = None,
+        log: TextIO | None = None,
+        limits: Limits | None = None,
     ):
         self.model = model
         self.served = served
@@ -85,7 +89,7 @@ class Server:
             Route("/v1/models", self.guarded(self.list_models, "/v1/models"), methods=["GET"]),
             Route("/v1/models/{model_id:path}", self.guarded(self.get_model, "/v1/models/{model}"), methods=["GET"]),
             Route("/v1/chat/completions", self.guarded(self.chat_completions, "/v1/chat/completions"), methods=["POST"]),
-            Route("/v1/responses", self.guarded(self.responses, "/v1/responses"), methods=["POST"]),
+            Route("/v1/responses", self.guarded(self.openai_responses, "/v1/responses"), methods=["POST"]),
             Route("/v1/messages", self.guarded(self.anthropic_messages, "/v1/messages"), methods=["POST"]),
             Route("/v1/messages/count_tokens", self.guarded(self.count_tokens, "/v1/messages/count_tokens"), methods=["POST"]),
         ]
@@ -112,7 +116,7 @@ class Server:
             except ApiError as exc:
                 self.metrics.error(exc.kind)
                 response = _error_response(request, exc)
-            except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server goes on
+            except Exception as exc:  # a bug answers 500 and the server goes on
                 self.write_log(f"error: {type(exc).__name__}: {exc}")
                 self.metrics.error("server_error")
                 response = _error_response(request, ApiError(500, "the server failed on this request", type="server_error"))
@@ -146,7 +150,7 @@ class Server:
         shown = f"{tokens} effort={effort}" if effort else tokens
         self.write_log(f"{request.method} {request.url.path} {status}{shown} {time.perf_counter() - started:.2f}s")
 
-    def log_refused(self, method: str, path: str, status: int, started: float, kind: Optional[str]) -> None:
+    def log_refused(self, method: str, path: str, status: int, started: float, kind: str | None) -> None:
         """A request the edge answered itself (a refusal, a CORS preflight): logged and counted like the others."""
         self.metrics.request(_endpoint_of(path), status)
         if kind is not None:
@@ -251,37 +255,37 @@ class Server:
         call = chat.parse(await self.read_json(request), self.served, self.state)
         completion = chat.Completion(call, self.state)
 
-        def tokens(result: dict[str, Any]) -> str:
+        def logged(result: dict[str, Any]) -> str:
             usage = result["usage"]
             return _tokens(usage["prompt_tokens"], usage["completion_tokens"], usage["prompt_tokens_details"]["cached_tokens"])
 
         return await self.answer(
-            request, call, lambda events: self.chat_stream(request, completion, events), completion.completion, tokens
+            request, call, lambda events: self.chat_stream(request, completion, events), completion.completion, logged
         )
 
-    async def responses(self, request: Request) -> Response:
+    async def openai_responses(self, request: Request) -> Response:
         call = responses.parse(await self.read_json(request), self.served, self.state)
         response = responses.Response(call, self.state)
 
-        def tokens(result: dict[str, Any]) -> str:
+        def logged(result: dict[str, Any]) -> str:
             usage = result["usage"]
             return _tokens(usage["input_tokens"], usage["output_tokens"], usage["input_tokens_details"]["cached_tokens"])
 
         return await self.answer(
-            request, call, lambda events: self.responses_stream(request, response, events), response.run, tokens
+            request, call, lambda events: self.responses_stream(request, response, events), response.run, logged
         )
 
     async def anthropic_messages(self, request: Request) -> Response:
         call = messages.parse(await self.read_json(request), self.served, self.state)
         message = messages.Message(call, self.state)
 
-        def tokens(result: dict[str, Any]) -> str:
+        def logged(result: dict[str, Any]) -> str:
             usage = result["usage"]
             cached = usage["cache_read_input_tokens"]
             return _tokens(usage["input_tokens"] + cached, usage["output_tokens"], cached)
 
         return await self.answer(
-            request, call, lambda events: self.messages_stream(request, message, events), message.message, tokens
+            request, call, lambda events: self.messages_stream(request, message, events), message.message, logged
         )
 
     async def count_tokens(self, request: Request) -> Response:
@@ -303,10 +307,10 @@ class Server:
     async def answer(
         self,
         request: Request,
-        call: Any,
-        stream: Callable[[AsyncIterator[Any]], AsyncIterator[str]],
+        call: chat.ChatCall | responses.ResponsesCall | messages.MessagesCall,
+        stream: Callable[[AsyncGenerator[Any, None]], AsyncIterator[str]],
         consume: Callable[[Any], dict[str, Any]],
-        tokens: Callable[[dict[str, Any]], str],
+        logged: Callable[[dict[str, Any]], str],
     ) -> Response:
         """Start a parsed call's reply and hand back its stream, or its one object once it is done."""
         request.state.effort = call.options.get("reasoning_effort")
@@ -320,7 +324,7 @@ class Server:
             result = await self.collect(request, cancel, events, consume)
         finally:
             await events.aclose()
-        request.state.tokens = tokens(result)
+        request.state.tokens = logged(result)
         return JSONResponse(result)
 
     async def start(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> tuple[threading.Event, int]:
@@ -347,7 +351,11 @@ class Server:
             ) from None
 
     async def collect(
-        self, request: Request, cancel: threading.Event, events: AsyncIterator[Any], consume: Callable[[Any], dict[str, Any]]
+        self,
+        request: Request,
+        cancel: threading.Event,
+        events: AsyncGenerator[Any, None],
+        consume: Callable[[Any], dict[str, Any]],
     ) -> dict[str, Any]:
         """Run a reply that is not streamed: its events in a list, cancelled if the client leaves."""
         watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
@@ -386,12 +394,14 @@ class Server:
 
         return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
-    def cancelled(self, request: Request, reading: Optional[Prefill]) -> None:
+    def cancelled(self, request: Request, reading: Prefill | None) -> None:
         """The client left before the end: the reply was cancelled (the runner saw to it)."""
         self.metrics.cancelled(request.state.endpoint)
         request.state.tokens = f" cancelled in prefill {reading.read()}/{reading.tokens}" if reading else " cancelled"
 
-    async def chat_stream(self, request: Request, completion: chat.Completion, events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    async def chat_stream(
+        self, request: Request, completion: chat.Completion, events: AsyncGenerator[Any, None]
+    ) -> AsyncIterator[str]:
         gathered: list[Any] = []
         quiet = _Quiet(self.keepalive_seconds)
         shown = -1  # the prefill progress last sent
@@ -422,8 +432,9 @@ class Server:
             else:
                 for chunk in completion.close():
                     yield _data(chunk)
-                usage = completion.transcript.reply.usage
-                request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+                if completion.transcript.reply is not None:  # close() has checked the reply ended with Done
+                    usage = completion.transcript.reply.usage
+                    request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         except ContextError as exc:
             self.metrics.error("context_length_exceeded")
             yield _data(ApiError(400, str(exc), code="context_length_exceeded").body())
@@ -436,10 +447,10 @@ class Server:
         yield "data: [DONE]\n\n"
 
     async def responses_stream(
-        self, request: Request, response: responses.Response, events: AsyncIterator[Any]
+        self, request: Request, response: responses.Response, events: AsyncGenerator[Any, None]
     ) -> AsyncIterator[str]:
         gathered: list[Any] = []
-        failed: Optional[tuple[str, str]] = None
+        failed: tuple[str, str] | None = None
         quiet = _Quiet(self.keepalive_seconds)
         try:
             for event in response.start():
@@ -470,7 +481,7 @@ class Server:
             request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
 
     async def messages_stream(
-        self, request: Request, message: messages.Message, events: AsyncIterator[Any]
+        self, request: Request, message: messages.Message, events: AsyncGenerator[Any, None]
     ) -> AsyncIterator[str]:
         gathered: list[Any] = []
         quiet = _Quiet(self.keepalive_seconds)
@@ -553,7 +564,7 @@ def _named(event: dict[str, Any]) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, allow_nan=False)}\n\n"
 
 
-def _param_of(exc: OssrunError) -> Optional[str]:
+def _param_of(exc: OssrunError) -> str | None:
     """The request field a library error is about, where its type says (the fields are checked before)."""
     if isinstance(exc, SchemaError):
         return exc.param

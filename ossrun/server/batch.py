@@ -3,8 +3,9 @@
 Each input line is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions",
 "/v1/responses" or "/v1/messages" (Anthropic's Messages API), "body"}``; each output line
 ``{"id", "custom_id", "response": {"status_code", "body"}, "error"}``, appended and flushed as
-it finishes, so a crash loses at most the lines in flight. Run again with the same output, a batch skips what was answered: a torn last line is
-dropped and done again, and lines that ended in an error are retried.
+it finishes, so a crash loses at most the lines in flight. Run again with the same output, a
+batch skips what was answered: a torn last line is dropped and done again, and lines that ended
+in an error are retried.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 from ossrun.errors import ContextError, OssrunError
-from ossrun.events import Done
+from ossrun.events import Done, Event
 from ossrun.server import chat, messages, responses
 from ossrun.server.fields import ApiError, check_unicode, parse_json
 from ossrun.server.output import new_id
 from ossrun.server.served import ServedModel
 from ossrun.server.state import ServerState
+
+if TYPE_CHECKING:
+    from ossrun.model import Model
 
 URLS = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
 
@@ -32,10 +37,10 @@ URLS = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
 @dataclass
 class BatchLine:
     number: int  # 1-based, as editors count
-    custom_id: Optional[str] = None
+    custom_id: str | None = None
     url: str = ""
     body: dict[str, Any] = field(default_factory=dict)
-    problem: Optional[str] = None  # why the line cannot be run
+    problem: str | None = None  # why the line cannot be run
 
 
 @dataclass
@@ -70,7 +75,8 @@ def read_input(path: Path) -> list[BatchLine]:
         raise OssrunError(f"{path} is not UTF-8 text: give a JSON Lines file") from None
     except OSError as exc:
         raise OssrunError(f"cannot read {path}: {exc.strerror or exc}") from None
-    lines, seen = [], {}
+    lines: list[BatchLine] = []
+    seen: dict[str, int] = {}  # custom_id: its line
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -141,7 +147,7 @@ def answered(out: Path) -> set[str]:
 class Batch:
     """Runs the lines of a batch on a model, ``parallel`` at a time."""
 
-    def __init__(self, model: Any, served: ServedModel, out: Path, *, parallel: int):
+    def __init__(self, model: Model, served: ServedModel, out: Path, *, parallel: int):
         self.model = model
         self.served = served
         self.out = out
@@ -150,7 +156,7 @@ class Batch:
         self._lock = threading.Lock()
         self._cancel = threading.Event()
 
-    def run(self, lines: list[BatchLine], progress: Optional[Callable[[Summary], None]] = None) -> Summary:
+    def run(self, lines: list[BatchLine], progress: Callable[[Summary], None] | None = None) -> Summary:
         summary = Summary(total=len(lines))
         done_before = answered(self.out)
         todo = [line for line in lines if line.custom_id not in done_before or line.custom_id is None]
@@ -181,7 +187,7 @@ class Batch:
         return summary
 
     def _report(
-        self, finished: set[Future], summary: Summary, started: float, progress: Optional[Callable[[Summary], None]]
+        self, finished: set[Future], summary: Summary, started: float, progress: Callable[[Summary], None] | None
     ) -> None:
         for future in finished:
             future.result()  # a bug in a line is a bug of the batch
@@ -199,7 +205,7 @@ class Batch:
             status, body, tokens = self._answer(line)
         except _Interrupted:
             return  # not written: a later run does it again
-        except Exception as exc:  # noqa: BLE001 - one failing line does not stop the batch
+        except Exception as exc:  # one failing line does not stop the batch
             self._write(output, line, None, {"code": "server_error", "message": f"{type(exc).__name__}: {exc}"}, summary)
             return
         self._write(
@@ -209,7 +215,8 @@ class Batch:
     def _answer(self, line: BatchLine) -> tuple[int, dict[str, Any], int]:
         try:
             check_unicode(line.body, "body")
-            call: Any
+            call: chat.ChatCall | responses.ResponsesCall | messages.MessagesCall
+            translate: Callable[[list[Event]], dict[str, Any]]
             if line.url == URLS[0]:
                 call = chat.parse(line.body, self.served, self.state)
                 translate = chat.Completion(call, self.state).completion
@@ -235,8 +242,8 @@ class Batch:
         self,
         output: Any,
         line: BatchLine,
-        response: Optional[dict],
-        error: Optional[dict],
+        response: dict | None,
+        error: dict | None,
         summary: Summary,
         *,
         invalid: bool = False,

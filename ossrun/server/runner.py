@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -73,7 +73,7 @@ class Runner:
 
     async def events(
         self, cancel: threading.Event, messages: Any, options: dict[str, Any], *, keepalive_seconds: float | None = None
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """The reply's events, produced in a thread; KEEPALIVE after ``keepalive_seconds`` of silence.
 
         ``cancel`` comes from :meth:`admit`; the admission ends with the thread. Leaving the

@@ -1,9 +1,10 @@
 """The HTTP layer of ``ossrun serve``: Starlette routes over the translations in ``chat``, ``responses``
 and ``messages`` (Anthropic's Messages API).
 
-Every error is answered in OpenAI's shape, or on Anthropic's routes in its own. Requests are checked before they take a place in
-the queue, and the prompt is rendered before a stream starts, so a prompt too long for the
-context is a 400 rather than a broken stream. Streams stay alive while a long prompt is read
+Every error is answered in OpenAI's shape, or on Anthropic's routes in its own (``errors``: the
+mapping of library errors). Requests are checked before they take a place in the queue, and the
+prompt is rendered before a stream starts, so a prompt too long for the context is a 400 rather
+than a broken stream. Streams stay alive while a long prompt is read
 (SSE comments for Chat Completions, ``: prefill READ/TOTAL`` with the prompt's progress,
 repeated ``response.in_progress`` for Responses, whose clients ignore comments, and ``ping``
 events for Messages). A client that goes away cancels its reply, prefill included. Besides the
@@ -28,11 +29,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ossrun.errors import ContextError, OssrunError, ToolError
+from ossrun.errors import OssrunError
 from ossrun.events import Done, Prefill
-from ossrun.limits import SchemaError
 from ossrun.server import chat, messages, page, responses, tokens
 from ossrun.server.edge import Edge, Limits, uvicorn_config
+from ossrun.server.errors import api_error, response_failure, stream_error
 from ossrun.server.fields import ApiError, bad_request, check_unicode, parse_json
 from ossrun.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from ossrun.server.metrics import Capacity, Metrics
@@ -103,7 +104,8 @@ class Server:
     # -- around every route -------------------------------------------------
 
     def guarded(self, handler: Callable[[Request], Any], endpoint: str, *, public: bool = False) -> Callable[[Request], Any]:
-        """``handler`` with the key checked (unless ``public``), errors in OpenAI's shape, the log and the counts."""
+        """``handler`` with the key checked (unless ``public``), its errors answered (library errors too:
+        ``errors.api_error``), the log and the counts."""
 
         async def route(request: Request) -> Response:
             started = time.perf_counter()
@@ -113,9 +115,10 @@ class Server:
                 if not public:
                     self.authorize(request)
                 response = await handler(request)
-            except ApiError as exc:
-                self.metrics.error(exc.kind)
-                response = _error_response(request, exc)
+            except (ApiError, OssrunError) as exc:
+                error = api_error(exc)
+                self.metrics.error(error.kind)
+                response = _error_response(request, error)
             except Exception as exc:  # a bug answers 500 and the server goes on
                 self.write_log(f"error: {type(exc).__name__}: {exc}")
                 self.metrics.error("server_error")
@@ -225,23 +228,18 @@ class Server:
 
     async def tokenize(self, request: Request) -> Response:
         call = tokens.parse_tokenize(await self.read_json(request), self.served, self.state)
-        try:
-            if call.text is not None:
-                ids = await run_in_threadpool(self.model.encode, call.text)
-            else:
-                ids = await run_in_threadpool(lambda: self.model.render(call.messages, **call.options))
-        except ContextError as exc:
-            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
-        except OssrunError as exc:
-            raise bad_request(str(exc)) from None
+        if call.text is not None:
+            ids = await run_in_threadpool(self.model.encode, call.text)
+        else:
+            ids = await run_in_threadpool(lambda: self.model.render(call.messages, **call.options))
         return JSONResponse({"tokens": ids, "count": len(ids)})
 
     async def detokenize(self, request: Request) -> Response:
         ids = tokens.parse_detokenize(await self.read_json(request))
         try:
             text = await run_in_threadpool(self.model.decode, ids)
-        except OssrunError as exc:
-            raise bad_request(str(exc), "tokens", "invalid_value") from None
+        except OssrunError as exc:  # ids the vocabulary does not have
+            raise api_error(exc, param="tokens", code="invalid_value") from None
         return JSONResponse({"text": text})
 
     async def list_models(self, request: Request) -> Response:
@@ -294,12 +292,7 @@ class Server:
             call.options["python_tool"] = self.served.python_tool
         if self.served.mcp is not None:
             call.options["mcp"] = self.served.mcp
-        try:
-            ids = await run_in_threadpool(lambda: self.model.render(call.messages, **call.options, truncate=False))
-        except ContextError as exc:
-            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
-        except OssrunError as exc:
-            raise bad_request(str(exc), _param_of(exc)) from None
+        ids = await run_in_threadpool(lambda: self.model.render(call.messages, **call.options, truncate=False))
         return JSONResponse(messages.count(ids))
 
     # -- running a reply ----------------------------------------------------
@@ -331,12 +324,7 @@ class Server:
         """Check the prompt fits (no message is ever dropped for the API), then take a place in the queue.
         Returns the reply's cancel event and the prompt's length."""
         options["truncate"] = False
-        try:
-            ids = await run_in_threadpool(self.model.render, messages, **options)
-        except ContextError as exc:
-            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
-        except OssrunError as exc:
-            raise bad_request(str(exc), _param_of(exc)) from None
+        ids = await run_in_threadpool(self.model.render, messages, **options)  # a library error: a 400 (``guarded``)
         try:
             return self.runner.admit(), len(ids)
         except Busy:
@@ -364,18 +352,12 @@ class Server:
             async for event in events:
                 if event is not KEEPALIVE:
                     gathered.append(event)
-        except ContextError as exc:
-            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
-        except OssrunError as exc:
-            raise bad_request(str(exc)) from None
         finally:
             watcher.cancel()
         if cancel.is_set() and not self.runner.stopping:  # the client went away: no one reads the answer
             self.cancelled(request, None)
         if self.runner.stopping and _interrupted(gathered):
-            raise ApiError(
-                503, "the server stopped before the reply was complete", type="server_error", code="server_shutting_down"
-            )
+            raise _shutdown_error()
         return await run_in_threadpool(consume, gathered)
 
     def sse(self, request: Request, chunks: AsyncIterator[str]) -> StreamingResponse:
@@ -435,11 +417,8 @@ class Server:
                 if completion.transcript.reply is not None:  # close() has checked the reply ended with Done
                     usage = completion.transcript.reply.usage
                     request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        except ContextError as exc:
-            self.metrics.error("context_length_exceeded")
-            yield _data(ApiError(400, str(exc), code="context_length_exceeded").body())
         except OssrunError as exc:
-            error = bad_request(str(exc))
+            error = stream_error(exc)
             self.metrics.error(error.kind)
             yield _data(error.body())
         finally:
@@ -464,14 +443,12 @@ class Server:
                 request.state.reading = event if isinstance(event, Prefill) and event.tokens else None
                 for out in response.feed(event):
                     yield quiet.sent(_named(out))
-        except ContextError as exc:
-            failed = ("context_length_exceeded", str(exc))
         except OssrunError as exc:
-            failed = ("invalid_prompt", str(exc))
+            failed = response_failure(stream_error(exc))
         finally:
             await events.aclose()
         if failed is None and self.runner.stopping and _interrupted(gathered):
-            failed = ("server_error", "the server stopped before the reply was complete")
+            failed = response_failure(_shutdown_error())
         if failed:
             self.metrics.error(failed[0])
         for event in response.failed(*failed) if failed else response.finish():
@@ -507,11 +484,8 @@ class Server:
                 if message.reply is not None:
                     usage = message.reply.usage
                     request.state.tokens = _tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        except ContextError as exc:
-            self.metrics.error("context_length_exceeded")
-            yield _named(messages.error_event(ApiError(400, str(exc), code="context_length_exceeded")))
         except OssrunError as exc:
-            error = bad_request(str(exc))
+            error = stream_error(exc)
             self.metrics.error(error.kind)
             yield _named(messages.error_event(error))
         finally:
@@ -562,15 +536,6 @@ def _data(chunk: dict[str, Any]) -> str:
 
 def _named(event: dict[str, Any]) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, allow_nan=False)}\n\n"
-
-
-def _param_of(exc: OssrunError) -> str | None:
-    """The request field a library error is about, where its type says (the fields are checked before)."""
-    if isinstance(exc, SchemaError):
-        return exc.param
-    if isinstance(exc, ToolError):
-        return "tools"
-    return None
 
 
 def _tokens(prompt: int, completion: int, cached: int) -> str:

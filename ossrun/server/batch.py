@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ossrun.errors import ContextError, OssrunError
+from ossrun.errors import OssrunError
 from ossrun.events import Done, Event
 from ossrun.server import chat, messages, responses
+from ossrun.server.errors import api_error
 from ossrun.server.fields import ApiError, check_unicode, parse_json
 from ossrun.server.output import new_id
 from ossrun.server.served import ServedModel
@@ -227,12 +228,8 @@ class Batch:
                 call = messages.parse(line.body, self.served, self.state)
                 translate = messages.Message(call, self.state).message
             events = list(self.model.stream(call.messages, **call.options, truncate=False, cancel=self._cancel))
-        except ApiError as exc:
-            return (*exc.answer(line.url), 0)
-        except ContextError as exc:
-            return (*ApiError(400, str(exc), param="messages", code="context_length_exceeded").answer(line.url), 0)
-        except OssrunError as exc:
-            return (*ApiError(400, str(exc)).answer(line.url), 0)
+        except (ApiError, OssrunError) as exc:
+            return (*api_error(exc).answer(line.url), 0)
         last = events[-1] if events else None
         if self._cancel.is_set() or (isinstance(last, Done) and last.reply.finish_reason == "interrupted"):
             raise _Interrupted()

@@ -53,6 +53,9 @@ _PARTIAL_STATE = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
 
 _NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL callback pointer
 _log_to_stderr = False
+# Contexts of this process that are in use: the cleared KV cache's pages are given back only when a
+# context is created beside no other, whose decoding could write to memory it has just mapped.
+_contexts: set[int] = set()
 
 
 @llama_cpp.llama_log_callback
@@ -188,13 +191,16 @@ class LlamaEngine:
         ctx_params.type_k, ctx_params.type_v = int(KV_TYPES[cache.type_k]), int(KV_TYPES[cache.type_v])
         ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         ctx_params.no_perf = True
+        alone = not _contexts
         anonymous = resident.anonymous_mappings()
         with self._watch("creating the context"):
             self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             self.close()
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path.name}: try a smaller --ctx")
-        resident.release_zero_pages(anonymous)  # the cleared KV cache: held as it fills
+        _contexts.add(id(self))
+        if alone:
+            resident.release_zero_pages(anonymous)  # the cleared KV cache: held as it fills
         window = 0 if cache.swa_full else max(0, llama_cpp.llama_model_n_swa(self._model))
         self._backend = LlamaBackend(self._model, self._ctx, n_batch=n_batch, n_seq=parallel, window=window, watch=self._watch)
         self._n_ctx, self._parallel, self.cache = self._backend.n_ctx, parallel, cache
@@ -242,6 +248,7 @@ class LlamaEngine:
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
+            _contexts.discard(id(self))
         if self._locked is not None:
             self._locked.release()
             self._locked = None

@@ -246,9 +246,9 @@ def release_zero_pages(before: Sequence[Range]) -> int:
     """Give back the all-zero pages of the anonymous memory mapped since ``before`` (from
     :func:`anonymous_mappings`), in new ranges of 64 MiB or more; the number of bytes given back.
 
-    Call it right after the allocation, while nothing else writes to that memory (llama.cpp's
-    context creation, in the thread that created it): a page is read, found to hold only zeros,
-    and then released, and it reads as zeros afterwards.
+    Call it right after the allocation, while nothing else in the process writes to memory it has
+    just mapped (the engine does so only for a context created beside no other): a page is read,
+    found to hold only zeros, and then released, and it reads as zeros afterwards.
     """
     import numpy as np
 

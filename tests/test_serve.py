@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-from helpers.serving import ServerProcess
 
+from helpers.serving import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -236,7 +236,7 @@ def test_responses_plain_and_streamed(client):
         final = stream.get_final_response()
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
-    for index, item in enumerate(final.output):  # every item announced, its deltas, then done, at its index
+    for index in range(len(final.output)):  # every item announced, its deltas, then done, at its index
         added = next(i for i, e in enumerate(events) if e.type == "response.output_item.added" and e.output_index == index)
         done = next(i for i, e in enumerate(events) if e.type == "response.output_item.done" and e.output_index == index)
         deltas = [i for i, e in enumerate(events) if e.type.endswith("_text.delta") and e.output_index == index]

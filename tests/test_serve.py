@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-from helpers.serving import ServerProcess
 
+from helpers.serving import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -236,7 +236,7 @@ def test_responses_plain_and_streamed(client):
         final = stream.get_final_response()
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
-    for index, item in enumerate(final.output):  # every item announced, its deltas, then done, at its index
+    for index in range(len(final.output)):  # every item announced, its deltas, then done, at its index
         added = next(i for i, e in enumerate(events) if e.type == "response.output_item.added" and e.output_index == index)
         done = next(i for i, e in enumerate(events) if e.type == "response.output_item.done" and e.output_index == index)
         deltas = [i for i, e in enumerate(events) if e.type.endswith("_text.delta") and e.output_index == index]
@@ -309,10 +309,10 @@ def test_a_function_call_sent_back_without_its_reasoning_keeps_it(client, server
     )
 
 
-def wait_for_log(server, prefix: str, seconds: float = 10) -> str:
-    """The server's log line starting with ``prefix``, once it is written."""
+def wait_for_log(server, prefix: str, seconds: float = 10, after: int = 0) -> str:
+    """The server's last log line starting with ``prefix``, once more than ``after`` such lines are written."""
     deadline = time.monotonic() + seconds
-    while not server.log_lines(prefix):
+    while len(server.log_lines(prefix)) <= after:
         assert time.monotonic() < deadline, f"no log line {prefix!r} in:\n" + "\n".join(server.lines[-5:])
         time.sleep(0.05)
     return server.log_lines(prefix)[-1]
@@ -539,11 +539,11 @@ def test_a_body_too_large_is_413(server):
 
 
 def test_every_request_is_logged_on_one_line(server):
+    logged = len(server.log_lines("POST /v1/chat/completions 200"))
     post(
         server, "/v1/chat/completions", {"model": "demo", "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 3}
     )
-    time.sleep(0.2)
-    line = server.log_lines("POST /v1/chat/completions 200")[-1]
+    line = wait_for_log(server, "POST /v1/chat/completions 200", after=logged)
     assert line.endswith("s") and re.search(r" \d+\+3 tokens \(\d+ cached\) ", line)
 
 
@@ -650,11 +650,21 @@ def test_a_registry_model_not_on_disk_is_an_error_not_the_demo(tmp_path):
 def test_stopping_ends_streams_in_flight_with_an_error_event_and_exits_0(home, sig):
     process = ServerProcess("--demo", "--parallel", "3", home=home)
     results = {}
+    streaming = {key: threading.Event() for key in ("chat", "responses", "messages")}
     story = LONG_STORY
 
     def stream(path, body, key):
-        status, lines = sse(process, path, body)
-        results[key] = (status, lines)
+        """Like ``sse``, read line by line: ``streaming[key]`` is set once the reply has begun."""
+        connection = http.client.HTTPConnection("127.0.0.1", process.port, timeout=120)
+        connection.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        lines = []
+        for raw in response:
+            if line := raw.decode().rstrip("\r\n"):
+                lines.append(line)
+                streaming[key].set()
+        connection.close()
+        results[key] = (response.status, lines)
 
     long = {"model": "demo", "stream": True}
     threads = [
@@ -673,7 +683,13 @@ def test_stopping_ends_streams_in_flight_with_an_error_event_and_exits_0(home, s
     ]
     for thread in threads:
         thread.start()
-    time.sleep(3)
+    # In flight: each client has the beginning of its stream, and the engine runs all three requests.
+    for key, begun in streaming.items():
+        assert begun.wait(120), f"the {key} stream did not begin"
+    deadline = time.monotonic() + 60
+    while busy_sequences(process) < 3:
+        assert time.monotonic() < deadline, "the engine did not take the three requests"
+        time.sleep(0.05)
     assert process.stop(sig) == 0
     for thread in threads:
         thread.join(30)
@@ -687,6 +703,15 @@ def test_stopping_ends_streams_in_flight_with_an_error_event_and_exits_0(home, s
     assert status == 200 and lines[-2:] == ["event: error", lines[-1]]
     assert json.loads(lines[-1][6:])["error"]["type"] == "overloaded_error"
     assert process.lines[-1] == "ossrun serve stopped"
+
+
+def busy_sequences(server) -> int:
+    """/metrics' count of the sequences running a request."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    return int(float(re.search(r"^ossrun_sequences_busy (\S+)$", text, re.M).group(1)))
 
 
 def test_the_readmes_sdk_example_runs(server):

@@ -13,10 +13,11 @@ import http.client
 import json
 import socket
 
-from helpers import anthropic_shapes
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from helpers import anthropic_shapes
 from helpers.openai_shapes import check_body, check_sse
 from helpers.serving import ServerProcess
 from test_serve import demo_home

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers.openai_shapes import check_error
 from helpers.serving import ServerProcess, ServerThread
 from test_serve import demo_home
@@ -314,7 +315,8 @@ def raw_exchange(port: int, data: bytes) -> bytes:
 @pytest.mark.parametrize(
     "request_bytes",
     [
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n{}",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 TLS to a plain port\r\n\r\n",
     ],
@@ -413,7 +415,6 @@ def test_a_page_given_with_cors_may_call_it_and_others_may_not(small_server):
 def quick_timeouts(encoding):
     """An in-process server over a scripted engine with one-second request timeouts."""
     from helpers.scripted import ScriptedEngine, reply
-
     from ossrun.model import Model
     from ossrun.server.edge import Limits
 

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers.serving import ServerProcess
 from test_serve import demo_home
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import serve_load  # noqa: E402
+import serve_load
 
 pytestmark = pytest.mark.slow
 

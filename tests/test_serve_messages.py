@@ -8,6 +8,7 @@ import http.client
 import json
 
 import pytest
+
 from helpers.anthropic_shapes import check_body, check_count, check_error, check_message, check_stream
 from helpers.serving import ServerProcess
 from test_serve import demo_home, pydantic_answer, wait_for_log

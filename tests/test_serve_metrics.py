@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+
 from helpers.serving import ServerProcess
 from test_serve import LONG_STORY, demo_home, post
 

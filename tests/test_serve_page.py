@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.browser import DESKTOP, PHONE, SCREENSHOT_FOLDERS, Screenshots, browser
 from playwright import sync_api
+
+from helpers.browser import DESKTOP, PHONE, SCREENSHOT_FOLDERS, Screenshots, browser
 from helpers.serving import ServerProcess, ServerThread
 from test_serve import demo_home, post
 
@@ -333,7 +334,6 @@ def test_python_runs_and_markdown_are_shown_safely(encoding, playwright, shots, 
     """--tool python over a scripted model: the run is shown in the reasoning; the answer's markdown is
     rendered (code, table, lists) and nothing the model wrote becomes HTML."""
     from helpers.scripted import ScriptedEngine, reply
-
     from ossrun.model import Model
     from ossrun.tools import PythonSandbox
 

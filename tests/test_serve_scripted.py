@@ -7,9 +7,9 @@ import json
 import os
 
 import pytest
+
 from helpers.scripted import ScriptedEngine, plain, reply
 from helpers.serving import ServerThread
-
 from ossrun.model import Model
 
 BROKEN = [

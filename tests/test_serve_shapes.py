@@ -8,12 +8,12 @@ import http.client
 import json
 
 import pytest
+
 from helpers.openai_shapes import ShapeError, check_body, check_chat_completion, check_event, check_response, check_sse
 from helpers.scripted import ScriptedEngine, reply
 from helpers.serving import ServerProcess, ServerThread
-from test_serve import CAPITAL_SCHEMA, WEATHER, WEATHER_RESPONSES, demo_home
-
 from ossrun.model import Model
+from test_serve import CAPITAL_SCHEMA, WEATHER, WEATHER_RESPONSES, demo_home
 
 HI = [{"role": "user", "content": "What is the capital of France?"}]
 WEATHER_QUESTION = [{"role": "user", "content": "What's the weather in Oslo?"}]

@@ -12,9 +12,10 @@ Requests wait in arrival order for a free sequence (a *slot*).
   answer that followed tool calls, harmony drops the reasoning before the calls too: the
   history changes in the middle). Otherwise it takes an empty slot, else the least
   recently used one: a request that shares only the instructions with a conversation (a
-  client's title or tag request) never cuts that conversation back to them. If another slot (free or busy) holds a longer prefix of the
-  prompt, those cells are shared into the chosen slot (``seq_copy``: the unified KV cache
-  stores them once), so the choice of slot costs no evaluation.
+  client's title or tag request) never cuts that conversation back to them. If another
+  slot (free or busy) holds a longer prefix of the prompt, those cells are shared into the
+  chosen slot (``seq_copy``: the unified KV cache stores them once), so the choice of slot
+  costs no evaluation.
   A prompt whose system/developer head is in no slot is restored from the disk prefix
   cache, or read up to that head first and saved for the next session.
 - **Checkpoints.** With llama.cpp's small sliding-window cache, a kept prefix is only
@@ -44,8 +45,9 @@ import itertools
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 from ossrun.engine.checkpoints import (
     DEFAULT_CHECKPOINT_INTERVAL,
@@ -93,7 +95,7 @@ class Backend(Protocol):
     # (the window); 0 when every layer keeps every position (no sliding window, or swa_full).
     window: int
 
-    def decode(self, entries: Sequence[Entry], abort: Optional[Callable[[], bool]]) -> int:
+    def decode(self, entries: Sequence[Entry], abort: Callable[[], bool] | None) -> int:
         """0, ROOM, ABORTED, or a negative error code (llama_decode's codes)."""
 
     def sample(self, sampler: Any, index: int) -> int: ...
@@ -112,9 +114,9 @@ class Backend(Protocol):
     def seq_min(self, seq: int) -> int:
         """The first position the sequence's sliding-window cells hold (-1: none)."""
 
-    def save_state(self, seq: int) -> Optional[bytes]: ...
+    def save_state(self, seq: int) -> bytes | None: ...
     def load_state(self, seq: int, data: bytes) -> bool: ...
-    def save_checkpoint(self, seq: int) -> Optional[bytes]:
+    def save_checkpoint(self, seq: int) -> bytes | None:
         """The sliding-window layers' state of the sequence (its last ``window`` positions)."""
 
     def load_checkpoint(self, seq: int, data: bytes) -> bool:
@@ -122,7 +124,7 @@ class Backend(Protocol):
 
 
 class PrefixStore(Protocol):
-    def load(self, tokens: Sequence[int]) -> Optional[bytes]: ...
+    def load(self, tokens: Sequence[int]) -> bytes | None: ...
     def save(self, tokens: Sequence[int], state: bytes) -> Any: ...
     def discard(self, tokens: Sequence[int]) -> None: ...
     def path_for(self, tokens: Sequence[int]) -> Any: ...
@@ -135,7 +137,7 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)  # what the cache holds for this sequence, in order
     prompt_length: int = 0  # the length of the prompt its last request read (where its reply began)
     held_from: int = 0  # the first position its sliding-window cells hold (-1: none)
-    job: Optional["_Job"] = None
+    job: _Job | None = None
     last_used: float = 0.0
 
 
@@ -154,16 +156,22 @@ class _Job:
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         self.placed = threading.Event()
         self.pending = 0
-        self.slot: Optional[_Slot] = None
+        self.slot: _Slot | None = None
         self.sampler: Any = None
-        self.save_prefix_at: Optional[int] = None
+        self.save_prefix_at: int | None = None
         self.checkpoint_at: list[int] = []  # prompt lengths at which to save a checkpoint, in order
-        self.next_token: Optional[int] = None  # sampled, evaluated by the next step
+        self.next_token: int | None = None  # sampled, evaluated by the next step
         self.blocked = False  # its prompt chunk found no room: waits for another request to end
         self.abandoned = False
         self.done = False
         self.stats = GenerationStats()
         self.placed_at = self.first_token_at = 0.0
+
+    @property
+    def placed_slot(self) -> _Slot:
+        """The slot of a placed job: the scheduler plans, steps and samples placed jobs only."""
+        assert self.slot is not None, "the job has not been placed on a slot"
+        return self.slot
 
     @property
     def reading(self) -> bool:
@@ -216,7 +224,7 @@ class Scheduler:
     def __init__(
         self,
         backend: Backend,
-        prefix_store: Optional[PrefixStore] = None,
+        prefix_store: PrefixStore | None = None,
         *,
         decode_slowdown: float = DEFAULT_DECODE_SLOWDOWN,
         min_prompt_chunk: int = MIN_PROMPT_CHUNK,
@@ -233,7 +241,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._orders = itertools.count()
         self._stopping = False
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._decode_step = 0.0  # seconds of a step without prompt tokens (EMA)
         self._prompt_token = 0.0  # seconds per prompt token on top of that (EMA)
         self.steps = 0
@@ -371,14 +379,15 @@ class Scheduler:
         else:  # the least recently used conversation makes room
             slot = min(free, key=lambda s: s.last_used)
         donor = max(self.slots, key=lambda s: reuse[s.seq][0])
-        own, lent = reuse[slot.seq], reuse[donor.seq]
-        if lent[0] > own[0]:
+        kept, lent = reuse[slot.seq], reuse[donor.seq]
+        if lent[0] > kept[0]:
             keep, checkpoint = self._take(slot, donor, *lent), lent[1]
         else:
-            keep, checkpoint = self._cut(slot, *own), own[1]
+            keep, checkpoint = self._cut(slot, *kept), kept[1]
         job.stats.restored = checkpoint.length if checkpoint is not None and keep else 0
-        if keep < head < len(prompt) and self.prefix_store is not None:
-            if self._restore(slot, prompt[:head]):
+        store = self.prefix_store
+        if keep < head < len(prompt) and store is not None:
+            if self._restore(slot, store, prompt[:head]):
                 keep = head
                 job.stats.restored = 0
             else:
@@ -394,7 +403,7 @@ class Scheduler:
         job.placed_at = time.perf_counter()
         job.placed.set()
 
-    def _reusable(self, slot: _Slot, prompt: Sequence[int]) -> tuple[int, Optional[Checkpoint]]:
+    def _reusable(self, slot: _Slot, prompt: Sequence[int]) -> tuple[int, Checkpoint | None]:
         """How much of ``prompt`` ``slot`` can serve, and the checkpoint that needs restoring for it.
 
         At least the prompt's last token is evaluated: a reply starts from its logits.
@@ -402,7 +411,7 @@ class Scheduler:
         n = min(common_prefix_length(slot.tokens, prompt), len(prompt) - 1)
         return reusable(n, slot.held_from, self.backend.window, slot.checkpoints)
 
-    def _cut(self, slot: _Slot, keep: int, checkpoint: Optional[Checkpoint]) -> int:
+    def _cut(self, slot: _Slot, keep: int, checkpoint: Checkpoint | None) -> int:
         """Cut ``slot`` back to ``keep`` positions, restoring ``checkpoint`` (saved at ``keep`` or one
         position later) on the way: what it now holds."""
         at = keep if checkpoint is None else checkpoint.length
@@ -417,7 +426,7 @@ class Scheduler:
         self._held(slot)
         return keep
 
-    def _take(self, slot: _Slot, donor: _Slot, keep: int, checkpoint: Optional[Checkpoint]) -> int:
+    def _take(self, slot: _Slot, donor: _Slot, keep: int, checkpoint: Checkpoint | None) -> int:
         """Let ``slot`` hold ``donor``'s first ``keep`` positions (the unified cache stores them once)."""
         backend = self.backend
         at = keep if checkpoint is None else checkpoint.length
@@ -451,14 +460,14 @@ class Scheduler:
         if data is not None:
             slot.checkpoints.add(Checkpoint(len(slot.tokens), data))
 
-    def _restore(self, slot: _Slot, head: list[int]) -> bool:
-        state = self.prefix_store.load(head)
+    def _restore(self, slot: _Slot, store: PrefixStore, head: list[int]) -> bool:
+        state = store.load(head)
         if state is None:
             return False
         self._cut(slot, 0, None)
         if not self.backend.load_state(slot.seq, state) or self.backend.seq_length(slot.seq) != len(head):
             self._cut(slot, 0, None)
-            self.prefix_store.discard(head)
+            store.discard(head)
             return False
         slot.tokens = list(head)
         self._held(slot)
@@ -486,13 +495,14 @@ class Scheduler:
         for job in sorted(self._active(), key=lambda j: j.order):
             if job.next_token is not None:
                 decoders.append((job, len(entries)))
-                entries.append(Entry(job.slot.seq, job.next_token, len(job.slot.tokens), True))
+                entries.append(Entry(job.placed_slot.seq, job.next_token, len(job.placed_slot.tokens), True))
         budget = self._prompt_budget(len(decoders))
         chunks: dict[int, tuple[_Job, int]] = {}
         for job in sorted(self._active(), key=lambda j: j.order):
             if not job.reading or job.blocked or self._follows(job) or budget <= 0:
                 continue
-            start = len(job.slot.tokens)
+            slot = job.placed_slot
+            start = len(slot.tokens)
             end = len(job.prompt)
             if job.save_prefix_at is not None and start < job.save_prefix_at:
                 end = job.save_prefix_at
@@ -503,7 +513,7 @@ class Scheduler:
             take = min(budget, end - start)
             chunks[len(entries)] = (job, take)
             for offset, token in enumerate(job.prompt[start : start + take]):
-                entries.append(Entry(job.slot.seq, token, start + offset, start + offset == len(job.prompt) - 1))
+                entries.append(Entry(slot.seq, token, start + offset, start + offset == len(job.prompt) - 1))
             budget -= take
         return entries, chunks, decoders
 
@@ -515,27 +525,27 @@ class Scheduler:
         the younger ones wait instead, and take the cells once the oldest holds them (the older
         one keeps a checkpoint where the prompts part, for the small sliding-window cache).
         """
-        slot = job.slot
-        best, shared, ready = None, len(slot.tokens) + MIN_SHARED_PREFIX, False
+        slot = job.placed_slot
+        best: _Slot | None = None
+        ahead: _Job | None = None  # the older request still reading the cells ``best`` is to share
+        shared = len(slot.tokens) + MIN_SHARED_PREFIX
         for other in self.slots:
             if other is slot:
                 continue
             held = common_prefix_length(other.tokens, job.prompt)
             leader = other.job
-            coming = (
-                common_prefix_length(leader.prompt, job.prompt)
-                if (leader is not None and leader.reading and leader.order < job.order)
-                else held
-            )
+            coming = held
+            if leader is not None and leader.reading and leader.order < job.order:
+                coming = common_prefix_length(leader.prompt, job.prompt)
             if max(held, coming) > shared:
-                best, shared, ready = other, max(held, coming), held >= coming
+                best, shared = other, max(held, coming)
+                ahead = leader if coming > held else None
         if best is None:
             return False
-        if not ready:
-            leader = best.job
+        if ahead is not None:
             part = min(shared, len(job.prompt) - 1)
-            if self.backend.window and part > len(best.tokens) and part not in leader.checkpoint_at:
-                bisect.insort(leader.checkpoint_at, part)
+            if self.backend.window and part > len(best.tokens) and part not in ahead.checkpoint_at:
+                bisect.insort(ahead.checkpoint_at, part)
             return True  # the older request has not read that far yet
         keep, checkpoint = self._reusable(best, job.prompt)
         before = len(slot.tokens)
@@ -585,8 +595,8 @@ class Scheduler:
         now = time.perf_counter()
         window = self.backend.window
         for job, index in decoders:
-            slot = job.slot
-            slot.tokens.append(job.next_token)
+            slot = job.placed_slot
+            slot.tokens.append(entries[index].token)
             job.next_token = None
             if window:
                 self._held(slot)
@@ -594,7 +604,7 @@ class Scheduler:
                     self._checkpoint(slot)
             self._sampled(job, index, now)
         for index, (job, take) in chunks.items():
-            slot = job.slot
+            slot = job.placed_slot
             slot.tokens.extend(job.prompt[len(slot.tokens) : len(slot.tokens) + take])
             job.stats.evaluated += take
             if window:
@@ -608,10 +618,12 @@ class Scheduler:
                 self._sampled(job, index + take - 1, now)
 
     def _save_prefix(self, job: _Job) -> None:
+        store, slot = self.prefix_store, job.placed_slot
+        assert store is not None, "a prefix is saved only where there is a store"
         job.save_prefix_at = None
-        state = self.backend.save_state(job.slot.seq)
+        state = self.backend.save_state(slot.seq)
         if state is not None:
-            self.prefix_store.save(job.slot.tokens, state)
+            store.save(slot.tokens, state)
 
     def _sampled(self, job: _Job, index: int, now: float) -> None:
         if job.cancelled():
@@ -629,7 +641,7 @@ class Scheduler:
         limit = job.request.max_tokens
         if token in job.request.stop_tokens:
             self._finish(job, "stop")
-        elif (limit is not None and stats.generated >= limit) or len(job.slot.tokens) >= self.backend.n_ctx:
+        elif (limit is not None and stats.generated >= limit) or len(job.placed_slot.tokens) >= self.backend.n_ctx:
             self._finish(job, "length")
         else:
             job.next_token = token
@@ -655,7 +667,7 @@ class Scheduler:
         if readers and len(readers) + len(decoders) > 1:
             readers[-1].blocked = True
             return
-        holding = [job for job in self._active() if job.reading and job.slot.tokens and job not in readers]
+        holding = [job for job in self._active() if job.reading and job.placed_slot.tokens and job not in readers]
         if readers:
             reader = readers[0]
             newer = [job for job in holding if job.order > reader.order]
@@ -679,7 +691,7 @@ class Scheduler:
 
     def _preempt(self, job: _Job) -> None:
         """Take a prompt's cells back; it is read again from the start once another request ends."""
-        self._cut(job.slot, 0, None)
+        self._cut(job.placed_slot, 0, None)
         job.stats.cached = job.stats.restored = 0
         job.blocked = True
         job.checkpoint_at = (

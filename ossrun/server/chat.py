@@ -12,8 +12,9 @@ clients that show runs apart, in ``tool_run`` deltas (``tool_runs`` of the messa
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any
 
 from ossrun.events import Event, Reply, ToolCall
 from ossrun.server import fields
@@ -190,9 +191,9 @@ class Completion:
         self.content: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
         self.tool_runs: list[dict[str, Any]] = []  # the server's own tool runs: name, arguments, output, error
-        self._run_calls: list[Optional[ToolCall]] = []  # the call of each run, to find its result
+        self._run_calls: list[ToolCall | None] = []  # the call of each run, to find its result
 
-    def _chunk(self, delta: dict[str, Any], finish: Optional[str] = None) -> dict[str, Any]:
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -282,7 +283,7 @@ class Completion:
             {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
         ]
 
-    def _run(self, step: Step, server: Optional[str]) -> Optional[dict[str, Any]]:
+    def _run(self, step: Step, server: str | None) -> dict[str, Any] | None:
         """The ``tool_run`` delta of a run (its index, name, arguments, and the MCP server that runs it) or of
         its result (index, output, error); None for the result of a call that was not a run (a function
         the server answered itself)."""

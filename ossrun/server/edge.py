@@ -32,8 +32,9 @@ import json
 import resource
 import socket
 import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, MutableMapping, Optional, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
@@ -97,7 +98,7 @@ def protocol(limits: Limits, log: Callable[[str], None]) -> type[H11Protocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.waiting_since = self.loop.time()
-            self.deadline: Optional[asyncio.TimerHandle] = self.loop.call_later(limits.header_seconds, self.timed_out)
+            self.deadline: asyncio.TimerHandle | None = self.loop.call_later(limits.header_seconds, self.timed_out)
             if len(self.connections) > limits.max_connections and not self.make_room():
                 self.refuse()
 
@@ -151,7 +152,7 @@ def protocol(limits: Limits, log: Callable[[str], None]) -> type[H11Protocol]:
             if self.waiting() and not self.transport.is_closing():
                 self.transport.close()  # no whole request within the bound: h11 cannot answer one it has not read
 
-        def connection_lost(self, exc: Optional[Exception]) -> None:
+        def connection_lost(self, exc: Exception | None) -> None:
             if self.deadline is not None:
                 self.deadline.cancel()
                 self.deadline = None
@@ -185,10 +186,11 @@ def protocol(limits: Limits, log: Callable[[str], None]) -> type[H11Protocol]:
 class Edge:
     """The checks every request goes through (see the module's docstring), then ``app``.
 
-    ``log(method, path, status, started)`` writes the request line of a request refused here.
+    ``log(method, path, status, started, kind)`` writes the request line of a request refused here
+    (``kind``: the error's, for the metrics).
     """
 
-    def __init__(self, app: App, limits: Limits, log: Callable[[str, str, int, float, Optional[str]], None]):
+    def __init__(self, app: App, limits: Limits, log: Callable[[str, str, int, float, str | None], None]):
         self.app = app
         self.limits = limits
         self.log = log
@@ -227,13 +229,13 @@ class Edge:
 
         try:
             await self.app(scope, self.body_deadline(receive), sending)
-        except Exception as exc:  # noqa: BLE001 - what escaped a route: still the API's error shape
+        except Exception as exc:  # what escaped a route: still the API's error shape
             if response_started:
                 raise
             error = ApiError(500, f"the server failed on this request ({type(exc).__name__})", type="server_error")
             await self.answer(scope, receive, send, error, started)
 
-    def refusal(self, scope: Scope, headers: dict[str, str]) -> Optional[ApiError]:
+    def refusal(self, scope: Scope, headers: dict[str, str]) -> ApiError | None:
         """Why this request is refused before any route sees it (None: it is not)."""
         host = headers.get("host")
         if host is not None and not self.host_allowed(scope, host):

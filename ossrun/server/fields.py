@@ -12,7 +12,8 @@ import json
 import math
 import re
 import secrets
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ossrun.limits import MAX_JSON_DEPTH, SchemaError, check_schema, json_depth
 
@@ -56,9 +57,9 @@ class ApiError(Exception):
         message: str,
         *,
         type: str = "invalid_request_error",
-        param: Optional[str] = None,
-        code: Optional[str] = None,
-        headers: Optional[dict] = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -91,7 +92,7 @@ def new_request_id() -> str:
     return f"req_{secrets.token_hex(12)}"
 
 
-def bad_request(message: str, param: Optional[str] = None, code: Optional[str] = None) -> ApiError:
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 
 
@@ -152,8 +153,8 @@ def get(
 
 
 def number(
-    body: Mapping[str, Any], key: str, low: float, high: float, *, default: Optional[float] = None, low_open: bool = False
-) -> Optional[float]:
+    body: Mapping[str, Any], key: str, low: float, high: float, *, default: float | None = None, low_open: bool = False
+) -> float | None:
     value = get(body, key, (int, float))
     if value is None:
         return default
@@ -163,14 +164,14 @@ def number(
     return float(value)
 
 
-def positive_int(body: Mapping[str, Any], key: str) -> Optional[int]:
+def positive_int(body: Mapping[str, Any], key: str) -> int | None:
     value = get(body, key, (int,))
     if value is not None and value < 1:
         raise bad_request(f"{key} is {value}: it must be at least 1", key, "invalid_value")
     return value
 
 
-def integer(body: Mapping[str, Any], key: str, low: int, high: int) -> Optional[int]:
+def integer(body: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
     value = get(body, key, (int,))
     if value is not None and not low <= value <= high:
         raise bad_request(f"{key} is {value}: it must be from {low} to {high}", key, "invalid_value")

@@ -34,8 +34,9 @@ total input is their sum.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any
 
 from ossrun.events import Event, Reply, ToolCall
 from ossrun.server import fields
@@ -77,7 +78,7 @@ class MessagesCall:
     options: dict[str, Any]
     model: str
     stream: bool = False
-    thinking: Optional[str] = None  # "shown", "omitted" (empty blocks with their signature) or None (no blocks)
+    thinking: str | None = None  # "shown", "omitted" (empty blocks with their signature) or None (no blocks)
     parallel_tool_use: bool = True
     server_tools: Mapping[str, str] = field(default_factory=dict)  # recipients the server runs -> their label
 
@@ -133,7 +134,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState, *, c
     return call
 
 
-def effort_and_thinking(body: Mapping[str, Any], default: str) -> tuple[str, Optional[str]]:
+def effort_and_thinking(body: Mapping[str, Any], default: str) -> tuple[str, str | None]:
     """The harmony effort of ``thinking`` and ``output_config.effort``, and how thinking blocks are shown."""
     effort, shown = default, None
     thinking = get(body, "thinking", (dict,))
@@ -185,7 +186,7 @@ def check_metadata(value: Any) -> None:
     get(value, "user_id", (str,), "metadata.")
 
 
-def function_tool(tool: Any, where: str) -> Optional[dict[str, Any]]:
+def function_tool(tool: Any, where: str) -> dict[str, Any] | None:
     """A tool with an ``input_schema`` as a function ossrun declares; None for Anthropic's server tools."""
     if not isinstance(tool, Mapping):
         raise bad_request(f"{where} must be an object", where, "invalid_type")
@@ -413,9 +414,9 @@ class Message:
         self.id = new_id("msg")
         self.transcript = Transcript(call.server_tools)
         self.blocks: list[dict[str, Any]] = []
-        self._open: Optional[dict[str, Any]] = None  # the block being written
+        self._open: dict[str, Any] | None = None  # the block being written
         self._thought: list[str] = []  # the reasoning of the open thinking block, for its signature
-        self.reply: Optional[Reply] = None
+        self.reply: Reply | None = None
 
     def open(self) -> list[dict[str, Any]]:
         """``message_start``, before the prompt is read: its usage counts the whole prompt as input; the

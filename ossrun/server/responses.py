@@ -18,8 +18,9 @@ content_part.added / deltas / done, and ``response.completed`` with the whole re
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any
 
 from ossrun.events import Event, Reply
 from ossrun.server import fields
@@ -111,7 +112,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
     return call
 
 
-def served_tool(tool: Any, where: str) -> Optional[dict[str, Any]]:
+def served_tool(tool: Any, where: str) -> dict[str, Any] | None:
     """A function or namespace tool as ossrun declares it; None for tool types it cannot serve."""
     if not isinstance(tool, Mapping):
         raise bad_request(f"{where} must be an object", where, "invalid_type")
@@ -134,7 +135,7 @@ def served_tool(tool: Any, where: str) -> Optional[dict[str, Any]]:
     return None  # web_search, file_search, custom tools...: not served, left out of the prompt
 
 
-def check_tool_schemas(tools: list[Any], declared: list[tuple[int, Optional[dict[str, Any]]]], choice: Any) -> None:
+def check_tool_schemas(tools: list[Any], declared: list[tuple[int, dict[str, Any] | None]], choice: Any) -> None:
     """The parameters of every served function within bounds; those ``choice`` holds the turn to become grammars."""
     functions = []  # (name as tool_choice names it, its parameters, where they are)
     for index, tool in declared:
@@ -177,7 +178,7 @@ def convert_input(value: Any, previous: list[dict[str, Any]], state: ServerState
         raise bad_request("input must be a string or an array of items", "input")
     out: list[dict[str, Any]] = []
     names = {c["id"]: c["function"]["name"] for m in previous for c in m.get("tool_calls", []) if c.get("id")}
-    reasoning: Optional[str] = None  # a reasoning item's text, for the assistant output that follows it
+    reasoning: str | None = None  # a reasoning item's text, for the assistant output that follows it
     for index, item in enumerate(value):
         where = f"input[{index}]"
         if not isinstance(item, Mapping):
@@ -233,7 +234,7 @@ def convert_input(value: Any, previous: list[dict[str, Any]], state: ServerState
     return out
 
 
-def reasoning_text(item: Mapping[str, Any]) -> Optional[str]:
+def reasoning_text(item: Mapping[str, Any]) -> str | None:
     """A reasoning item's text: from ``encrypted_content`` (ossrun's own form), else its content."""
     decoded = decode_reasoning(item.get("encrypted_content"))
     if decoded:
@@ -263,11 +264,11 @@ class Response:
         self.created = int(time.time())
         self.transcript = Transcript(call.server_tools)
         self.items: list[_Item] = []
-        self._open: Optional[_Item] = None
+        self._open: _Item | None = None
         self._sequence = 0
         self.status = "in_progress"
-        self.error: Optional[dict[str, Any]] = None
-        self.reply: Optional[Reply] = None
+        self.error: dict[str, Any] | None = None
+        self.reply: Reply | None = None
 
     # -- events -------------------------------------------------------------
 

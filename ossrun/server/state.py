@@ -16,7 +16,7 @@ import collections
 import json
 import threading
 import zlib
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Generic, TypeVar
 
 DEFAULT_REASONING_ENTRIES = 1024
 DEFAULT_STORED_RESPONSES = 256
@@ -40,7 +40,7 @@ class BoundedStore(Generic[V]):
             while len(self._items) > self.limit:
                 self._items.popitem(last=False)
 
-    def get(self, key: str) -> Optional[V]:
+    def get(self, key: str) -> V | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
@@ -64,7 +64,7 @@ def encode_reasoning(text: str) -> str:
     return ENCRYPTED_PREFIX + base64.urlsafe_b64encode(data).decode()
 
 
-def decode_reasoning(blob: Any) -> Optional[str]:
+def decode_reasoning(blob: Any) -> str | None:
     """The reasoning in an ``encrypted_content`` made by :func:`encode_reasoning`; None for anything else."""
     if not isinstance(blob, str) or not blob.startswith(ENCRYPTED_PREFIX):
         return None

@@ -19,7 +19,7 @@ from typing import Any
 from ossrun.events import Event, Reply, ToolCall
 from ossrun.server import fields
 from ossrun.server.fields import bad_request, get, number, positive_int, text_of
-from ossrun.server.output import Step, Transcript, arguments_json, finish_reason, new_id
+from ossrun.server.output import CallStep, ResultStep, Step, TextStep, Transcript, arguments_json, finish_reason, new_id
 from ossrun.server.served import ServedModel, effort_of
 from ossrun.server.state import ServerState
 
@@ -191,7 +191,7 @@ class Completion:
         self.content: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
         self.tool_runs: list[dict[str, Any]] = []  # the server's own tool runs: name, arguments, output, error
-        self._run_calls: list[ToolCall | None] = []  # the call of each run, to find its result
+        self._run_calls: list[ToolCall] = []  # the call of each run, to find its result
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {
@@ -254,46 +254,50 @@ class Completion:
 
     def _step(self, step: Step) -> list[dict[str, Any]]:
         """The deltas of one step (also collected for the whole completion)."""
-        if step.kind == "reasoning":
-            self.reasoning.append(step.text)
-            return [{"reasoning_content": step.text, "reasoning": step.text}]
-        if step.kind == "text":
+        if isinstance(step, TextStep):
+            if step.kind == "reasoning":
+                self.reasoning.append(step.text)
+                return [{"reasoning_content": step.text, "reasoning": step.text}]
             self.content.append(step.text)
             return [{"content": step.text}]
-        if step.kind in ("run", "result"):  # the server's own tools (python, MCP servers'): shown with the reasoning
-            server = self.call.server_tools.get(step.call.recipient)
-            label = "python" if step.call.recipient == "python" else f"MCP {server}: {step.call.name}"
-            text = f"\n[{label}]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{step.result.output}\n"
-            self.reasoning.append(text)
-            delta = {"reasoning_content": text, "reasoning": text}
-            run = self._run(step, None if step.call.recipient == "python" else server)
-            if run is not None:
-                delta["tool_run"] = run
-            return [delta]
+        if isinstance(step, CallStep) and step.kind == "call":
+            return self._tool_call(step.call)
+        # the server's own tools (python, MCP servers'): shown with the reasoning
+        server = self.call.server_tools.get(step.call.recipient)
+        label = "python" if step.call.recipient == "python" else f"MCP {server}: {step.call.name}"
+        text = f"[output]\n{step.result.output}\n" if isinstance(step, ResultStep) else f"\n[{label}]\n{step.call.arguments}\n"
+        self.reasoning.append(text)
+        delta: dict[str, Any] = {"reasoning_content": text, "reasoning": text}
+        run = self._run(step, None if step.call.recipient == "python" else server)
+        if run is not None:
+            delta["tool_run"] = run
+        return [delta]
+
+    def _tool_call(self, call: ToolCall) -> list[dict[str, Any]]:
+        """The deltas of a call for the client to run."""
         if not self.call.parallel_tool_calls and self.tool_calls:
             return []
-        index, call_id, arguments = len(self.tool_calls), new_id("call"), arguments_json(step.call)
-        self.tool_calls.append({"id": call_id, "type": "function", "function": {"name": step.call.name, "arguments": arguments}})
+        index, call_id, arguments = len(self.tool_calls), new_id("call"), arguments_json(call)
+        self.tool_calls.append({"id": call_id, "type": "function", "function": {"name": call.name, "arguments": arguments}})
         return [  # id and name first, then the arguments, as clients merge them by index
             {
                 "tool_calls": [
-                    {"index": index, "id": call_id, "type": "function", "function": {"name": step.call.name, "arguments": ""}}
+                    {"index": index, "id": call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}
                 ]
             },
             {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
         ]
 
-    def _run(self, step: Step, server: str | None) -> dict[str, Any] | None:
+    def _run(self, step: CallStep | ResultStep, server: str | None) -> dict[str, Any] | None:
         """The ``tool_run`` delta of a run (its index, name, arguments, and the MCP server that runs it) or of
         its result (index, output, error); None for the result of a call that was not a run (a function
         the server answered itself)."""
-        result, call = step.result, step.call
-        if result is None:
-            name, arguments = (call.name, call.arguments) if call is not None else ("", "")
-            run = {"name": name, "arguments": arguments, **({"server": server} if server else {})}
+        if isinstance(step, CallStep):
+            run = {"name": step.call.name, "arguments": step.call.arguments, **({"server": server} if server else {})}
             self.tool_runs.append(run)
-            self._run_calls.append(call)
+            self._run_calls.append(step.call)
             return {"index": len(self.tool_runs) - 1, **run}
+        result = step.result
         index = next(
             (i for i, run in enumerate(self.tool_runs) if "output" not in run and self._run_calls[i] == result.call), None
         )

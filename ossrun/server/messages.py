@@ -41,7 +41,7 @@ from typing import Any
 from ossrun.events import Event, Reply, ToolCall
 from ossrun.server import fields
 from ossrun.server.fields import bad_request, describe, get, number
-from ossrun.server.output import Step, Transcript, arguments_json, finish_reason, new_id
+from ossrun.server.output import CallStep, ResultStep, Step, TextStep, Transcript, arguments_json, finish_reason, new_id
 from ossrun.server.served import ServedModel
 from ossrun.server.state import ServerState, decode_reasoning, encode_reasoning
 
@@ -470,23 +470,21 @@ class Message:
     # -- blocks -------------------------------------------------------------
 
     def _step(self, step: Step) -> list[dict[str, Any]]:
-        if step.kind == "reasoning":
+        if isinstance(step, TextStep):
+            if step.kind == "text":
+                return self._write("text", step.text)
             if not self.call.thinking:
                 return []
             self._thought.append(step.text)
             return self._write("thinking", step.text)
-        if step.kind == "text":
-            return self._write("text", step.text)
-        if step.call is None:  # pragma: no cover - the other steps carry their call
-            return []
-        if step.kind == "call":
+        if isinstance(step, CallStep) and step.kind == "call":
             return self._tool_use(step.call)
         if self.call.thinking != "shown":  # the server's own tools (python, MCP): shown with the thinking
             return []
         server = self.call.server_tools.get(step.call.recipient)
         label = "python" if step.call.recipient == "python" else f"MCP {server}: {step.call.name}"
-        output = step.result.output if step.result is not None else ""
-        return self._write("thinking", f"\n[{label}]\n{step.call.arguments}\n" if step.kind == "run" else f"[output]\n{output}\n")
+        shown = f"[output]\n{step.result.output}\n" if isinstance(step, ResultStep) else f"\n[{label}]\n{step.call.arguments}\n"
+        return self._write("thinking", shown)
 
     def _write(self, kind: str, text: str) -> list[dict[str, Any]]:
         """``text`` into a block of ``kind`` (thinking or text): the open one, or a new one after the last is closed."""

@@ -1,7 +1,7 @@
 """A reply as both APIs show it: reasoning, text and tool calls in order, never harmony markup.
 
-``Model.stream`` events become :class:`Step` s. When the model's output was not valid harmony,
-its raw text reaches the final channel as it came, special tokens included (``FinalDelta.raw``);
+``Model.stream`` events become steps (:data:`Step`: text, calls, results). When the model's output
+was not valid harmony, its raw text reaches the final channel as it came, special tokens included (``FinalDelta.raw``);
 from that text the headers (``<|channel|>commentary to=functions.x <|constrain|>json``) and every
 ``<|...|>`` token text are taken out, so a client only ever sees what the messages said. A
 well-formed answer is never touched: one that explains harmony (``a turn starts with
@@ -66,18 +66,35 @@ def clean(text: str) -> str:
     return markup.feed(text) + markup.flush()
 
 
-StepKind = Literal["reasoning", "text", "call", "run", "result"]
+@dataclass(frozen=True)
+class TextStep:
+    """A piece of the reasoning or of the text."""
+
+    kind: Literal["reasoning", "text"]
+    text: str
 
 
 @dataclass(frozen=True)
-class Step:
-    """``reasoning``/``text``: a piece of it; ``call``: a tool call for the client; ``run``/``result``:
-    a call the server runs itself (the python tool) and what it returned."""
+class CallStep:
+    """``call``: a tool call for the client; ``run``: a call the server runs itself (python, MCP tools)."""
 
-    kind: StepKind
-    text: str = ""
-    call: ToolCall | None = None
-    result: ToolResult | None = None
+    kind: Literal["call", "run"]
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class ResultStep:
+    """What a call the model's own loop ran returned."""
+
+    result: ToolResult
+    kind: Literal["result"] = "result"
+
+    @property
+    def call(self) -> ToolCall:
+        return self.result.call
+
+
+Step = TextStep | CallStep | ResultStep
 
 
 class Transcript:
@@ -92,17 +109,16 @@ class Transcript:
     def feed(self, event: Event) -> list[Step]:
         if isinstance(event, ReasoningDelta):
             self.reasoning_tokens += 1
-            return [Step("reasoning", event.text)] if event.text else []
+            return [TextStep("reasoning", event.text)] if event.text else []
         if isinstance(event, FinalDelta) and event.raw:
             cleaned = self._markup.feed(event.text)
-            return [Step("text", cleaned)] if cleaned else []
+            return [TextStep("text", cleaned)] if cleaned else []
         if isinstance(event, (FinalDelta, CommentaryDelta)):
-            return self._flush() + ([Step("text", event.text)] if event.text else [])
+            return self._flush() + ([TextStep("text", event.text)] if event.text else [])
         if isinstance(event, ToolCall):
-            kind: StepKind = "run" if event.recipient in self.server_tools else "call"
-            return self._flush() + [Step(kind, call=event)]
+            return self._flush() + [CallStep("run" if event.recipient in self.server_tools else "call", event)]
         if isinstance(event, ToolResult):
-            return [Step("result", call=event.call, result=event)]
+            return [ResultStep(event)]
         if isinstance(event, Done):
             self.reply = event.reply
             return self._flush()
@@ -110,7 +126,7 @@ class Transcript:
 
     def _flush(self) -> list[Step]:
         rest = self._markup.flush()
-        return [Step("text", rest)] if rest else []
+        return [TextStep("text", rest)] if rest else []
 
 
 def arguments_json(call: ToolCall) -> str:

@@ -22,11 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ossrun.events import Event, Reply
+from ossrun.events import Event, Reply, ToolCall
 from ossrun.server import fields
 from ossrun.server.chat import sampling_options
 from ossrun.server.fields import ApiError, bad_request, get, text_of
-from ossrun.server.output import Step, Transcript, arguments_json, new_id, split_recipient
+from ossrun.server.output import CallStep, ResultStep, Step, TextStep, Transcript, arguments_json, new_id, split_recipient
 from ossrun.server.served import ServedModel, effort_of
 from ossrun.server.state import ServerState, decode_reasoning, encode_reasoning
 
@@ -192,7 +192,7 @@ def convert_input(value: Any, previous: list[dict[str, Any]], state: ServerState
             elif role == "user":
                 out.append({"role": "user", "content": content})
             elif role == "assistant":
-                entry = {"role": "assistant", "content": content}
+                entry: dict[str, Any] = {"role": "assistant", "content": content}
                 if reasoning:
                     entry["reasoning"] = reasoning
                 out.append(entry)
@@ -318,44 +318,14 @@ class Response:
     # -- items --------------------------------------------------------------
 
     def _step(self, step: Step) -> list[dict[str, Any]]:
-        if step.kind == "reasoning":
-            return self._text("reasoning", step.text)
-        if step.kind == "text":
-            return self._text("message", step.text)
-        if step.kind == "call":
-            namespace, name = split_recipient(step.call.recipient)
-            data = {
-                "id": new_id("fc"),
-                "type": "function_call",
-                "status": "in_progress",
-                "call_id": new_id("call"),
-                "name": name,
-                "arguments": "",
-            }
-            if namespace:
-                data["namespace"] = namespace
-            out = self._close() + self._add(data)
-            item = self.items[-1]
-            arguments = arguments_json(step.call)
-            item.data.update(arguments=arguments, status="completed")
-            self._open = None
-            return out + [
-                self._event(
-                    "response.function_call_arguments.delta", item_id=data["id"], output_index=item.index, delta=arguments
-                ),
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=data["id"],
-                    output_index=item.index,
-                    name=name,
-                    arguments=arguments,
-                ),
-                self._event("response.output_item.done", output_index=item.index, item=item.data),
-            ]
+        if isinstance(step, TextStep):
+            return self._text("reasoning" if step.kind == "reasoning" else "message", step.text)
+        if isinstance(step, CallStep) and step.kind == "call":
+            return self._function_call(step.call)
         if step.call.recipient != "python":  # an MCP server's tool, run here
             return self._mcp_step(step)
-        if step.kind == "run":  # the server's own python tool
-            data = {
+        if isinstance(step, CallStep):  # the server's own python tool runs
+            data: dict[str, Any] = {
                 "id": new_id("ci"),
                 "type": "code_interpreter_call",
                 "status": "in_progress",
@@ -373,11 +343,41 @@ class Response:
         item.data.update(status="completed", outputs=[{"type": "logs", "logs": step.result.output}])
         return [self._event("response.output_item.done", output_index=item.index, item=item.data)]
 
-    def _mcp_step(self, step: Step) -> list[dict[str, Any]]:
+    def _function_call(self, call: ToolCall) -> list[dict[str, Any]]:
+        """A ``function_call`` item for the client to run, whole."""
+        namespace, name = split_recipient(call.recipient)
+        data: dict[str, Any] = {
+            "id": new_id("fc"),
+            "type": "function_call",
+            "status": "in_progress",
+            "call_id": new_id("call"),
+            "name": name,
+            "arguments": "",
+        }
+        if namespace:
+            data["namespace"] = namespace
+        out = self._close() + self._add(data)
+        item = self.items[-1]
+        arguments = arguments_json(call)
+        item.data.update(arguments=arguments, status="completed")
+        self._open = None
+        return out + [
+            self._event("response.function_call_arguments.delta", item_id=data["id"], output_index=item.index, delta=arguments),
+            self._event(
+                "response.function_call_arguments.done",
+                item_id=data["id"],
+                output_index=item.index,
+                name=name,
+                arguments=arguments,
+            ),
+            self._event("response.output_item.done", output_index=item.index, item=item.data),
+        ]
+
+    def _mcp_step(self, step: CallStep | ResultStep) -> list[dict[str, Any]]:
         """An ``mcp_call`` item: added with its arguments when the call starts, done with its output."""
-        if step.kind == "run":
+        if isinstance(step, CallStep):
             arguments = arguments_json(step.call)
-            data = {
+            data: dict[str, Any] = {
                 "id": new_id("mcp"),
                 "type": "mcp_call",
                 "status": "in_progress",
@@ -415,10 +415,11 @@ class Response:
         return [self._event("response.output_item.added", output_index=item.index, item=dict(data))]
 
     def _text(self, kind: str, text: str) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         item = self._open
         if item is None or item.data["type"] != kind:
             out += self._close()
+            part: dict[str, Any]
             if kind == "reasoning":
                 out += self._add({"id": new_id("rs"), "type": "reasoning", "summary": [], "content": []})
                 part = {"type": "reasoning_text", "text": ""}
@@ -427,7 +428,7 @@ class Response:
                     {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
                 )
                 part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            item = self._open
+            item = self.items[-1]  # the one just added, now open
             out.append(
                 self._event(
                     "response.content_part.added", item_id=item.data["id"], output_index=item.index, content_index=0, part=part
@@ -435,7 +436,7 @@ class Response:
             )
         item.text.append(text)
         kind_event = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
-        extra = {} if kind == "reasoning" else {"logprobs": []}
+        extra: dict[str, Any] = {} if kind == "reasoning" else {"logprobs": []}
         out.append(
             self._event(kind_event, item_id=item.data["id"], output_index=item.index, content_index=0, delta=text, **extra)
         )
@@ -447,6 +448,7 @@ class Response:
             return []
         text = "".join(item.text)
         ids = {"item_id": item.data["id"], "output_index": item.index, "content_index": 0}
+        part: dict[str, Any]
         if item.data["type"] == "reasoning":
             part = {"type": "reasoning_text", "text": text}
             item.data.update(content=[part])

@@ -15,6 +15,7 @@ API: the chat page at ``/`` (``page``), ``/metrics`` (``metrics``), ``/tokenize`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import sys
@@ -31,6 +32,7 @@ from starlette.routing import Route
 
 from ossrun.errors import OssrunError
 from ossrun.events import Done, Prefill
+from ossrun.options import ReplyOptions
 from ossrun.server import chat, messages, page, responses, tokens
 from ossrun.server.edge import Edge, Limits, uvicorn_config
 from ossrun.server.errors import api_error, response_failure, stream_error
@@ -288,11 +290,12 @@ class Server:
 
     async def count_tokens(self, request: Request) -> Response:
         call = messages.parse(await self.read_json(request), self.served, self.state, counting=True)
+        options = call.options
         if self.served.python_tool is not None:  # the server's tools are declared as for any request; nothing runs
-            call.options["python_tool"] = self.served.python_tool
+            options = dataclasses.replace(options, python_tool=self.served.python_tool)
         if self.served.mcp is not None:
-            call.options["mcp"] = self.served.mcp
-        ids = await run_in_threadpool(lambda: self.model.render(call.messages, **call.options, truncate=False))
+            options = dataclasses.replace(options, mcp=self.served.mcp)
+        ids = await run_in_threadpool(self.model.render, call.messages, options)
         return JSONResponse(messages.count(ids))
 
     # -- running a reply ----------------------------------------------------
@@ -306,7 +309,7 @@ class Server:
         logged: Callable[[dict[str, Any]], str],
     ) -> Response:
         """Start a parsed call's reply and hand back its stream, or its one object once it is done."""
-        request.state.effort = call.options.get("reasoning_effort")
+        request.state.effort = call.options.reasoning_effort
         cancel, request.state.prompt_tokens = await self.start(call.messages, call.options)
         events = self.runner.events(
             cancel, call.messages, call.options, keepalive_seconds=min(PROGRESS_SECONDS, self.keepalive_seconds)
@@ -320,11 +323,10 @@ class Server:
         request.state.tokens = logged(result)
         return JSONResponse(result)
 
-    async def start(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> tuple[threading.Event, int]:
-        """Check the prompt fits (no message is ever dropped for the API), then take a place in the queue.
-        Returns the reply's cancel event and the prompt's length."""
-        options["truncate"] = False
-        ids = await run_in_threadpool(self.model.render, messages, **options)  # a library error: a 400 (``guarded``)
+    async def start(self, messages: list[dict[str, Any]], options: ReplyOptions) -> tuple[threading.Event, int]:
+        """Check the prompt fits (no message is ever dropped for the API: the calls' options never truncate),
+        then take a place in the queue. Returns the reply's cancel event and the prompt's length."""
+        ids = await run_in_threadpool(self.model.render, messages, options)  # a library error: a 400 (``guarded``)
         try:
             return self.runner.admit(), len(ids)
         except Busy:

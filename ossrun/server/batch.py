@@ -227,7 +227,7 @@ class Batch:
             else:
                 call = messages.parse(line.body, self.served, self.state)
                 translate = messages.Message(call, self.state).message
-            events = list(self.model.stream(call.messages, **call.options, truncate=False, cancel=self._cancel))
+            events = list(self.model.stream(call.messages, call.options, cancel=self._cancel))
         except (ApiError, OssrunError) as exc:
             return (*api_error(exc).answer(line.url), 0)
         last = events[-1] if events else None

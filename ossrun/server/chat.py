@@ -11,12 +11,14 @@ clients that show runs apart, in ``tool_run`` deltas (``tool_runs`` of the messa
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ossrun.events import Event, Reply, ToolCall
+from ossrun.options import ReplyOptions
 from ossrun.server import fields
 from ossrun.server.fields import bad_request, get, number, positive_int, text_of
 from ossrun.server.output import CallStep, ResultStep, Step, TextStep, Transcript, arguments_json, finish_reason, new_id
@@ -34,7 +36,7 @@ class ChatCall:
     """One request, read: what ``Model.stream`` gets, and how the answer goes back."""
 
     messages: list[dict[str, Any]]
-    options: dict[str, Any]
+    options: ReplyOptions  # never truncating: the API drops no message
     model: str
     stream: bool = False
     include_usage: bool = False
@@ -50,53 +52,51 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> C
     messages = get(body, "messages", (list,), required=True)
     if not messages:
         raise bad_request("messages is empty: send at least one message", "messages")
-    options: dict[str, Any] = {"reasoning_effort": effort_of(body, served.default_effort)}
-    options.update(sampling_options(body, max_keys=("max_completion_tokens", "max_tokens")))
+    effort = effort_of(body, served.default_effort)
+    sampling = sampling_options(body, max_keys=("max_completion_tokens", "max_tokens"))
     stop = body.get("stop")
     if stop is not None:
         fields.stop_texts(stop, "stop")
-        options["stop"] = stop
-    tools = get(body, "tools", (list,), default=[])
-    options["tools"] = [function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
-    chosen = fields.tool_choice(body.get("tool_choice"), [t["function"]["name"] for t in options["tools"]])
-    for index, tool in enumerate(options["tools"]):
+    given = get(body, "tools", (list,), default=[])
+    tools = [function_tool(tool, f"tools[{i}]") for i, tool in enumerate(given)]
+    choice = body.get("tool_choice")
+    chosen = fields.tool_choice(choice, [t["function"]["name"] for t in tools])
+    for index, tool in enumerate(tools):
         if tool["function"].get("parameters") is not None:
             fields.schema(
                 tool["function"]["parameters"], f"tools[{index}].function.parameters", grammar=tool["function"]["name"] in chosen
             )
-    if "tool_choice" in body and body["tool_choice"] is not None:
-        options["tool_choice"] = body["tool_choice"]
-    if "response_format" in body and body["response_format"] is not None:
-        fields.response_format(body["response_format"], "response_format")
-        options["response_format"] = body["response_format"]
+    response_format = body.get("response_format")
+    if response_format is not None:
+        fields.response_format(response_format, "response_format")
     stream_options = get(body, "stream_options", (dict,), default={})
     call = ChatCall(
         messages=convert_messages(messages, state),
-        options=options,
+        options=dataclasses.replace(
+            sampling,
+            reasoning_effort=effort,
+            stop=stop,
+            tools=tools,
+            tool_choice=choice,
+            response_format=response_format,
+        ),
         model=model,
         stream=bool(get(body, "stream", (bool,), default=False)),
         include_usage=bool(get(stream_options, "include_usage", (bool,), "stream_options.", default=False)),
         parallel_tool_calls=bool(get(body, "parallel_tool_calls", (bool,), default=True)),
     )
-    call.server_tools = served.add_server_tools(call.options, body)
+    call.options, call.server_tools = served.with_server_tools(call.options, body)
     return call
 
 
-def sampling_options(body: Mapping[str, Any], *, max_keys: tuple[str, ...]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+def sampling_options(body: Mapping[str, Any], *, max_keys: tuple[str, ...]) -> ReplyOptions:
+    """The sampling fields both OpenAI APIs share (``max_keys``: the names of the token limit, the first
+    given wins), as the options of a reply that drops no message (the API never truncates)."""
     temperature = number(body, "temperature", 0.0, 2.0)
-    if temperature is not None:
-        options["temperature"] = temperature
     top_p = number(body, "top_p", 0.0, 1.0, low_open=True)
-    if top_p is not None:
-        options["top_p"] = top_p
     seed = fields.integer(body, "seed", 0, MAX_SEED)
-    if seed is not None:
-        options["seed"] = seed
     limits = [limit for limit in (positive_int(body, key) for key in max_keys) if limit is not None]
-    if limits:
-        options["max_tokens"] = limits[0]
-    return options
+    return ReplyOptions(temperature=temperature, top_p=top_p, seed=seed, max_tokens=limits[0] if limits else None, truncate=False)
 
 
 def function_tool(tool: Any, where: str) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ossrun.events import Event, Reply, ToolCall
+from ossrun.harmony.messages import ReasoningEffort
+from ossrun.options import ReplyOptions
 from ossrun.server import fields
 from ossrun.server.fields import bad_request, describe, get, number
 from ossrun.server.output import CallStep, ResultStep, Step, TextStep, Transcript, arguments_json, finish_reason, new_id
@@ -46,7 +48,7 @@ from ossrun.server.served import ServedModel
 from ossrun.server.state import ServerState, decode_reasoning, encode_reasoning
 
 ROLES = ("user", "assistant", "system")
-OUTPUT_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+OUTPUT_EFFORTS: dict[str, ReasoningEffort] = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 THINKING_TYPES = ("enabled", "adaptive", "between_tools", "disabled")
 MIN_BUDGET_TOKENS = 1024  # Anthropic's own minimum for budget_tokens
 TOOL_CHOICES = ("auto", "any", "tool", "none")
@@ -65,7 +67,7 @@ SERVER_BLOCKS = (
 )
 
 
-def budget_effort(budget_tokens: int) -> str:
+def budget_effort(budget_tokens: int) -> ReasoningEffort:
     """The harmony effort of a thinking budget."""
     return "low" if budget_tokens < 4000 else "medium" if budget_tokens < 16000 else "high"
 
@@ -75,7 +77,7 @@ class MessagesCall:
     """One request, read: what ``Model.stream`` gets, and how the answer goes back."""
 
     messages: list[dict[str, Any]]
-    options: dict[str, Any]
+    options: ReplyOptions  # never truncating: the API drops no message
     model: str
     stream: bool = False
     thinking: str | None = None  # "shown", "omitted" (empty blocks with their signature) or None (no blocks)
@@ -90,53 +92,53 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState, *, c
     if max_tokens is not None and max_tokens < 1:
         raise bad_request(f"max_tokens is {max_tokens}: it must be at least 1", "max_tokens", "invalid_value")
     effort, thinking = effort_and_thinking(body, served.default_effort)
-    options: dict[str, Any] = {"reasoning_effort": effort}
-    if max_tokens is not None:
-        options["max_tokens"] = max_tokens
     temperature = number(body, "temperature", 0.0, 1.0)
-    if temperature is not None:
-        options["temperature"] = temperature
     top_p = number(body, "top_p", 0.0, 1.0, low_open=True)
-    if top_p is not None:
-        options["top_p"] = top_p
     top_k = get(body, "top_k", (int,))
     if top_k is not None and top_k < 0:
         raise bad_request(f"top_k is {top_k}: it must be at least 0", "top_k", "invalid_value")
-    if body.get("stop_sequences") is not None:
-        options["stop"] = fields.stop_texts(body["stop_sequences"], "stop_sequences")
+    stop = fields.stop_texts(body["stop_sequences"], "stop_sequences") if body.get("stop_sequences") is not None else None
     check_metadata(body.get("metadata"))
-    tools = get(body, "tools", (list,), default=[])
-    options["tools"] = [tool for tool in (function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)) if tool]
-    names = [tool["function"]["name"] for tool in options["tools"]]
+    given = get(body, "tools", (list,), default=[])
+    tools = [tool for tool in (function_tool(tool, f"tools[{i}]") for i, tool in enumerate(given)) if tool]
+    names = [tool["function"]["name"] for tool in tools]
     choice, parallel = tool_choice(body.get("tool_choice"), names)
     chosen = fields.tool_choice(choice, names)
-    for index, tool in enumerate(options["tools"]):
+    for index, tool in enumerate(tools):
         fields.schema(tool["function"]["parameters"], f"tools[{index}].input_schema", grammar=tool["function"]["name"] in chosen)
-    if choice is not None:
-        options["tool_choice"] = choice
     output_format = get(body, "output_config", (dict,), default={}).get("format")
-    if output_format is not None:
-        options["response_format"] = json_format(output_format)
+    response_format = json_format(output_format) if output_format is not None else None
     messages = get(body, "messages", (list,), required=True)
     if not messages:
         raise bad_request("messages is empty: send at least one message", "messages")
     system = system_text(body.get("system"))
     call = MessagesCall(
         messages=([{"role": "system", "content": system}] if system else []) + convert_messages(messages, state),
-        options=options,
+        options=ReplyOptions(
+            reasoning_effort=effort,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            stop=stop,
+            tools=tools,
+            tool_choice=choice,
+            response_format=response_format,
+            truncate=False,
+        ),
         model=model,
         stream=bool(get(body, "stream", (bool,), default=False)),
         thinking=thinking,
         parallel_tool_use=parallel,
     )
     if not counting:
-        call.server_tools = served.add_server_tools(call.options, body)
+        call.options, call.server_tools = served.with_server_tools(call.options, body)
     return call
 
 
-def effort_and_thinking(body: Mapping[str, Any], default: str) -> tuple[str, str | None]:
+def effort_and_thinking(body: Mapping[str, Any], default: ReasoningEffort) -> tuple[ReasoningEffort, str | None]:
     """The harmony effort of ``thinking`` and ``output_config.effort``, and how thinking blocks are shown."""
-    effort, shown = default, None
+    effort: ReasoningEffort = default
+    shown: str | None = None
     thinking = get(body, "thinking", (dict,))
     if thinking is not None:
         kind = get(thinking, "type", (str,), "thinking.", required=True)

@@ -17,12 +17,14 @@ content_part.added / deltas / done, and ``response.completed`` with the whole re
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ossrun.events import Event, Reply, ToolCall
+from ossrun.options import ReplyOptions
 from ossrun.server import fields
 from ossrun.server.chat import sampling_options
 from ossrun.server.fields import ApiError, bad_request, get, text_of
@@ -38,7 +40,7 @@ SUMMARIES = ("auto", "concise", "detailed")
 @dataclass
 class ResponsesCall:
     messages: list[dict[str, Any]]
-    options: dict[str, Any]
+    options: ReplyOptions  # never truncating: the API drops no message
     model: str
     echo: dict[str, Any]  # request fields the response object repeats
     stream: bool = False
@@ -50,18 +52,21 @@ class ResponsesCall:
 
 def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> ResponsesCall:
     model = served.check_model(get(body, "model", (str,), required=True))
-    options: dict[str, Any] = {"reasoning_effort": effort_of(body, served.default_effort)}
-    options.update(sampling_options(body, max_keys=("max_output_tokens",)))
+    effort = effort_of(body, served.default_effort)
+    sampling = sampling_options(body, max_keys=("max_output_tokens",))
     tools = get(body, "tools", (list,), default=[])
     declared = [(index, served_tool(tool, f"tools[{index}]")) for index, tool in enumerate(tools)]
-    options["tools"] = [tool for _, tool in declared if tool]
     check_tool_schemas(tools, declared, body.get("tool_choice"))
-    if body.get("tool_choice") is not None:
-        options["tool_choice"] = body["tool_choice"]
     text = get(body, "text", (dict,), default={})
     if text.get("format") is not None:
         fields.response_format(text["format"], "text.format")
-        options["response_format"] = text["format"]
+    options = dataclasses.replace(
+        sampling,
+        reasoning_effort=effort,
+        tools=[tool for _, tool in declared if tool],
+        tool_choice=body.get("tool_choice"),
+        response_format=text.get("format"),
+    )
     include = get(body, "include", (list,), default=[])
     previous_id = get(body, "previous_response_id", (str,))
     previous: list[dict[str, Any]] = []
@@ -98,7 +103,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
             "top_p": body.get("top_p"),
             "max_output_tokens": body.get("max_output_tokens"),
             "previous_response_id": previous_id,
-            "reasoning": {"effort": options["reasoning_effort"], "summary": summary},
+            "reasoning": {"effort": effort, "summary": summary},
             "text": {"format": text.get("format") or {"type": "text"}},
             "metadata": fields.string_map(body, "metadata"),
             "truncation": "disabled",
@@ -108,7 +113,7 @@ def parse(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> R
         store=bool(get(body, "store", (bool,), default=True)),
         include_encrypted=ENCRYPTED_REASONING in include,
     )
-    call.server_tools = served.add_server_tools(call.options, body)
+    call.options, call.server_tools = served.with_server_tools(call.options, body)
     return call
 
 

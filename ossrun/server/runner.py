@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ossrun.events import Done, Event, Reply
+from ossrun.options import ReplyOptions
 
 DEFAULT_MAX_WAITING = 16
 KEEPALIVE = object()  # yielded when nothing came for a while: the caller keeps the stream alive
@@ -72,7 +73,7 @@ class Runner:
             cancel.set()
 
     async def events(
-        self, cancel: threading.Event, messages: Any, options: dict[str, Any], *, keepalive_seconds: float | None = None
+        self, cancel: threading.Event, messages: Any, options: ReplyOptions, *, keepalive_seconds: float | None = None
     ) -> AsyncGenerator[Any, None]:
         """The reply's events, produced in a thread; KEEPALIVE after ``keepalive_seconds`` of silence.
 
@@ -85,7 +86,7 @@ class Runner:
 
         def produce() -> None:
             try:
-                for event in self._stream(messages, cancel=cancel, **options):
+                for event in self._stream(messages, options, cancel=cancel):
                     if isinstance(event, Done) and self._on_reply is not None:
                         self._on_reply(event.reply)
                     loop.call_soon_threadsafe(queue.put_nowait, event)

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ossrun.harmony.messages import REASONING_EFFORTS
+from ossrun.harmony.messages import ReasoningEffort
+from ossrun.options import ReplyOptions
 from ossrun.server.fields import ApiError, bad_request, get
 from ossrun.server.python_sessions import PythonSessions, conversation_of
 
-# OpenAI's other efforts, as the nearest one gpt-oss was trained with.
-EFFORT_ALIASES = {"minimal": "low", "none": "low", "xhigh": "high"}
+# OpenAI's efforts, each as the nearest one gpt-oss was trained with.
+EFFORTS: dict[str, ReasoningEffort] = {
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "minimal": "low",
+    "none": "low",
+    "xhigh": "high",
+}
 
 
 @dataclass
 class ServedModel:
     name: str
     aliases: tuple[str, ...] = ()
-    default_effort: str = "medium"
+    default_effort: ReasoningEffort = "medium"
     python_tool: Any = None  # an ossrun.tools.PythonSandbox when --tool python was given: the model of each request's
     created: int = 0
     server_tools: frozenset[str] = field(default_factory=frozenset)
@@ -59,27 +68,27 @@ class ServedModel:
             "default_reasoning_effort": self.default_effort,
         }
 
-    def add_server_tools(self, options: dict[str, Any], body: Mapping[str, Any]) -> dict[str, str]:
-        """The server's own tools for one request: python in a working directory of the request's
-        tool chain, or of the conversation the body names (``python_sessions.py``), and the MCP
-        servers' tools. Returns the recipients the server runs for this request, each with the label
+    def with_server_tools(self, options: ReplyOptions, body: Mapping[str, Any]) -> tuple[ReplyOptions, dict[str, str]]:
+        """``options`` with the server's own tools for one request: python in a working directory of the
+        request's tool chain, or of the conversation the body names (``python_sessions.py``), and the MCP
+        servers' tools. Also returns the recipients the server runs for this request, each with the label
         its calls are shown with (``python``, an MCP server's name). The request's own tools keep
         their names: an MCP tool of the same name is prefixed by its server."""
         if self.python_sessions is not None:
-            options["python_tool"] = self.python_sessions.for_request(conversation_of(body))
+            options = dataclasses.replace(options, python_tool=self.python_sessions.for_request(conversation_of(body)))
         runs = {recipient: "python" for recipient in self.server_tools}
         if self.mcp is not None:
             from ossrun.errors import ToolError
             from ossrun.tools.functions import FUNCTIONS, function_tools
             from ossrun.tools.mcp_tools import mcp_function_tools, served_by
 
-            options["mcp"] = self.mcp
+            options = dataclasses.replace(options, mcp=self.mcp)
             try:
-                taken = {t.name for t in function_tools(options.get("tools") or ()) if t.namespace == FUNCTIONS}
+                taken = {t.name for t in function_tools(options.tools or ()) if t.namespace == FUNCTIONS}
             except ToolError:
                 taken = set()  # the request's tools are refused when its prompt is rendered
             runs.update((tool.recipient, str(served_by(tool))) for tool in mcp_function_tools(self.mcp, taken))
-        return runs
+        return options, runs
 
     def close(self) -> None:
         """Close the python sessions of the conversations still open."""
@@ -87,18 +96,20 @@ class ServedModel:
             self.python_sessions.close()
 
 
-def effort_of(body: Mapping[str, Any], default: str) -> str:
+def effort_of(body: Mapping[str, Any], default: ReasoningEffort) -> ReasoningEffort:
     """``reasoning_effort`` or ``reasoning.effort`` as low, medium or high."""
-    effort = get(body, "reasoning_effort", (str,))
+    asked = get(body, "reasoning_effort", (str,))
     param = "reasoning_effort"
-    if effort is None:
+    if asked is None:
         reasoning = get(body, "reasoning", (dict,), default={})
-        effort, param = get(reasoning, "effort", (str,), "reasoning."), "reasoning.effort"
-    if effort is None:
+        asked, param = get(reasoning, "effort", (str,), "reasoning."), "reasoning.effort"
+    if asked is None:
         return default
-    effort = EFFORT_ALIASES.get(effort.lower(), effort.lower())
-    if effort not in REASONING_EFFORTS:
-        raise bad_request(f"{param} {effort!r} is not one of low, medium, high (minimal and none mean low, xhigh high)", param)
+    effort = EFFORTS.get(asked.lower())
+    if effort is None:
+        raise bad_request(
+            f"{param} {asked.lower()!r} is not one of low, medium, high (minimal and none mean low, xhigh high)", param
+        )
     return effort
 
 

@@ -21,6 +21,9 @@ from typing import Any, Generic, TypeVar
 DEFAULT_REASONING_ENTRIES = 1024
 DEFAULT_STORED_RESPONSES = 256
 ENCRYPTED_PREFIX = "ossrun.r1."  # the version of the opaque reasoning format
+# How many bytes an opaque reasoning may inflate to, per character of it: prose inflates to about twice
+# its encoded length, a crafted blob a thousandfold (a 16 MiB body of them would take 16 GB of memory).
+MAX_INFLATION = 16
 
 V = TypeVar("V")
 
@@ -68,8 +71,13 @@ def decode_reasoning(blob: Any) -> str | None:
     """The reasoning in an ``encrypted_content`` made by :func:`encode_reasoning`; None for anything else."""
     if not isinstance(blob, str) or not blob.startswith(ENCRYPTED_PREFIX):
         return None
+    inflater = zlib.decompressobj()
     try:
-        data = json.loads(zlib.decompress(base64.urlsafe_b64decode(blob[len(ENCRYPTED_PREFIX) :].encode())))
+        packed = base64.urlsafe_b64decode(blob[len(ENCRYPTED_PREFIX) :].encode())
+        inflated = inflater.decompress(packed, MAX_INFLATION * len(blob))
+        if not inflater.eof:  # truncated, or past the bound: not one this server made
+            return None
+        data = json.loads(inflated)
     except (ValueError, zlib.error, UnicodeDecodeError):
         return None
     text = data.get("reasoning") if isinstance(data, dict) else None

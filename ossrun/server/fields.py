@@ -158,7 +158,8 @@ def number(
     value = get(body, key, (int, float))
     if value is None:
         return default
-    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+    # an int is compared as it is: JSON's 1 followed by 400 zeros is past any float (no overflow here)
+    if (isinstance(value, float) and not math.isfinite(value)) or value < low or value > high or (low_open and value == low):
         bound = f"above {low:g}" if low_open else f"at least {low:g}"
         raise bad_request(f"{key} is {value}: it must be {bound} and at most {high:g}", key, "invalid_value")
     return float(value)

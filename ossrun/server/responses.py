@@ -205,7 +205,7 @@ def convert_input(value: Any, previous: list[dict[str, Any]], state: ServerState
             else:
                 raise bad_request(f"{where}.role {role!r} is not one of developer, system, user, assistant", f"{where}.role")
         elif kind == "reasoning":
-            reasoning = reasoning_text(item) or reasoning
+            reasoning = reasoning_text(item, where) or reasoning
         elif kind == "function_call":
             name = get(item, "name", (str,), f"{where}.", required=True)
             namespace = get(item, "namespace", (str,), f"{where}.")
@@ -239,12 +239,12 @@ def convert_input(value: Any, previous: list[dict[str, Any]], state: ServerState
     return out
 
 
-def reasoning_text(item: Mapping[str, Any]) -> str | None:
+def reasoning_text(item: Mapping[str, Any], where: str) -> str | None:
     """A reasoning item's text: from ``encrypted_content`` (ossrun's own form), else its content."""
     decoded = decode_reasoning(item.get("encrypted_content"))
     if decoded:
         return decoded
-    parts = item.get("content") or []
+    parts = get(item, "content", (list,), f"{where}.", default=[])
     text = "".join(p.get("text", "") for p in parts if isinstance(p, Mapping) and isinstance(p.get("text"), str))
     return text or None
 

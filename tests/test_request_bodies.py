@@ -1,5 +1,6 @@
-"""Numbers in request bodies past what a float holds: JSON allows integers of any length (Python
-reads up to 4,300 digits), and each is a 400 naming its field, never the server failing."""
+"""Values the translations once failed on (a 500) instead of naming them in a 400: numbers past what a
+float holds (JSON allows integers of any length, Python reads up to 4,300 digits), a reasoning
+item's content that is not an array."""
 
 from __future__ import annotations
 
@@ -35,3 +36,24 @@ def test_an_integer_past_a_float_is_a_400_naming_its_field(parse, key, value):
 def test_integers_within_the_bounds_are_taken_as_floats(parse):
     call = parse(parse_json(BODIES[parse].format(key="temperature", value="1")), ServedModel(name="m"), ServerState())
     assert call.options.temperature == 1.0 and isinstance(call.options.temperature, float)
+
+
+@pytest.mark.parametrize("content", [5, 2.5, True, "Think.", {"type": "reasoning_text", "text": "Think."}])
+def test_a_reasoning_items_content_that_is_no_array_is_a_400(content):
+    items = [{"type": "reasoning", "content": content}, {"role": "assistant", "content": "Hello."}]
+    with pytest.raises(ApiError) as caught:
+        responses.convert_input(items, [], ServerState())
+    error = caught.value
+    assert (error.status, error.param, error.code) == (400, "input[0].content", "invalid_type")
+    assert error.message.startswith("input[0].content must be an array, not ")
+
+
+def test_a_reasoning_items_text_parts_are_the_reasoning_of_the_answer_after_it():
+    parts = [{"type": "reasoning_text", "text": "Think"}, {"type": "reasoning_text", "text": " twice."}, "junk"]
+    items = [{"type": "reasoning", "content": parts}, {"role": "assistant", "content": "Hello."}]
+    assert responses.convert_input(items, [], ServerState()) == [
+        {"role": "assistant", "content": "Hello.", "reasoning": "Think twice."}
+    ]
+    for absent in (None, []):
+        items = [{"type": "reasoning", "content": absent}, {"role": "assistant", "content": "Hello."}]
+        assert responses.convert_input(items, [], ServerState()) == [{"role": "assistant", "content": "Hello."}]

@@ -233,7 +233,7 @@ class Server:
         if call.text is not None:
             ids = await run_in_threadpool(self.model.encode, call.text)
         else:
-            ids = await run_in_threadpool(lambda: self.model.render(call.messages, **call.options))
+            ids = await run_in_threadpool(self.model.render, call.messages, call.options)
         return JSONResponse({"tokens": ids, "count": len(ids)})
 
     async def detokenize(self, request: Request) -> Response:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ossrun.options import ReplyOptions
 from ossrun.server.chat import convert_messages, function_tool
 from ossrun.server.fields import bad_request, describe, get
 from ossrun.server.served import ServedModel, effort_of
@@ -25,7 +26,7 @@ class Tokenize:
 
     text: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: ReplyOptions = field(default_factory=ReplyOptions)
 
 
 def parse_tokenize(body: Mapping[str, Any], served: ServedModel, state: ServerState) -> Tokenize:
@@ -47,15 +48,14 @@ def parse_tokenize(body: Mapping[str, Any], served: ServedModel, state: ServerSt
     if not messages:
         raise bad_request("messages is empty: send at least one message", "messages")
     tools = get(body, "tools", (list,), default=[])
-    options: dict[str, Any] = {
-        "reasoning_effort": effort_of(body, served.default_effort),
-        "truncate": False,
-        "tools": [function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)],
-    }
-    if served.python_tool is not None:  # the server's tools are declared as for any request; nothing runs here
-        options["python_tool"] = served.python_tool
-    if served.mcp is not None:
-        options["mcp"] = served.mcp
+    options = ReplyOptions(
+        reasoning_effort=effort_of(body, served.default_effort),
+        truncate=False,
+        tools=[function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)],
+        # the server's tools are declared as for any request; nothing runs here
+        python_tool=served.python_tool if served.python_tool is not None else False,
+        mcp=served.mcp,
+    )
     return Tokenize(messages=convert_messages(messages, state), options=options)
 
 

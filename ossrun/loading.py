@@ -34,6 +34,7 @@ def load(
     on_progress: Callable[[float], None] | None = None,
     pull: bool = False,
     rpc: str | Sequence[str] | None = None,
+    on_file_progress: Callable[[str, int, int], None] | None = None,
 ) -> Model:
     """Load a gpt-oss model by GGUF path, registry name or alias, or ``"demo"``.
 
@@ -43,7 +44,9 @@ def load(
     compared with the available memory (the container's limit included) before
     llama.cpp reads it. ``threads`` defaults to the physical cores; ``verbose`` shows
     llama.cpp's own log; ``on_progress`` is called with the fraction of the weights read
-    (0 to 1) as llama.cpp loads them: the library draws nothing, front ends show it.
+    (0 to 1) as llama.cpp loads them, and ``on_file_progress`` with each step on a registry
+    model's files before that (a ``pull`` download, the hash check of a file's first use) and
+    its bytes done of a total: the library draws nothing, front ends show it.
 
     ``parallel`` is how many replies are decoded together: ``stream`` and ``chat`` may
     then be called from that many threads at once (more wait their turn). ``ctx`` is
@@ -71,7 +74,7 @@ def load(
     cache = memory.CacheSettings.parse(kv_type, swa_full=swa_full)
     if parallel < 1:
         raise ModelError(f"parallel {parallel} is less than 1: decode at least one sequence")
-    resolved = resolve(model, pull=pull)
+    resolved = resolve(model, pull=pull, progress=on_file_progress)
     path, name = resolved.path, resolved.name
     header = check_gpt_oss(path)
     tensors = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -147,6 +148,93 @@ def test_full_pull_verifies_lists_reuses_and_removes(hub):
     with pytest.raises(ModelError, match=r"^tiny is not on disk: run `ossrun pull tiny` to download it \(1.2 MB\)"):
         resolve_model("tiny")
     assert one_error_line(ossrun("rm", "tiny")) == "error: tiny is not on disk: nothing to remove"
+
+
+PROGRESS_CODE = """
+import json, sys
+from ossrun.store.pull import pull
+steps = []
+path = pull(sys.argv[1], progress=lambda what, done, total: steps.append((what, done, total))).path
+print(json.dumps({"path": str(path), "steps": steps}))
+"""
+
+
+def pull_reporting(name: str) -> tuple[str, list[tuple[str, int, int]], str]:
+    """``ossrun.store.pull.pull(name, progress=...)`` in a subprocess: the path, the steps it heard, stderr."""
+    result = subprocess.run(
+        [sys.executable, "-c", PROGRESS_CODE, name], capture_output=True, text=True, timeout=CLI_TIMEOUT_SECONDS
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    return out["path"], [tuple(step) for step in out["steps"]], result.stderr
+
+
+def steps_of(calls: list[tuple[str, int, int]]) -> list[tuple[str, list[int], int]]:
+    """The calls grouped by step, in order: (what, the bytes done it heard, the total)."""
+    steps: list[tuple[str, list[int], int]] = []
+    for what, done, total in calls:
+        if not steps or steps[-1][0] != what:
+            steps.append((what, [], total))
+        assert total == steps[-1][2], (what, total)
+        steps[-1][1].append(done)
+    return steps
+
+
+def test_the_library_reports_each_files_download_and_check_and_draws_nothing(hub):
+    path, calls, stderr = pull_reporting("tiny")
+    assert Path(path).name == SHARDS[0]
+    sizes = {SHARDS[0]: 1_000_000, SHARDS[1]: 200_000}
+    steps = steps_of(calls)
+    assert [(what, total) for what, _, total in steps] == [
+        (f"{step} {name}", size) for name, size in sizes.items() for step in ("download", "verify")
+    ]
+    for _, done, total in steps:
+        assert done[0] == 0 and done[-1] == total and done == sorted(done) and len(done) > 1
+    # No bar (stderr is not a terminal): the lines that say what happens, nothing else.
+    assert stderr == "".join(
+        f"downloading {name} ({format_size(size)}) from {TINY_REPO}\nverified {name} (sha256)\n" for name, size in sizes.items()
+    )
+
+
+def test_a_download_resumed_after_a_cut_reports_the_files_bytes_once(hub):
+    size = len(hub.bytes_for(BIG_REPO, "big.gguf"))
+    hub.faults.cut_after["big.gguf"] = 12 * MIB
+    _, calls, _ = pull_reporting("big")
+    assert len(hub.content_requests("GET")) == 2  # cut, then resumed by huggingface_hub
+    download, verify = steps_of(calls)
+    assert download[0] == "download big.gguf" and download[2] == size
+    assert download[1] == sorted(download[1]) and download[1][-1] == size  # counted on, never past the size
+    assert verify == ("verify big.gguf", verify[1], size) and verify[1][-1] == size
+
+
+def test_pull_on_a_terminal_draws_the_steps_with_rich(hub):
+    import pty
+
+    main_fd, terminal_fd = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ossrun", "pull", "tiny"],
+        stdout=subprocess.PIPE,
+        stderr=terminal_fd,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(terminal_fd)
+    shown = b""
+    while True:
+        try:
+            data = os.read(main_fd, 4096)
+        except OSError:  # the terminal closed when the process ended
+            break
+        if not data:
+            break
+        shown += data
+    assert process.wait(timeout=CLI_TIMEOUT_SECONDS) == 0
+    os.close(main_fd)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+    for name, size in ((SHARDS[0], "1.0/1.0 MB"), (SHARDS[1], "200.0/200.0 kB")):
+        assert re.search(rf"download {name} ━+ {re.escape(size)}", text), text
+        assert re.search(rf"verify {name} ━+ {re.escape(size)}", text), text
+        assert f"verified {name} (sha256)" in text
+    assert "%|" not in text  # no tqdm bar
 
 
 def test_a_newer_version_on_the_hub_replaces_the_old_one(hub):

@@ -80,8 +80,11 @@ def pull(
     Examples: ossrun pull 20b; ossrun pull gpt-oss-20b --from-safetensors
     """
     from ossrun.store.pull import pull as pull_model
+    from ossrun.terminal.progress import file_steps
 
-    typer.echo(str(pull_model(name, from_safetensors=from_safetensors, layout=layout.value).path))
+    with file_steps() as progress:
+        model = pull_model(name, from_safetensors=from_safetensors, layout=layout.value, progress=progress)
+    typer.echo(str(model.path))
 
 
 def remove(name: Annotated[str, typer.Argument(metavar="NAME", help="Registry name or alias.")]) -> None:

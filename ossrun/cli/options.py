@@ -248,9 +248,9 @@ def load_model(
     import sys
 
     import ossrun
-    from ossrun.terminal.progress import loading
+    from ossrun.terminal.progress import file_steps, loading
 
-    with loading(_shown_name(name)) as on_progress:
+    with loading(_shown_name(name)) as on_progress, file_steps() as on_file_progress:
         model = ossrun.load(
             name,
             ctx=ctx,
@@ -262,6 +262,7 @@ def load_model(
             kv_type=kv_type,
             swa_full=swa_full,
             on_progress=on_progress,
+            on_file_progress=on_file_progress,
         )
     if model.placement is not None:
         sys.stderr.write(f"{model.placement}\n")

@@ -18,11 +18,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ossrun.errors import DownloadError
 from ossrun.store import integrity
 from ossrun.store.hub_cache import (
+    FileProgress,
     blob_path,
     cache_dir,
     delete_files,
@@ -34,6 +36,9 @@ from ossrun.store.hub_cache import (
 )
 from ossrun.store.integrity import ExpectedHash
 from ossrun.units import format_size
+
+if TYPE_CHECKING:
+    from huggingface_hub.utils import tqdm
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 METADATA_TIMEOUT_SECONDS = 10
@@ -142,8 +147,8 @@ def bytes_missing(remote: RemoteRepo, file: RemoteFile) -> int:
     return max(file.size - have, 0)
 
 
-def _verify(path: Path, file: RemoteFile) -> bool:
-    return verify_file(path, file.expected, Path(file.path).name)
+def _verify(path: Path, file: RemoteFile, progress: FileProgress | None) -> bool:
+    return verify_file(path, file.expected, Path(file.path).name, progress)
 
 
 def _same_origin(url: str, other: str) -> bool:
@@ -151,15 +156,16 @@ def _same_origin(url: str, other: str) -> bool:
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
-def download(remote: RemoteRepo, file: RemoteFile) -> Path:
+def download(remote: RemoteRepo, file: RemoteFile, progress: FileProgress | None = None) -> Path:
     """Make ``file`` present and verified in the hub cache; return its path in the snapshot.
 
     The bytes go to ``<blob>.incomplete`` first; an interrupted download leaves it for the next
     run to resume. Only a file whose hash matches the hub's becomes the blob the cache points to.
+    ``progress`` hears how far the download and the hash check are; nothing is drawn here.
     """
     snapshot = snapshot_path(remote.repo, remote.commit, file.path)
     if snapshot.exists():
-        if _verify(snapshot, file):
+        if _verify(snapshot, file, progress):
             return snapshot
         notice(f"{file.path} in the cache does not match the hub's {file.expected.algorithm}: deleting it")
         delete_files(remote.repo, [snapshot])
@@ -183,12 +189,12 @@ def download(remote: RemoteRepo, file: RemoteFile) -> Path:
         lock = cache_dir() / ".locks" / repo_storage(remote.repo).name / f"{file.expected.digest}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with WeakFileLock(lock):
-            if blob.exists() and not _verify(blob, file):
+            if blob.exists() and not _verify(blob, file, progress):
                 notice(f"{file.path} in the cache does not match the hub's {file.expected.algorithm}: deleting it")
                 integrity.forget([blob])
                 blob.unlink()
             if not blob.exists():
-                _fetch(metadata.location, headers, remote, file)
+                _fetch(metadata.location, headers, remote, file, progress)
         # huggingface_hub links the verified blob into the snapshot, its own way on every platform.
         hf_hub_download(remote.repo, file.path, revision=remote.commit, cache_dir=cache_dir(), endpoint=endpoint())
     if not snapshot.is_symlink():  # a copy of the verified blob (no symlinks here): record it too
@@ -196,7 +202,29 @@ def download(remote: RemoteRepo, file: RemoteFile) -> Path:
     return snapshot
 
 
-def _fetch(location: str, headers: dict, remote: RemoteRepo, file: RemoteFile) -> None:
+def _reporting_bar(what: str, size: int, progress: FileProgress | None) -> type[tqdm]:
+    """A bar class for huggingface_hub's ``http_get`` that draws nothing and tells ``progress`` the
+    bytes of the file received (a resumed download starts at what it had; huggingface_hub counts
+    back when a server ignores the range and sends it all)."""
+    from huggingface_hub.utils import tqdm
+
+    class Reporting(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self.done = int(kwargs.get("initial") or 0)
+            if progress is not None:
+                progress(what, self.done, size)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.done += int(n or 0)
+            if progress is not None:
+                progress(what, self.done, size)
+            return super().update(n)
+
+    return Reporting
+
+
+def _fetch(location: str, headers: dict, remote: RemoteRepo, file: RemoteFile, progress: FileProgress | None) -> None:
     """Download into the partial file (resuming it), check its hash, move it to the blob."""
     from huggingface_hub import errors as hf
     from huggingface_hub.file_download import http_get
@@ -218,7 +246,12 @@ def _fetch(location: str, headers: dict, remote: RemoteRepo, file: RemoteFile) -
     try:
         with partial.open("ab") as f:
             http_get(
-                location, f, resume_size=have, headers=headers, expected_size=file.size, displayed_filename=Path(file.path).name
+                location,
+                f,
+                resume_size=have,
+                headers=headers,
+                expected_size=file.size,
+                tqdm_class=_reporting_bar(f"download {Path(file.path).name}", file.size, progress),
             )
     except KeyboardInterrupt:
         notice(f"download of {file.path} stopped: {kept()}")
@@ -229,7 +262,7 @@ def _fetch(location: str, headers: dict, remote: RemoteRepo, file: RemoteFile) -
     except (hf.HTTPError, OSError) as exc:  # cut connections (after huggingface_hub's retries), short reads
         raise DownloadError(f"download of {file.path} was interrupted ({_one_line(exc)}); {kept()}") from None
 
-    if not _verify(partial, file):
+    if not _verify(partial, file, progress):
         partial.unlink()
         raise DownloadError(
             f"{file.path} from {remote.repo} does not match the hub's {file.expected.algorithm} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ossrun.errors import DownloadError
@@ -19,6 +20,11 @@ from ossrun.store.integrity import ExpectedHash
 from ossrun.units import format_size
 
 PARTIAL_SUFFIX = ".incomplete"  # <blob>.incomplete: the bytes of <blob> received so far
+
+# How far one step on a file is: called with what it is ("download model.gguf", "verify
+# model.gguf", "convert model.gguf"), the bytes done and the bytes in all. Nothing here draws:
+# front ends show it (ossrun.terminal.progress.file_steps).
+FileProgress = Callable[[str, int, int], None]
 
 
 def cache_dir() -> Path:
@@ -78,19 +84,21 @@ def check_disk_space(needs: list[tuple[Path, int]], what: str) -> None:
             )
 
 
-def _progress_bar(total: int, initial: int, description: str):
-    """huggingface_hub's own progress bar: on stderr, and only drawn when stderr is a terminal."""
-    from huggingface_hub.utils import tqdm
-
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=description, disable=None)
-
-
-def verify_file(path: Path, expected: ExpectedHash, label: str | None = None) -> bool:
-    """Hash ``path`` once (with a progress bar) unless the record says it already passed."""
+def verify_file(path: Path, expected: ExpectedHash, label: str | None = None, progress: FileProgress | None = None) -> bool:
+    """Hash ``path`` once (saying how far through ``progress``) unless the record says it already passed."""
     if integrity.is_verified(path, expected):
         return True
-    with _progress_bar(path.stat().st_size, 0, f"verify {label or path.name}") as bar:
-        return integrity.verify(path, expected, bar.update)
+    if progress is None:
+        return integrity.verify(path, expected)
+    what, total, done = f"verify {label or path.name}", path.stat().st_size, 0
+    progress(what, done, total)
+
+    def read(n_bytes: int) -> None:
+        nonlocal done
+        done += n_bytes
+        progress(what, done, total)
+
+    return integrity.verify(path, expected, read)
 
 
 def write_ref(repo: str, revision: str, commit: str) -> None:

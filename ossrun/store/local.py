@@ -15,6 +15,7 @@ from ossrun import home as ossrun_home
 from ossrun.errors import ModelError
 from ossrun.machine import total_memory
 from ossrun.store import hub_cache, integrity
+from ossrun.store.hub_cache import FileProgress
 from ossrun.store.registry import ModelEntry, Registry, load_registry
 from ossrun.units import format_memory
 
@@ -97,7 +98,7 @@ def _expected_hash(path: Path) -> integrity.ExpectedHash | None:
     return hub_cache.cached_hash(path) or integrity.recorded_hash(path)
 
 
-def _usable_hub_copy(entry: ModelEntry, repo: str, files: list[Path]) -> LocalModel:
+def _usable_hub_copy(entry: ModelEntry, repo: str, files: list[Path], progress: FileProgress | None) -> LocalModel:
     """Check each file against the hub's hash (once; later from the record). Damaged files are deleted."""
     for f in files:
         expected = _expected_hash(f)
@@ -105,7 +106,7 @@ def _usable_hub_copy(entry: ModelEntry, repo: str, files: list[Path]) -> LocalMo
             raise ModelError(f"cannot check {f} against the hub's hash: run `ossrun pull {entry.name}` once online")
         if not integrity.is_verified(f, expected):
             hub_cache.notice(f"checking {f.name} against the hub's {expected.algorithm} (once)")
-        if not hub_cache.verify_file(f, expected):
+        if not hub_cache.verify_file(f, expected, progress=progress):
             hub_cache.delete_files(repo, files)
             raise ModelError(
                 f"{f.name} of {entry.name} is damaged (its {expected.algorithm} does not match the hub's) and was "
@@ -114,18 +115,19 @@ def _usable_hub_copy(entry: ModelEntry, repo: str, files: list[Path]) -> LocalMo
     return LocalModel(files[0], tuple(files), entry, HUB)
 
 
-def find_hub_copy(entry: ModelEntry) -> LocalModel | None:
-    """The entry's GGUF from the hub, verified, or None if it is not in the cache."""
+def find_hub_copy(entry: ModelEntry, progress: FileProgress | None = None) -> LocalModel | None:
+    """The entry's GGUF from the hub, verified (``progress`` hears how far a first check is), or None
+    if it is not in the cache."""
     files = hub_files(entry)
-    return _usable_hub_copy(entry, entry.gguf.repo, files) if files and entry.gguf else None
+    return _usable_hub_copy(entry, entry.gguf.repo, files, progress) if files and entry.gguf else None
 
 
-def find_local(entry: ModelEntry) -> LocalModel | None:
+def find_local(entry: ModelEntry, progress: FileProgress | None = None) -> LocalModel | None:
     """The entry's usable copy on disk (verified), or None if there is none."""
     converted = converted_path(entry)
     if converted.is_file():
         return LocalModel(converted, (converted,), entry, CONVERTED)
-    return find_hub_copy(entry)
+    return find_hub_copy(entry, progress)
 
 
 def memory_shortfall(entry: ModelEntry, total: int | None = None) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ossrun import home as ossrun_home
 from ossrun.errors import DownloadError, RegistryError
 from ossrun.store import hub, hub_cache
+from ossrun.store.hub_cache import FileProgress
 from ossrun.store.local import CONVERTED, HUB, LocalModel, converted_path, find_hub_copy, memory_shortfall
 from ossrun.store.registry import ModelEntry, Registry, load_registry
 from ossrun.units import format_size
@@ -32,29 +33,35 @@ def pull(
     from_safetensors: bool = False,
     layout: str = DEFAULT_LAYOUT,
     registry: Registry | None = None,
+    progress: FileProgress | None = None,
 ) -> LocalModel:
-    """Download a registry model (None: the default one) and return it, verified, on disk."""
+    """Download a registry model (None: the default one) and return it, verified, on disk.
+
+    ``progress`` is called with each step (a file's download, its hash check, the conversion)
+    and its bytes done of a total: the library draws nothing, front ends show it."""
     registry = registry or load_registry()
     entry = registry.default_entry() if name is None else registry.get(name)
-    return pull_model(entry, from_safetensors=from_safetensors, layout=layout)
+    return pull_model(entry, from_safetensors=from_safetensors, layout=layout, progress=progress)
 
 
-def pull_model(entry: ModelEntry, *, from_safetensors: bool = False, layout: str = DEFAULT_LAYOUT) -> LocalModel:
+def pull_model(
+    entry: ModelEntry, *, from_safetensors: bool = False, layout: str = DEFAULT_LAYOUT, progress: FileProgress | None = None
+) -> LocalModel:
     shortfall = memory_shortfall(entry)
     if shortfall:  # a download for another machine is fine, but say it will not run here
         hub_cache.notice(f"note: {shortfall}")
     if from_safetensors:
-        return _pull_and_convert(entry, layout)
-    return _pull_gguf(entry)
+        return _pull_and_convert(entry, layout, progress)
+    return _pull_gguf(entry, progress)
 
 
-def _pull_gguf(entry: ModelEntry) -> LocalModel:
+def _pull_gguf(entry: ModelEntry, progress: FileProgress | None) -> LocalModel:
     source = entry.gguf
     if source is None:
         raise RegistryError(f"{entry.name} has no GGUF on the hub: use `ossrun pull {entry.name} --from-safetensors`")
     what = f"download {entry.name} ({format_size(source.download_bytes)})"
     if hub.is_offline():
-        local = find_hub_copy(entry)
+        local = find_hub_copy(entry, progress)
         if local is not None:
             hub_cache.notice(f"offline: {entry.name} is on disk, not checked for a newer version")
             return local
@@ -66,7 +73,7 @@ def _pull_gguf(entry: ModelEntry) -> LocalModel:
     hub_cache.check_disk_space([(hub_cache.cache_dir(), missing)], what)
     if all(hub_cache.snapshot_path(remote.repo, remote.commit, f.path).exists() for f in files):
         hub_cache.notice(f"{entry.name} is up to date")
-    paths = [hub.download(remote, f) for f in files]
+    paths = [hub.download(remote, f, progress) for f in files]
     hub_cache.write_ref(remote.repo, remote.revision, remote.commit)
     older = hub_cache.cached_copies(source.repo, source.files, except_commit=remote.commit)
     if older:  # replaced by this version: do not keep two copies of a multi-gigabyte model
@@ -92,7 +99,7 @@ def _checkpoint_files(remote: hub.RemoteRepo, folder: str) -> list[hub.RemoteFil
     return sorted({f.path: f for f in chosen + tokenizer}.values(), key=lambda f: f.path)
 
 
-def _pull_and_convert(entry: ModelEntry, layout: str) -> LocalModel:
+def _pull_and_convert(entry: ModelEntry, layout: str, progress: FileProgress | None) -> LocalModel:
     source = entry.safetensors
     if source is None:
         raise RegistryError(f"{entry.name} has no safetensors source in models.toml: use `ossrun pull {entry.name}`")
@@ -112,14 +119,14 @@ def _pull_and_convert(entry: ModelEntry, layout: str) -> LocalModel:
     weights = sum(f.size for f in files if f.path.endswith(CHECKPOINT_SUFFIX))  # the GGUF is no bigger in Q8_0
     hub_cache.check_disk_space([(hub_cache.cache_dir(), missing), (ossrun_home.models_dir(), weights)], what)
     for f in files:
-        hub.download(remote, f)
+        hub.download(remote, f, progress)
     hub_cache.write_ref(remote.repo, remote.revision, remote.commit)
 
     snapshot = hub_cache.snapshot_path(source.repo, remote.commit, "")
     hub_cache.notice(f"converting {entry.name} from {source.repo}{'/' + folder if folder else ''} to {out}")
     ossrun_home.ensure_dir(out.parent)
     with _named_checkpoint(entry, snapshot, [f.path for f in files]) as root:
-        _convert(root / folder if folder else root, out, tokenizer_dir=root if folder else None)
+        _convert(root / folder if folder else root, out, root if folder else None, progress)
     return LocalModel(out, (out,), entry, CONVERTED)
 
 
@@ -146,15 +153,11 @@ def _named_checkpoint(entry: ModelEntry, snapshot: Path, paths: list[str]) -> It
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _convert(src: Path, out: Path, tokenizer_dir: Path | None) -> None:
-    from huggingface_hub.utils import tqdm
-
+def _convert(src: Path, out: Path, tokenizer_dir: Path | None, progress: FileProgress | None) -> None:
     from ossrun.convert import convert
 
-    with tqdm(unit="B", unit_scale=True, desc=f"convert {out.name}", disable=None) as bar:
+    def written(done: int, total: int) -> None:
+        if progress is not None:
+            progress(f"convert {out.name}", done, total)
 
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        convert(src, out, outtype=DEFAULT_OUTTYPE, tokenizer_dir=tokenizer_dir, progress=progress)
+    convert(src, out, outtype=DEFAULT_OUTTYPE, tokenizer_dir=tokenizer_dir, progress=written)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ossrun.errors import ModelError
+from ossrun.store.hub_cache import FileProgress
 from ossrun.store.local import DEMO, FILE, LocalModel, find_local, memory_shortfall, partial_bytes
 from ossrun.store.pull import pull_model
 from ossrun.store.registry import ModelEntry, Registry, load_registry
@@ -18,10 +19,11 @@ def is_model_path(name: str) -> bool:
     return name.endswith(".gguf") or "/" in name or os.sep in name
 
 
-def resolve(model: str | os.PathLike | None, *, pull: bool = False) -> LocalModel:
+def resolve(model: str | os.PathLike | None, *, pull: bool = False, progress: FileProgress | None = None) -> LocalModel:
     """What ``ossrun.load`` opens for a path, ``"demo"`` or a registry name (None: the default).
 
     A path is taken as it is: the GGUF checks before loading say what is wrong with it.
+    ``progress`` hears how far a registry model's download or first hash check is.
     """
     text = None if model is None else os.fspath(model)
     if text is not None and (isinstance(model, os.PathLike) or is_model_path(text)):
@@ -32,10 +34,12 @@ def resolve(model: str | os.PathLike | None, *, pull: bool = False) -> LocalMode
 
         path = Path(demo_gguf())
         return LocalModel(path, (path,), None, DEMO)
-    return resolve_model(text, pull=pull)
+    return resolve_model(text, pull=pull, progress=progress)
 
 
-def resolve_model(name: str | None = None, *, pull: bool = False, registry: Registry | None = None) -> LocalModel:
+def resolve_model(
+    name: str | None = None, *, pull: bool = False, registry: Registry | None = None, progress: FileProgress | None = None
+) -> LocalModel:
     """Turn a MODEL argument into a verified local GGUF.
 
     ``name`` is a registry name or alias (None: the registry's default model) or the path of a
@@ -52,7 +56,7 @@ def resolve_model(name: str | None = None, *, pull: bool = False, registry: Regi
 
     registry = registry or load_registry()
     entry = registry.default_entry() if name is None else registry.get(name)
-    found = find_local(entry)
+    found = find_local(entry, progress)
     if found is not None:
         return found
     if not pull:
@@ -60,7 +64,7 @@ def resolve_model(name: str | None = None, *, pull: bool = False, registry: Regi
     shortfall = memory_shortfall(entry)
     if shortfall:  # say so before a download of many gigabytes, not after
         raise ModelError(f"{shortfall}: not downloading it; pick a smaller model (see `ossrun models`)")
-    return pull_model(entry, from_safetensors=entry.gguf is None)
+    return pull_model(entry, from_safetensors=entry.gguf is None, progress=progress)
 
 
 def not_on_disk(entry: ModelEntry) -> ModelError:

@@ -202,6 +202,12 @@ def test_ctrl_c_in_a_terminal_stops_a_long_prefill_and_keeps_the_session(tiny_gg
         terminal.send("/stats\r")
         terminal.expect(r"model tiny-gpt-oss · reasoning medium · instructions none · 2 messages · 0 tokens generated")
         terminal.expect(r">>> ")
+        # The same question, not interrupted: the rest of the prefill and 4 tokens. Ctrl-C sent the
+        # moment the prompt is back leaves; on a busy machine it often came before readline waited
+        # for a key and was ignored until Enter (see sigint_reaches_input).
+        terminal.send("/retry\r")
+        terminal.expect(r"prompt \d+ tokens \(\d+ new\)")
+        terminal.expect(r">>> ")
         terminal.send("\x03")  # at the prompt: leave
         assert terminal.wait() == 0
     finally:

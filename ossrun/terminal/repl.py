@@ -20,7 +20,7 @@ from ossrun.events import Done, Reply, ToolCall
 from ossrun.options import ReplyOptions
 from ossrun.terminal.conversation import Conversation
 from ossrun.terminal.display import ReasoningMode, Screen, TurnView, stats_line
-from ossrun.terminal.interrupt import cancel_on_sigint, sigint_raises
+from ossrun.terminal.interrupt import cancel_on_sigint, sigint_raises, sigint_reaches_input
 from ossrun.tools import FunctionTool, Toolbox
 
 PROMPT = ">>> "
@@ -95,7 +95,8 @@ class TerminalReader:
                 pass  # no history yet
 
     def read(self, prompt: str) -> str:
-        return input(prompt)
+        with sigint_reaches_input():
+            return input(prompt)
 
     def close(self) -> None:
         if self._readline is None:

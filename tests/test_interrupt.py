@@ -25,9 +25,8 @@ reading = threading.Event()
 
 def main_waits_for_a_key() -> bool:
     task = Path(f"/proc/self/task/{threading.main_thread().native_id}")
-    state = (task / "stat").read_text().rpartition(")")[2].split()[0]
-    wchan = (task / "wchan").read_text()  # where it sleeps, or "0" where the kernel hides it
-    return state == "S" and ("poll" in wchan or "select" in wchan or wchan.strip() in ("", "0"))
+    wchan = (task / "wchan").read_text()  # where it sleeps ("0" while it runs)
+    return "poll" in wchan or "select" in wchan  # in readline's select(), the only one it makes
 
 
 def interrupt_beside_the_wait() -> None:
@@ -49,6 +48,39 @@ else:
     print(f"read {line!r}", flush=True)
 print("handler restored:", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
 print("wakeup fd restored:", signal.set_wakeup_fd(-1) == -1, flush=True)
+"""
+
+
+ANY_MOMENT = r"""
+import random, signal, sys, threading, time
+from pathlib import Path
+from ossrun.terminal.repl import TerminalReader
+
+go, sent = threading.Event(), threading.Event()
+
+
+def interrupt_soon() -> None:
+    while True:
+        go.wait()
+        go.clear()
+        time.sleep(random.random() * 0.004)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        sent.set()
+
+
+threading.Thread(target=interrupt_soon, daemon=True).start()
+reader = TerminalReader(Path(sys.argv[1]))
+interrupted = clean = 0
+for _ in range(int(sys.argv[2])):
+    try:
+        go.set()
+        reader.read(">>> ")
+    except KeyboardInterrupt:
+        interrupted += 1
+    sent.wait()
+    sent.clear()
+    clean += signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.set_wakeup_fd(-1) == -1
+print(f"interrupted {interrupted}, clean {clean}", flush=True)
 """
 
 
@@ -92,3 +124,9 @@ def test_the_prompt_still_reads_a_line_and_its_signals_are_restored(tmp_path):
     shown = run_on_a_terminal(code, str(tmp_path / "history"), keys={">>> ": "hello\r"})
     assert "read 'hello'\n" in shown
     assert "handler restored: True\nwakeup fd restored: True\n" in shown
+
+
+def test_ctrl_c_at_any_moment_around_the_prompt_leaves_it_and_restores_the_signals(tmp_path):
+    # Before, during and after the set-up of the prompt's wait: each Ctrl-C is one KeyboardInterrupt.
+    shown = run_on_a_terminal(ANY_MOMENT, str(tmp_path / "history"), "40", timeout=60)
+    assert "interrupted 40, clean 40\n" in shown

@@ -93,17 +93,23 @@ def sigint_reaches_input() -> Iterator[None]:
 
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)  # the C handler must never block on it
-    previous_handler = signal.signal(signal.SIGINT, handler)
-    previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     watcher = threading.Thread(target=watch, args=(read_end,), name="ossrun-sigint", daemon=True)
-    watcher.start()
+    previous_wakeup = -1
+    # Ctrl-C may come at any line from here: the handler raises once, wherever that is (the
+    # setup included), and the cleanup below runs all the same, with nothing left to raise.
     try:
-        yield
+        try:
+            signal.signal(signal.SIGINT, handler)
+            previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+            watcher.start()
+            yield
+        finally:
+            handled.set()
     finally:
-        handled.set()
         os.write(write_end, _STOP)
-        watcher.join()
+        if watcher.ident is not None:
+            watcher.join()
         signal.set_wakeup_fd(previous_wakeup)
-        signal.signal(signal.SIGINT, previous_handler)  # a copy still pending has run by now, ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a copy still pending runs first: ignored
         os.close(read_end)
         os.close(write_end)

@@ -26,6 +26,12 @@ DEFAULT_TOP_P = 1.0
 DEFAULT_MAX_TOOL_ROUNDS = 8
 DEFAULT_MCP_TIMEOUT = 60.0  # seconds an MCP server may take to answer one call
 
+# ossrun serve (the server's own tuning, its timeouts and bounds, stays in ossrun/server/)
+DEFAULT_SERVE_HOST = "127.0.0.1"  # loopback: another machine reaches it only when asked to
+DEFAULT_SERVE_PORT = 8080
+DEFAULT_MAX_WAITING = 16  # requests that wait for a sequence before the next one gets a 429
+DEFAULT_MAX_CONNECTIONS = 512  # open connections; when full the longest idle one is closed
+
 # ossrun worker (llama.cpp's RPC server) and --rpc
 DEFAULT_WORKER_HOST = "127.0.0.1"
 DEFAULT_WORKER_PORT = 50052

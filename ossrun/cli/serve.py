@@ -12,16 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ossrun.cli import options as opt
+from ossrun.defaults import DEFAULT_CTX, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITING, DEFAULT_SERVE_PARALLEL
+from ossrun.defaults import DEFAULT_SERVE_HOST as DEFAULT_HOST
+from ossrun.defaults import DEFAULT_SERVE_PORT as DEFAULT_PORT
 from ossrun.errors import OssrunError
 
 if TYPE_CHECKING:
     import uvicorn  # imported when the server starts: ossrun --help stays fast
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
-DEFAULT_PARALLEL = 4
-DEFAULT_MAX_QUEUE = 16
-DEFAULT_MAX_CONNECTIONS = 512
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
 HELP = """Serve a model over OpenAI's HTTP API: /v1/chat/completions, /v1/responses, /v1/models,
@@ -121,13 +119,15 @@ def register(app: typer.Typer) -> None:
                 callback=opt.parse_ctx,
                 help="KV cells shared by all requests; auto: the most that fit in memory.",
             ),
-        ] = "auto",
+        ] = DEFAULT_CTX,
         kv_type: opt.KvType = opt.DEFAULT_KV_TYPE,
         swa_full: opt.SwaFull = False,
-        parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Replies decoded together.")] = DEFAULT_PARALLEL,
+        parallel: Annotated[
+            int, typer.Option("--parallel", min=1, max=64, help="Replies decoded together.")
+        ] = DEFAULT_SERVE_PARALLEL,
         max_queue: Annotated[
             int, typer.Option("--max-queue", min=0, help="Requests that may wait for a free sequence.")
-        ] = DEFAULT_MAX_QUEUE,
+        ] = DEFAULT_MAX_WAITING,
         threads: opt.Threads = None,
         verbose: opt.Verbose = False,
         pull: opt.Pull = False,

@@ -41,9 +41,9 @@ import h11
 from starlette.responses import JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ossrun.defaults import DEFAULT_MAX_CONNECTIONS
 from ossrun.server.fields import ApiError
 
-DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_HEADER_SECONDS = 30.0
 DEFAULT_BODY_SECONDS = 60.0
 FD_RESERVE = 256  # open files kept for the model, the caches, tool sandboxes and the log

@@ -15,10 +15,10 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ossrun.defaults import DEFAULT_MAX_WAITING
 from ossrun.events import Done, Event, Reply
 from ossrun.options import ReplyOptions
 
-DEFAULT_MAX_WAITING = 16
 KEEPALIVE = object()  # yielded when nothing came for a while: the caller keeps the stream alive
 
 

@@ -54,6 +54,7 @@ for _name in ("mlock", "munlock", "madvise"):
 Range = tuple[int, int]  # [start, end) in bytes of the file
 # Smaller new mappings are left alone: thread stacks and small buffers, whose zeros are few.
 _RELEASE_AT_LEAST = 64 * 2**20
+_RELEASE_CHUNK = 4 * 2**20
 
 
 def hot_ranges(header: GgufHeader, tensors: Iterable[TensorInfo] | None = None) -> list[Range]:
@@ -250,18 +251,25 @@ def release_zero_pages(before: Sequence[Range]) -> int:
     just mapped (the engine does so only for a context created beside no other): a page is read,
     found to hold only zeros, and then released, and it reads as zeros afterwards.
     """
-    import numpy as np
-
     released = 0
     for start, end in _new_ranges(before, anonymous_mappings()):
-        if end - start < _RELEASE_AT_LEAST:
-            continue
-        pages = np.ctypeslib.as_array((ctypes.c_uint64 * ((end - start) // 8)).from_address(start))
-        zero = ~pages.reshape(-1, _PAGE // 8).any(axis=1)
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], zero.view(np.int8), [0]))))
-        for first, last in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
-            if _libc.madvise(start + first * _PAGE, (last - first) * _PAGE, _MADV_DONTNEED) == 0:
-                released += (last - first) * _PAGE
+        if end - start >= _RELEASE_AT_LEAST:
+            # a few MiB at a time: each page is released right after it was read
+            for chunk in range(start, end, _RELEASE_CHUNK):
+                released += _release_zeros(chunk, min(end, chunk + _RELEASE_CHUNK))
+    return released
+
+
+def _release_zeros(start: int, end: int) -> int:
+    import numpy as np
+
+    pages = np.ctypeslib.as_array((ctypes.c_uint64 * ((end - start) // 8)).from_address(start))
+    zero = ~pages.reshape(-1, _PAGE // 8).any(axis=1)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], zero.view(np.int8), [0]))))
+    released = 0
+    for first, last in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+        if _libc.madvise(start + first * _PAGE, (last - first) * _PAGE, _MADV_DONTNEED) == 0:
+            released += (last - first) * _PAGE
     return released
 
 

@@ -15,6 +15,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from helpers import checkpoints, reference_forward
+from helpers.terminal import stderr_on_a_terminal
 from ossrun.convert import OUTTYPES, convert
 from ossrun.errors import ConvertError
 
@@ -333,29 +334,10 @@ def test_cli_outtype_choices_match_the_library():
 
 
 def test_cli_shows_a_progress_bar_on_a_terminal(small, tmp_path):
-    import os
-    import pty
-
     out = tmp_path / "tty.gguf"
-    main_fd, terminal_fd = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ossrun", "convert", str(small[2]), "-o", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=terminal_fd,
-        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
-    )
-    os.close(terminal_fd)
-    shown = b""
-    while True:
-        try:
-            data = os.read(main_fd, 4096)
-        except OSError:  # the terminal closed when the process ended
-            break
-        if not data:
-            break
-        shown += data
-    assert process.wait(timeout=60) == 0
-    os.close(main_fd)
+    command = [sys.executable, "-m", "ossrun", "convert", str(small[2]), "-o", str(out)]
+    code, shown = stderr_on_a_terminal(command, timeout=60)
+    assert code == 0
     text = shown.decode(errors="replace")
     assert "converting" in text and "━" in text  # rich's bar, with bytes written and the rate
     assert "MB" in text and "wrote " in text

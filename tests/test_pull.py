@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers.hubserver import HubServer
+from helpers.terminal import stderr_on_a_terminal
 from ossrun.errors import ModelError
 from ossrun.store import integrity
 from ossrun.store.local import HUB
@@ -208,27 +209,8 @@ def test_a_download_resumed_after_a_cut_reports_the_files_bytes_once(hub):
 
 
 def test_pull_on_a_terminal_draws_the_steps_with_rich(hub):
-    import pty
-
-    main_fd, terminal_fd = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ossrun", "pull", "tiny"],
-        stdout=subprocess.PIPE,
-        stderr=terminal_fd,
-        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
-    )
-    os.close(terminal_fd)
-    shown = b""
-    while True:
-        try:
-            data = os.read(main_fd, 4096)
-        except OSError:  # the terminal closed when the process ended
-            break
-        if not data:
-            break
-        shown += data
-    assert process.wait(timeout=CLI_TIMEOUT_SECONDS) == 0
-    os.close(main_fd)
+    code, shown = stderr_on_a_terminal([sys.executable, "-m", "ossrun", "pull", "tiny"], timeout=CLI_TIMEOUT_SECONDS)
+    assert code == 0
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
     for name, size in ((SHARDS[0], "1.0/1.0 MB"), (SHARDS[1], "200.0/200.0 kB")):
         assert re.search(rf"download {name} ━+ {re.escape(size)}", text), text

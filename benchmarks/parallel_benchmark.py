@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llama_tools import wait_until_healthy
+
 STREAMS = (1, 2, 4, 8)
 MAX_PARALLEL = 8
 
@@ -196,14 +198,8 @@ def llama_server_streams(binary: Path, gguf: Path, prompts: list[list[int]], cou
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+        if not wait_until_healthy(server, port, timeout=600):
+            raise RuntimeError(f"llama-server did not answer /health (exit code {server.poll()})")
 
         def complete(ids, seed):
             body = {

@@ -176,21 +176,31 @@ def _mappings_of(path: Path) -> list[_Mapping]:
     """The address ranges where this process maps ``path`` (by device and inode, or by name)."""
     try:
         stat = path.stat()
-        text = Path("/proc/self/maps").read_text()
     except OSError:
         return []
     resolved = str(path.resolve())
     found = []
+    for start, end, _perms, offset, device, inode, name in _maps():
+        if (inode == stat.st_ino and device == stat.st_dev) or name == resolved:
+            found.append(_Mapping(start, end, offset))
+    return found
+
+
+def _maps() -> list[tuple[int, int, str, int, int, int, str]]:
+    """This process's mappings from /proc/self/maps: start, end, permissions, file offset, device,
+    inode and name ("" for anonymous memory); none if it cannot be read."""
+    try:
+        text = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    found = []
     for line in text.splitlines():
         fields = line.split(maxsplit=5)
-        if len(fields) < 6:
-            continue
-        addresses, _perms, offset, device, inode, name = fields
+        addresses, perms, offset, device, inode = fields[:5]
+        start, end = (int(part, 16) for part in addresses.split("-"))
         major, minor = (int(part, 16) for part in device.split(":"))
-        same = (int(inode) == stat.st_ino and os.makedev(major, minor) == stat.st_dev) or name == resolved
-        if same:
-            start, end = (int(part, 16) for part in addresses.split("-"))
-            found.append(_Mapping(start, end, int(offset, 16)))
+        name = fields[5] if len(fields) > 5 else ""
+        found.append((start, end, perms, int(offset, 16), os.makedev(major, minor), int(inode), name))
     return found
 
 
@@ -229,18 +239,8 @@ def _locked_bytes() -> int:
 
 
 def anonymous_mappings() -> list[Range]:
-    """The address ranges of this process's anonymous mappings (no file, no ``[heap]`` or ``[stack]``)."""
-    try:
-        text = Path("/proc/self/maps").read_text()
-    except OSError:
-        return []
-    found = []
-    for line in text.splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 5 and fields[4] == "0" and fields[1].startswith("rw"):
-            start, end = (int(part, 16) for part in fields[0].split("-"))
-            found.append((start, end))
-    return found
+    """The address ranges of this process's writable anonymous mappings (no file, no ``[heap]`` or ``[stack]``)."""
+    return [(start, end) for start, end, perms, _, _, inode, name in _maps() if not inode and not name and perms.startswith("rw")]
 
 
 def release_zero_pages(before: Sequence[Range]) -> int:
